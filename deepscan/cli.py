@@ -1,0 +1,194 @@
+"""Command line: ``deepscan scan|probe|models|cache|train|eval``. A thin layer over :class:`Scanner`.
+
+Exit status of ``scan``: 1 if any video was judged fake; otherwise 2 if any input failed or the command was
+misused; otherwise 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="deepscan", description="Screen videos for face manipulation.")
+    parser.add_argument("--version", action="version", version=f"deepscan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="screen video files and folders")
+    s.add_argument("paths", nargs="+", help="video files or folders (searched recursively)")
+    s.add_argument("--detector", help="detector name (see `deepscan models`) or a model-card JSON path")
+    s.add_argument("--weights", help="weights file for the detector (e.g. a MesoNet .h5)")
+    sampling = s.add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly (default 32)")
+    sampling.add_argument("--fps", type=_positive_float, help="sample at this many frames per second instead")
+    s.add_argument("--out", type=Path, help="directory for results.jsonl (one line per video, as each finishes)")
+    s.add_argument("--json", action="store_true", help="print one JSON line per video instead of the table")
+    s.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
+    s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
+    s.add_argument("--batch-faces", type=_positive_int, default=64, help="faces per detector batch")
+    s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
+    s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
+
+    p = sub.add_parser("probe", help="print what the video stage sees in a file")
+    p.add_argument("video")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("models", help="list known detectors and where their weights are")
+
+    c = sub.add_parser("cache", help="build the training face-crop cache from a clips MANIFEST.tsv")
+    c.add_argument("manifest", type=Path)
+    c.add_argument("out", type=Path)
+    c.add_argument("--frames", type=_positive_int, default=32)
+
+    t = sub.add_parser("train", help="train a detector from a TOML config")
+    t.add_argument("config", type=Path)
+    t.add_argument("--no-resume", action="store_true", help="start over instead of resuming the last checkpoint")
+    return parser
+
+
+def cmd_scan(args) -> int:
+    from .report import ScanProgress, make_console, print_summary
+    from .scanner import ResultsWriter, ScanOptions, Scanner
+    from .video import discover
+
+    console = make_console(sys.stderr if args.json else sys.stdout)
+    options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
+                          device=args.device, precision=args.precision, threads=args.threads,
+                          threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
+                          timeout_s=args.timeout, keep_heatmaps=False)
+    scanner = Scanner(options)
+    try:
+        scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video
+    except (KeyError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return EXIT_ERROR
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    paths = list(discover(args.paths))
+    if not paths:
+        console.print("[bold red]error:[/] no video files found under " + ", ".join(args.paths))
+        return EXIT_ERROR
+    writer = ResultsWriter(args.out) if args.out else None
+    results = []
+    t0 = time.perf_counter()
+    with ScanProgress(console, len(paths)) as progress:
+        for path in paths:
+            progress.start(path)
+            result = scanner.scan_video(path, progress=progress.update)
+            results.append(result)
+            if writer:
+                writer.write(result)
+            if args.json:
+                sys.stdout.write(result.to_json() + "\n")
+                sys.stdout.flush()
+        progress.finish()
+    if not args.json:
+        print_summary(console, results, scanner.threshold, time.perf_counter() - t0)
+        if writer:
+            console.print(f"results: {writer.path}", markup=False)
+    if any(r.verdict == "fake" for r in results):
+        return EXIT_FAKE
+    if missing or any(r.status == "error" for r in results):
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_probe(args) -> int:
+    from rich.table import Table
+
+    from .report import make_console
+    from .video import VideoError, ffmpeg_exe, probe
+
+    console = make_console()
+    try:
+        info = probe(args.video)
+    except VideoError as exc:
+        console.print(f"[bold red]error:[/] {args.video}: {exc}")
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return EXIT_OK
+    table = Table(title=str(args.video), show_header=False)
+    for key, value in info.to_dict().items():
+        table.add_row(key, str(value))
+    table.add_row("ffmpeg", ffmpeg_exe())
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_models(_args) -> int:
+    from rich.table import Table
+
+    from .detector import ModelCard, available_models, default_model_name, find_weights
+    from .report import make_console
+
+    console = make_console()
+    table = Table(title="detectors", header_style="bold")
+    for col in ("name", "architecture", "input", "heatmap", "threshold", "weights", "card"):
+        table.add_column(col, overflow="fold")
+    for name, card_path in sorted(available_models().items()):
+        card = ModelCard.load(card_path)
+        try:
+            weights = str(find_weights(card))
+        except FileNotFoundError:
+            weights = f"(not found: {card.weights}; pass --weights)"
+        label = name + (" (default)" if name == default_model_name() else "")
+        table.add_row(label, card.architecture, str(card.input_size), card.heatmap, f"{card.threshold:.3f}",
+                      weights, str(card_path))
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_cache(args) -> int:
+    from .training.cache import build_cache
+
+    index = build_cache(args.manifest, args.out, frames_per_clip=args.frames)
+    print(f"{len(index['clips'])} clips, {sum(c['n_crops'] for c in index['clips'])} face crops → {args.out}")
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from .training.train import train
+
+    train(args.config, resume=not args.no_resume)
+    return EXIT_OK
+
+
+COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "cache": cmd_cache, "train": cmd_train}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Detector stage: face crops in, fake probability and a manipulation heatmap per face out.
+
+Every model sits behind :class:`Detector`. A network module returns either the fake logit ``(N,)`` or a pair
+``(fake_logit (N,), mask_logits (N, 1, h, w))``; a model without a mask head gets a Grad-CAM heatmap from the
+layer it names as ``cam_layer``. Models are found by name in the registry (``deepscan models``) or by the path
+of a model card JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..crops import normalise
+from .card import ModelCard, WeightsMismatch, sha256_file
+
+__all__ = [
+    "Detector",
+    "DetectorOutput",
+    "ModelCard",
+    "WeightsMismatch",
+    "available_models",
+    "default_model_name",
+    "load_detector",
+    "resolve_card",
+    "select_device",
+    "sha256_file",
+]
+
+PACKAGE_CARDS = Path(__file__).parent / "cards"
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def models_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("DEEPSCAN_MODELS"):
+        dirs.append(Path(os.environ["DEEPSCAN_MODELS"]))
+    dirs += [REPO_MODELS, PACKAGE_CARDS]
+    return dirs
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("DEEPSCAN_SHARED", "../shared"))
+
+
+def available_models() -> dict[str, Path]:
+    """Model name → card path, for every card found (first directory wins on a name clash)."""
+    found: dict[str, Path] = {}
+    for d in models_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.json")):
+                try:
+                    name = ModelCard.load(p).name
+                except Exception:  # noqa: BLE001 - a stray JSON is not a model card
+                    continue
+                found.setdefault(name, p)
+    return found
+
+
+DEFAULT_MODEL = "deepscan-sbi-lite0"
+
+
+def default_model_name() -> str:
+    return os.environ.get("DEEPSCAN_DEFAULT_MODEL", DEFAULT_MODEL)
+
+
+def resolve_card(name_or_path: str | None) -> ModelCard:
+    name_or_path = name_or_path or default_model_name()
+    p = Path(name_or_path)
+    if p.suffix == ".json" and p.is_file():
+        return ModelCard.load(p)
+    models = available_models()
+    if name_or_path not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise KeyError(f"unknown detector {name_or_path!r} (known: {known})")
+    return ModelCard.load(models[name_or_path])
+
+
+def find_weights(card: ModelCard, weights: str | os.PathLike | None = None) -> Path:
+    """The weights file to load: an explicit path, else beside the card, else the shared weights folder."""
+    if weights:
+        return Path(weights)
+    beside = card.weights_path
+    if beside.is_file():
+        return beside
+    for sub in ("weights/mesonet", "weights"):
+        cand = shared_dir() / sub / card.weights
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(
+        f"weights for {card.name} not found ({card.weights}); pass --weights PATH "
+        f"(looked beside the card and under {shared_dir()}/weights)"
+    )
+
+
+def select_device(device: str | None = None):
+    import torch
+
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+@dataclass
+class DetectorOutput:
+    probs: np.ndarray  # (N,) float32 fake probability
+    heatmaps: np.ndarray  # (N, h, w) float32 in [0, 1]
+
+
+class Detector:
+    """Batched inference around a network, its card, and a heatmap source."""
+
+    def __init__(self, card: ModelCard, net, weights_sha256: str, device=None, precision: str = "auto",
+                 batch_size: int = 64):
+        import torch
+
+        self.card = card
+        self.weights_sha256 = weights_sha256
+        self.device = select_device(device) if not isinstance(device, torch.device) else device
+        self.net = net.to(self.device).eval()
+        self.batch_size = batch_size
+        self.precision = self._choose_precision(precision)
+        if self.device.type == "cpu":
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def _choose_precision(self, precision: str) -> str:
+        if precision != "auto":
+            return precision
+        # Half precision pays on GPUs; on CPU fp32 keeps scores bit-stable across runs and machines.
+        return "fp16" if self.device.type == "cuda" else "fp32"
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def preprocess(self, crops: np.ndarray):
+        x = normalise(crops, self.card.mean, self.card.std)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=__import__("torch").channels_last)
+
+    def predict(self, crops: np.ndarray) -> DetectorOutput:
+        """Score uint8 RGB crops (N, S, S, 3) made by :func:`deepscan.crops.crop_face` at the card's size."""
+        crops = np.asarray(crops)
+        n = len(crops)
+        s = self.card.input_size
+        if n == 0:
+            return DetectorOutput(np.zeros((0,), np.float32), np.zeros((0, s, s), np.float32))
+        probs, maps = [], []
+        for i in range(0, n, self.batch_size):
+            p, m = self._predict_batch(crops[i : i + self.batch_size])
+            probs.append(p)
+            maps.append(m)
+        return DetectorOutput(np.concatenate(probs), np.concatenate(maps))
+
+    def _predict_batch(self, crops: np.ndarray):
+        import torch
+
+        x = self.preprocess(crops)
+        if self.card.heatmap == "gradcam":
+            from .gradcam import gradcam
+
+            with self._autocast():
+                logits, cam = gradcam(self.net, x)
+            heat = cam
+        else:
+            with torch.inference_mode(), self._autocast():
+                out = self.net(x)
+            logits, mask_logits = out
+            heat = torch.sigmoid(mask_logits.float())[:, 0]
+            if heat.shape[-1] != x.shape[-1]:
+                heat = torch.nn.functional.interpolate(
+                    heat[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
+        probs = torch.sigmoid(logits.float().reshape(-1) / self.card.temperature)
+        return probs.cpu().numpy().astype(np.float32), heat.float().clamp_(0, 1).cpu().numpy().astype(np.float32)
+
+
+def load_detector(name_or_path: str | None = None, weights=None, device=None, precision: str = "auto",
+                  batch_size: int = 64) -> Detector:
+    """Build a :class:`Detector` from a registry name or a card path; the weights' sha256 is checked first."""
+    from .nets import build_net
+
+    card = resolve_card(name_or_path)
+    wpath = find_weights(card, weights)
+    # A user-supplied file is checked against the card only when it is the same file name: --weights exists to
+    # load other weights of the same architecture (for example another MesoNet training run).
+    if weights is None or Path(weights).name == card.weights:
+        digest = card.verify_weights(wpath)
+    else:
+        digest = sha256_file(wpath)
+    net = build_net(card, wpath)
+    return Detector(card, net, digest, device=device, precision=precision, batch_size=batch_size)

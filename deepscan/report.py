@@ -1,0 +1,106 @@
+"""Report stage: live progress while scanning and a terminal summary (rich), respecting NO_COLOR and pipes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .results import VideoResult
+
+VERDICT_STYLE = {"fake": "bold red", "uncertain": "bold yellow", "real": "green", "no_face": "dim",
+                 "error": "magenta"}
+
+VERDICT_MEANING = {
+    "fake": "the most suspicious person scored at or above the model's threshold",
+    "uncertain": "a score just below the threshold: look at it yourself",
+    "real": "every person scored clearly below the threshold",
+    "no_face": "no face was found in any sampled frame, so nothing was judged",
+    "error": "the file could not be screened (see the message)",
+}
+
+
+def make_console(stream=None) -> Console:
+    stream = stream or sys.stdout
+    # rich honours NO_COLOR itself; a pipe or CI log gets plain text and no live bars.
+    return Console(file=stream, no_color="NO_COLOR" in os.environ or None,
+                   force_terminal=None if stream.isatty() else False, highlight=False)
+
+
+class ScanProgress:
+    """An overall bar over files and a bar for the file in flight; silent when not on a terminal."""
+
+    def __init__(self, console: Console, total: int):
+        self.enabled = console.is_terminal
+        self.progress = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                 disable=not self.enabled, transient=False)
+        self.overall = self.progress.add_task("videos", total=total)
+        self.current = self.progress.add_task("", total=1, visible=False)
+        self._started = False
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def start(self, path) -> None:
+        if self._started:
+            self.progress.advance(self.overall)
+        self._started = True
+        name = Path(path).name
+        self.progress.reset(self.current, total=1, description=f"frames · {name[:40]}", visible=True)
+
+    def update(self, done: int, total: int) -> None:
+        self.progress.update(self.current, completed=done, total=max(total, done, 1))
+
+    def finish(self) -> None:
+        if self._started:
+            self.progress.advance(self.overall)
+        self.progress.update(self.current, visible=False)
+
+
+def _score_text(r: VideoResult) -> str:
+    return "—" if r.score is None else f"{r.score:.3f}"
+
+
+def summary_table(results: list[VideoResult], threshold: float | None = None) -> Table:
+    title = "deepscan results" + (f" (threshold {threshold:.3f})" if threshold is not None else "")
+    table = Table(title=title, show_lines=False, header_style="bold")
+    table.add_column("file", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("score", justify="right")
+    table.add_column("faces/tracks", justify="right")
+    table.add_column("frames", justify="right")
+    table.add_column("time", justify="right")
+    for r in sorted(results, key=lambda r: (-(r.score if r.score is not None else -1), r.path)):
+        people = ""
+        if len(r.tracks) > 1:
+            people = " · " + ", ".join(f"#{t.id} {t.score:.2f}" for t in r.tracks if t.counted)
+        table.add_row(r.path, Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")), _score_text(r) + people,
+                      f"{r.n_faces}/{len(r.tracks)}", str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s")
+    return table
+
+
+def print_summary(console: Console, results: list[VideoResult], threshold: float | None, wall_s: float) -> None:
+    console.print(summary_table(results, threshold))
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICT_STYLE}
+    parts = [Text(f"{counts[v]} {v}", style=VERDICT_STYLE[v]) for v in VERDICT_STYLE if counts[v]]
+    line = Text(f"{len(results)} videos in {wall_s:.1f}s: ")
+    for i, p in enumerate(parts):
+        line.append_text(p)
+        if i < len(parts) - 1:
+            line.append(", ")
+    console.print(line)
+    errors = [r for r in results if r.status == "error"]
+    if errors:
+        console.print(Text("errors", style="bold magenta"))
+        for r in errors:
+            console.print(f"  {r.path}: {r.error}", markup=False)

@@ -1,0 +1,141 @@
+"""Typed results with a stable JSON form (one ``VideoResult`` per input, one line of ``results.jsonl``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0"
+
+VERDICTS = ("fake", "uncertain", "real", "no_face", "error")
+
+
+@dataclass
+class FaceResult:
+    box: list[float]  # x1, y1, x2, y2 in upright full-resolution pixels
+    prob: float  # face-detector confidence
+    track: int
+    score: float  # fake probability from the detector
+    landmarks: list[list[float]] | None = None
+    heat_peak: float | None = None  # maximum of the manipulation heatmap
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # crop-space map in [0,1]; API only, not JSON
+    crop: np.ndarray | None = field(default=None, repr=False)  # the detector's input crop; API only
+
+    def to_dict(self) -> dict:
+        d = {"box": [round(float(v), 2) for v in self.box], "prob": round(float(self.prob), 5),
+             "track": self.track, "score": round(float(self.score), 6)}
+        if self.landmarks is not None:
+            d["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+        if self.heat_peak is not None:
+            d["heat_peak"] = round(float(self.heat_peak), 4)
+        return d
+
+
+@dataclass
+class FrameResult:
+    index: int
+    time_s: float
+    faces: list[FaceResult] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        return max((f.score for f in self.faces), default=None)
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "time_s": round(float(self.time_s), 4),
+                "faces": [f.to_dict() for f in self.faces]}
+
+
+@dataclass
+class TrackResult:
+    id: int
+    n_faces: int
+    score: float
+    verdict: str
+    first_time_s: float
+    last_time_s: float
+    counted: bool  # False when too few sightings to take part in the video verdict
+    scores: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "n_faces": self.n_faces, "score": round(float(self.score), 6),
+                "verdict": self.verdict, "first_time_s": round(self.first_time_s, 4),
+                "last_time_s": round(self.last_time_s, 4), "counted": self.counted}
+
+
+@dataclass
+class VideoResult:
+    path: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    status: str = "error"  # ok | no_face | error
+    score: float | None = None
+    verdict: str = "error"
+    error: str | None = None
+    model: dict = field(default_factory=dict)  # name, sha256
+    video: dict | None = None  # what probe saw
+    frames: list[FrameResult] = field(default_factory=list)
+    tracks: list[TrackResult] = field(default_factory=list)
+    timing: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    deepscan_version: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_faces(self) -> int:
+        return sum(len(f.faces) for f in self.frames)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict == "fake"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "status": self.status,
+            "score": None if self.score is None else round(float(self.score), 6),
+            "verdict": self.verdict,
+            "error": self.error,
+            "model": self.model,
+            "n_frames": self.n_frames,
+            "n_faces": self.n_faces,
+            "n_tracks": len(self.tracks),
+            "tracks": [t.to_dict() for t in self.tracks],
+            "frames": [f.to_dict() for f in self.frames],
+            "video": self.video,
+            "timing": {k: round(v, 4) for k, v in self.timing.items()},
+            "config": self.config,
+            "deepscan_version": self.deepscan_version,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoResult:
+        frames = [FrameResult(index=f["index"], time_s=f["time_s"],
+                              faces=[FaceResult(box=x["box"], prob=x["prob"], track=x["track"], score=x["score"],
+                                                landmarks=x.get("landmarks"), heat_peak=x.get("heat_peak"))
+                                     for x in f["faces"]]) for f in d.get("frames", [])]
+        tracks = [TrackResult(id=t["id"], n_faces=t["n_faces"], score=t["score"], verdict=t["verdict"],
+                              first_time_s=t["first_time_s"], last_time_s=t["last_time_s"], counted=t["counted"])
+                  for t in d.get("tracks", [])]
+        return cls(path=d["path"], sha256=d.get("sha256"), size_bytes=d.get("size_bytes"), status=d["status"],
+                   score=d.get("score"), verdict=d["verdict"], error=d.get("error"), model=d.get("model") or {},
+                   video=d.get("video"), frames=frames, tracks=tracks, timing=d.get("timing") or {},
+                   config=d.get("config") or {}, deepscan_version=d.get("deepscan_version", ""),
+                   started_at=d.get("started_at"), finished_at=d.get("finished_at"), extra=d.get("extra") or {})

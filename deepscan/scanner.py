@@ -1,0 +1,282 @@
+"""The one facade behind the CLI and the Python API: video → faces → detector → scoring, per video.
+
+``Scanner(options).scan_video(path)`` returns a :class:`VideoResult` and never raises for a bad input: the
+failure becomes an ``error`` result with a one-line message. ``Scanner.scan(paths)`` yields results as each
+video finishes, and appends each to ``results.jsonl`` when an output directory is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .crops import crop_face
+from .results import FaceResult, FrameResult, VideoResult
+from .scoring import Aggregation, aggregate
+from .video import VideoError, discover, iter_frames, probe
+
+
+@dataclass
+class ScanOptions:
+    detector: str | None = None  # registry name or model-card path; None = the embedded default
+    weights: str | None = None  # another weights file for the detector's architecture
+    frames: int = 32  # frames sampled evenly over the duration
+    fps: float | None = None  # sample at this rate instead (overrides ``frames``)
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None = CUDA when available
+    precision: str = "auto"  # detector precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    threads: int | None = None  # torch CPU threads; None = all cores
+    batch_frames: int = 16  # frames decoded and face-detected together
+    batch_faces: int = 64  # faces per detector forward pass
+    max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
+    timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
+    keep_heatmaps: bool = True  # keep per-face heatmaps and crops on results (API); never in JSON
+    threshold: float | None = None  # override the model card's decision threshold
+    min_face_prob: float | None = None  # override the card's face-detector probability threshold
+    aggregation: Aggregation = field(default_factory=Aggregation)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["aggregation"] = asdict(self.aggregation)
+        return d
+
+    def scoring_config(self) -> dict:
+        """The options that change scores (the configuration hash for provenance and resume)."""
+        keys = ("detector", "weights", "frames", "fps", "max_side", "threshold", "min_face_prob", "precision")
+        d = {k: getattr(self, k) for k in keys}
+        d["aggregation"] = asdict(self.aggregation)
+        return d
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return msg[:300]
+
+
+class _Prefetch:
+    """Runs a generator in a thread behind a bounded queue, so decoding overlaps detection."""
+
+    _END = object()
+
+    def __init__(self, gen: Iterator, depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._gen = gen
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for item in self._gen:
+                if self._stop.is_set():
+                    break
+                self._q.put(item)
+            self._q.put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            self._q.put(exc)
+        finally:
+            if self._stop.is_set():
+                self._gen.close()
+
+    def __iter__(self):
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+class Scanner:
+    def __init__(self, options: ScanOptions | None = None, **overrides):
+        self.options = replace(options or ScanOptions(), **overrides)
+        self._detector = None
+        self._faces = None
+
+    # Heavy objects are built on first use so `Scanner()` is cheap and `deepscan probe` needs no torch.
+    @property
+    def detector(self):
+        if self._detector is None:
+            from . import runtime
+            from .detector import load_detector
+
+            runtime.configure_threads(self.options.threads)
+            self._detector = load_detector(self.options.detector, weights=self.options.weights,
+                                           device=self.options.device, precision=self.options.precision,
+                                           batch_size=self.options.batch_faces)
+        return self._detector
+
+    @property
+    def face_finder(self):
+        if self._faces is None:
+            from .faces import FaceFinder
+
+            settings = self.detector.card.face_detector
+            if self.options.min_face_prob is not None:
+                settings = replace(settings, min_prob=self.options.min_face_prob)
+            self._faces = FaceFinder(settings, device=self.detector.device)
+        return self._faces
+
+    @property
+    def threshold(self) -> float:
+        t = self.options.threshold
+        return self.detector.card.threshold if t is None else t
+
+    def model_info(self) -> dict:
+        return {"name": self.detector.name, "sha256": self.detector.weights_sha256,
+                "architecture": self.detector.card.architecture, "threshold": self.threshold}
+
+    def environment(self) -> dict:
+        import torch
+
+        return {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+                "torch": torch.__version__, "device": str(self.detector.device),
+                "threads": torch.get_num_threads()}
+
+    # ------------------------------------------------------------------------------------------ per video
+    def scan_video(self, path, progress=None) -> VideoResult:
+        """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch."""
+        path = Path(path)
+        result = VideoResult(path=str(path), deepscan_version=__version__, started_at=_utc_now(),
+                             config=self.options.scoring_config())
+        t0 = time.perf_counter()
+        try:
+            result.model = self.model_info()
+            self._scan_into(path, result, progress)
+        except (VideoError, OSError) as exc:
+            result.status, result.verdict, result.error = "error", "error", _one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - one video's failure must never stop a scan
+            result.status, result.verdict = "error", "error"
+            result.error = f"internal error ({type(exc).__name__}: {_one_line(exc)})"
+            result.extra["traceback"] = traceback.format_exc(limit=8)
+        result.timing["total_s"] = time.perf_counter() - t0
+        result.finished_at = _utc_now()
+        return result
+
+    def _scan_into(self, path: Path, result: VideoResult, progress=None) -> None:
+        from .faces import Tracker
+
+        opts = self.options
+        if not path.is_file():
+            raise VideoError("not a regular file" if path.exists() else "file not found")
+        result.sha256, result.size_bytes = file_sha256(path)
+        info = probe(path)
+        result.video = info.to_dict()
+        card = self.detector.card
+        tracker = Tracker()
+        expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
+        timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
+        frames_out: list[FrameResult] = []
+        batches = _Prefetch(iter_frames(path, info, n_frames=opts.frames, fps=opts.fps,
+                                        batch_size=opts.batch_frames, max_side=opts.max_side,
+                                        timeout_s=opts.timeout_s))
+        try:
+            t_wait = time.perf_counter()
+            for batch in batches:
+                timing["decode_s"] += time.perf_counter() - t_wait
+                scale = batch[0].image.shape[1] / info.width  # decode may have downscaled huge frames
+                t = time.perf_counter()
+                found = self.face_finder.detect([f.image for f in batch])
+                timing["detect_s"] += time.perf_counter() - t
+                crops, owners = [], []
+                for frame, faces in zip(batch, found, strict=True):
+                    tracker.update(faces)
+                    fr = FrameResult(index=frame.index, time_s=frame.time_s)
+                    for face in faces:
+                        crops.append(crop_face(frame.image, face.box, card.crop_margin, card.input_size))
+                        owners.append((fr, face))
+                    frames_out.append(fr)
+                t = time.perf_counter()
+                out = self.detector.predict(np.stack(crops)) if crops else None
+                timing["classify_s"] += time.perf_counter() - t
+                for i, (fr, face) in enumerate(owners):
+                    heat = out.heatmaps[i]
+                    fr.faces.append(FaceResult(
+                        box=[v / scale for v in face.box], prob=face.prob, track=face.track,
+                        score=float(out.probs[i]), landmarks=(face.landmarks / scale).tolist(),
+                        heat_peak=float(heat.max()),
+                        heatmap=heat.astype(np.float16) if opts.keep_heatmaps else None,
+                        crop=crops[i] if opts.keep_heatmaps else None))
+                if progress:
+                    progress(len(frames_out), expected)
+                t_wait = time.perf_counter()
+        finally:
+            batches.close()
+        result.frames = frames_out
+        result.timing.update(timing)
+        score, verdict, tracks = aggregate(frames_out, self.threshold, card.uncertain_band, opts.aggregation)
+        result.score, result.verdict, result.tracks = score, verdict, tracks
+        result.status = "no_face" if verdict == "no_face" else "ok"
+
+    # ----------------------------------------------------------------------------------------- many videos
+    def scan(self, paths: Iterable, out_dir=None, progress=None) -> Iterator[VideoResult]:
+        """Screen every video found under ``paths``; yield each result as it finishes.
+
+        ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``.
+        """
+        writer = ResultsWriter(out_dir) if out_dir else None
+        for path in discover([paths] if isinstance(paths, (str, os.PathLike)) else paths):
+            if progress:
+                progress.start(path)
+            result = self.scan_video(path, progress=progress.update if progress else None)
+            if writer:
+                writer.write(result)
+            yield result
+
+
+class ResultsWriter:
+    """Appends one JSON line per video; each line goes out in a single write and is fsynced."""
+
+    def __init__(self, out_dir):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "results.jsonl"
+
+    def write(self, result: VideoResult) -> None:
+        line = (result.to_json() + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def scan(paths, out_dir=None, **options) -> Iterator[VideoResult]:
+    """Python API: ``for result in deepscan.scan("clips/", frames=16): ...``."""
+    return Scanner(ScanOptions(**options)).scan(paths, out_dir=out_dir)

@@ -1,0 +1,107 @@
+"""Face-crop cache for training: decode each labelled clip once, find faces with the same face stage the
+scanner uses, and store context crops (a wide square around each face) with the face box and landmarks in
+crop coordinates. Training then cuts the model's input from the context crop with ``crop_face`` — the same
+function inference uses — after self-blending or augmenting it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..crops import crop_face, square_box
+from ..detector.card import FaceDetectorSettings
+
+# Clips whose names carry a person: the same person must never sit on both sides of a split.
+_IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking": "obama"}
+
+
+def read_manifest(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def identity_group(rel_path: str) -> str:
+    """Split key: who is on screen (and, for DeepFaceLive demos, both halves of a demo together)."""
+    folder, name = rel_path.split("/", 1) if "/" in rel_path else ("", rel_path)
+    stem = Path(name).stem
+    if folder == "deepfacelive_split":
+        return "dfl:" + re.sub(r"_\d+__(left_original|right_swapped)$", "", stem).lower().replace(" ", "_")
+    if folder == "hdtf_via_sadtalker":
+        return "person:" + re.sub(r"^(WDA|RD)_|\d*_000$", "", stem).lower()
+    if folder == "sadtalker_outputs":
+        return "sadtalker:" + re.sub(r"(_e|_full_e|\d+)$", "", stem.split("##")[0]).lower()
+    key = _IDENTITY_ALIASES.get(stem.lower())
+    if key:
+        return "person:" + key
+    return f"{folder}:{stem.lower()}"
+
+
+def _keep_faces(faces, label: str):
+    """Real clips: every confident face. Fake clips: only the largest face per frame — other faces in a
+    face-swap demo (a photo on the wall, the source image in the app window) are not manipulated."""
+    if label == "fake" and faces:
+        return [max(faces, key=lambda f: f.size)]
+    return faces
+
+
+def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, context_margin: float = 1.0,
+                context_size: int = 384, settings: FaceDetectorSettings | None = None, limit: int | None = None,
+                progress: bool = True) -> dict:
+    """Write ``out_dir/index.json`` and one ``<id>.npz`` per clip; clips already cached are kept."""
+    from rich.progress import Progress
+
+    from ..faces import FaceFinder
+    from ..video import iter_frames, probe
+
+    settings = settings or FaceDetectorSettings()
+    clips_dir = manifest.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_manifest(manifest)[:limit]
+    finder = FaceFinder(settings)
+    index = {"context_margin": context_margin, "context_size": context_size, "frames_per_clip": frames_per_clip,
+             "face_detector": asdict(settings),
+             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "clips": []}
+    t0 = time.time()
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("caching faces", total=len(rows))
+        for row in rows:
+            rel = row["file"]
+            clip_id = hashlib.sha1(rel.encode()).hexdigest()[:16]
+            entry = {"id": clip_id, "file": rel, "label": row["label"], "group": identity_group(rel),
+                     "source": rel.split("/")[0], "method": row.get("method", ""), "npz": f"{clip_id}.npz"}
+            target = out_dir / entry["npz"]
+            if not target.exists():
+                crops, boxes, marks, fidx, probs = [], [], [], [], []
+                info = probe(clips_dir / rel)
+                for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
+                    for frame, faces in zip(batch, finder.detect([f.image for f in batch]), strict=True):
+                        for face in _keep_faces(faces, row["label"]):
+                            sx1, sy1, sx2, sy2 = square_box(face.box, context_margin)
+                            k = context_size / (sx2 - sx1)
+                            crops.append(crop_face(frame.image, face.box, context_margin, context_size))
+                            b = face.box
+                            boxes.append([(b[0] - sx1) * k, (b[1] - sy1) * k, (b[2] - sx1) * k, (b[3] - sy1) * k])
+                            marks.append((face.landmarks - [sx1, sy1]) * k)
+                            fidx.append(frame.index)
+                            probs.append(face.prob)
+                tmp = target.with_suffix(".tmp.npz")
+                np.savez(tmp, crops=np.asarray(crops, np.uint8).reshape(-1, context_size, context_size, 3),
+                         boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                         landmarks=np.asarray(marks, np.float32).reshape(-1, 5, 2),
+                         frame_index=np.asarray(fidx, np.int64), prob=np.asarray(probs, np.float32))
+                tmp.replace(target)
+            with np.load(target) as z:
+                entry["n_crops"] = int(len(z["prob"]))
+            index["clips"].append(entry)
+            bar.advance(task)
+    index["build_seconds"] = round(time.time() - t0, 1)
+    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
+    return index
