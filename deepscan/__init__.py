@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 from .results import FaceResult, FrameResult, TrackResult, VideoResult  # noqa: E402
-from .scanner import ScanOptions, Scanner, scan  # noqa: E402
+from .scanner import Scanner, ScanOptions, scan  # noqa: E402
 
 __all__ = ["FaceResult", "FrameResult", "ScanOptions", "Scanner", "TrackResult", "VideoResult", "__version__",
            "scan"]

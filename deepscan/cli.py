@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out", type=Path)
     c.add_argument("--frames", type=_positive_int, default=32)
 
+    e = sub.add_parser("eval", help="video-level ROC AUC and rates of detectors on labelled clips")
+    e.add_argument("labels", type=Path, help="TSV/CSV with path,label columns, or a MANIFEST.tsv")
+    e.add_argument("--detector", action="append", default=[],
+                   help="detector name or card path; repeat to compare (default: the embedded model)")
+    e.add_argument("--weights", action="append", default=[],
+                   help="weights for the --detector at the same position (use '-' for the default)")
+    e.add_argument("--frames", type=_positive_int, default=32)
+    e.add_argument("--subset", type=Path,
+                   help="model card whose training.validation_files restricts the clips (its held-out split)")
+    e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
+
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
     t.add_argument("--no-resume", action="store_true", help="start over instead of resuming the last checkpoint")
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_scan(args) -> int:
     from .report import ScanProgress, make_console, print_summary
-    from .scanner import ResultsWriter, ScanOptions, Scanner
+    from .scanner import ResultsWriter, Scanner, ScanOptions
     from .video import discover
 
     console = make_console(sys.stderr if args.json else sys.stdout)
@@ -170,6 +181,53 @@ def cmd_cache(args) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args) -> int:
+    from rich.table import Table
+
+    from .detector import ModelCard
+    from .evaluate import evaluate, read_labels
+    from .report import make_console
+
+    console = make_console()
+    subset = None
+    if args.subset:
+        subset = set(ModelCard.load(args.subset).training.get("validation_files") or [])
+        if not subset:
+            console.print(f"[bold red]error:[/] {args.subset} names no validation_files")
+            return EXIT_ERROR
+    clips = read_labels(args.labels, subset)
+    if not clips or len({c.label for c in clips}) < 2:
+        console.print("[bold red]error:[/] need labelled real and fake clips")
+        return EXIT_ERROR
+    names = args.detector or [None]
+    weights = args.weights + ["-"] * (len(names) - len(args.weights))
+    specs = [{"detector": n, "weights": None if w == "-" else w} for n, w in zip(names, weights, strict=False)]
+    report = evaluate(clips, specs, frames=args.frames, out_dir=args.out)
+    table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {args.frames} frames each",
+                  header_style="bold")
+    for col in ("detector", "AUC", "95% CI", "threshold", "accuracy", "TPR", "FPR", "unscored"):
+        table.add_column(col)
+    for d in report["detectors"]:
+        t = d["at_threshold"]
+        table.add_row(d["detector"], f"{d['auc']:.3f}", f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]",
+                      f"{t['threshold']:.3f}", f"{t['accuracy']:.3f}", f"{t['tpr']:.3f}", f"{t['fpr']:.3f}",
+                      str(len(d["unscored"])))
+    console.print(table)
+    for d in report["detectors"]:
+        src = Table(title=f"{d['detector']} per source", header_style="bold")
+        for col in ("source", "n", "fake", "mean score", "AUC", "accuracy", "TPR", "FPR"):
+            src.add_column(col)
+        for row in d["per_source"]:
+            src.add_row(row["source"], str(row["n"]), str(row["n_fake"]), f"{row['mean_score']:.3f}",
+                        "—" if row["auc"] is None else f"{row['auc']:.3f}", f"{row['accuracy']:.3f}",
+                        "—" if row["n_fake"] == 0 else f"{row['tpr']:.3f}",
+                        "—" if row["n_fake"] == row["n"] else f"{row['fpr']:.3f}")
+        console.print(src)
+    if args.out:
+        console.print(f"metrics: {args.out / 'metrics.json'}, ROC: {args.out / 'roc.png'}", markup=False)
+    return EXIT_OK
+
+
 def cmd_train(args) -> int:
     from .training.train import train
 
@@ -177,7 +235,8 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "cache": cmd_cache, "train": cmd_train}
+COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "cache": cmd_cache, "train": cmd_train,
+            "eval": cmd_eval}
 
 
 def main(argv=None) -> int:

@@ -126,7 +126,7 @@ _STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
 _DIMS = re.compile(r"(?<![\w.])(\d{1,6})x(\d{1,6})(?![\w.])")
 _FPS = re.compile(r"([\d.]+)(k?) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
-_ROTATE = re.compile(r"displaymatrix: rotation of (-?[\d.]+) degrees")
+_ROTATE = re.compile(r"display ?matrix:? rotation of (-?[\d.]+) degrees", re.I)
 _ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+)", re.M)
 _INPUT = re.compile(r"Input #0, (.+?), from ")
 
@@ -288,7 +288,8 @@ def select_expression(step_s: float, offset_s: float, start_s: float) -> str:
     Targets are ``offset + k·step`` (relative to the stream start). Register 0 holds the next target; after a
     hit it jumps past the current time, so a gap in a variable-frame-rate stream never yields a burst of frames.
     """
-    rel = f"(t-{start_s:.6f})"
+    # A 0.1 ms tolerance absorbs timestamps like 0.59999 for a 0.6 s target (time bases are rarely decimal).
+    rel = f"(t-{start_s:.6f}+0.0001)"
     return (f"if(gte({rel}\\,ld(0)+{offset_s:.6f})\\,"
             f"st(0\\,(floor(({rel}-{offset_s:.6f})/{step_s:.6f})+1)*{step_s:.6f})*0+1\\,0)")
 
@@ -323,12 +324,15 @@ def iter_frames(
     info = info or probe(path)
     step = sample_interval(info, n_frames, fps)
     offset = 0.0 if fps else step / 2.0
+    if info.fps and step <= 1.0 / info.fps:  # more samples asked for than the clip has frames: take each once
+        step, offset = 1.0 / info.fps, 0.0
     limit = None if fps else max(1, int(n_frames or 32))
     out_w, out_h = decode_size(info, max_side)
     stream = ffmpeg.input(ffmpeg_input(path), protocol_whitelist="file")
     stream = stream.video.filter("select", select_expression(step, offset, info.start_time_s).replace("\\,", ","))
-    if (out_w, out_h) != (info.width, info.height):
-        stream = stream.filter("scale", out_w, out_h, flags="area")
+    # Always scale to the size the pipe reader expects: should the probe misjudge rotation or size, frames
+    # come out distorted instead of as garbage.
+    stream = stream.filter("scale", out_w, out_h, flags="area")
     stream = stream.filter("showinfo")
     args = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
                          **({"frames:v": limit} if limit else {})).global_args(
@@ -372,7 +376,7 @@ def iter_frames(
                 break
             with stamp_ready:
                 # showinfo logs a frame before it reaches the pipe, so its stamp is there or about to be.
-                stamp_ready.wait_for(lambda: len(stamps) > produced, timeout=5.0)
+                stamp_ready.wait_for(lambda n=produced: len(stamps) > n, timeout=5.0)
                 t = stamps[produced][1] if len(stamps) > produced and stamps[produced][0] >= 0 else float("nan")
             rel = (t - info.start_time_s) if t == t else offset + produced * step
             index = int(round(rel * info.fps)) if info.fps else produced

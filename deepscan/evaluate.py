@@ -1,0 +1,144 @@
+"""``deepscan eval``: video-level metrics of one or more detectors on labelled clips.
+
+Labels come from a TSV/CSV with ``path,label`` columns or the shared ``MANIFEST.tsv`` format (``file``,
+``label``, ``method``). Only ``real`` and ``fake`` count; anything else (``unknown``) is skipped. Each detector
+scans every clip through the same :class:`Scanner` as ``deepscan scan``; metrics come from scikit-learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class LabelledClip:
+    path: Path
+    label: int  # 1 = fake, 0 = real
+    source: str
+    method: str = ""
+
+
+def read_labels(path, subset: set[str] | None = None) -> list[LabelledClip]:
+    path = Path(path)
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter=delimiter))
+    clips = []
+    for row in rows:
+        rel = row.get("file") or row.get("path")
+        label = (row.get("label") or "").strip().lower()
+        if not rel or label not in ("real", "fake"):
+            continue
+        if subset is not None and rel not in subset:
+            continue
+        p = Path(rel)
+        full = p if p.is_absolute() else path.parent / p
+        source = rel.split("/")[0] if "/" in rel else (row.get("source") or "-")
+        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method", "")))
+    return clips
+
+
+def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """ROC AUC with a percentile bootstrap 95% interval (clips resampled with replacement)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = np.asarray(y), np.asarray(s)
+    auc = float(roc_auc_score(y, s))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        stats.append(roc_auc_score(y[idx], s[idx]))
+    lo, hi = (np.percentile(stats, [2.5, 97.5]) if stats else (float("nan"), float("nan")))
+    return auc, float(lo), float(hi)
+
+
+def rates_at(y, s, threshold: float) -> dict:
+    y, s = np.asarray(y), np.asarray(s)
+    pred = s >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    return {"threshold": threshold, "accuracy": float((pred == (y == 1)).mean()),
+            "tpr": tp / n_pos if n_pos else float("nan"), "fpr": fp / n_neg if n_neg else float("nan")}
+
+
+def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32, out_dir: Path | None = None,
+             progress=None) -> dict:
+    """Scan every clip with every detector (``{"detector": name, "weights": path|None}``) and score them."""
+    from sklearn.metrics import roc_curve
+
+    from .scanner import ResultsWriter, Scanner, ScanOptions
+
+    report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames, "detectors": []}
+    curves = {}
+    for spec in detectors:
+        scanner = Scanner(ScanOptions(detector=spec.get("detector"), weights=spec.get("weights"), frames=frames,
+                                      keep_heatmaps=False))
+        name = scanner.detector.name
+        writer = ResultsWriter(out_dir / name) if out_dir else None
+        ys, ss, srcs, failed = [], [], [], []
+        for clip in clips:
+            r = scanner.scan_video(clip.path)
+            if writer:
+                writer.write(r)
+            if progress:
+                progress(name, clip, r)
+            if r.score is None:  # no face or error: counted as "not flagged" with score 0, and listed
+                failed.append({"path": str(clip.path), "status": r.status, "error": r.error})
+            ys.append(clip.label)
+            ss.append(0.0 if r.score is None else r.score)
+            srcs.append(clip.source)
+        auc, lo, hi = bootstrap_auc(ys, ss)
+        entry = {"detector": name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
+                 "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
+                 "per_source": per_source_table(ys, ss, srcs, scanner.threshold)}
+        report["detectors"].append(entry)
+        curves[name] = roc_curve(ys, ss)
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        plot_roc(curves, report, out_dir / "roc.png")
+    return report
+
+
+def per_source_table(ys, ss, srcs, threshold: float) -> list[dict]:
+    from sklearn.metrics import roc_auc_score
+
+    ys, ss, srcs = np.asarray(ys), np.asarray(ss), np.asarray(srcs)
+    rows = []
+    for src in sorted(set(srcs)):
+        m = srcs == src
+        y, s = ys[m], ss[m]
+        row = {"source": str(src), "n": int(m.sum()), "n_fake": int(y.sum()), "mean_score": float(s.mean()),
+               **rates_at(y, s, threshold)}
+        row["auc"] = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+        rows.append(row)
+    return rows
+
+
+def plot_roc(curves: dict, report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    aucs = {d["detector"]: d for d in report["detectors"]}
+    for name, (fpr, tpr, _) in curves.items():
+        d = aucs[name]
+        ax.plot(fpr, tpr, label=f"{name}: AUC {d['auc']:.3f} [{d['auc_ci95'][0]:.2f}, {d['auc_ci95'][1]:.2f}]")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("false positive rate (real clips flagged)")
+    ax.set_ylabel("true positive rate (fake clips flagged)")
+    ax.set_title(f"video-level ROC, {report['n_clips']} clips ({report['n_fake']} fake)")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

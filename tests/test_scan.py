@@ -1,0 +1,107 @@
+"""End-to-end: the Scanner facade, the Python API and the CLI on the project's own clips and on ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import SAMPLE_CLIPS, make_test_video
+
+from deepscan import Scanner, VideoResult, scan
+from deepscan.cli import main as cli_main
+
+REQUIRED_KEYS = {"path", "sha256", "status", "score", "verdict", "error", "model", "frames"}
+
+
+@pytest.fixture(scope="module")
+def scanner():
+    return Scanner(frames=8)
+
+
+@pytest.fixture(scope="module")
+def sample_clip():
+    clips = sorted(SAMPLE_CLIPS.glob("*.mp4"))
+    if not clips:
+        pytest.skip("sample clips missing")
+    return clips[0]
+
+
+def test_scan_video_result_contract(scanner, sample_clip):
+    r = scanner.scan_video(sample_clip)
+    assert r.status == "ok", r.error
+    assert r.verdict in ("fake", "real", "uncertain")
+    assert 0.0 <= r.score <= 1.0
+    assert r.n_frames == 8 and r.n_faces >= 4
+    d = json.loads(r.to_json())
+    assert REQUIRED_KEYS <= d.keys()
+    assert d["model"]["name"] == scanner.detector.name and len(d["model"]["sha256"]) == 64
+    face = next(f for fr in d["frames"] for f in fr["faces"])
+    assert {"box", "prob", "track", "score"} <= face.keys()
+    assert {"index", "time_s", "faces"} <= d["frames"][0].keys()
+    # The API keeps each face's heatmap and crop; JSON never carries them.
+    api_face = next(f for fr in r.frames for f in fr.faces)
+    assert api_face.heatmap is not None and api_face.heatmap.ndim == 2
+    assert 0.0 <= float(api_face.heatmap.min()) and float(api_face.heatmap.max()) <= 1.0
+    assert "heatmap" not in face
+    assert VideoResult.from_dict(d).to_dict() == d
+
+
+def test_bad_inputs_become_error_results_and_the_scan_goes_on(tmp_path, scanner, sample_clip):
+    (tmp_path / "a_text.mp4").write_text("definitely not a video")
+    (tmp_path / "b_empty.mp4").write_bytes(b"")
+    shutil.copy(sample_clip, tmp_path / "c_good.mp4")
+    make_test_video(tmp_path / "d_noface.mp4", seconds=1)
+    results = {r.path.split("/")[-1]: r for r in scanner.scan([tmp_path])}
+    assert set(results) == {"a_text.mp4", "b_empty.mp4", "c_good.mp4", "d_noface.mp4"}
+    for name in ("a_text.mp4", "b_empty.mp4"):
+        assert results[name].status == "error" and results[name].verdict == "error"
+        assert results[name].error and "\n" not in results[name].error and "Traceback" not in results[name].error
+    assert results["c_good.mp4"].status == "ok"
+    assert results["d_noface.mp4"].status == "no_face" and results["d_noface.mp4"].score is None
+
+
+def test_api_and_cli_give_the_same_scores(tmp_path, sample_clip, capsys):
+    api = next(scan([sample_clip], frames=8, keep_heatmaps=False))
+    code = cli_main(["scan", str(sample_clip), "--frames", "8", "--json", "--out", str(tmp_path)])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    written = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert printed == written and len(written) == 1
+    cli = written[0]
+    assert code == (1 if cli["verdict"] == "fake" else 0)
+    assert cli["score"] == pytest.approx(api.score, abs=1e-6)
+    assert [f["score"] for fr in cli["frames"] for f in fr["faces"]] == pytest.approx(
+        [f.score for fr in api.frames for f in fr.faces], abs=1e-6)
+
+
+def test_cli_exit_status_for_errors_and_misuse(tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    assert cli_main(["scan", str(bad), "--frames", "4"]) == 2
+    assert "broken.mp4" in capsys.readouterr().out
+    assert cli_main(["scan", str(tmp_path / "missing_dir")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["scan", str(bad), "--frames", "0"])
+    assert exc.value.code == 2
+    assert cli_main(["scan", str(bad), "--detector", "no-such-model"]) == 2
+
+
+def test_probe_and_models_commands(sample_clip, capsys):
+    assert cli_main(["probe", str(sample_clip), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["width"] > 0 and info["fps"] > 0 and info["codec"]
+    assert cli_main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "mesonet4-df" in listing and "(default)" in listing
+
+
+@pytest.mark.slow
+def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
+    clips = shared / "data" / "clips" / "deepfacelive_split"
+    picks = [clips / "Keanu_Reeves_0__left_original.mp4", clips / "Keanu_Reeves_0__right_swapped.mp4"]
+    picks = [p for p in picks if p.exists()] or sorted(clips.glob("*.mp4"))[:2]
+    results = list(scan(picks, out_dir=tmp_path, detector="mesonet4-df", weights=str(mesonet_weights), frames=8))
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert all(r.model["sha256"].startswith("036ed30d") for r in results)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x)["sha256"] for x in lines)

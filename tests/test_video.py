@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ffmpeg, make_test_video, write_frames_video
+
+from deepscan.video import VideoError, discover, iter_frames, parse_ffmpeg_banner, probe
+
+BANNER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'file:/x/phone.mp4':
+  Metadata:
+    major_brand     : isom
+  Duration: 00:00:10.03, start: 0.021000, bitrate: 5210 kb/s
+  Stream #0:0[0x1](und): Video: h264 (High) (avc1 / 0x31637661), yuv420p(tv, bt709, progressive), 1920x1080, 5000 kb/s, 29.97 fps, 29.97 tbr, 90k tbn (default)
+      Side data:
+        Display Matrix: rotation of -90.00 degrees
+  Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, stereo, fltp, 128 kb/s (default)
+"""
+
+
+def all_frames(path, **kw):
+    return [f for batch in iter_frames(path, **kw) for f in batch]
+
+
+def index_video(path, n=50, rate=25, size=(64, 48)):
+    """Each frame is a flat grey level that encodes its own index, so decoded content proves which frame it is."""
+    frames = [np.full((size[1], size[0], 3), 4 * i + 20, np.uint8) for i in range(n)]
+    return write_frames_video(path, frames, rate=rate)
+
+
+def decoded_index(frame) -> int:
+    return int(round((float(frame.image.mean()) - 20) / 4))
+
+
+def test_parse_banner_reads_rotation_and_swaps_size():
+    info = parse_ffmpeg_banner(BANNER, "phone.mp4")
+    assert (info.width, info.height) == (1080, 1920)
+    assert info.rotation == 90
+    assert info.codec == "h264" and info.container.startswith("mov,mp4")
+    assert info.fps == pytest.approx(29.97)
+    assert info.duration_s == pytest.approx(10.03)
+    assert info.start_time_s == pytest.approx(0.021)
+    assert info.n_frames == round(10.03 * 29.97)
+
+
+def test_parse_banner_audio_only_is_a_clear_error():
+    text = BANNER.split("  Stream #0:0")[0] + "  Stream #0:0: Audio: aac, 48000 Hz, stereo\n"
+    with pytest.raises(VideoError, match="no video stream"):
+        parse_ffmpeg_banner(text)
+
+
+def test_probe_synthetic_clip(test_video):
+    info = probe(test_video)
+    assert (info.width, info.height) == (320, 240)
+    assert info.fps == pytest.approx(25)
+    assert info.duration_s == pytest.approx(2.0, abs=0.05)
+    assert info.n_frames == 50
+    assert info.rotation == 0
+
+
+def test_even_sampling_hits_the_frames_it_reports(tmp_path):
+    path = index_video(tmp_path / "idx.mp4", n=50)
+    frames = all_frames(path, n_frames=10)
+    assert len(frames) == 10
+    # Targets are the middle of ten 0.2 s slices: 0.1, 0.3, ... → frames 3, 8, 13, ...
+    assert [f.index for f in frames] == [3, 8, 13, 18, 23, 28, 33, 38, 43, 48]
+    assert [decoded_index(f) for f in frames] == [f.index for f in frames]  # no off-by-one
+    assert all(f.time_s == pytest.approx(f.index / 25) for f in frames)
+
+
+def test_rate_sampling(tmp_path):
+    path = index_video(tmp_path / "idx.mp4", n=50)
+    frames = all_frames(path, fps=5)
+    assert [f.index for f in frames] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45]
+    assert [decoded_index(f) for f in frames] == [f.index for f in frames]
+
+
+def test_batches_stream_and_respect_batch_size(test_video):
+    sizes = [len(b) for b in iter_frames(test_video, n_frames=20, batch_size=6)]
+    assert sizes == [6, 6, 6, 2]
+
+
+def test_more_samples_than_frames_returns_each_frame_once(tmp_path):
+    path = index_video(tmp_path / "short.mp4", n=5)
+    frames = all_frames(path, n_frames=32)
+    assert [decoded_index(f) for f in frames] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_metadata_gives_upright_frames(tmp_path, rotation):
+    # Left half dark, right half bright: after a 90° turn the bright half is at the top or bottom.
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, 32:] = 230
+    src = write_frames_video(tmp_path / "src.mp4", [img] * 10)
+    rotated = tmp_path / f"rot{rotation}.mp4"
+    ffmpeg("-display_rotation", str(rotation), "-i", str(src), "-c", "copy", str(rotated))
+    info = probe(rotated)
+    frame = all_frames(rotated, info=info, n_frames=2)[0].image
+    if rotation in (90, 270):
+        assert (info.width, info.height) == (48, 64) and frame.shape == (64, 48, 3)
+        top, bottom = frame[:32].mean(), frame[32:].mean()
+        assert abs(top - bottom) > 150  # the split turned horizontal
+    else:
+        assert frame.shape == (48, 64, 3)
+        assert frame[:, :32].mean() > frame[:, 32:].mean() + 150  # 180°: bright half now on the left
+
+
+def test_variable_frame_rate_is_sampled_by_time(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    # 25 frames at 25 fps, then a 2 s gap, then 25 more: a burst of duplicates would show as repeated times.
+    ffmpeg("-t", "2", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-vf",
+           "setpts='(N/25+if(gte(N,25),2,0))/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", str(path))
+    info = probe(path)
+    frames = all_frames(path, info=info, n_frames=8)
+    times = [f.time_s for f in frames]
+    assert len(frames) <= 8 and len(frames) >= 5
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert times[-1] > 2.0  # reached the part after the gap
+
+
+def test_name_starting_with_dash_is_a_file_not_an_option(tmp_path, test_video):
+    tricky = tmp_path / "-i evil name é.mp4"
+    shutil.copy(test_video, tricky)
+    os.chdir(tmp_path)
+    info = probe("-i evil name é.mp4")
+    assert info.width == 320
+    assert len(all_frames("-i evil name é.mp4", info=info, n_frames=3)) == 3
+
+
+def test_downscale_limits_frame_size(tmp_path):
+    path = make_test_video(tmp_path / "big.mp4", seconds=0.5, size="1280x720")
+    frame = all_frames(path, n_frames=1, max_side=640)[0]
+    assert frame.image.shape == (360, 640, 3)
+
+
+def test_errors_are_human_messages(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("hello, this is not a video\n" * 20)
+    with pytest.raises(VideoError, match="empty"):
+        probe(empty)
+    with pytest.raises(VideoError) as err:
+        probe(text)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_discover_by_extension_and_content(tmp_path, test_video):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(test_video, root / "a.mp4")
+    shutil.copy(test_video, root / "sub" / "payload.bin")  # video content, no video extension
+    (root / "notes.txt").write_text("not a video")
+    (root / "fake.mp4").write_text("text in a .mp4")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # must not trap the walk
+    found = sorted(p.relative_to(root).as_posix() for p in discover([root]))
+    assert found == ["a.mp4", "fake.mp4", "sub/payload.bin"]
