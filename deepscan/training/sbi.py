@@ -1,0 +1,178 @@
+"""Self-Blended Images (Shiohara & Yamasaki, CVPR 2022) from five MTCNN landmarks.
+
+A pseudo-fake is a face blended with a slightly altered copy of itself: colour, frequency content and geometry
+of the "source" copy are perturbed, and it is pasted back through a soft face-shaped mask. The result carries
+the generic traces of face swapping (blending boundary, colour mismatch, resampling, landmark misalignment)
+without identity or generator artefacts, which is what lets an SBI detector generalise to unseen methods.
+
+SBI builds its masks from 68/81 dlib landmarks; here only MTCNN's five points exist (eyes, nose, mouth
+corners), so forehead, jaw and chin are extrapolated from the eye-mouth geometry.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # SBI's dynamic blend: full-strength blends twice as likely
+
+
+def _face_frame(landmarks: np.ndarray):
+    """Eye centre, unit "right" and "down" axes of the face, inter-ocular distance and eye-mouth distance."""
+    lm = np.asarray(landmarks, np.float64)
+    eyes = (lm[0] + lm[1]) / 2.0
+    mouth = (lm[3] + lm[4]) / 2.0
+    right = lm[1] - lm[0]
+    iod = max(np.linalg.norm(right), 1.0)
+    right = right / iod
+    down = mouth - eyes
+    emd = max(np.linalg.norm(down), 1.0)
+    down = down / emd
+    return eyes, right, down, iod, emd
+
+
+def face_outline(landmarks: np.ndarray, kind: str = "face", scale_w: float = 1.0, scale_h: float = 1.0,
+                 n_points: int = 32) -> np.ndarray:
+    """Polygon (n, 2) of a face region extrapolated from five landmarks.
+
+    ``face``: forehead to chin, cheek to cheek (the usual swap region); ``inner``: brows to below the mouth;
+    ``lower``: from the nose down to the chin (mouth-driven reenactment region).
+    """
+    eyes, right, down, iod, emd = _face_frame(landmarks)
+    # Proportions of a frontal face in units of the eye-mouth distance (emd) and inter-ocular distance (iod).
+    if kind == "face":
+        top, bottom, half_w = -0.75 * emd, 1.75 * emd, 1.05 * iod
+    elif kind == "inner":
+        top, bottom, half_w = -0.45 * emd, 1.35 * emd, 0.85 * iod
+    elif kind == "lower":
+        top, bottom, half_w = 0.45 * emd, 1.75 * emd, 0.95 * iod
+    else:
+        raise ValueError(kind)
+    centre = eyes + down * (top + bottom) / 2.0
+    half_h = (bottom - top) / 2.0 * scale_h
+    half_w = half_w * scale_w
+    t = np.linspace(0, 2 * np.pi, n_points, endpoint=False)
+    # A superellipse (exponent < 2 squares the corners a little) fits jaw and forehead better than an ellipse.
+    c, s = np.cos(t), np.sin(t)
+    p = 2.5
+    x = half_w * np.sign(c) * np.abs(c) ** (2 / p)
+    y = half_h * np.sign(s) * np.abs(s) ** (2 / p)
+    return centre + np.outer(x, right) + np.outer(y, down)
+
+
+def landmark_mask(shape, landmarks: np.ndarray, kind: str = "face", scale_w: float = 1.0,
+                  scale_h: float = 1.0) -> np.ndarray:
+    """Hard {0, 1} float32 mask of :func:`face_outline` plus the convex hull of the landmarks themselves."""
+    h, w = shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    poly = face_outline(landmarks, kind, scale_w, scale_h)
+    hull = cv2.convexHull(np.concatenate([poly, np.asarray(landmarks, np.float64)]).astype(np.float32))
+    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
+    return mask.astype(np.float32)
+
+
+def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid: int = 6) -> np.ndarray:
+    """Warp a mask by a smooth random displacement field (coarse noise upsampled), so outlines are not convex."""
+    h, w = mask.shape
+    dx = cv2.resize(rng.uniform(-1, 1, (grid, grid)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    dy = cv2.resize(rng.uniform(-1, 1, (grid, grid)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    amplitude = np.float32(amplitude)
+    return cv2.remap(mask, xs + amplitude * dx, ys + amplitude * dy, cv2.INTER_LINEAR, borderValue=0)
+
+
+def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Soft blending mask in [0, 1] (before the blend ratio): random region, deformation and edge softness."""
+    _, _, _, iod, emd = _face_frame(landmarks)
+    kind = rng.choice(["face", "face", "inner", "lower"])
+    mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15))
+    face = max(iod, emd)
+    if rng.random() < 0.7:
+        mask = _elastic(mask, rng, amplitude=rng.uniform(0.05, 0.2) * face)
+    k = int(round(rng.uniform(0.05, 0.2) * face)) * 2 + 1
+    if rng.random() < 0.5:
+        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    else:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    # Two blurs as in SBI: a wide one sets the transition width, a narrow one removes any remaining step.
+    sigma = rng.uniform(0.05, 0.35) * face
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(sigma, 0.5))
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=rng.uniform(0.5, 2.0))
+    # Keep the blend inside the mask's support: tails below 1/255 would change pixels outside any visible edge.
+    mask[mask < 1.0 / 255.0] = 0.0
+    return np.clip(mask, 0.0, 1.0)
+
+
+def colour_jitter(img: np.ndarray, rng: np.random.Generator, force: bool = False, strength: float = 1.0) -> np.ndarray:
+    """RGB shift, hue/saturation/value shift and brightness-contrast, each applied with probability 0.5.
+
+    ``force`` guarantees at least one of them, so a self-blend never pastes back an unaltered copy (a "fake"
+    identical to its real would be label noise).
+    """
+    ops = rng.random(3) < 0.5
+    if force and not ops.any():
+        ops[rng.integers(3)] = True
+    out = img.astype(np.float32)
+    if ops[0]:
+        out += rng.uniform(-20, 20, 3).astype(np.float32) * strength
+    if ops[1]:
+        hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-5, 5) * strength) % 180
+        hsv[..., 1] += rng.uniform(-30, 30) * strength
+        hsv[..., 2] += rng.uniform(-20, 20) * strength
+        out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    if ops[2]:
+        alpha, beta = 1.0 + rng.uniform(-0.1, 0.1) * strength, rng.uniform(-25, 25) * strength
+        out = out * alpha + beta
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _frequency(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip."""
+    choice = rng.integers(4)
+    if choice == 0:
+        blur = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.8, 1.6))
+        amount = rng.uniform(0.3, 1.0)
+        return cv2.addWeighted(img, 1 + amount, blur, -amount, 0)
+    if choice == 1:
+        return cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
+    if choice == 2:
+        h, w = img.shape[:2]
+        f = rng.uniform(0.5, 0.9)
+        small = cv2.resize(img, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 90))])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy() if ok else img
+
+
+def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Small scale and translation of the source about the face centre (SBI: ±3 % shift, 0.95-1.05 scale)."""
+    h, w = img.shape[:2]
+    eyes, _, down, _, emd = _face_frame(landmarks)
+    centre = eyes + down * 0.5 * emd
+    face = 2.5 * emd
+    scale = rng.uniform(0.95, 1.05)
+    tx, ty = rng.uniform(-0.03, 0.03, 2) * face
+    m = np.array([[scale, 0, (1 - scale) * centre[0] + tx], [0, scale, (1 - scale) * centre[1] + ty]], np.float32)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a perturbed copy of ``img`` back into it through a random face mask.
+
+    Returns the blended uint8 image and the effective per-pixel blend weight (float32 HxW in [0, 1]): pixels
+    with weight 0 are exactly those of ``img``, so the weight map is the ground-truth manipulation mask.
+    """
+    img = np.ascontiguousarray(img)
+    # Only the source copy is perturbed, so pixels outside the mask stay exactly those of the input. SBI also
+    # swaps the roles; the perturbations here are sign-symmetric (lighter/darker, sharper/blurrier), which
+    # covers both directions of mismatch without changing the background.
+    source = colour_jitter(img, rng, force=True)
+    if rng.random() < 0.8:
+        source = _frequency(source, rng)
+    source = _warp(source, landmarks, rng)
+    mask = random_mask(img.shape, landmarks, rng) * float(rng.choice(BLEND_RATIOS))
+    m = mask[..., None]
+    blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
+    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return blended, mask.astype(np.float32)

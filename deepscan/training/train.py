@@ -1,0 +1,563 @@
+"""Train the SBI detector from the crop cache and export weights plus model card.
+
+``train(config)`` runs a budgeted (steps and/or minutes), seeded, resumable training on CPU or GPU, then
+validates on held-out groups, fits the temperature and the video threshold, and writes
+``models/<name>.safetensors`` with its ``models/<name>.json`` card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..crops import normalise
+from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
+from .data import (
+    REAL_LABELS,
+    Augment,
+    SampleSpec,
+    SBIDataset,
+    ValClip,
+    load_clips,
+    load_index,
+    split_clips,
+    val_items,
+)
+
+DEFAULTS: dict = {
+    "name": "deepscan-sbi-lite0",
+    "seed": 0,
+    "cache_dir": "cache/crops",
+    "runs_dir": "runs",
+    "models_dir": "models",
+    "description": "EfficientNet-Lite0 trained with Self-Blended Images and a blending-mask head.",
+    "data_terms": "",
+    "model": {
+        "backbone": "tf_efficientnet_lite0",
+        "pretrained": True,
+        "input_size": 224,
+        "crop_margin": 0.25,
+        # The ImageNet weights were trained on inputs scaled to [-1, 1] (TF-Lite convention), so that is the
+        # normalisation fine-tuning starts closest to.
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "dropout": 0.2,
+        "mask_channels": 64,
+        "mask_stride": 8,
+        "freeze_stages": 0,
+    },
+    "train": {
+        "batch_size": 16,
+        "max_steps": 1000,
+        "max_minutes": 0,  # 0 = no time budget
+        "lr": 1e-3,  # heads
+        "backbone_lr": 3e-4,
+        "weight_decay": 1e-4,
+        "warmup_steps": 50,
+        "mask_lambda": 1.0,
+        "p_fake": 0.5,
+        "use_real_fakes": False,
+        "real_fake_fraction": 0.3,
+        "real_fake_mask_weight": 0.0,
+        "precision": "bf16",  # autocast dtype for training: bf16 or fp32
+        "num_threads": 2,
+        "num_workers": 1,
+        "ckpt_every": 100,
+        "log_every": 10,
+        "device": "auto",
+    },
+    "val": {"val_fraction": 0.2, "frames_per_clip": 8, "max_fpr": 0.05, "batch_size": 32},
+    "augment": {},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_config(path, overrides: dict | None = None) -> dict:
+    """TOML config merged over :data:`DEFAULTS` (then ``overrides``); relative paths resolve from the CWD."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with open(path, "rb") as fh:
+        cfg = _merge(DEFAULTS, tomllib.load(fh))
+    cfg = _merge(cfg, overrides or {})
+    size = cfg["model"]["input_size"]
+    if size % 32:
+        raise ValueError(f"input_size must be a multiple of 32 (the backbone's stride), not {size}")
+    if not cfg["train"]["max_steps"] and not cfg["train"]["max_minutes"]:
+        raise ValueError("set train.max_steps and/or train.max_minutes")
+    return cfg
+
+
+def architecture_for(backbone: str) -> str:
+    from ..detector.nets.sbinet import ARCHITECTURES
+
+    for arch, bb in ARCHITECTURES.items():
+        if bb == backbone:
+            return arch
+    raise ValueError(f"no architecture string for backbone {backbone!r} (known: {sorted(ARCHITECTURES.values())})")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    import torch
+
+    # Samples draw from their own per-index generator; these seeds only cover library code using global RNGs.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    cv2_threads(1)
+    torch.set_num_threads(1)
+
+
+def cv2_threads(n: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(n)
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def predict_logits(net, card: ModelCard, crops: np.ndarray, batch_size: int = 32, device=None) -> np.ndarray:
+    """Fake logits (before temperature) of model-input crops, in eval mode and fp32 as at inference."""
+    import torch
+
+    device = device or next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(crops), batch_size):
+            x = normalise(crops[i : i + batch_size], card.mean, card.std).to(device)
+            logits, _ = net(x.contiguous(memory_format=torch.channels_last))
+            out.append(logits.float().cpu().numpy())
+    net.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _auc(labels, scores) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the binary NLL of sigmoid(logit / T): a log-spaced grid, then a finer one."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    if len(logits) == 0 or len(np.unique(labels)) < 2:
+        return 1.0
+
+    def nll(t):
+        z = logits / t
+        # log(1 + e^z) - y z, computed stably
+        return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 61))
+    return float(fine[int(np.argmin([nll(t) for t in fine]))])
+
+
+def video_threshold(real_scores: np.ndarray, max_fpr: float = 0.05) -> float:
+    """Lowest threshold whose false-positive rate on real videos is at most ``max_fpr`` (score >= t is fake)."""
+    real_scores = np.sort(np.asarray(real_scores, np.float64))[::-1]
+    if len(real_scores) == 0:
+        return 0.5
+    allowed = int(math.floor(max_fpr * len(real_scores) + 1e-9))
+    if allowed >= len(real_scores):
+        return float(real_scores[-1])
+    # Just above the highest real score that must be classed real.
+    return float(min(1.0, np.nextafter(real_scores[allowed], np.inf)))
+
+
+def scores_by_clip(items: list[ValClip], face_logits: np.ndarray, temperature: float):
+    """Per-clip video score, aggregated exactly as the scanner does (``scoring.track_score``), so the
+    threshold chosen here is the one that applies to ``deepscan scan`` scores."""
+    from ..scoring import track_score
+
+    probs = _sigmoid(face_logits / temperature)
+    out, start = [], 0
+    for it in items:
+        n = len(it.crops)
+        out.append(track_score(probs[start : start + n]) if n else 0.0)
+        start += n
+    return np.asarray(out)
+
+
+def metrics_from_logits(items: list[ValClip], face_logits: np.ndarray, temperature: float,
+                        threshold: float) -> dict:
+    face_labels = np.concatenate([[it.label] * len(it.crops) for it in items]) if items else np.zeros(0)
+    video_labels = np.array([it.label for it in items])
+    video_scores = scores_by_clip(items, face_logits, temperature)
+    face_probs = _sigmoid(face_logits / temperature)
+    flagged = video_scores >= threshold
+    reals, fakes = video_labels == 0, video_labels == 1
+    by_source: dict[str, dict] = {}
+    for src in sorted({it.source for it in items}):
+        sel = np.array([it.source == src for it in items])
+        by_source[src] = {
+            "clips": int(sel.sum()),
+            "real": int((sel & reals).sum()),
+            "fake": int((sel & fakes).sum()),
+            "flagged": int((sel & flagged).sum()),
+            "mean_score": float(video_scores[sel].mean()),
+        }
+    nll = None
+    if len(face_labels):
+        z = face_logits / temperature
+        nll = float(np.mean(np.logaddexp(0.0, z) - face_labels * z))
+    return {
+        "face_auc": _auc(face_labels, face_probs),
+        "video_auc": _auc(video_labels, video_scores),
+        "faces": int(len(face_labels)),
+        "videos": int(len(items)),
+        "real_videos": int(reals.sum()),
+        "fake_videos": int(fakes.sum()),
+        "video_tpr_at_threshold": float(flagged[fakes].mean()) if fakes.any() else None,
+        "video_fpr_at_threshold": float(flagged[reals].mean()) if reals.any() else None,
+        "face_nll": nll,
+        "by_source": by_source,
+    }
+
+
+def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
+    """Face-level and video-level (mean over a clip's faces) AUC and rates at the card's threshold."""
+    crops = np.concatenate([it.crops for it in val_items]) if val_items else np.zeros((0, 1, 1, 3), np.uint8)
+    logits = predict_logits(net, card, crops, batch_size) if len(crops) else np.zeros((0,), np.float32)
+    return metrics_from_logits(val_items, logits, card.temperature, card.threshold)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _param_groups(net, cfg_train: dict) -> list[dict]:
+    backbone_decay, backbone_no, head_decay, head_no = [], [], [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1  # BatchNorm affine and biases are not weights to shrink
+        if name.startswith("backbone."):
+            (backbone_no if no_decay else backbone_decay).append(p)
+        else:
+            (head_no if no_decay else head_decay).append(p)
+    wd, lr, blr = cfg_train["weight_decay"], cfg_train["lr"], cfg_train["backbone_lr"]
+    groups = [
+        {"params": backbone_decay, "lr": blr, "weight_decay": wd},
+        {"params": backbone_no, "lr": blr, "weight_decay": 0.0},
+        {"params": head_decay, "lr": lr, "weight_decay": wd},
+        {"params": head_no, "lr": lr, "weight_decay": 0.0},
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return [g for g in groups if g["params"]]
+
+
+def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
+    """Linear warm-up, then cosine decay over training progress.
+
+    Progress is the larger of the step and time fractions of the budget, so a run limited by minutes still
+    ends at a low learning rate. With only ``max_steps`` set the schedule (and the run) is reproducible.
+    """
+    warm = cfg_train["warmup_steps"]
+    if step < warm:
+        return (step + 1) / warm
+    progress = 0.0
+    if cfg_train["max_steps"]:
+        progress = max(progress, (step - warm) / max(1, cfg_train["max_steps"] - warm))
+    if cfg_train["max_minutes"]:
+        progress = max(progress, elapsed_s / (cfg_train["max_minutes"] * 60.0))
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_ckpt(path: Path, state: dict) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def _build_net(cfg_model: dict):
+    from ..detector.nets.sbinet import SBINet
+
+    return SBINet(**_net_kwargs(cfg_model))
+
+
+def _net_kwargs(cfg_model: dict) -> dict:
+    return {k: cfg_model[k] for k in ("backbone", "dropout", "mask_channels", "mask_stride", "freeze_stages")}
+
+
+def _masked_bce(mask_logits, mask_target, weight):
+    import torch.nn.functional as F
+
+    per_pixel = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_target, reduction="none")
+    per_sample = per_pixel.mean(dim=(1, 2, 3))
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def train(config_path, resume: bool = True, overrides: dict | None = None, progress: bool = True) -> Path:
+    """Train, validate, calibrate and export. Returns the written model card's path."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    cfg = load_config(config_path, overrides)
+    ct, cm, cv = cfg["train"], cfg["model"], cfg["val"]
+    torch.set_num_threads(int(ct["num_threads"]))
+    cv2_threads(int(ct["num_threads"]))
+    seed_everything(cfg["seed"])
+    from ..detector import select_device
+
+    device = select_device(ct["device"])
+
+    cache_dir = Path(cfg["cache_dir"])
+    run_dir = Path(cfg["runs_dir"]) / cfg["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "ckpt.pt"
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    index = load_index(cache_dir)
+    train_meta, val_meta = split_clips(index, cv["val_fraction"], cfg["seed"])
+    real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
+    fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
+    reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
+    val_clips = load_clips(cache_dir, [c for c in val_meta if c["label"] in ("real", "fake")])
+    items = val_items(val_clips, cm["input_size"], cm["crop_margin"], cv["frames_per_clip"])
+
+    net = _build_net(cm)
+    mask_size = cm["input_size"] // cm["mask_stride"]
+    spec = SampleSpec(
+        input_size=cm["input_size"], crop_margin=cm["crop_margin"], mean=tuple(cm["mean"]), std=tuple(cm["std"]),
+        mask_size=mask_size, p_fake=ct["p_fake"],
+        real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
+        real_fake_mask_weight=ct["real_fake_mask_weight"], augment=Augment.from_config(cfg["augment"]),
+    )
+    dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
+
+    step, elapsed, history = 0, 0.0, []
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume and ckpt_path.exists() else None
+    if state is None and cm["pretrained"]:
+        from ..detector.nets.sbinet import load_imagenet_lite
+
+        load_imagenet_lite(net, cm["backbone"])
+    net = net.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(_param_groups(net, ct))
+    if state is not None:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed_s"], list(state.get("history", []))
+        torch.set_rng_state(state["torch_rng"])
+
+    bs = ct["batch_size"]
+    max_steps = ct["max_steps"] or 10**9
+    budget_s = ct["max_minutes"] * 60.0 if ct["max_minutes"] else math.inf
+    loader = DataLoader(
+        dataset, batch_size=bs, sampler=range(step * bs, max_steps * bs), num_workers=ct["num_workers"],
+        worker_init_fn=_worker_init, drop_last=True, persistent_workers=False,
+        # Its own generator: creating the iterator must not draw from the global RNG that dropout uses, or a
+        # resumed run would see different dropout masks from an uninterrupted one.
+        generator=torch.Generator().manual_seed(cfg["seed"]),
+        prefetch_factor=4 if ct["num_workers"] else None,
+    )
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ct["precision"])
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=ct["max_steps"] or None, initial=step, desc=cfg["name"], unit="step", dynamic_ncols=True)
+
+    def save():
+        _save_ckpt(ckpt_path, {
+            "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
+            "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
+        })
+
+    net.train()
+    t_last = time.perf_counter()
+    window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": t_last, "imgs": 0}
+    stopped_by = "max_steps"
+    for x, y, mask, weight in loader if step < max_steps and elapsed < budget_s else []:
+        factor = lr_factor(step, elapsed, ct)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y, mask, weight = y.to(device), mask.to(device), weight.to(device)
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
+            device.type, enabled=False)
+        with ctx:
+            logit, mask_logits = net(x)
+        cls_loss = F.binary_cross_entropy_with_logits(logit.float(), y)
+        mask_loss = _masked_bce(mask_logits, mask, weight)
+        loss = cls_loss + ct["mask_lambda"] * mask_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        window["loss"] += loss.item()
+        window["cls"] += cls_loss.item()
+        window["mask"] += mask_loss.item()
+        window["n"] += 1
+        window["imgs"] += len(x)
+        if step % ct["log_every"] == 0 or step == max_steps:
+            rate = window["imgs"] / max(1e-9, now - window["t0"])
+            entry = {"step": step, "loss": window["loss"] / window["n"], "cls_loss": window["cls"] / window["n"],
+                     "mask_loss": window["mask"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
+                     "img_per_s": rate, "elapsed_s": elapsed}
+            history.append(entry)
+            with open(run_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            if bar is not None:
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", cls=f"{entry['cls_loss']:.3f}",
+                                mask=f"{entry['mask_loss']:.3f}", ips=f"{rate:.1f}")
+            window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": now, "imgs": 0}
+        if bar is not None:
+            bar.update(1)
+        if step % ct["ckpt_every"] == 0:
+            save()
+        if elapsed >= budget_s:
+            stopped_by = "max_minutes"
+            break
+        if step >= max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    save()
+    return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history)
+
+
+def _licence(cfg_model: dict) -> str:
+    from ..detector.nets.sbinet import IMAGENET_PACKAGES
+
+    data = "trained on research-use clips — see training.data_terms"
+    if not cfg_model["pretrained"]:
+        return f"Apache-2.0; {data}"
+    package = IMAGENET_PACKAGES[cfg_model["backbone"]][0].replace("_", "-")
+    return f"Apache-2.0 (ImageNet weights: {package}, Apache-2.0); {data}"
+
+
+def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history) -> Path:
+    """Validate, calibrate, and write weights + card."""
+    import torch
+    from safetensors.torch import save_file
+
+    cm, cv = cfg["model"], cfg["val"]
+    name = cfg["name"]
+    models_dir = Path(cfg["models_dir"])
+    models_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = models_dir / f"{name}.safetensors"
+
+    fd_known = set(FaceDetectorSettings.__dataclass_fields__)
+    fd_cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (index.get("face_detector") or {}).items()
+              if k in fd_known}
+    card = ModelCard(
+        name=name, architecture=architecture_for(cm["backbone"]), input_size=cm["input_size"],
+        mean=tuple(cm["mean"]), std=tuple(cm["std"]), crop_margin=cm["crop_margin"],
+        weights=weights_path.name, sha256=None,
+        licence=_licence(cm),
+        heatmap="mask_head", face_detector=FaceDetectorSettings(**fd_cfg), description=cfg["description"],
+        extra={"net": _net_kwargs(cm), "video_aggregation": "scoring.track_score (confident strategy)", "context_margin": index.get("context_margin")},
+    )
+
+    net.eval()
+    crops = np.concatenate([it.crops for it in items]) if items else np.zeros((0,), np.uint8)
+    logits = predict_logits(net, card, crops, cv["batch_size"]) if len(crops) else np.zeros((0,), np.float32)
+    face_labels = np.concatenate([[it.label] * len(it.crops) for it in items]) if items else np.zeros(0)
+    card.temperature = fit_temperature(logits, face_labels)
+    video_scores = scores_by_clip(items, logits, card.temperature)
+    real_scores = video_scores[np.array([it.label == 0 for it in items], bool)] if items else video_scores
+    card.threshold = video_threshold(real_scores, cv["max_fpr"]) if len(real_scores) else 0.5
+    card.metrics = metrics_from_logits(items, logits, card.temperature, card.threshold)
+    card.metrics["split"] = "validation groups (held out by identity/source group)"
+
+    state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
+             for k, v in net.state_dict().items()}
+    # No metadata: safetensors writes a metadata map in arbitrary key order, which would make the sha256 of
+    # identical weights differ between exports. The card carries the description.
+    save_file(state, str(weights_path))
+    os.chmod(weights_path, 0o644)  # a shipped model file, not a secret
+    card.sha256 = sha256_file(weights_path)
+
+    def count(meta, label_set):
+        return sum(1 for c in meta if c["label"] in label_set)
+
+    sources = sorted({c["source"] for c in index["clips"]})
+    card.training = {
+        "method": "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022) + blending-mask head (Face X-ray style)",
+        "config": cfg,
+        "manifest_sha256": index.get("manifest_sha256"),
+        "clips": {
+            "train_real": count(train_meta, {"real", "unknown"}),
+            "train_fake_used": len(fakes),
+            "train_fake_unused": count(train_meta, {"fake"}) - len(fakes),
+            "val_real": count(val_meta, {"real"}),
+            "val_fake": count(val_meta, {"fake"}),
+            "val_unknown_excluded": count(val_meta, {"unknown"}),
+        },
+        "crops": {
+            "train_real": int(sum(len(c.crops) for c in reals)),
+            "train_fake": int(sum(len(c.crops) for c in fakes)),
+            "val": int(sum(len(it.crops) for it in items)),
+        },
+        "val_clip_ids": [c["id"] for c in val_meta],
+        "validation_files": [c["file"] for c in val_meta],
+        "steps": step,
+        "samples_seen": step * cfg["train"]["batch_size"],
+        "stopped_by": stopped_by,
+        "wall_time_s": round(elapsed, 1),
+        "final_loss": history[-1] if history else None,
+        "seed": cfg["seed"],
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "data_terms": cfg["data_terms"] or (
+            "Fine-tuned on face crops of the clips listed in MANIFEST.tsv (sha256 above) from "
+            + ", ".join(sources) + ". Each clip keeps the licence and terms stated in the manifest's licence "
+            "column; several are research-use datasets whose footage belongs to the original uploaders, so "
+            "these weights are for research and screening use."
+        ),
+    }
+    card_path = models_dir / f"{name}.json"
+    card.save(card_path)
+    return card_path

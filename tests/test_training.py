@@ -1,0 +1,290 @@
+"""SBI training pipeline: self-blending, data, a tiny end-to-end training run, export and ImageNet weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from deepscan.crops import crop_face  # noqa: E402
+from deepscan.detector import WeightsMismatch, load_detector  # noqa: E402
+from deepscan.detector.card import ModelCard  # noqa: E402
+from deepscan.training.data import (  # noqa: E402
+    Augment,
+    SampleSpec,
+    SBIDataset,
+    load_clips,
+    load_index,
+    split_clips,
+)
+from deepscan.training.sbi import self_blend  # noqa: E402
+from deepscan.training.train import fit_temperature, train, video_threshold  # noqa: E402
+
+CONTEXT = 320
+
+
+def synthetic_face(rng: np.random.Generator, skin=(190, 150, 120), jitter: float = 6.0):
+    """A cartoon face on a textured background as a context crop, with its face box and 5 landmarks."""
+    img = rng.integers(40, 200, (CONTEXT // 8, CONTEXT // 8, 3)).astype(np.uint8)
+    img = cv2.resize(img, (CONTEXT, CONTEXT), interpolation=cv2.INTER_CUBIC)
+    img = np.clip(img.astype(np.int16) + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+    cx, cy = CONTEXT / 2 + rng.uniform(-jitter, jitter), CONTEXT / 2 + rng.uniform(-jitter, jitter)
+    half = CONTEXT / 4  # context crops use margin 1.0: the face box is half the crop
+    cv2.ellipse(img, (int(cx), int(cy)), (int(half * 0.85), int(half * 1.05)), 0, 0, 360, skin, -1)
+    lm = np.array([
+        [cx - 0.35 * half, cy - 0.2 * half], [cx + 0.35 * half, cy - 0.2 * half], [cx, cy + 0.15 * half],
+        [cx - 0.3 * half, cy + 0.5 * half], [cx + 0.3 * half, cy + 0.5 * half],
+    ], np.float32)
+    for x, y in lm[:2]:
+        cv2.circle(img, (int(x), int(y)), 7, (40, 30, 30), -1)
+    cv2.line(img, tuple(lm[3].astype(int)), tuple(lm[4].astype(int)), (120, 40, 40), 4)
+    cv2.circle(img, tuple(lm[2].astype(int)), 4, (150, 110, 90), -1)
+    box = np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+    return img, box, lm
+
+
+def make_cache(root: Path, frames: int = 4) -> Path:
+    """Six clips in three sources (two real, one fake), two groups each, in the crop-cache format."""
+    cache = root / "crops"
+    cache.mkdir(parents=True)
+    clips = []
+    spec = [("studio", "real", "a"), ("studio", "real", "b"), ("street", "unknown", "c"),
+            ("street", "real", "d"), ("swaps", "fake", "e"), ("swaps", "fake", "f")]
+    for i, (source, label, group) in enumerate(spec):
+        rng = np.random.default_rng(i)
+        skin = (190 + 10 * i, 150, 120 - 5 * i)
+        faces = [synthetic_face(rng, skin) for _ in range(frames)]
+        crops = np.stack([f[0] for f in faces])
+        if label == "fake":  # stand-in manipulated faces: a blended, altered copy pasted into the face
+            for k, (_, _, lm) in enumerate(faces):
+                crops[k], _ = self_blend(crops[k], lm, np.random.default_rng(100 + k))
+        clip_id = f"{source}-{group}"
+        np.savez(cache / f"{clip_id}.npz", crops=crops, boxes=np.stack([f[1] for f in faces]),
+                 landmarks=np.stack([f[2] for f in faces]), frame_index=np.arange(frames),
+                 prob=np.ones(frames, np.float32))
+        clips.append({"id": clip_id, "file": f"{source}/{group}.mp4", "label": label, "group": group,
+                      "source": source, "method": "synthetic", "npz": f"{clip_id}.npz"})
+    index = {"context_margin": 1.0, "context_size": CONTEXT, "manifest_sha256": "0" * 64,
+             "face_detector": {"min_prob": 0.9, "min_face_px": 40, "detect_max_side": 640,
+                               "thresholds": [0.6, 0.7, 0.7]}, "clips": clips}
+    (cache / "index.json").write_text(json.dumps(index))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_cache(tmp_path_factory.mktemp("cache"))
+
+
+def test_self_blend_mask_marks_exactly_the_changed_pixels():
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        img, _, lm = synthetic_face(rng)
+        blended, mask = self_blend(img, lm, rng)
+        assert blended.shape == img.shape and blended.dtype == np.uint8
+        assert mask.shape == img.shape[:2] and mask.dtype == np.float32
+        assert 0.0 <= mask.min() and mask.max() <= 1.0
+        changed = np.any(blended != img, axis=2)
+        assert changed.any(), "a self-blend must alter the face"
+        assert not (changed & (mask == 0)).any(), "pixels outside the mask changed"
+        # Where the blend weight is tiny the rounding keeps the original value.
+        assert not (changed & (mask < 1 / 512)).any()
+        # The mask sits on the face: its weighted centre is near the landmarks' centre.
+        ys, xs = np.nonzero(mask > 0)
+        assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
+
+
+def test_split_is_by_group_and_covers_every_source(cache):
+    index = load_index(cache)
+    for seed in range(5):
+        train_clips, val_clips = split_clips(index, val_fraction=0.2, seed=seed)
+        assert {c["group"] for c in train_clips}.isdisjoint({c["group"] for c in val_clips})
+        assert len(train_clips) + len(val_clips) == len(index["clips"])
+        assert {c["source"] for c in val_clips} == {"studio", "street", "swaps"}
+        assert {c["source"] for c in train_clips} == {"studio", "street", "swaps"}
+
+
+def test_dataset_is_deterministic_and_labels_masks(cache):
+    index = load_index(cache)
+    reals = load_clips(cache, [c for c in index["clips"] if c["label"] != "fake"])
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                      augment=Augment(p_jpeg=1.0))
+    ds = SBIDataset(reals, [], spec, seed=3)
+    n_fake = 0
+    for i in range(24):
+        crop, mask, label, weight = ds.sample(i)
+        again = ds.sample(i)
+        assert np.array_equal(crop, again[0]) and np.array_equal(mask, again[1])
+        assert crop.shape == (64, 64, 3) and mask.shape == (64, 64) and weight == 1.0
+        if label:
+            n_fake += 1
+            assert mask.max() > 0.2
+        else:
+            assert mask.max() == 0.0
+        x, y, m, w = ds[i]
+        assert x.shape == (3, 64, 64) and m.shape == (1, 8, 8) and float(y) == label
+    assert 4 <= n_fake <= 20
+
+
+def test_mask_crop_uses_the_image_crop_geometry():
+    rng = np.random.default_rng(0)
+    img, box, lm = synthetic_face(rng)
+    blended, mask = self_blend(img, lm, rng)
+    from deepscan.training.data import crop_mask
+
+    crop_img = crop_face(img, box, 0.25, 96).astype(int)
+    crop_bl = crop_face(blended, box, 0.25, 96).astype(int)
+    crop_m = crop_mask(mask, box, 0.25, 96)
+    differs = np.abs(crop_bl - crop_img).max(axis=2) > 3
+    assert differs.any()
+    assert (crop_m[differs] > 0).mean() > 0.99
+
+
+def test_temperature_and_threshold():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0.0, 2.0, 5000)
+    labels = (rng.random(5000) < 1 / (1 + np.exp(-true_logits))).astype(int)  # calibrated by construction
+    # Overconfident logits (x4) must be cooled by a temperature near 4.
+    t = fit_temperature(true_logits * 4.0, labels)
+    assert 3.3 < t < 4.8, t
+    reals = np.linspace(0.0, 0.99, 100)
+    thr = video_threshold(reals, 0.05)
+    assert np.mean(reals >= thr) <= 0.05
+    assert np.mean(reals >= thr - 0.011) > 0.05  # and it is the lowest such threshold (up to the grid step)
+
+
+def _write_config(tmp: Path, cache: Path, **train_over) -> Path:
+    train_cfg = {"batch_size": 8, "max_steps": 30, "warmup_steps": 5, "lr": 3e-3, "backbone_lr": 1e-3,
+                 "num_workers": 0, "ckpt_every": 20, "log_every": 5, "precision": "fp32", "num_threads": 1}
+    train_cfg.update(train_over)
+    lines = ['name = "tiny-sbi"', f'cache_dir = "{cache}"', f'runs_dir = "{tmp / "runs"}"',
+             f'models_dir = "{tmp / "models"}"', "seed = 1",
+             "[model]", "input_size = 64", "pretrained = false", "[train]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in train_cfg.items()]
+    lines += ["[val]", "val_fraction = 0.3", "frames_per_clip = 4"]
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(cache, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    config = _write_config(tmp, cache)
+    return tmp, config, train(config, progress=False)
+
+
+def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
+    tmp, config, card_path = tiny_run
+    log = [json.loads(line) for line in (tmp / "runs/tiny-sbi/log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 30
+    first, last = np.mean([e["loss"] for e in log[:2]]), np.mean([e["loss"] for e in log[-2:]])
+    assert last < first, (first, last)
+
+    card = ModelCard.load(card_path)
+    assert card.architecture == "sbi-effnet-lite0" and card.heatmap == "mask_head"
+    assert card.input_size == 64 and card.crop_margin == 0.25
+    assert card.face_detector.min_prob == 0.9
+    assert card.training["steps"] == 30 and card.training["manifest_sha256"] == "0" * 64
+    assert card.metrics["videos"] >= 2 and card.temperature > 0
+    assert card.weights_path.stat().st_size < 30e6
+    assert (tmp / "runs/tiny-sbi/ckpt.pt").is_file()
+
+    det = load_detector(str(card_path))
+    index = load_index(cache)
+    clips = load_clips(cache, index["clips"][:2])
+    crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
+    out = det.predict(crops)
+    assert out.probs.shape == (2,) and np.all((out.probs >= 0) & (out.probs <= 1))
+    assert out.heatmaps.shape == (2, 64, 64)
+
+    # Resuming a finished run trains no further and re-exports identical weights.
+    again = train(config, progress=False)
+    assert ModelCard.load(again).sha256 == card.sha256
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import deepscan.training.train as train_module
+
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2}
+    a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
+
+    real_save, saves = train_module._save_ckpt, []
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        saves.append(state["step"])
+        raise KeyboardInterrupt  # the process dies right after its first checkpoint
+
+    cfg_b = _write_config(tmp_path / "b", cache, **over)
+    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, progress=False)
+    assert saves == [3]
+    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    b = train(cfg_b, progress=False)
+    wa, wb = load_file(str(ModelCard.load(a).weights_path)), load_file(str(ModelCard.load(b).weights_path))
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+
+
+def test_card_round_trip_and_weights_mismatch_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    card = ModelCard.load(tiny_run[2])
+    shutil.copy(card.weights_path, tmp_path / card.weights)
+    copy = tmp_path / "copy.json"
+    card.save(copy)
+    assert ModelCard.load(copy).to_dict() == card.to_dict()
+    load_detector(str(copy))  # the intact copy loads
+    with open(tmp_path / card.weights, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(WeightsMismatch):
+        load_detector(str(copy))
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "tf_efficientnet_lite1"])
+def test_imagenet_key_mapping_matches_the_reference_model(backbone):
+    from deepscan.detector.nets.sbinet import (
+        IMAGENET_PACKAGES,
+        SBINet,
+        imagenet_weights_file,
+        load_imagenet_lite,
+    )
+
+    pytest.importorskip(IMAGENET_PACKAGES[backbone][0])
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    skdata = pytest.importorskip("skimage.data")
+    import timm
+
+    torch.set_num_threads(2)
+    model = timm.create_model(backbone, pretrained=False).eval()
+    load_imagenet_lite(model, backbone)
+    ref_name = backbone.replace("tf_", "").replace("_", "-")
+    ref = reference.EfficientNet.from_pretrained(ref_name, weights_path=str(imagenet_weights_file(backbone))).eval()
+    # The reference pads statically for its native resolution, so compare there (timm pads dynamically).
+    size = reference.EfficientNet.get_image_size(ref_name)
+    img = skdata.chelsea()  # a tabby cat
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    x = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1.0
+    x = torch.from_numpy(x).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        ours, theirs = model(x), ref(x)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    assert ours.topk(5).indices.tolist() == theirs.topk(5).indices.tolist()
+    assert set(ours.topk(3).indices[0].tolist()) <= {281, 282, 283, 284, 285}  # ImageNet's domestic cats
+
+    net = SBINet(backbone)
+    load_imagenet_lite(net, backbone)  # the detector's backbone takes every key but the 1000-way classifier
+    assert torch.equal(net.backbone.conv_head.weight, model.conv_head.weight)
