@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--fps", type=_positive_float, help="sample at this many frames per second instead")
     s.add_argument("--out", type=Path, help="directory for results.jsonl (one line per video, as each finishes)")
     s.add_argument("--json", action="store_true", help="print one JSON line per video instead of the table")
+    s.add_argument("--force", action="store_true",
+                   help="re-screen videos that already have a result in --out for the same model and settings")
     s.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_scan(args) -> int:
     from .report import ScanProgress, make_console, print_summary
-    from .scanner import ResultsWriter, Scanner, ScanOptions
+    from .scanner import Scanner, ScanOptions
     from .video import discover
 
     console = make_console(sys.stderr if args.json else sys.stdout)
@@ -102,24 +104,21 @@ def cmd_scan(args) -> int:
     if not paths:
         console.print("[bold red]error:[/] no video files found under " + ", ".join(args.paths))
         return EXIT_ERROR
-    writer = ResultsWriter(args.out) if args.out else None
     results = []
     t0 = time.perf_counter()
     with ScanProgress(console, len(paths)) as progress:
-        for path in paths:
-            progress.start(path)
-            result = scanner.scan_video(path, progress=progress.update)
+        for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force):
             results.append(result)
-            if writer:
-                writer.write(result)
             if args.json:
                 sys.stdout.write(result.to_json() + "\n")
                 sys.stdout.flush()
         progress.finish()
     if not args.json:
         print_summary(console, results, scanner.threshold, time.perf_counter() - t0)
-        if writer:
-            console.print(f"results: {writer.path}", markup=False)
+        if args.out:
+            resumed = sum(r.resumed for r in results)
+            note = f" ({resumed} already there, not re-screened; --force re-does them)" if resumed else ""
+            console.print(f"results: {args.out / 'results.jsonl'}{note}", markup=False)
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
     if missing or any(r.status == "error" for r in results):

@@ -80,10 +80,13 @@ class VideoResult:
     tracks: list[TrackResult] = field(default_factory=list)
     timing: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    config_hash: str | None = None  # hash of the options that change scores (resume key with the two sha256s)
+    environment: dict = field(default_factory=dict)  # host, device, versions: where and how it was run
     deepscan_version: str = ""
     started_at: str | None = None
     finished_at: str | None = None
     extra: dict = field(default_factory=dict)
+    resumed: bool = field(default=False, repr=False)  # taken from an earlier run's results.jsonl; not in JSON
 
     @property
     def n_faces(self) -> int:
@@ -116,6 +119,8 @@ class VideoResult:
             "video": self.video,
             "timing": {k: round(v, 4) for k, v in self.timing.items()},
             "config": self.config,
+            "config_hash": self.config_hash,
+            "environment": self.environment,
             "deepscan_version": self.deepscan_version,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -137,5 +142,6 @@ class VideoResult:
         return cls(path=d["path"], sha256=d.get("sha256"), size_bytes=d.get("size_bytes"), status=d["status"],
                    score=d.get("score"), verdict=d["verdict"], error=d.get("error"), model=d.get("model") or {},
                    video=d.get("video"), frames=frames, tracks=tracks, timing=d.get("timing") or {},
-                   config=d.get("config") or {}, deepscan_version=d.get("deepscan_version", ""),
+                   config=d.get("config") or {}, config_hash=d.get("config_hash"),
+                   environment=d.get("environment") or {}, deepscan_version=d.get("deepscan_version", ""),
                    started_at=d.get("started_at"), finished_at=d.get("finished_at"), extra=d.get("extra") or {})

@@ -8,6 +8,7 @@ video finishes, and appends each to ``results.jsonl`` when an output directory i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import queue
@@ -51,6 +52,10 @@ class ScanOptions:
         d["aggregation"] = asdict(self.aggregation)
         return d
 
+    def config_hash(self) -> str:
+        text = json.dumps(self.scoring_config(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def scoring_config(self) -> dict:
         """The options that change scores (the configuration hash for provenance and resume)."""
         keys = ("detector", "weights", "frames", "fps", "max_side", "threshold", "min_face_prob", "precision")
@@ -71,6 +76,27 @@ def file_sha256(path, chunk: int = 1 << 20) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+_GIT_COMMIT: list = []
+
+
+def git_commit() -> str | None:
+    """The commit of the deepscan checkout this runs from, if it runs from one."""
+    if not _GIT_COMMIT:
+        import subprocess
+
+        repo = Path(__file__).resolve().parents[1]
+        commit = None
+        if (repo / ".git").exists():
+            try:
+                out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                     timeout=10, stdin=subprocess.DEVNULL)
+                commit = out.stdout.strip() or None
+            except (OSError, subprocess.SubprocessError):
+                commit = None
+        _GIT_COMMIT.append(commit)
+    return _GIT_COMMIT[0]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -127,6 +153,7 @@ class Scanner:
         self.options = replace(options or ScanOptions(), **overrides)
         self._detector = None
         self._faces = None
+        self._environment = None
 
     # Heavy objects are built on first use so `Scanner()` is cheap and `deepscan probe` needs no torch.
     @property
@@ -162,21 +189,31 @@ class Scanner:
                 "architecture": self.detector.card.architecture, "threshold": self.threshold}
 
     def environment(self) -> dict:
-        import torch
+        if self._environment is None:
+            import torch
 
-        return {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                "torch": torch.__version__, "device": str(self.detector.device),
-                "threads": torch.get_num_threads()}
+            from .video import ffmpeg_version
+
+            self._environment = {
+                "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+                "torch": torch.__version__, "ffmpeg": ffmpeg_version(), "device": str(self.detector.device),
+                "precision": self.detector.precision, "threads": torch.get_num_threads(),
+                "git_commit": git_commit()}
+        return self._environment
 
     # ------------------------------------------------------------------------------------------ per video
-    def scan_video(self, path, progress=None) -> VideoResult:
-        """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch."""
+    def scan_video(self, path, progress=None, sha256: tuple[str, int] | None = None) -> VideoResult:
+        """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch;
+        ``sha256`` passes an already computed (digest, size) of the file."""
         path = Path(path)
         result = VideoResult(path=str(path), deepscan_version=__version__, started_at=_utc_now(),
-                             config=self.options.scoring_config())
+                             config=self.options.scoring_config(), config_hash=self.options.config_hash())
         t0 = time.perf_counter()
         try:
             result.model = self.model_info()
+            result.environment = self.environment()
+            if sha256:
+                result.sha256, result.size_bytes = sha256
             self._scan_into(path, result, progress)
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
@@ -194,7 +231,8 @@ class Scanner:
         opts = self.options
         if not path.is_file():
             raise VideoError("not a regular file" if path.exists() else "file not found")
-        result.sha256, result.size_bytes = file_sha256(path)
+        if result.sha256 is None:
+            result.sha256, result.size_bytes = file_sha256(path)
         info = probe(path)
         result.video = info.to_dict()
         card = self.detector.card
@@ -244,37 +282,83 @@ class Scanner:
         result.status = "no_face" if verdict == "no_face" else "ok"
 
     # ----------------------------------------------------------------------------------------- many videos
-    def scan(self, paths: Iterable, out_dir=None, progress=None) -> Iterator[VideoResult]:
+    def scan(self, paths: Iterable, out_dir=None, progress=None, force: bool = False) -> Iterator[VideoResult]:
         """Screen every video found under ``paths``; yield each result as it finishes.
 
+        With ``out_dir``, each result is appended to ``out_dir/results.jsonl`` as it finishes, and a video
+        that already has a result there for the same file hash, model hash and configuration hash is not
+        screened again (its stored result is yielded, with ``resumed`` set) unless ``force``.
         ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``.
         """
         writer = ResultsWriter(out_dir) if out_dir else None
+        cfg_hash = self.options.config_hash()
         for path in discover([paths] if isinstance(paths, (str, os.PathLike)) else paths):
             if progress:
                 progress.start(path)
-            result = self.scan_video(path, progress=progress.update if progress else None)
+            digest = None
+            if writer and not force:
+                try:
+                    digest = file_sha256(path)
+                except OSError:
+                    digest = None
+                previous = writer.done(digest[0], self.detector.weights_sha256, cfg_hash) if digest else None
+                if previous is not None:
+                    previous.resumed = True
+                    yield previous
+                    continue
+            result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
             if writer:
                 writer.write(result)
             yield result
 
 
 class ResultsWriter:
-    """Appends one JSON line per video; each line goes out in a single write and is fsynced."""
+    """Appends one JSON line per video; each line goes out in a single write and is fsynced.
+
+    On opening an existing file it keeps the finished results (the resume index) and cuts off a trailing
+    partial line, which only a crash in the middle of a write could leave.
+    """
 
     def __init__(self, out_dir):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "results.jsonl"
+        self._done: dict[tuple, dict] = {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            keep = raw.rfind(b"\n") + 1
+            with open(self.path, "r+b") as fh:
+                fh.truncate(keep)
+            raw = raw[:keep]
+        for line in raw.splitlines():
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            self._remember(d)
+
+    def _remember(self, d: dict) -> None:
+        if d.get("status") in ("ok", "no_face") and d.get("sha256"):
+            self._done[(d["sha256"], (d.get("model") or {}).get("sha256"), d.get("config_hash"))] = d
+
+    def done(self, sha256: str, model_sha256: str, config_hash: str) -> VideoResult | None:
+        d = self._done.get((sha256, model_sha256, config_hash))
+        return VideoResult.from_dict(d) if d else None
 
     def write(self, result: VideoResult) -> None:
-        line = (result.to_json() + "\n").encode("utf-8")
+        d = result.to_dict()
+        line = (json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._remember(d)
 
 
 def scan(paths, out_dir=None, **options) -> Iterator[VideoResult]:

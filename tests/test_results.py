@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+
+from deepscan.results import FaceResult, FrameResult, TrackResult, VideoResult
+from deepscan.scanner import ResultsWriter, ScanOptions
+
+
+def result(path="a.mp4", sha="s" * 64, status="ok", score=0.7, cfg="c1") -> VideoResult:
+    if status == "error":
+        return VideoResult(path=path, sha256=sha, status="error", verdict="error", error="broken",
+                           model={"name": "m", "sha256": "m" * 64}, config_hash=cfg)
+    return VideoResult(path=path, sha256=sha, size_bytes=10, status=status, score=score,
+                       verdict="fake" if status == "ok" else status, model={"name": "m", "sha256": "m" * 64},
+                       frames=[FrameResult(index=3, time_s=0.12, faces=[
+                           FaceResult(box=[1, 2, 30, 40], prob=0.99, track=0, score=score)])],
+                       tracks=[TrackResult(id=0, n_faces=1, score=score, verdict="fake", first_time_s=0.12,
+                                           last_time_s=0.12, counted=True)],
+                       config_hash=cfg)
+
+
+def test_json_round_trip_is_stable():
+    r = result()
+    d = json.loads(r.to_json())
+    assert VideoResult.from_dict(d).to_dict() == d
+    assert d["n_faces"] == 1 and d["n_tracks"] == 1 and d["frames"][0]["faces"][0]["box"] == [1, 2, 30, 40]
+
+
+def test_writer_appends_lines_and_indexes_finished_results(tmp_path):
+    w = ResultsWriter(tmp_path)
+    w.write(result("a.mp4", sha="a" * 64))
+    w.write(result("b.mp4", sha="b" * 64, status="error", score=None))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x) for x in lines)
+    again = ResultsWriter(tmp_path)
+    assert again.done("a" * 64, "m" * 64, "c1").path == "a.mp4"
+    assert again.done("a" * 64, "m" * 64, "other-config") is None  # another configuration is re-done
+    assert again.done("b" * 64, "m" * 64, "c1") is None  # failures are retried
+
+
+def test_writer_cuts_a_partial_trailing_line(tmp_path):
+    w = ResultsWriter(tmp_path)
+    w.write(result("a.mp4", sha="a" * 64))
+    with open(tmp_path / "results.jsonl", "ab") as fh:
+        fh.write(b'{"path": "half-writ')  # what a crash mid-write could leave
+    w2 = ResultsWriter(tmp_path)
+    w2.write(result("c.mp4", sha="c" * 64))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(x)["path"] for x in lines] == ["a.mp4", "c.mp4"]
+
+
+def test_config_hash_tracks_only_score_changing_options():
+    base = ScanOptions()
+    assert base.config_hash() == ScanOptions(threads=1, device="cpu", keep_heatmaps=False).config_hash()
+    assert base.config_hash() != ScanOptions(frames=16).config_hash()
+    assert base.config_hash() != ScanOptions(threshold=0.3).config_hash()
