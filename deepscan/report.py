@@ -68,7 +68,11 @@ class ScanProgress:
 
 
 def _score_text(r: VideoResult) -> str:
-    return "—" if r.score is None else f"{r.score:.3f}"
+    if r.score is None:
+        return "—"
+    if r.score_ci95:
+        return f"{r.score:.3f} [{r.score_ci95[0]:.2f}–{r.score_ci95[1]:.2f}]"
+    return f"{r.score:.3f}"
 
 
 def summary_table(results: list[VideoResult], threshold: float | None = None) -> Table:
@@ -76,7 +80,7 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("file", overflow="fold")
     table.add_column("verdict")
-    table.add_column("score", justify="right")
+    table.add_column("score [95% CI]", justify="right")
     table.add_column("faces/tracks", justify="right")
     table.add_column("frames", justify="right")
     table.add_column("time", justify="right")

@@ -72,6 +72,7 @@ class VideoResult:
     size_bytes: int | None = None
     status: str = "error"  # ok | no_face | error
     score: float | None = None
+    score_ci95: tuple[float, float] | None = None  # bootstrap over faces (see scoring.score_interval)
     verdict: str = "error"
     error: str | None = None
     model: dict = field(default_factory=dict)  # name, sha256
@@ -108,6 +109,7 @@ class VideoResult:
             "size_bytes": self.size_bytes,
             "status": self.status,
             "score": None if self.score is None else round(float(self.score), 6),
+            "score_ci95": None if self.score_ci95 is None else [round(float(v), 4) for v in self.score_ci95],
             "verdict": self.verdict,
             "error": self.error,
             "model": self.model,
@@ -140,7 +142,8 @@ class VideoResult:
                               first_time_s=t["first_time_s"], last_time_s=t["last_time_s"], counted=t["counted"])
                   for t in d.get("tracks", [])]
         return cls(path=d["path"], sha256=d.get("sha256"), size_bytes=d.get("size_bytes"), status=d["status"],
-                   score=d.get("score"), verdict=d["verdict"], error=d.get("error"), model=d.get("model") or {},
+                   score=d.get("score"), score_ci95=tuple(d["score_ci95"]) if d.get("score_ci95") else None,
+                   verdict=d["verdict"], error=d.get("error"), model=d.get("model") or {},
                    video=d.get("video"), frames=frames, tracks=tracks, timing=d.get("timing") or {},
                    config=d.get("config") or {}, config_hash=d.get("config_hash"),
                    environment=d.get("environment") or {}, deepscan_version=d.get("deepscan_version", ""),

@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__
 from .crops import crop_face
 from .results import FaceResult, FrameResult, VideoResult
-from .scoring import Aggregation, aggregate
+from .scoring import Aggregation, aggregate, score_interval
 from .video import VideoError, discover, iter_frames, probe
 
 
@@ -279,6 +279,7 @@ class Scanner:
         result.timing.update(timing)
         score, verdict, tracks = aggregate(frames_out, self.threshold, card.uncertain_band, opts.aggregation)
         result.score, result.verdict, result.tracks = score, verdict, tracks
+        result.score_ci95 = score_interval(tracks, opts.aggregation)
         result.status = "no_face" if verdict == "no_face" else "ok"
 
     # ----------------------------------------------------------------------------------------- many videos

@@ -81,3 +81,18 @@ def aggregate(frames: list[FrameResult], threshold: float, band: float,
         t.counted = t in counted
     score = max(t.score for t in counted)
     return score, verdict_for(score, threshold, band), tracks
+
+
+def score_interval(tracks: list[TrackResult], agg: Aggregation = Aggregation(), n_boot: int = 500,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """95% bootstrap interval of the video score: each counted track's face scores are resampled with
+    replacement and aggregated as above. Seeded, so the same result always gets the same interval."""
+    counted = [np.asarray(t.scores, np.float64) for t in tracks if t.counted and t.scores]
+    if not counted:
+        return None
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        boots[b] = max(track_score(s[rng.integers(0, len(s), len(s))], agg) for s in counted)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(lo), float(hi)

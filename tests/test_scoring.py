@@ -68,3 +68,16 @@ def test_no_faces_means_no_face_verdict():
 def test_aggregation_parameters_are_respected():
     agg = Aggregation(hi=0.6, fake_fraction=0.2)
     assert track_score([0.7] * 3 + [0.3] * 7, agg) == pytest.approx(0.7)
+
+
+def test_score_interval_brackets_the_score_and_is_reproducible():
+    from deepscan.scoring import score_interval
+
+    frames = frames_from({0: [0.2, 0.4, 0.6, 0.3, 0.5, 0.45, 0.35, 0.55]})
+    score, _, tracks = aggregate(frames, threshold=0.5, band=0.1)
+    lo, hi = score_interval(tracks)
+    assert lo <= score <= hi and hi - lo > 0.05
+    assert score_interval(tracks) == (lo, hi)
+    steady = frames_from({0: [0.05] * 32})
+    _, _, tracks = aggregate(steady, 0.5, 0.1)
+    assert score_interval(tracks) == (0.05, 0.05)

@@ -1,0 +1,163 @@
+"""Throughput benchmark: each stage alone, end to end, and a naive reference loop, in one run.
+
+    python benchmarks/throughput.py [--repeats 3] [--frames 32] [--long-minutes 1 5 10] [--skip-long]
+
+Prints frames/s per stage, the ratios end-to-end / slowest stage and end-to-end / naive loop (medians of
+``--repeats`` runs), peak RSS while scanning long generated clips, and how time grows with clip length.
+Clips are generated from the project's own sample clip (a 10 s 720p H.264 clip with a face), never
+downloaded. Timings on a shared machine are noisy: compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_CLIP = REPO / "sample_clips" / "astronaut_real.mp4"
+
+
+def ffmpeg(*args):
+    from deepscan.video import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True,
+                   stdin=subprocess.DEVNULL)
+
+
+def make_clip(path: Path, seconds: float, size: str = "1280:720", fps: int = 25) -> Path:
+    """Loop the sample clip to ``seconds``, padded to ``size``, H.264 — a talking-head-like test clip."""
+    w, h = size.split(":")
+    ffmpeg("-stream_loop", "-1", "-i", str(SOURCE_CLIP), "-t", str(seconds), "-vf",
+           f"scale=-2:{h},pad={w}:{h}:(ow-iw)/2:0,fps={fps}", "-c:v", "libx264", "-preset", "veryfast",
+           "-crf", "23", "-pix_fmt", "yuv420p", "-an", str(path))
+    return path
+
+
+def timed(fn, repeats: int):
+    times = []
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def naive_loop(path: Path, frames: int, detector, settings):
+    """The FaceForensics++-style reference: read every frame with OpenCV, and on each sampled frame run
+    MTCNN at full resolution and classify each face on its own."""
+    import cv2
+    import numpy as np
+    from facenet_pytorch import MTCNN
+
+    from deepscan.crops import crop_face
+
+    mtcnn = MTCNN(keep_all=True, device="cpu", thresholds=list(settings.thresholds))
+    cap = cv2.VideoCapture(str(path))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = set(np.linspace(0, total - 1, frames).round().astype(int).tolist())
+    scores, i = [], 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i in wanted:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            boxes, probs = mtcnn.detect(rgb)
+            for box, prob in zip(boxes if boxes is not None else [], probs if probs is not None else [],
+                                 strict=True):
+                if prob >= settings.min_prob:
+                    crop = crop_face(rgb, box, detector.card.crop_margin, detector.card.input_size)
+                    scores.append(float(detector.predict(crop[None]).probs[0]))
+        i += 1
+    cap.release()
+    return scores
+
+
+def long_clip_run(path: Path, frames: int) -> dict:
+    """Scan one clip in a fresh process and report its wall time and peak RSS."""
+    code = (
+        "import json,resource,sys,time;from deepscan import Scanner;"
+        f"s=Scanner(frames={frames},keep_heatmaps=False);s.detector;s.face_finder;t=time.perf_counter();"
+        f"r=s.scan_video({str(path)!r});"
+        "print(json.dumps({'wall_s':time.perf_counter()-t,'status':r.status,'faces':r.n_faces,"
+        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--long-minutes", type=float, nargs="*", default=[1, 5, 10])
+    parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from deepscan import Scanner
+    from deepscan.crops import crop_face
+    from deepscan.runtime import configure_threads
+    from deepscan.video import ffmpeg_version, iter_frames, probe
+
+    threads = configure_threads(args.threads)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}")
+    print(f"python {platform.python_version()}, torch {torch.__version__} ({threads} threads), "
+          f"ffmpeg: {ffmpeg_version()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(Path(tmp) / "720p_10s.mp4", 10)
+        scanner = Scanner(frames=args.frames, keep_heatmaps=True)
+        det, finder = scanner.detector, scanner.face_finder
+        print(f"detector: {det.name} ({det.card.architecture}, {det.card.input_size}px, {det.precision}); "
+              f"clip: 10 s 1280x720 H.264, {args.frames} sampled frames, median of {args.repeats}")
+        info = probe(clip)
+        scanner.scan_video(clip)  # warm-up: first calls pay for allocations and thread pools
+
+        t_decode, frames = timed(lambda: [f for b in iter_frames(clip, info, n_frames=args.frames) for f in b],
+                                 args.repeats)
+        images = [f.image for f in frames]
+        t_detect, faces = timed(lambda: [x for i in range(0, len(images), 16)
+                                         for x in finder.detect(images[i:i + 16])], args.repeats)
+        crops = np.stack([crop_face(img, f.box, det.card.crop_margin, det.card.input_size)
+                          for img, fs in zip(images, faces, strict=True) for f in fs])
+        t_classify, _ = timed(lambda: det.predict(crops), args.repeats)
+        t_e2e, result = timed(lambda: scanner.scan_video(clip), args.repeats)
+        t_naive, _ = timed(lambda: naive_loop(clip, args.frames, det, det.card.face_detector), 1)
+
+        n = len(frames)
+        stages = {"decode": t_decode, "detect faces": t_detect, "classify+heatmap": t_classify}
+        print(f"\n{'stage':<22}{'seconds':>9}{'frames/s':>10}")
+        for name, t in stages.items():
+            print(f"{name:<22}{t:>9.3f}{n / t:>10.1f}")
+        print(f"{'end-to-end':<22}{t_e2e:>9.3f}{n / t_e2e:>10.1f}   ({result.n_faces} faces, {result.status})")
+        print(f"{'naive loop (1 run)':<22}{t_naive:>9.3f}{n / t_naive:>10.1f}")
+        slowest = max(stages, key=stages.get)
+        print(f"\nend-to-end / slowest stage ({slowest}): {t_e2e / stages[slowest]:.2f}x")
+        print(f"end-to-end / naive loop: {t_e2e / t_naive:.2f}x  (naive is {t_naive / t_e2e:.1f}x slower)")
+        print(f"faces/s in classification: {len(crops) / t_classify:.1f}")
+
+        if not args.skip_long:
+            print(f"\n{'clip':<12}{'wall s':>8}{'peak RSS MB':>13}{'faces':>7}")
+            for minutes in args.long_minutes:
+                long = make_clip(Path(tmp) / f"long_{minutes}m.mp4", minutes * 60, size="640:360")
+                stats = long_clip_run(long, args.frames)
+                print(f"{minutes:>5g} min   {stats['wall_s']:>8.2f}{stats['peak_rss_mb']:>13.0f}{stats['faces']:>7}")
+                long.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
