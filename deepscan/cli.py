@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--fps", type=_positive_float, help="sample at this many frames per second instead")
     s.add_argument("--out", type=Path, help="directory for results.jsonl (one line per video, as each finishes)")
     s.add_argument("--json", action="store_true", help="print one JSON line per video instead of the table")
+    s.add_argument("--html", action="store_true",
+                   help="also write report.html, videos.csv, frames.csv and evidence images (assets/) into --out")
     s.add_argument("--force", action="store_true",
                    help="re-screen videos that already have a result in --out for the same model and settings")
     s.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("models", help="list known detectors and where their weights are")
+
+    r = sub.add_parser("report", help="rebuild report.html and the CSV exports from DIR/results.jsonl")
+    r.add_argument("dir", type=Path)
 
     c = sub.add_parser("cache", help="build the training face-crop cache from a clips MANIFEST.tsv")
     c.add_argument("manifest", type=Path)
@@ -84,15 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_scan(args) -> int:
+    from .evidence import drop_pixels
     from .report import ScanProgress, make_console, print_summary
     from .scanner import Scanner, ScanOptions
     from .video import discover
 
     console = make_console(sys.stderr if args.json else sys.stdout)
+    if args.html and not args.out:
+        console.print("[bold red]error:[/] --html needs --out DIR")
+        return EXIT_ERROR
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
-                          timeout_s=args.timeout, keep_heatmaps=False)
+                          timeout_s=args.timeout, keep_heatmaps=args.html)
     scanner = Scanner(options)
     try:
         scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video
@@ -107,7 +116,9 @@ def cmd_scan(args) -> int:
     results = []
     t0 = time.perf_counter()
     with ScanProgress(console, len(paths)) as progress:
-        for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force):
+        for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force,
+                                   evidence=args.html):
+            drop_pixels(result)  # evidence is on disk; don't keep every crop of a long scan in memory
             results.append(result)
             if args.json:
                 sys.stdout.write(result.to_json() + "\n")
@@ -119,6 +130,10 @@ def cmd_scan(args) -> int:
             resumed = sum(r.resumed for r in results)
             note = f" ({resumed} already there, not re-screened; --force re-does them)" if resumed else ""
             console.print(f"results: {args.out / 'results.jsonl'}{note}", markup=False)
+    if args.html:
+        from .html import build_report
+
+        console.print(f"report: {build_report(args.out)}", markup=False)
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
     if missing or any(r.status == "error" for r in results):
@@ -146,6 +161,16 @@ def cmd_probe(args) -> int:
         table.add_row(key, str(value))
     table.add_row("ffmpeg", ffmpeg_exe())
     console.print(table)
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from .html import build_report
+
+    if not (args.dir / "results.jsonl").is_file():
+        print(f"error: no results.jsonl in {args.dir}", file=sys.stderr)
+        return EXIT_ERROR
+    print(build_report(args.dir))
     return EXIT_OK
 
 
@@ -234,7 +259,8 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "cache": cmd_cache, "train": cmd_train,
+COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report": cmd_report, "cache": cmd_cache,
+            "train": cmd_train,
             "eval": cmd_eval}
 
 

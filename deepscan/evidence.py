@@ -79,10 +79,10 @@ def pick_faces(candidates: list[tuple[FrameResult, FaceResult]], top_k: int) -> 
     video is not hidden behind many frames of the first), then the highest remaining scores."""
     ranked = sorted(candidates, key=lambda c: (-c[1].score, c[0].index, c[1].track))
     picked, seen_tracks = [], set()
-    for frame, face in ranked:
-        if len(picked) < top_k and face.track not in seen_tracks:
-            picked.append((frame, face))
-            seen_tracks.add(face.track)
+    for cand in ranked:
+        if len(picked) < top_k and cand[1].track not in seen_tracks:
+            picked.append(cand)
+            seen_tracks.add(cand[1].track)
     taken = {id(c) for c in picked}
     picked += [c for c in ranked if id(c) not in taken][: max(0, top_k - len(picked))]
     return sorted(picked, key=lambda c: (-c[1].score, c[0].index))
@@ -144,13 +144,14 @@ def save_evidence(result: VideoResult, out_dir: Path, top_k: int = 4) -> dict:
     out_dir = Path(out_dir)
     key = asset_key(result)
     rel_dir = f"assets/{key}"
-    evidence: dict = {"version": EVIDENCE_VERSION, "dir": rel_dir, "colormap": COLORMAP, "alpha": OVERLAY_ALPHA,
+    evidence: dict = {"version": EVIDENCE_VERSION, "dir": None, "colormap": COLORMAP, "alpha": OVERLAY_ALPHA,
                       "timeline": None, "faces": [], "tracks": []}
     candidates = [(fr, f) for fr in result.frames for f in fr.faces]
     if not candidates:
         return evidence
     asset_dir = out_dir / rel_dir
     asset_dir.mkdir(parents=True, exist_ok=True)
+    evidence["dir"] = rel_dir
 
     def write(name: str, data: bytes) -> str:
         _write_atomic(asset_dir / name, data)

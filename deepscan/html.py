@@ -20,11 +20,12 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from . import __version__
+from .report import VERDICT_MEANING
 from .results import VERDICTS
 
 TEMPLATE = "report.html.j2"
-VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "n_frames", "n_faces", "n_tracks", "model",
-                 "model_sha256", "threshold", "error"]
+VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "score_ci95_low", "score_ci95_high", "n_frames",
+                 "n_faces", "n_tracks", "model", "model_sha256", "threshold", "config_hash", "error"]
 FRAME_COLUMNS = ["path", "frame", "time_s", "track", "score", "prob", "x1", "y1", "x2", "y2", "heat_peak"]
 
 
@@ -73,8 +74,10 @@ def _asset(out_dir: Path, rel) -> str | None:
 
 
 def _fmt(value, digits: int = 3, unit: str = "") -> str:
-    if value is None:
+    if value is None or value == "" or value == {} or value == []:
         return "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:.{digits}f}{unit}"
     return f"{value}{unit}"
@@ -123,8 +126,10 @@ def video_rows(results: list[dict]) -> list[dict]:
     rows = []
     for d in results:
         model = d.get("model") or {}
+        ci = d.get("score_ci95") or (None, None)
         rows.append({"path": _spreadsheet_safe(d["path"]), "sha256": d.get("sha256") or "",
                      "status": d.get("status"), "verdict": d.get("verdict"), "score": d.get("score"),
+                     "score_ci95_low": ci[0], "score_ci95_high": ci[1], "config_hash": d.get("config_hash") or "",
                      "n_frames": d.get("n_frames"), "n_faces": d.get("n_faces"), "n_tracks": d.get("n_tracks"),
                      "model": _spreadsheet_safe(model.get("name")), "model_sha256": model.get("sha256") or "",
                      "threshold": model.get("threshold"), "error": _spreadsheet_safe(d.get("error"))})
@@ -158,10 +163,12 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
     timing = d.get("timing") or {}
     path = d["path"]
     return {
-        "anchor": f"v{i}", "path": path, "name": PurePosixPath(path.replace("\\", "/")).name or path,
+        "anchor": f"v{i}", "path": path, "name": Path(path).name or path,
         "sha256": d.get("sha256"), "size_bytes": d.get("size_bytes"), "status": d.get("status"),
         "verdict": d.get("verdict") if d.get("verdict") in VERDICTS else "error",
-        "score": d.get("score"), "error": d.get("error"), "model": d.get("model") or {},
+        "score": d.get("score"), "score_ci95": d.get("score_ci95"), "error": d.get("error"),
+        "model": d.get("model") or {}, "environment": d.get("environment") or {},
+        "config": d.get("config") or {}, "config_hash": d.get("config_hash"),
         "n_frames": d.get("n_frames", len(d.get("frames") or [])),
         "n_faces": d.get("n_faces", sum(len(f.get("faces") or []) for f in d.get("frames") or [])),
         "n_tracks": d.get("n_tracks", len(tracks)), "tracks": tracks,
@@ -172,6 +179,19 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
     }
 
 
+def _sampling(config: dict) -> str:
+    if config.get("fps"):
+        return f"{config['fps']:g} frames per second"
+    return f"{config.get('frames', '?')} frames per video"
+
+
+def _where(env: dict) -> str:
+    parts = [env.get("host") or "?", f"{env.get('device', '?')} {env.get('precision') or ''}".strip()]
+    if env.get("git_commit"):
+        parts.append(f"deepscan commit {env['git_commit'][:12]}")
+    return " · ".join(parts)
+
+
 def _summary(results: list[dict], bad_lines: int) -> dict:
     counts = {v: sum(d.get("verdict") == v for d in results) for v in VERDICTS}
     models: dict[tuple, dict] = {}
@@ -179,12 +199,14 @@ def _summary(results: list[dict], bad_lines: int) -> dict:
         m = d.get("model") or {}
         if m.get("name"):
             models.setdefault((m.get("name"), m.get("sha256"), m.get("threshold")), m)
+    sampling = sorted({_sampling(d.get("config") or {}) for d in results if d.get("config")})
+    environments = sorted({_where(d.get("environment") or {}) for d in results if d.get("environment")})
     started = [d["started_at"] for d in results if d.get("started_at")]
     finished = [d["finished_at"] for d in results if d.get("finished_at")]
     return {"n_videos": len(results), "counts": counts, "models": list(models.values()),
             "started_at": min(started, default=None), "finished_at": max(finished, default=None),
             "scan_versions": sorted({d.get("deepscan_version") for d in results if d.get("deepscan_version")}),
-            "bad_lines": bad_lines, "total_s": sum((d.get("timing") or {}).get("total_s") or 0.0 for d in results)}
+            "sampling": sampling, "environments": environments, "bad_lines": bad_lines, "total_s": sum((d.get("timing") or {}).get("total_s") or 0.0 for d in results)}
 
 
 def _csp_hash(text: str) -> str:
@@ -211,7 +233,9 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
                                   results[i]["path"]))
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
     return _environment().get_template(TEMPLATE).render(
-        summary=_summary(results, bad_lines), videos=videos, version=__version__,
+        summary=_summary(results, bad_lines), videos=videos, version=__version__, meanings=VERDICT_MEANING,
+        # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.
+        verdict_rank={v: len(VERDICTS) - i for i, v in enumerate(VERDICTS)},
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

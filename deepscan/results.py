@@ -9,6 +9,16 @@ import numpy as np
 
 SCHEMA_VERSION = "1.0"
 
+
+def printable(text: str) -> str:
+    """A file name that was not valid UTF-8 arrives with surrogate escapes, which JSON cannot encode: show
+    those bytes as \\xNN instead of failing the write."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 VERDICTS = ("fake", "uncertain", "real", "no_face", "error")
 
 
@@ -104,7 +114,7 @@ class VideoResult:
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
-            "path": self.path,
+            "path": printable(self.path),
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "status": self.status,

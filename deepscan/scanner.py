@@ -186,7 +186,8 @@ class Scanner:
 
     def model_info(self) -> dict:
         return {"name": self.detector.name, "sha256": self.detector.weights_sha256,
-                "architecture": self.detector.card.architecture, "threshold": self.threshold}
+                "architecture": self.detector.card.architecture, "threshold": self.threshold,
+                "uncertain_band": self.detector.card.uncertain_band}
 
     def environment(self) -> dict:
         if self._environment is None:
@@ -283,13 +284,16 @@ class Scanner:
         result.status = "no_face" if verdict == "no_face" else "ok"
 
     # ----------------------------------------------------------------------------------------- many videos
-    def scan(self, paths: Iterable, out_dir=None, progress=None, force: bool = False) -> Iterator[VideoResult]:
+    def scan(self, paths: Iterable, out_dir=None, progress=None, force: bool = False,
+             evidence: bool = False) -> Iterator[VideoResult]:
         """Screen every video found under ``paths``; yield each result as it finishes.
 
         With ``out_dir``, each result is appended to ``out_dir/results.jsonl`` as it finishes, and a video
         that already has a result there for the same file hash, model hash and configuration hash is not
         screened again (its stored result is yielded, with ``resumed`` set) unless ``force``.
-        ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``.
+        ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``. With
+        ``evidence`` (needs ``out_dir`` and ``keep_heatmaps``) each video's face crops, heatmap overlays and
+        score timeline go to ``out_dir/assets/`` for :func:`deepscan.html.build_report`.
         """
         writer = ResultsWriter(out_dir) if out_dir else None
         cfg_hash = self.options.config_hash()
@@ -303,11 +307,18 @@ class Scanner:
                 except OSError:
                     digest = None
                 previous = writer.done(digest[0], self.detector.weights_sha256, cfg_hash) if digest else None
-                if previous is not None:
+                if previous is not None and (not evidence or "evidence" in previous.extra):
                     previous.resumed = True
                     yield previous
                     continue
             result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
+            if writer and evidence:
+                from .evidence import save_evidence
+
+                try:
+                    result.extra["evidence"] = save_evidence(result, writer.dir)
+                except OSError as exc:  # a full disk must not lose the result itself
+                    result.extra["evidence_error"] = _one_line(exc)
             if writer:
                 writer.write(result)
             yield result

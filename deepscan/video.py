@@ -2,20 +2,33 @@
 
 Frames are chosen inside ffmpeg by a ``select`` filter on presentation time, so only sampled frames cross the
 pipe and variable-frame-rate files are sampled by time rather than by a frame count that may not exist.
-ffmpeg's default autorotation applies the display-matrix rotation, so frames arrive upright. Inputs are
-always passed as ``file:<absolute path>`` with a file-only protocol whitelist: a name starting with ``-`` can
-never be read as an option, and a playlist cannot make ffmpeg fetch anything else.
+ffmpeg's default autorotation applies the display-matrix rotation, so frames arrive upright.
+
+Inputs are hostile until proven otherwise (docs/bad_inputs.md lists what was tried):
+
+- a file is passed as ``file:<absolute path>`` with a file-only protocol whitelist, so a name starting with
+  ``-`` is never an option and nothing can make ffmpeg open a URL;
+- ffmpeg may only use the demuxers in :data:`ALLOWED_DEMUXERS` (``-format_whitelist``), enforced by ffmpeg
+  itself right after format detection and before the demuxer parses anything: playlists (HLS, DASH),
+  concat lists, image sequences and virtual devices can never run, so a file cannot point ffmpeg at other
+  files. Decoding then forces the demuxer the probe found (``-f``);
+- the frame size is limited twice: by the probe (refused before decoding) and by the decoder itself
+  (``-max_pixels``), so a header that lies cannot make ffmpeg allocate a giant frame;
+- durations over a limit are refused, probing and decoding have wall-clock limits, and the ffmpeg process
+  is always killed and reaped (no zombies; nothing is written to disk);
+- every failure is a :class:`VideoError` whose message is one line for a person.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -24,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 # Containers a clip from a social platform comes in; anything else (playlists, concat lists, images,
-# raw devices, network formats) is refused before ffmpeg reads a byte of it.
+# raw devices, network formats) is refused by ffmpeg before its demuxer reads the file. ffmpeg matches a
+# demuxer whose name is a list ("mov,mp4,...") when any of its names is in the whitelist.
 ALLOWED_DEMUXERS = (
     "mov,mp4,m4a,3gp,3g2,mj2",
     "matroska,webm",
@@ -40,16 +54,36 @@ ALLOWED_DEMUXERS = (
     "mpegvideo",
     "ivf",
     "obu",
-    "rawvideo_never",
 )
+FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
+# Demuxers named in refusals, so the message says what the file is instead of "format not allowed".
+PLAYLIST_DEMUXERS = {"hls", "applehttp", "concat", "dash", "imf", "ffmetadata"}
+AUDIO_DEMUXERS = {"mp3", "wav", "aac", "flac", "aiff", "w64", "amr", "ac3", "eac3", "dts", "truehd", "ape", "wv",
+                  "tta", "au", "caf", "wsaud", "loas", "mpc", "mpc8", "s337m", "spdif", "xwma"}
+IMAGE_DEMUXERS = {"image2", "gif", "apng", "webp", "ico", "tiff", "bmp"}
+
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
     ".3gp", ".3g2", ".ogv", ".wmv", ".asf", ".h264", ".264", ".hevc", ".h265", ".ivf", ".obu",
 }
+# Found while walking a folder so they are reported as refused instead of silently skipped.
+PLAYLIST_EXTENSIONS = {".m3u8", ".ffconcat", ".mpd"}
+
+# Limits; each is a keyword argument of probe()/iter_frames() (and a scan option) so a caller can raise it.
+MAX_PIXELS = 8192 * 8192  # per frame, upright; an 8K UHD frame (7680×4320) is about half of this
+MAX_DURATION_S = 4 * 3600.0
+PROBE_TIMEOUT_S = 60.0
+DECODE_TIMEOUT_S = 600.0  # wall-clock for one video's whole frame stream (including time the consumer takes)
+_FFMPEG_INT_MAX = 2**31 - 1
 
 
 class VideoError(RuntimeError):
     """A file that cannot be screened as a video; the message is meant for a person."""
+
+    def __init__(self, message: str):
+        # One line, bounded: messages quote ffmpeg, and a file name may hold a newline.
+        text = " ".join(str(message).split())
+        super().__init__(text[:300] if text else "unreadable video")
 
 
 @dataclass
@@ -68,6 +102,7 @@ class VideoInfo:
     pix_fmt: str | None = None
     tags: dict = field(default_factory=dict)
     probed_with: str = "ffmpeg"
+    stream_index: int = 0  # the video stream decoded (cover art and thumbnails are skipped)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,15 +155,140 @@ def ffmpeg_input(path) -> str:
     return "file:" + str(Path(path).absolute())
 
 
+def input_options(max_pixels: int = MAX_PIXELS, demuxer: str | None = None) -> list[str]:
+    """ffmpeg input options that confine it to reading one local file as one of the allowed containers."""
+    opts = ["-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST,
+            "-max_pixels", str(max(1, min(int(max_pixels), _FFMPEG_INT_MAX)))]
+    return opts + (["-f", demuxer.split(",")[0]] if demuxer else [])
+
+
+# --------------------------------------------------------------------------------------------- checks
+_PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat version", b"<MPD")
+
+
+def _looks_like_playlist(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return text.startswith(_PLAYLIST_MAGIC) or (text.startswith(b"<?xml") and b"<MPD" in text)
+
+
+def check_input(path) -> Path:
+    """Refuse what is not a readable, non-empty regular file (or is a playlist) before ffmpeg sees it.
+
+    A FIFO or device would make ffmpeg block or read forever, so only regular files go on.
+    """
+    return _check_input(path)[0]
+
+
+def _check_input(path) -> tuple[Path, bytes]:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise VideoError("broken symbolic link (its target does not exist)" if p.is_symlink()
+                         else "file not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VideoError("symbolic link loop") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise VideoError("permission denied") from None
+        raise VideoError(f"cannot read the file: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoError("a directory, not a video file")
+    if not stat.S_ISREG(st.st_mode):
+        raise VideoError("not a regular file (a device, pipe or socket)")
+    if st.st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(512)
+    except PermissionError:
+        raise VideoError("permission denied") from None
+    except OSError as exc:
+        raise VideoError(f"cannot read the file: {exc.strerror or exc}") from None
+    if _looks_like_playlist(head):
+        raise VideoError("refused: playlist/concat files are not screened (they point at other files)")
+    return p, head
+
+
+def _content_hint(head: bytes) -> str | None:
+    """What a file ffmpeg could not read holds, when its first bytes say it plainly."""
+    if b"\0" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:  # a multi-byte character cut at the 512-byte boundary is still text
+            text = head[:exc.start].decode("utf-8") if exc.start > len(head) - 4 else ""
+        if text and sum(c.isprintable() or c in "\r\n\t" for c in text) > 0.95 * len(text):
+            if "<html" in text.lower() or "<!doctype html" in text.lower():
+                return "not a video file: it holds an HTML page (a failed download?)"
+            return "not a video file: it holds text"
+    return None
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def check_limits(info: VideoInfo, max_pixels: int | None = MAX_PIXELS,
+                 max_duration_s: float | None = MAX_DURATION_S) -> None:
+    """Refuse, before any decoding, frames over ``max_pixels`` and durations over ``max_duration_s``."""
+    if max_pixels and info.width * info.height > max_pixels:
+        raise VideoError(f"refused: frame size {info.width}x{info.height} is over the limit of {max_pixels} pixels "
+                         f"per frame (--max-pixels)")
+    if max_duration_s and info.duration_s > max_duration_s:
+        raise VideoError(f"refused: duration {_hms(info.duration_s)} is over the limit of {_hms(max_duration_s)} "
+                         f"(--max-duration)")
+
+
+def check_container(info: VideoInfo) -> None:
+    if info.container not in ALLOWED_DEMUXERS:
+        raise VideoError(_refusal(info.container))
+
+
+def _refusal(demuxer: str | None) -> str:
+    names = set((demuxer or "").split(","))
+    if names & PLAYLIST_DEMUXERS:
+        return f"refused: playlist/concat files are not screened ({demuxer})"
+    if names & AUDIO_DEMUXERS:
+        return f"no video stream (an audio file: {demuxer})"
+    if names & IMAGE_DEMUXERS or any(n.endswith("_pipe") for n in names):
+        return f"refused: an image file ({demuxer}), not a video"
+    if demuxer:
+        return f"refused: container format {demuxer!r} is not screened"
+    return "refused: not a container format deepscan screens"
+
+
+_PROBED_AS = re.compile(r"Format (\S+) probed with size=")
+
+
+def _detected_demuxer(url: str, timeout_s: float) -> str | None:
+    """Which demuxer ffmpeg detected for a file it refused (only debug logging names it).
+
+    The whitelist still applies, so this detection-only run never lets the demuxer parse the file.
+    """
+    try:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "debug", *input_options(), "-i", url],
+                              capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = _PROBED_AS.search(proc.stderr.decode("utf-8", "replace"))
+    return m.group(1) if m else None
+
+
 # --------------------------------------------------------------------------------------------- probing
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)(?:,\s*start:\s*(-?[\d.]+))?(?:,\s*bitrate:\s*(\d+))?")
-_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (?P<rest>.*)")
+# Anchored to line starts and (for stream details) to the chosen stream's block: metadata values are
+# printed after "key : " on their own lines, so a tag cannot pose as a stream, a duration or a rotation.
+_INPUT = re.compile(r"^Input #0, (.+?), from '", re.M)
+_DURATION = re.compile(r"^  Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)(?:,\s*start:\s*(-?[\d.]+))?"
+                       r"(?:,\s*bitrate:\s*(\d+))?", re.M)
+_ANY_STREAM = re.compile(r"^  Stream #0:(\d+)[^:\n]*: (\w+): (.*)$", re.M)
 _DIMS = re.compile(r"(?<![\w.])(\d{1,6})x(\d{1,6})(?![\w.])")
 _FPS = re.compile(r"([\d.]+)(k?) fps")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
-_ROTATE = re.compile(r"display ?matrix:? rotation of (-?[\d.]+) degrees", re.I)
-_ROTATE_TAG = re.compile(r"^\s*rotate\s*:\s*(-?\d+)", re.M)
-_INPUT = re.compile(r"Input #0, (.+?), from ")
+_ROTATE = re.compile(r"^\s+Display ?matrix:? rotation of (-?[\d.]+) degrees", re.I | re.M)
+_ROTATE_TAG = re.compile(r"^\s+rotate\s*:\s*(-?\d+)\s*$", re.M)
+_TOO_BIG = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count (\d+)")
+_INVALID_SIZE = re.compile(r"Picture size (\d+)x(\d+) is invalid")
 
 
 def _rate(match) -> float:
@@ -137,23 +297,40 @@ def _rate(match) -> float:
 
 
 def normalise_rotation(degrees: float) -> int:
-    """Display-matrix angle (counter-clockwise, ffmpeg's convention) → clockwise turn in {0, 90, 180, 270}."""
-    return int(round(-degrees / 90.0)) * 90 % 360
+    """Display-matrix angle (counter-clockwise, ffmpeg's convention) → clockwise turn in {0, 90, 180, 270}.
+
+    Other angles give 0: ffmpeg's autorotation leaves them alone, and the frame size must match what it does.
+    """
+    quarter = -degrees / 90.0
+    if abs(quarter - round(quarter)) > 0.02:
+        return 0
+    return int(round(quarter)) * 90 % 360
 
 
-def parse_ffmpeg_banner(text: str, path: str = "") -> VideoInfo:
-    """Read what ``ffmpeg -i`` prints about its input (used when ffprobe is absent)."""
+def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> VideoInfo:
+    """Read what ``ffmpeg -i`` prints about its input (used when ffprobe is absent).
+
+    ``url`` is the input as ffmpeg was given it; it is cut out first, so a file name holding a newline
+    cannot add lines to the banner.
+    """
+    if url:
+        text = text.replace(f"from '{url}'", "from '<input>'")
     container_m = _INPUT.search(text)
-    stream_m = _STREAM.search(text)
     if not container_m:
         raise VideoError(_explain_ffmpeg_failure(text))
-    if not stream_m:
+    streams = list(_ANY_STREAM.finditer(text, container_m.end()))
+    videos = [m for m in streams if m.group(2) == "Video" and "(attached pic)" not in m.group(3)
+              and "(thumbnail)" not in m.group(3)]
+    if not videos:
         raise VideoError("no video stream (audio-only or not a video)")
-    rest = stream_m.group("rest")
-    codec = rest.split(",")[0].split()[0].strip()
+    stream_m = videos[0]
+    nxt = next((m.start() for m in streams if m.start() > stream_m.start()), len(text))
+    block = text[stream_m.end():nxt]  # side data and metadata of the chosen stream only
+    rest = stream_m.group(3)
+    codec = rest.split(",")[0].split()[0].strip() if rest.strip() else "unknown"
     dims = _DIMS.search(rest)
     if not dims:
-        raise VideoError("video stream has no frame size")
+        raise VideoError(_size_failure(text) or "video stream has no frame size")
     width, height = int(dims.group(1)), int(dims.group(2))
     pix_fmt = None
     parts = [p.strip() for p in rest.split(",")]
@@ -161,6 +338,8 @@ def parse_ffmpeg_banner(text: str, path: str = "") -> VideoInfo:
         pix_fmt = parts[1].split("(")[0].strip() or None
     fps_m = _FPS.search(rest) or _TBR.search(rest)
     fps = _rate(fps_m) if fps_m else 0.0
+    if not 0.0 < fps < 10000.0:  # "90k tbr"-style time bases are not frame rates
+        fps = 0.0
     dur_m = _DURATION.search(text)
     duration = start = 0.0
     bitrate = None
@@ -169,16 +348,16 @@ def parse_ffmpeg_banner(text: str, path: str = "") -> VideoInfo:
         duration = int(h) * 3600 + int(m) * 60 + float(s)
         start = float(dur_m.group(4) or 0.0)
         bitrate = int(dur_m.group(5)) * 1000 if dur_m.group(5) else None
-    rot_m = _ROTATE.search(text)
+    rot_m = _ROTATE.search(block)
     rotation = normalise_rotation(float(rot_m.group(1))) if rot_m else 0
-    if not rot_m and (tag := _ROTATE_TAG.search(text)):
-        rotation = int(tag.group(1)) % 360
+    if not rot_m and (tag := _ROTATE_TAG.search(block)):
+        rotation = int(tag.group(1)) % 360 if int(tag.group(1)) % 90 == 0 else 0
     if rotation in (90, 270):
         width, height = height, width
     n_frames = int(round(duration * fps)) if duration and fps else None
     return VideoInfo(path=path, container=container_m.group(1), codec=codec, width=width, height=height,
                      fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation, start_time_s=start,
-                     bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg")
+                     bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg", stream_index=int(stream_m.group(1)))
 
 
 def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
@@ -198,15 +377,22 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
         except ValueError:
             return 0.0
 
+    def number(value) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return 0.0
+        return v if v == v and abs(v) != float("inf") else 0.0
+
     fps = ratio(s.get("avg_frame_rate")) or ratio(s.get("r_frame_rate"))
-    duration = float(s.get("duration") or fmt.get("duration") or 0.0)
+    duration = number(s.get("duration")) or number(fmt.get("duration"))
     rotation = 0
     for side in s.get("side_data_list", []) or []:
         if "rotation" in side:
-            rotation = normalise_rotation(float(side["rotation"]))
+            rotation = normalise_rotation(number(side["rotation"]))
     if not rotation and (tag := (s.get("tags") or {}).get("rotate")):
-        rotation = int(tag) % 360
-    width, height = int(s.get("width") or 0), int(s.get("height") or 0)
+        rotation = int(number(tag)) % 360 if int(number(tag)) % 90 == 0 else 0
+    width, height = int(number(s.get("width"))), int(number(s.get("height")))
     if not width or not height:
         raise VideoError("video stream has no frame size")
     if rotation in (90, 270):
@@ -215,60 +401,88 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
     n_frames = int(nb) if nb and str(nb).isdigit() else (int(round(duration * fps)) if duration and fps else None)
     return VideoInfo(path=path, container=fmt.get("format_name", ""), codec=s.get("codec_name", ""), width=width,
                      height=height, fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation,
-                     start_time_s=float(s.get("start_time") or fmt.get("start_time") or 0.0),
+                     start_time_s=number(s.get("start_time")) or number(fmt.get("start_time")),
                      bit_rate=int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
-                     pix_fmt=s.get("pix_fmt"), tags=dict(fmt.get("tags") or {}), probed_with="ffprobe")
+                     pix_fmt=s.get("pix_fmt"), tags=dict(fmt.get("tags") or {}), probed_with="ffprobe",
+                     stream_index=int(s.get("index") or 0))
+
+
+def _size_failure(stderr: str) -> str | None:
+    if m := _TOO_BIG.search(stderr):
+        return (f"refused: frame size {m.group(1)}x{m.group(2)} is over the limit of {m.group(3)} pixels per "
+                f"frame (--max-pixels)")
+    if m := _INVALID_SIZE.search(stderr):
+        return f"invalid frame size {m.group(1)}x{m.group(2)}"
+    return None
 
 
 def _explain_ffmpeg_failure(stderr: str) -> str:
     text = stderr.lower()
-    if "invalid data found" in text:
-        return "not a video file ffmpeg can read (invalid data)"
+    if size := _size_failure(stderr):
+        return size
+    if "format not on whitelist" in text:
+        return _refusal(None)
+    if "protocol not on whitelist" in text or "not in whitelist" in text:
+        return "refused: the file points at other files or network resources"
     if "moov atom not found" in text:
         return "truncated or incomplete MP4 (moov atom missing)"
+    if "invalid data found" in text:
+        return "not a video file ffmpeg can read (invalid data)"
     if "permission denied" in text:
         return "permission denied"
     if "no such file" in text:
         return "file not found"
-    if "protocol not on whitelist" in text or "not in whitelist" in text:
-        return "refused: the file points at other files or network resources"
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
     return ("ffmpeg could not read it: " + lines[-1][:200]) if lines else "ffmpeg could not read it"
 
 
-def check_container(info: VideoInfo) -> None:
-    if info.container not in ALLOWED_DEMUXERS:
-        raise VideoError(f"refused container format {info.container!r} (not a video container)")
+def probe(path, timeout_s: float = PROBE_TIMEOUT_S, max_pixels: int | None = MAX_PIXELS,
+          max_duration_s: float | None = MAX_DURATION_S) -> VideoInfo:
+    """What the video stage sees: container, codec, upright size, fps, duration, frame count, rotation.
 
-
-def probe(path, timeout_s: float = 60.0) -> VideoInfo:
-    """What the video stage sees: container, codec, upright size, fps, duration, frame count, rotation."""
-    p = Path(path)
-    if not p.exists():
-        raise VideoError("file not found")
-    if not os.access(p, os.R_OK):
-        raise VideoError("permission denied")
-    if p.is_file() and p.stat().st_size == 0:
-        raise VideoError("empty file (0 bytes)")
+    Raises :class:`VideoError` for anything that will not be screened, including inputs over the limits.
+    """
+    p, head = _check_input(path)
     url = ffmpeg_input(p)
+    confine = input_options(max_pixels or _FFMPEG_INT_MAX)
     probe_bin = ffprobe_exe()
     try:
         if probe_bin:
             proc = subprocess.run(
-                [probe_bin, "-v", "error", "-protocol_whitelist", "file", "-print_format", "json",
-                 "-show_format", "-show_streams", url],
+                [probe_bin, "-v", "error", *confine, "-print_format", "json", "-show_format", "-show_streams", url],
                 capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+            stderr = proc.stderr.decode("utf-8", "replace")
             if proc.returncode != 0:
-                raise VideoError(_explain_ffmpeg_failure(proc.stderr.decode("utf-8", "replace")))
-            info = parse_ffprobe_json(json.loads(proc.stdout or b"{}"), str(path))
+                raise VideoError(_explain_failure(stderr, url, timeout_s, head))
+            try:
+                data = json.loads(proc.stdout or b"{}")
+            except ValueError:
+                raise VideoError("ffprobe gave unreadable output") from None
+            info = parse_ffprobe_json(data, str(path))
         else:
-            proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-protocol_whitelist", "file", "-i", url],
+            proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *confine, "-i", url],
                                   capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-            info = parse_ffmpeg_banner(proc.stderr.decode("utf-8", "replace"), str(path))
-    except subprocess.TimeoutExpired as exc:
-        raise VideoError(f"probing took longer than {timeout_s:.0f} s") from exc
+            stderr = proc.stderr.decode("utf-8", "replace")
+            if not _INPUT.search(stderr) or _size_failure(stderr):
+                raise VideoError(_explain_failure(stderr, url, timeout_s, head))
+            info = parse_ffmpeg_banner(stderr, str(path), url=url)
+    except subprocess.TimeoutExpired:
+        raise VideoError(f"probing took longer than {timeout_s:.0f} s") from None
+    except OSError as exc:
+        raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
     check_container(info)
+    check_limits(info, max_pixels, max_duration_s)
     return info
+
+
+def _explain_failure(stderr: str, url: str, timeout_s: float, head: bytes = b"") -> str:
+    if "format not on whitelist" in stderr.lower():
+        return _refusal(_detected_demuxer(url, timeout_s))
+    message = _explain_ffmpeg_failure(stderr)
+    if "moov atom" in message and head[4:8] not in _ISO_BOX_TYPES:
+        # ffmpeg tried MP4 only because of the name: the file is not a cut-off MP4.
+        message = "not a video file ffmpeg can read (unknown content)"
+    return _content_hint(head) or message
 
 
 # -------------------------------------------------------------------------------------------- sampling
@@ -312,24 +526,41 @@ def iter_frames(
     fps: float | None = None,
     batch_size: int = 16,
     max_side: int | None = 1920,
-    timeout_s: float | None = None,
+    timeout_s: float | None = DECODE_TIMEOUT_S,
+    max_pixels: int | None = None,
+    max_duration_s: float | None = MAX_DURATION_S,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
     ``n_frames`` spreads N samples evenly over the duration (each at the middle of its slice); ``fps``
     samples at a fixed rate instead. Frames larger than ``max_side`` are downscaled inside ffmpeg.
+    ``timeout_s`` bounds the wall-clock time of the whole stream; past it ffmpeg is killed and reaped and
+    :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
+    probed with when larger) also binds the decoder, so a bitstream larger than its header is refused.
     """
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
-    info = info or probe(path)
+    if info is None:
+        info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
+    check_container(info)
+    if max_pixels:
+        check_limits(info, max_pixels, None)
+    if info.width <= 0 or info.height <= 0:
+        raise VideoError("video stream has no frame size")
+    # The decoder checks its padded (macroblock-aligned) size, hence the slack over the probe's exact check.
+    decoder_limit = int(max(max_pixels or MAX_PIXELS, info.width * info.height) * 1.05)
     step = sample_interval(info, n_frames, fps)
     offset = 0.0 if fps else step / 2.0
     if info.fps and step <= 1.0 / info.fps:  # more samples asked for than the clip has frames: take each once
         step, offset = 1.0 / info.fps, 0.0
     limit = None if fps else max(1, int(n_frames or 32))
     out_w, out_h = decode_size(info, max_side)
-    stream = ffmpeg.input(ffmpeg_input(path), protocol_whitelist="file")
-    stream = stream.video.filter("select", select_expression(step, offset, info.start_time_s).replace("\\,", ","))
+    # ffmpeg-python hashes its arguments as UTF-8, which a file name need not be: it builds the command
+    # around a placeholder, and the real input goes in below.
+    stream = ffmpeg.input("placeholder")[str(info.stream_index)]
+    # The ffmpeg CLI shifts input timestamps so the file starts at 0 (without -copyts), so ``t`` in the
+    # filter and showinfo's pts_time are already relative to the start (an MPEG-TS often starts at 1.4 s).
+    stream = stream.filter("select", select_expression(step, offset, 0.0).replace("\\,", ","))
     # Always scale to the size the pipe reader expects: should the probe misjudge rotation or size, frames
     # come out distorted instead of as garbage.
     stream = stream.filter("scale", out_w, out_h, flags="area")
@@ -337,8 +568,14 @@ def iter_frames(
     args = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
                          **({"frames:v": limit} if limit else {})).global_args(
         "-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
+    at = args.index("-i")
+    args[at + 1] = ffmpeg_input(path)
+    args[at:at] = input_options(decoder_limit, info.container)
     frame_bytes = out_w * out_h * 3
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
     stamps: list[tuple[int, float]] = []
     tail: list[str] = []
     stamp_ready = threading.Condition()
@@ -361,10 +598,14 @@ def iter_frames(
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    deadline = time.monotonic() + timeout_s if timeout_s else None
+    timed_out = threading.Event()
     watchdog = None
-    if deadline:
-        watchdog = threading.Timer(timeout_s, proc.kill)
+    if timeout_s:
+        def expire():
+            timed_out.set()
+            proc.kill()  # unblocks the pipe read below; the process is reaped in ``finally``
+
+        watchdog = threading.Timer(timeout_s, expire)
         watchdog.daemon = True
         watchdog.start()
     produced = 0
@@ -378,7 +619,7 @@ def iter_frames(
                 # showinfo logs a frame before it reaches the pipe, so its stamp is there or about to be.
                 stamp_ready.wait_for(lambda n=produced: len(stamps) > n, timeout=5.0)
                 t = stamps[produced][1] if len(stamps) > produced and stamps[produced][0] >= 0 else float("nan")
-            rel = (t - info.start_time_s) if t == t else offset + produced * step
+            rel = t if t == t else offset + produced * step
             index = int(round(rel * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
             batch.append(Frame(index=index, time_s=round(rel, 6), image=image))
@@ -386,11 +627,16 @@ def iter_frames(
             if len(batch) >= batch_size:
                 yield batch
                 batch = []
+        if timed_out.is_set():
+            raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
         if batch:
             yield batch
-        proc.wait(timeout=30)
-        if deadline and time.monotonic() > deadline:
-            raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit")
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise VideoError("ffmpeg did not finish after its output ended") from None
+        if timed_out.is_set():
+            raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
         if proc.returncode not in (0, None) and produced == 0:
             reader.join(timeout=5)
             raise VideoError(_explain_ffmpeg_failure("".join(tail)))
@@ -401,7 +647,7 @@ def iter_frames(
             watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+        proc.wait()  # reaped: no zombie whatever happened above
         for pipe in (proc.stdout, proc.stderr):
             if pipe:
                 pipe.close()
@@ -409,8 +655,9 @@ def iter_frames(
 
 
 # ------------------------------------------------------------------------------------------ discovery
+_ISO_BOX_TYPES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 _MAGIC_CHECKS = (
-    lambda b: b[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"),  # ISO-BMFF / QuickTime
+    lambda b: b[4:8] in _ISO_BOX_TYPES,  # ISO-BMFF / QuickTime
     lambda b: b[:4] == b"\x1a\x45\xdf\xa3",  # Matroska / WebM
     lambda b: b[:4] == b"RIFF" and b[8:12] == b"AVI ",
     lambda b: b[:3] == b"FLV",
@@ -424,20 +671,26 @@ _MAGIC_CHECKS = (
 
 
 def looks_like_video(path) -> bool:
-    """Content sniffing for files without a video extension (e.g. a ``.bin`` holding H.264)."""
+    """Content sniffing for files without a video extension (e.g. a ``.bin`` holding H.264).
+
+    Playlists count too: they are reported as refused rather than skipped without a word.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(512)
     except OSError:
         return False
-    return any(check(head) for check in _MAGIC_CHECKS)
+    return any(check(head) for check in _MAGIC_CHECKS) or _looks_like_playlist(head)
 
 
 def discover(paths, recursive: bool = True) -> Iterator[Path]:
     """Every candidate video under ``paths``: video extensions, plus other files whose content looks like video.
 
-    Files named as videos are always returned (a ``.mp4`` holding text must be reported, not skipped).
-    Symlinked directories are not followed, so a symlink loop cannot trap the walk.
+    Files named as videos or playlists are always returned (a ``.mp4`` holding text must be reported, not
+    skipped), whatever they are: a broken link, a link loop or a FIFO named ``.mp4`` gets an error result.
+    Content is sniffed only in regular files (opening a FIFO would block). Symlinked directories are not
+    followed, so a symlink loop cannot trap the walk; symlinked files are followed (the folder's owner put
+    them there). Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are skipped.
     """
     seen: set[str] = set()
     for root in paths:
@@ -450,7 +703,9 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
             key = str(p.absolute())
             if key in seen:
                 continue
-            if p is root or p.suffix.lower() in VIDEO_EXTENSIONS or (p.is_file() and looks_like_video(p)):
+            suffix = p.suffix.lower()
+            if (p is root or suffix in VIDEO_EXTENSIONS or suffix in PLAYLIST_EXTENSIONS
+                    or (p.is_file() and looks_like_video(p))):
                 seen.add(key)
                 yield p
 

@@ -54,3 +54,12 @@ def test_config_hash_tracks_only_score_changing_options():
     assert base.config_hash() == ScanOptions(threads=1, device="cpu", keep_heatmaps=False).config_hash()
     assert base.config_hash() != ScanOptions(frames=16).config_hash()
     assert base.config_hash() != ScanOptions(threshold=0.3).config_hash()
+
+
+def test_a_file_name_that_is_not_utf8_is_written_not_fatal(tmp_path):
+    import os
+
+    name = os.fsdecode(b"bad\xff name.mp4")  # what os.listdir gives for such a name
+    ResultsWriter(tmp_path).write(result(name))
+    line = json.loads((tmp_path / "results.jsonl").read_text())
+    assert line["path"] == "bad\\xff name.mp4"

@@ -1,0 +1,248 @@
+"""The evidence images and the self-contained HTML report: hostile file names, offline assets, CSV exports."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_CLIPS, shared_dir
+from PIL import Image
+
+from deepscan import FaceResult, FrameResult, Scanner, TrackResult, VideoResult
+from deepscan.evidence import pick_faces, save_evidence
+from deepscan.html import build_report
+from deepscan.scanner import ResultsWriter
+
+# Legal in a file name on every POSIX system, and each would break out of HTML if written unescaped.
+HOSTILE_CLIP = 'a<b>&"c\'.mp4'
+HOSTILE_ERROR = "<img src=x onerror=alert(1)>.mp4"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ParsedPage(HTMLParser):
+    """Every tag with its attributes, and the document's text (entities decoded)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.raw: dict[str, list[str]] = {"style": [], "script": []}
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in = tag if tag in self.raw else None
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in:
+            self.raw[self._in].append(data)
+
+    def find(self, tag: str) -> list[dict]:
+        return [a for t, a in self.tags if t == tag]
+
+
+def parse(html_text: str) -> ParsedPage:
+    page = ParsedPage()
+    page.feed(html_text)
+    page.close()
+    return page
+
+
+def make_scanner() -> Scanner:
+    """The default (embedded) detector when it is installed, else MesoNet from ../shared, else skip."""
+    from deepscan.detector import available_models, default_model_name
+
+    if default_model_name() in available_models():
+        scanner = Scanner(frames=6, keep_heatmaps=True)
+        try:
+            scanner.detector  # noqa: B018 - a card whose weights are missing falls through to MesoNet
+            return scanner
+        except FileNotFoundError:
+            pass
+    weights = shared_dir() / "weights" / "mesonet" / "Meso4_DF.h5"
+    if not weights.is_file():
+        pytest.skip("neither the default detector nor the MesoNet weights in ../shared are available")
+    return Scanner(frames=6, keep_heatmaps=True, detector="mesonet4-df", weights=str(weights))
+
+
+@pytest.fixture(scope="session")
+def scanned_report(tmp_path_factory) -> dict:
+    """Two clips (one under a hostile name) and one non-video, scanned, evidenced and reported."""
+    clips = {p.name: p for p in SAMPLE_CLIPS.glob("*.mp4")}
+    if not {"carphone_faceswap_fake.mp4", "astronaut_real.mp4"} <= clips.keys():
+        pytest.skip("sample clips missing")
+    scanner = make_scanner()
+    src = tmp_path_factory.mktemp("inputs")
+    shutil.copy(clips["carphone_faceswap_fake.mp4"], src / HOSTILE_CLIP)
+    shutil.copy(clips["astronaut_real.mp4"], src / "astronaut_real.mp4")
+    (src / HOSTILE_ERROR).write_text("not a video at all")
+    out = tmp_path_factory.mktemp("report")
+    writer = ResultsWriter(out)
+    results = []
+    for path in sorted(src.iterdir()):
+        result = scanner.scan_video(path)
+        result.extra["evidence"] = save_evidence(result, out)
+        writer.write(result)
+        results.append(result)
+    report = build_report(out)
+    return {"out": out, "report": report, "results": results, "html": report.read_text(encoding="utf-8")}
+
+
+def test_report_escapes_hostile_names_and_is_self_contained(scanned_report):
+    out, results, html_text = scanned_report["out"], scanned_report["results"], scanned_report["html"]
+    page = parse(html_text)
+    text = "".join(page.text)
+    for r in results:
+        assert Path(r.path).name in text  # shown, as text...
+    for raw in (HOSTILE_CLIP, HOSTILE_ERROR, "a<b>", "<img src=x"):
+        assert raw not in html_text  # ...never as markup
+    assert not [a for _, attrs in page.tags for a in attrs if a.startswith("on")]  # no injected handlers
+    assert len(page.find("tr")) == 1 + len(results)
+    assert len([a for a in page.find("section") if "video" in (a.get("class") or "")]) == len(results)
+
+    links = [a["src"] for a in page.find("img")] + [a["href"] for a in page.find("a")]
+    assert not [u for u in links if re.match(r"(?i)(https?:)?//", u) or ":" in u]
+    assert not page.find("link") and all("src" not in a for a in page.find("script"))
+    images = [a["src"] for a in page.find("img")]
+    assert images and all((out / src).is_file() for src in images)
+    assert all(href[1:] in {a.get("id") for _, a in page.tags} for href in links if href.startswith("#"))
+
+    # The Content-Security-Policy allows exactly the page's own style and script, by hash.
+    csp = next(m["content"] for m in page.find("meta") if m.get("http-equiv") == "Content-Security-Policy")
+    for kind in ("style", "script"):
+        body = "".join(page.raw[kind]).encode("utf-8")
+        assert f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'" in csp
+    assert "default-src 'none'" in csp
+
+    error = next(r for r in results if r.status == "error")
+    assert error.error in text
+    for r in results:
+        if r.status == "ok":
+            assert f"{r.score:.3f}" in text
+
+
+def test_evidence_images(scanned_report):
+    out = scanned_report["out"]
+    for r in scanned_report["results"]:
+        ev = r.extra["evidence"]
+        if r.status != "ok":
+            assert ev["faces"] == [] and ev["timeline"] is None
+            continue
+        assert (out / ev["timeline"]).read_bytes().startswith(PNG_MAGIC)
+        assert len(ev["faces"]) == min(4, r.n_faces)
+        scores = [f["score"] for f in ev["faces"]]
+        assert scores == sorted(scores, reverse=True)
+        assert scores[0] == pytest.approx(max(f.score for fr in r.frames for f in fr.faces), abs=1e-6)
+        assert len({(f["frame"], f["track"]) for f in ev["faces"]}) == len(ev["faces"])  # no face twice
+        for f in ev["faces"]:
+            crop = np.asarray(Image.open(out / f["crop"]))
+            overlay = np.asarray(Image.open(out / f["overlay"]))
+            face = next(x for fr in r.frames if fr.index == f["frame"] for x in fr.faces if x.track == f["track"])
+            assert crop.shape == overlay.shape == face.crop.shape
+            assert np.array_equal(crop, face.crop)
+            assert np.abs(crop.astype(int) - overlay.astype(int)).mean() > 5  # the heatmap is really drawn
+        assert sorted(t["track"] for t in ev["tracks"]) == sorted(t.id for t in r.tracks)
+        assert all((out / t["thumb"]).is_file() for t in ev["tracks"])
+        assert not list((out / ev["dir"]).glob(".*"))  # atomic writes leave no temporary files
+
+
+def test_csv_exports(scanned_report):
+    out, results = scanned_report["out"], scanned_report["results"]
+    with open(out / "videos.csv", newline="", encoding="utf-8") as fh:
+        videos = list(csv.DictReader(fh))
+    assert [v["path"] for v in videos] == [r.path for r in results]
+    for v, r in zip(videos, results, strict=True):
+        assert v["verdict"] == r.verdict and v["sha256"] == (r.sha256 or "")
+        assert int(v["n_faces"]) == r.n_faces and v["model"] == r.model["name"]
+        assert (v["score"] == "") if r.score is None else float(v["score"]) == pytest.approx(r.score, abs=1e-6)
+    assert next(v for v in videos if v["status"] == "error")["error"]
+    with open(out / "frames.csv", newline="", encoding="utf-8") as fh:
+        frames = list(csv.DictReader(fh))
+    expected = [(r.path, fr.index, face.track, face.score) for r in results for fr in r.frames for face in fr.faces]
+    assert len(frames) == len(expected) > 0
+    for row, (path, index, track, score) in zip(frames, expected, strict=True):
+        assert (row["path"], int(row["frame"]), int(row["track"])) == (path, index, track)
+        assert float(row["score"]) == pytest.approx(score, abs=1e-6)
+        assert float(row["x1"]) < float(row["x2"]) and float(row["y1"]) < float(row["y2"])
+
+
+# ------------------------------------------------------------------------------ without a model: synthetic
+
+def synthetic_result(path: str, scores_by_track: dict[int, list[float]], size: int = 48) -> VideoResult:
+    """A scanned-looking result whose faces carry random crops and ramp heatmaps (no detector needed)."""
+    rng = np.random.default_rng(0)
+    n = max(len(s) for s in scores_by_track.values())
+    frames = []
+    for i in range(n):
+        fr = FrameResult(index=i * 10, time_s=i * 0.4)
+        for track, scores in scores_by_track.items():
+            if i < len(scores):
+                fr.faces.append(FaceResult(
+                    box=[10.0 + track * 60, 10.0, 50.0 + track * 60, 60.0], prob=0.99, track=track,
+                    score=scores[i], heat_peak=1.0,
+                    crop=rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                    heatmap=np.tile(np.linspace(0, 1, size // 2, dtype=np.float16), (size // 2, 1))))
+        frames.append(fr)
+    tracks = [TrackResult(id=t, n_faces=len(s), score=float(np.mean(s)), verdict="fake" if np.mean(s) >= 0.5
+                          else "real", first_time_s=0.0, last_time_s=(len(s) - 1) * 0.4, counted=True)
+              for t, s in scores_by_track.items()]
+    top = max(t.score for t in tracks)
+    return VideoResult(path=path, sha256=hashlib.sha256(path.encode()).hexdigest(), size_bytes=1000, status="ok",
+                       score=top, verdict="fake" if top >= 0.5 else "real", frames=frames, tracks=tracks,
+                       model={"name": "synthetic", "sha256": "0" * 64, "threshold": 0.5, "uncertain_band": 0.1},
+                       video={"width": 320, "height": 240, "duration_s": n * 0.4, "codec": "h264", "tags": {}},
+                       timing={"total_s": 0.5}, deepscan_version="0.1.0",
+                       started_at="2025-01-01T00:00:00.000+00:00", finished_at="2025-01-01T00:00:01.000+00:00")
+
+
+def test_most_suspicious_faces_cover_every_person_first():
+    r = synthetic_result("x.mp4", {0: [0.9, 0.95, 0.97, 0.99, 0.96], 1: [0.3, 0.6, 0.2]})
+    picked = pick_faces([(fr, f) for fr in r.frames for f in fr.faces], top_k=3)
+    assert [(fr.index, f.track) for fr, f in picked] == [(30, 0), (20, 0), (10, 1)]
+    assert len(pick_faces([(fr, f) for fr in r.frames for f in fr.faces], top_k=20)) == 8
+
+
+def test_report_without_evidence_keeps_last_line_and_rejects_foreign_paths(tmp_path):
+    plain = synthetic_result("=HYPERLINK(1).mp4", {0: [0.1, 0.2, 0.1]})
+    plain.extra["evidence"] = {"timeline": "https://example.com/x.png", "faces": [
+        {"crop": "../outside.png", "overlay": "/etc/passwd", "score": 0.2, "time_s": 0.4, "frame": 10, "track": 0}]}
+    (tmp_path / "outside.png").write_bytes(PNG_MAGIC)
+    evidenced = synthetic_result("clips/two people.mp4", {0: [0.9, 0.95, 0.97], 1: [0.1, 0.2]})
+    stale = VideoResult.from_dict(evidenced.to_dict())
+    stale.verdict, stale.score = "uncertain", 0.45
+    writer = ResultsWriter(tmp_path)
+    writer.write(stale)  # superseded by the later line for the same path
+    writer.write(plain)
+    evidenced.extra["evidence"] = save_evidence(evidenced, tmp_path, top_k=3)
+    writer.write(evidenced)
+    with open(tmp_path / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"path": "cut short by a cra')  # a crash mid-line must not break the report
+
+    page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
+    text = "".join(page.text)
+    assert "1 unreadable line" in text and "two people.mp4" in text
+    assert sorted(a.get("data-verdict") for a in page.find("tr") if a.get("data-verdict")) == ["fake", "real"]
+    images = [a["src"] for a in page.find("img")]
+    assert images and all(src.startswith("assets/") and (tmp_path / src).is_file() for src in images)
+    ev = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[2])["extra"]["evidence"]
+    assert {f["track"] for f in ev["faces"]} == {0, 1}
+    assert len([s for s in images if "/track" in s]) == 2
+
+    with open(tmp_path / "videos.csv", newline="", encoding="utf-8") as fh:
+        videos = list(csv.DictReader(fh))
+    assert [(v["path"], v["verdict"]) for v in videos] == [("clips/two people.mp4", "fake"),
+                                                          ("'=HYPERLINK(1).mp4", "real")]
+    with open(tmp_path / "frames.csv", newline="", encoding="utf-8") as fh:
+        assert len(list(csv.DictReader(fh))) == plain.n_faces + evidenced.n_faces
