@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=Path,
                    help="model card whose training.validation_files restricts the clips (its held-out split)")
     e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
+    e.add_argument("--results", type=Path, action="append", default=[],
+                   help="score an earlier scan's results.jsonl instead of scanning (repeatable)")
 
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
@@ -226,8 +228,18 @@ def cmd_eval(args) -> int:
     names = args.detector or [None]
     weights = args.weights + ["-"] * (len(names) - len(args.weights))
     specs = [{"detector": n, "weights": None if w == "-" else w} for n, w in zip(names, weights, strict=False)]
-    report = evaluate(clips, specs, frames=args.frames, out_dir=args.out)
-    table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {args.frames} frames each",
+    if args.results:
+        from .evaluate import metrics_from_results
+
+        entries = [metrics_from_results(clips, p) for p in args.results]
+        report = {"n_clips": entries[0]["n_clips"], "n_fake": entries[0]["n_fake"], "detectors": entries}
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
+    else:
+        report = evaluate(clips, specs, frames=args.frames, out_dir=args.out)
+    sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
+    table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
                   header_style="bold")
     for col in ("detector", "AUC", "95% CI", "threshold", "accuracy", "TPR", "FPR", "unscored"):
         table.add_column(col)
@@ -248,7 +260,8 @@ def cmd_eval(args) -> int:
                         "—" if row["n_fake"] == row["n"] else f"{row['fpr']:.3f}")
         console.print(src)
     if args.out:
-        console.print(f"metrics: {args.out / 'metrics.json'}, ROC: {args.out / 'roc.png'}", markup=False)
+        console.print(f"metrics: {args.out / 'metrics.json'}" + ("" if args.results else f", ROC: {args.out / 'roc.png'}"),
+                      markup=False)
     return EXIT_OK
 
 

@@ -108,6 +108,35 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     return report
 
 
+def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
+    """Metrics of an earlier scan: match ``results.jsonl`` lines to the labelled clips by resolved path."""
+    by_path = {}
+    for line in Path(results_path).read_text(encoding="utf-8").splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        by_path[str(Path(d["path"]).resolve())] = d
+    ys, ss, srcs, unscored, missing = [], [], [], [], []
+    model, threshold = None, 0.5
+    for clip in clips:
+        d = by_path.get(str(clip.path.resolve()))
+        if d is None:
+            missing.append(str(clip.path))
+            continue
+        model = model or d.get("model", {}).get("name")
+        threshold = d.get("model", {}).get("threshold", threshold)
+        if d.get("score") is None:
+            unscored.append({"path": str(clip.path), "status": d.get("status"), "error": d.get("error")})
+        ys.append(clip.label)
+        ss.append(0.0 if d.get("score") is None else d["score"])
+        srcs.append(clip.source)
+    auc, lo, hi = bootstrap_auc(ys, ss)
+    return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), "auc": auc, "auc_ci95": [lo, hi],
+            "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
+            "per_source": per_source_table(ys, ss, srcs, threshold)}
+
+
 def per_source_table(ys, ss, srcs, threshold: float) -> list[dict]:
     from sklearn.metrics import roc_auc_score
 

@@ -28,8 +28,10 @@ VERDICT_MEANING = {
 def make_console(stream=None) -> Console:
     stream = stream or sys.stdout
     # rich honours NO_COLOR itself; a pipe or CI log gets plain text and no live bars.
-    return Console(file=stream, no_color="NO_COLOR" in os.environ or None,
-                   force_terminal=None if stream.isatty() else False, highlight=False)
+    tty = stream.isatty()
+    # Off a terminal rich assumes 80 columns; logs and pipes are read later, so keep file names whole.
+    return Console(file=stream, no_color="NO_COLOR" in os.environ or None, force_terminal=None if tty else False,
+                   width=None if tty else 160, highlight=False)
 
 
 class ScanProgress:
