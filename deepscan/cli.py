@@ -31,6 +31,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .video import MAX_DURATION_S, MAX_PIXELS
 
     parser = argparse.ArgumentParser(prog="deepscan", description="Screen videos for face manipulation.")
     parser.add_argument("--version", action="version", version=f"deepscan {__version__}")
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-faces", type=_positive_int, default=64, help="faces per detector batch")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
+    s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")
+    s.add_argument("--max-duration", type=_positive_float, default=MAX_DURATION_S,
+                   help=f"refuse videos longer than this many seconds (default {MAX_DURATION_S:.0f} = 4 h)")
 
     p = sub.add_parser("probe", help="print what the video stage sees in a file")
     p.add_argument("video")
@@ -103,7 +108,8 @@ def cmd_scan(args) -> int:
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
-                          timeout_s=args.timeout, keep_heatmaps=args.html)
+                          timeout_s=args.timeout, max_pixels=args.max_pixels,
+                          max_duration_s=args.max_duration, keep_heatmaps=args.html)
     scanner = Scanner(options)
     try:
         scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video

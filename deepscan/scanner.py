@@ -24,9 +24,9 @@ import numpy as np
 
 from . import __version__
 from .crops import crop_face
-from .results import FaceResult, FrameResult, VideoResult
+from .results import FaceResult, FrameResult, VideoResult, printable
 from .scoring import Aggregation, aggregate, score_interval
-from .video import VideoError, discover, iter_frames, probe
+from .video import MAX_DURATION_S, MAX_PIXELS, VideoError, check_input, discover, iter_frames, probe
 
 
 @dataclass
@@ -42,6 +42,8 @@ class ScanOptions:
     batch_faces: int = 64  # faces per detector forward pass
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
     timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
+    max_pixels: int = MAX_PIXELS  # larger frames are refused before decoding (header and decoder both)
+    max_duration_s: float | None = MAX_DURATION_S  # longer videos are refused
     keep_heatmaps: bool = True  # keep per-face heatmaps and crops on results (API); never in JSON
     threshold: float | None = None  # override the model card's decision threshold
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
@@ -230,11 +232,10 @@ class Scanner:
         from .faces import Tracker
 
         opts = self.options
-        if not path.is_file():
-            raise VideoError("not a regular file" if path.exists() else "file not found")
+        check_input(path)
         if result.sha256 is None:
             result.sha256, result.size_bytes = file_sha256(path)
-        info = probe(path)
+        info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
         result.video = info.to_dict()
         card = self.detector.card
         tracker = Tracker()
@@ -243,7 +244,7 @@ class Scanner:
         frames_out: list[FrameResult] = []
         batches = _Prefetch(iter_frames(path, info, n_frames=opts.frames, fps=opts.fps,
                                         batch_size=opts.batch_frames, max_side=opts.max_side,
-                                        timeout_s=opts.timeout_s))
+                                        timeout_s=opts.timeout_s, max_pixels=opts.max_pixels))
         try:
             t_wait = time.perf_counter()
             for batch in batches:
@@ -303,10 +304,12 @@ class Scanner:
             digest = None
             if writer and not force:
                 try:
+                    check_input(path)  # never hash a FIFO (blocks) or a device (endless)
                     digest = file_sha256(path)
-                except OSError:
+                except (VideoError, OSError):
                     digest = None
-                previous = writer.done(digest[0], self.detector.weights_sha256, cfg_hash) if digest else None
+                previous = (writer.done(digest[0], self.detector.weights_sha256, cfg_hash, path)
+                            if digest else None)
                 if previous is not None and (not evidence or "evidence" in previous.extra):
                     previous.resumed = True
                     yield previous
@@ -355,10 +358,14 @@ class ResultsWriter:
 
     def _remember(self, d: dict) -> None:
         if d.get("status") in ("ok", "no_face") and d.get("sha256"):
-            self._done[(d["sha256"], (d.get("model") or {}).get("sha256"), d.get("config_hash"))] = d
+            key = (d["sha256"], (d.get("model") or {}).get("sha256"), d.get("config_hash"))
+            self._done.setdefault(key, {})[d["path"]] = d
 
-    def done(self, sha256: str, model_sha256: str, config_hash: str) -> VideoResult | None:
-        d = self._done.get((sha256, model_sha256, config_hash))
+    def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
+        """The finished result for this content, model and configuration: under ``path`` when given (a
+        byte-identical copy under another name needs a line of its own), else under any name."""
+        by_path = self._done.get((sha256, model_sha256, config_hash)) or {}
+        d = by_path.get(printable(str(path))) if path is not None else next(iter(by_path.values()), None)
         return VideoResult.from_dict(d) if d else None
 
     def write(self, result: VideoResult) -> None:

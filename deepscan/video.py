@@ -58,8 +58,8 @@ ALLOWED_DEMUXERS = (
 FORMAT_WHITELIST = ",".join(ALLOWED_DEMUXERS)
 # Demuxers named in refusals, so the message says what the file is instead of "format not allowed".
 PLAYLIST_DEMUXERS = {"hls", "applehttp", "concat", "dash", "imf", "ffmetadata"}
-AUDIO_DEMUXERS = {"mp3", "wav", "aac", "flac", "aiff", "w64", "amr", "ac3", "eac3", "dts", "truehd", "ape", "wv",
-                  "tta", "au", "caf", "wsaud", "loas", "mpc", "mpc8", "s337m", "spdif", "xwma"}
+AUDIO_DEMUXERS = {"mp3", "wav", "aac", "flac", "aiff", "w64", "amr", "ac3", "eac3", "dts", "truehd", "ape",
+                  "wv", "tta", "au", "caf", "wsaud", "loas", "mpc", "mpc8", "s337m", "spdif", "xwma"}
 IMAGE_DEMUXERS = {"image2", "gif", "apng", "webp", "ico", "tiff", "bmp"}
 
 VIDEO_EXTENSIONS = {
@@ -103,9 +103,13 @@ class VideoInfo:
     tags: dict = field(default_factory=dict)
     probed_with: str = "ffmpeg"
     stream_index: int = 0  # the video stream decoded (cover art and thumbnails are skipped)
+    warnings: list[str] = field(default_factory=list)  # e.g. a truncated file screened on what is there
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # A name that is not UTF-8 holds surrogate escapes, which JSON cannot encode: show those as \xNN.
+        d["path"] = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        return d
 
 
 @dataclass
@@ -199,8 +203,14 @@ def _check_input(path) -> tuple[Path, bytes]:
     if st.st_size == 0:
         raise VideoError("empty file (0 bytes)")
     try:
-        with open(p, "rb") as fh:
-            head = fh.read(512)
+        # Non-blocking, and checked again once open: a file swapped for a FIFO since stat() cannot block us.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VideoError("not a regular file (a device, pipe or socket)")
+            head = os.read(fd, 512)
+        finally:
+            os.close(fd)
     except PermissionError:
         raise VideoError("permission denied") from None
     except OSError as exc:
@@ -224,6 +234,31 @@ def _content_hint(head: bytes) -> str | None:
     return None
 
 
+_TRUNCATED_MP4 = "truncated MP4: the file ends inside a box (an interrupted download or copy?)"
+
+
+def _iso_truncated(path: Path) -> bool:
+    """Whether an ISO-BMFF file's top-level boxes run past its end (read from box headers only)."""
+    pos = 0
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            while pos + 8 <= size:
+                fh.seek(pos)
+                header = fh.read(16)
+                box = int.from_bytes(header[:4], "big")
+                if box == 1 and len(header) == 16:
+                    box = int.from_bytes(header[8:16], "big")
+                elif box == 0:  # "to the end of the file"
+                    return False
+                if box < 8:
+                    return False
+                pos += box
+    except OSError:
+        return False
+    return pos > size
+
+
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -233,11 +268,11 @@ def check_limits(info: VideoInfo, max_pixels: int | None = MAX_PIXELS,
                  max_duration_s: float | None = MAX_DURATION_S) -> None:
     """Refuse, before any decoding, frames over ``max_pixels`` and durations over ``max_duration_s``."""
     if max_pixels and info.width * info.height > max_pixels:
-        raise VideoError(f"refused: frame size {info.width}x{info.height} is over the limit of {max_pixels} pixels "
-                         f"per frame (--max-pixels)")
+        raise VideoError(f"refused: frame size {info.width}x{info.height} is over the limit of {max_pixels} "
+                         f"pixels per frame (--max-pixels)")
     if max_duration_s and info.duration_s > max_duration_s:
-        raise VideoError(f"refused: duration {_hms(info.duration_s)} is over the limit of {_hms(max_duration_s)} "
-                         f"(--max-duration)")
+        raise VideoError(f"refused: duration {_hms(info.duration_s)} is over the limit of "
+                         f"{_hms(max_duration_s)} (--max-duration)")
 
 
 def check_container(info: VideoInfo) -> None:
@@ -258,7 +293,7 @@ def _refusal(demuxer: str | None) -> str:
     return "refused: not a container format deepscan screens"
 
 
-_PROBED_AS = re.compile(r"Format (\S+) probed with size=")
+_PROBED_AS = re.compile(r"Format (\S+) (?:probed with size=|detected only with low score)")
 
 
 def _detected_demuxer(url: str, timeout_s: float) -> str | None:
@@ -267,8 +302,8 @@ def _detected_demuxer(url: str, timeout_s: float) -> str | None:
     The whitelist still applies, so this detection-only run never lets the demuxer parse the file.
     """
     try:
-        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "debug", *input_options(), "-i", url],
-                              capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "debug", *input_options(),
+                               "-i", url], capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return None
     m = _PROBED_AS.search(proc.stderr.decode("utf-8", "replace"))
@@ -307,6 +342,11 @@ def normalise_rotation(degrees: float) -> int:
     return int(round(quarter)) * 90 % 360
 
 
+def _scrub(text: str, url: str) -> str:
+    """ffmpeg's log with the input's name cut out: the name is the one part a stranger chose freely."""
+    return text.replace(os.fsencode(url).decode("utf-8", "replace"), "<input>")
+
+
 def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> VideoInfo:
     """Read what ``ffmpeg -i`` prints about its input (used when ffprobe is absent).
 
@@ -314,7 +354,7 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
     cannot add lines to the banner.
     """
     if url:
-        text = text.replace(f"from '{url}'", "from '<input>'")
+        text = _scrub(text, url)
     container_m = _INPUT.search(text)
     if not container_m:
         raise VideoError(_explain_ffmpeg_failure(text))
@@ -357,7 +397,8 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
     n_frames = int(round(duration * fps)) if duration and fps else None
     return VideoInfo(path=path, container=container_m.group(1), codec=codec, width=width, height=height,
                      fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation, start_time_s=start,
-                     bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg", stream_index=int(stream_m.group(1)))
+                     bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg",
+                     stream_index=int(stream_m.group(1)))
 
 
 def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
@@ -398,9 +439,11 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     nb = s.get("nb_frames")
-    n_frames = int(nb) if nb and str(nb).isdigit() else (int(round(duration * fps)) if duration and fps else None)
-    return VideoInfo(path=path, container=fmt.get("format_name", ""), codec=s.get("codec_name", ""), width=width,
-                     height=height, fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation,
+    n_frames = (int(nb) if nb and str(nb).isdigit()
+                else int(round(duration * fps)) if duration and fps else None)
+    return VideoInfo(path=path, container=fmt.get("format_name", ""), codec=s.get("codec_name", ""),
+                     width=width, height=height, fps=fps, duration_s=duration, n_frames=n_frames,
+                     rotation=rotation,
                      start_time_s=number(s.get("start_time")) or number(fmt.get("start_time")),
                      bit_rate=int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
                      pix_fmt=s.get("pix_fmt"), tags=dict(fmt.get("tags") or {}), probed_with="ffprobe",
@@ -433,7 +476,12 @@ def _explain_ffmpeg_failure(stderr: str) -> str:
     if "no such file" in text:
         return "file not found"
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
-    return ("ffmpeg could not read it: " + lines[-1][:200]) if lines else "ffmpeg could not read it"
+    if not lines:
+        return "ffmpeg could not read it"
+    reason = lines[-1].rsplit(": ", 1)[-1]  # "Error opening input files: End of file" → "End of file"
+    if reason in ("End of file", "Input/output error"):
+        return f"damaged or cut-off file: ffmpeg could not parse its structure ({reason})"
+    return "ffmpeg could not read it: " + lines[-1][:200]
 
 
 def probe(path, timeout_s: float = PROBE_TIMEOUT_S, max_pixels: int | None = MAX_PIXELS,
@@ -443,16 +491,30 @@ def probe(path, timeout_s: float = PROBE_TIMEOUT_S, max_pixels: int | None = MAX
     Raises :class:`VideoError` for anything that will not be screened, including inputs over the limits.
     """
     p, head = _check_input(path)
-    url = ffmpeg_input(p)
+    try:
+        return _probe(p, head, timeout_s, max_pixels, max_duration_s)
+    except VideoError as exc:
+        # ffmpeg's guess ("no video stream", "invalid data") hides the plainer cause of a cut-off MP4.
+        msg = str(exc)
+        if (not msg.startswith("refused") and "took longer" not in msg and head[4:8] in _ISO_BOX_TYPES
+                and _iso_truncated(p)):
+            raise VideoError(_TRUNCATED_MP4) from None
+        raise
+
+
+def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
+           max_duration_s: float | None) -> VideoInfo:
+    url = ffmpeg_input(path)
     confine = input_options(max_pixels or _FFMPEG_INT_MAX)
     probe_bin = ffprobe_exe()
     try:
         if probe_bin:
             proc = subprocess.run(
-                [probe_bin, "-v", "error", *confine, "-print_format", "json", "-show_format", "-show_streams", url],
+                [probe_bin, "-v", "error", *confine, "-print_format", "json", "-show_format", "-show_streams",
+                 url],
                 capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-            stderr = proc.stderr.decode("utf-8", "replace")
-            if proc.returncode != 0:
+            stderr = _scrub(proc.stderr.decode("utf-8", "replace"), url)
+            if proc.returncode != 0 or _size_failure(stderr):
                 raise VideoError(_explain_failure(stderr, url, timeout_s, head))
             try:
                 data = json.loads(proc.stdout or b"{}")
@@ -462,16 +524,18 @@ def probe(path, timeout_s: float = PROBE_TIMEOUT_S, max_pixels: int | None = MAX
         else:
             proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *confine, "-i", url],
                                   capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-            stderr = proc.stderr.decode("utf-8", "replace")
+            stderr = _scrub(proc.stderr.decode("utf-8", "replace"), url)
             if not _INPUT.search(stderr) or _size_failure(stderr):
                 raise VideoError(_explain_failure(stderr, url, timeout_s, head))
-            info = parse_ffmpeg_banner(stderr, str(path), url=url)
+            info = parse_ffmpeg_banner(stderr, str(path))
     except subprocess.TimeoutExpired:
         raise VideoError(f"probing took longer than {timeout_s:.0f} s") from None
     except OSError as exc:
         raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
     check_container(info)
     check_limits(info, max_pixels, max_duration_s)
+    if head[4:8] in _ISO_BOX_TYPES and _iso_truncated(path):
+        info.warnings.append(_TRUNCATED_MP4 + "; screened on the frames that are there")
     return info
 
 
@@ -500,7 +564,7 @@ def select_expression(step_s: float, offset_s: float, start_s: float) -> str:
     """ffmpeg ``select`` expression taking the first frame at or after each target time.
 
     Targets are ``offset + k·step`` (relative to the stream start). Register 0 holds the next target; after a
-    hit it jumps past the current time, so a gap in a variable-frame-rate stream never yields a burst of frames.
+    hit it jumps past the current time, so a gap in a variable-frame-rate stream never yields a burst.
     """
     # A 0.1 ms tolerance absorbs timestamps like 0.59999 for a 0.6 s target (time bases are rarely decimal).
     rel = f"(t-{start_s:.6f}+0.0001)"
@@ -573,7 +637,8 @@ def iter_frames(
     args[at:at] = input_options(decoder_limit, info.container)
     frame_bytes = out_w * out_h * 3
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
     except OSError as exc:
         raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
     stamps: list[tuple[int, float]] = []
@@ -618,7 +683,8 @@ def iter_frames(
             with stamp_ready:
                 # showinfo logs a frame before it reaches the pipe, so its stamp is there or about to be.
                 stamp_ready.wait_for(lambda n=produced: len(stamps) > n, timeout=5.0)
-                t = stamps[produced][1] if len(stamps) > produced and stamps[produced][0] >= 0 else float("nan")
+                ready = len(stamps) > produced and stamps[produced][0] >= 0
+                t = stamps[produced][1] if ready else float("nan")
             rel = t if t == t else offset + produced * step
             index = int(round(rel * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
@@ -637,10 +703,12 @@ def iter_frames(
             raise VideoError("ffmpeg did not finish after its output ended") from None
         if timed_out.is_set():
             raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
-        if proc.returncode not in (0, None) and produced == 0:
-            reader.join(timeout=5)
-            raise VideoError(_explain_ffmpeg_failure("".join(tail)))
         if produced == 0:
+            if any(w.startswith(_TRUNCATED_MP4) for w in info.warnings):
+                raise VideoError(_TRUNCATED_MP4 + "; no frame in what is there could be decoded")
+            if proc.returncode not in (0, None):
+                reader.join(timeout=5)
+                raise VideoError(_explain_ffmpeg_failure(_scrub("".join(tail), ffmpeg_input(path))))
             raise VideoError("no frames could be decoded")
     finally:
         if watchdog:
@@ -684,7 +752,7 @@ def looks_like_video(path) -> bool:
 
 
 def discover(paths, recursive: bool = True) -> Iterator[Path]:
-    """Every candidate video under ``paths``: video extensions, plus other files whose content looks like video.
+    """Every candidate video under ``paths``: video extensions, and other files whose content looks like one.
 
     Files named as videos or playlists are always returned (a ``.mp4`` holding text must be reported, not
     skipped), whatever they are: a broken link, a link loop or a FIFO named ``.mp4`` gets an error result.
