@@ -42,6 +42,7 @@ DEFAULTS: dict = {
     "model": {
         "backbone": "tf_efficientnet_lite0",
         "pretrained": True,
+        "init_from": "",  # model card of an earlier stage to start from (overrides pretrained)
         "input_size": 224,
         "crop_margin": 0.25,
         # The ImageNet weights were trained on inputs scaled to [-1, 1] (TF-Lite convention), so that is the
@@ -317,6 +318,14 @@ def _save_ckpt(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+def _init_from(cfg_model: dict) -> dict | None:
+    if not cfg_model.get("init_from"):
+        return None
+    card = ModelCard.load(cfg_model["init_from"])
+    return {"card": str(cfg_model["init_from"]), "name": card.name, "sha256": card.sha256,
+            "metrics": {k: card.metrics.get(k) for k in ("video_auc", "face_auc")}}
+
+
 def _build_net(cfg_model: dict):
     from ..detector.nets.sbinet import SBINet
 
@@ -376,7 +385,14 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
     step, elapsed, history = 0, 0.0, []
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume and ckpt_path.exists() else None
-    if state is None and cm["pretrained"]:
+    if state is None and cm.get("init_from"):
+        # A second stage starts from an earlier stage's exported weights (checked against its card's sha256).
+        from safetensors.torch import load_file
+
+        init_card = ModelCard.load(cm["init_from"])
+        init_card.verify_weights()
+        net.load_state_dict(load_file(str(init_card.weights_path)), strict=True)
+    elif state is None and cm["pretrained"]:
         from ..detector.nets.sbinet import load_imagenet_lite
 
         load_imagenet_lite(net, cm["backbone"])
@@ -549,6 +565,7 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         "wall_time_s": round(elapsed, 1),
         "final_loss": history[-1] if history else None,
         "seed": cfg["seed"],
+        "init_from": _init_from(cfg["model"]),
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "data_terms": cfg["data_terms"] or (
