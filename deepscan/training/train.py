@@ -366,7 +366,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    train_meta, val_meta = split_clips(index, cv["val_fraction"], cfg["seed"])
+    train_meta, val_meta = split_clips(index, cv["val_fraction"], cv.get("split_seed", cfg["seed"]))
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -391,6 +391,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
         init_card = ModelCard.load(cm["init_from"])
         init_card.verify_weights()
+        if set(init_card.training.get("validation_files") or []) != {c["file"] for c in val_meta}:
+            raise ValueError(f"{cm['init_from']} was trained with another validation split: continuing from it "
+                             "would leak its training clips into this run's validation (set val.split_seed)")
         net.load_state_dict(load_file(str(init_card.weights_path)), strict=True)
     elif state is None and cm["pretrained"]:
         from ..detector.nets.sbinet import load_imagenet_lite
