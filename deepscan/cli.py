@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")
     s.add_argument("--max-duration", type=_positive_float, default=MAX_DURATION_S,
                    help=f"refuse videos longer than this many seconds (default {MAX_DURATION_S:.0f} = 4 h)")
+    s.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
+                   help="group copies of the same video (vPDQ) and screen verified pixel copies once "
+                        "(default: on when pdqhash or vpdq is installed)")
+    s.add_argument("--provenance", action=argparse.BooleanOptionalAction, default=True,
+                   help="read container tags, edit lists and C2PA credentials (default: on; never changes scores)")
+    s.add_argument("--c2pa-trust", type=Path, metavar="PEM",
+                   help="C2PA trust anchors (PEM) that make a signer trusted (default: $DEEPSCAN_C2PA_TRUST_ANCHORS)")
 
     p = sub.add_parser("probe", help="print what the video stage sees in a file")
     p.add_argument("video")
@@ -105,11 +112,15 @@ def cmd_scan(args) -> int:
     if args.html and not args.out:
         console.print("[bold red]error:[/] --html needs --out DIR")
         return EXIT_ERROR
+    if args.c2pa_trust and not args.c2pa_trust.is_file():
+        console.print(f"[bold red]error:[/] --c2pa-trust: no such file {args.c2pa_trust}", markup=False)
+        return EXIT_ERROR
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
                           timeout_s=args.timeout, max_pixels=args.max_pixels,
-                          max_duration_s=args.max_duration, keep_heatmaps=args.html)
+                          max_duration_s=args.max_duration, keep_heatmaps=args.html, provenance=args.provenance,
+                          c2pa_trust_anchors=str(args.c2pa_trust) if args.c2pa_trust else None)
     scanner = Scanner(options)
     try:
         scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video
@@ -123,9 +134,23 @@ def cmd_scan(args) -> int:
         return EXIT_ERROR
     results = []
     t0 = time.perf_counter()
+    groups = None
+    dedupe = args.dedupe
+    if dedupe is not False and len(paths) > 1:
+        from .campaign import available_backend, plan
+
+        if available_backend() is None:
+            if dedupe:
+                console.print("[bold red]error:[/] --dedupe needs pdqhash or vpdq: pip install 'deepscan[campaign]'")
+                return EXIT_ERROR
+            console.print("note: copies of the same video are not grouped (pip install 'deepscan[campaign]' "
+                          "for --dedupe)", style="dim", markup=False)
+        else:
+            with console.status("grouping copies of the same video (hashing each file)…"):
+                groups = plan(paths, max_pixels=args.max_pixels, max_duration_s=args.max_duration)
     with ScanProgress(console, len(paths)) as progress:
         for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force,
-                                   evidence=args.html):
+                                   evidence=args.html, groups=groups):
             drop_pixels(result)  # evidence is on disk; don't keep every crop of a long scan in memory
             results.append(result)
             if args.json:
@@ -134,6 +159,10 @@ def cmd_scan(args) -> int:
         progress.finish()
     if not args.json:
         print_summary(console, results, scanner.threshold, time.perf_counter() - t0)
+        if groups and any(g.size > 1 or g.altered for g in groups):
+            from .campaign import campaign_table
+
+            console.print(campaign_table(results, groups))
         if args.out:
             resumed = sum(r.resumed for r in results)
             note = f" ({resumed} already there, not re-screened; --force re-does them)" if resumed else ""

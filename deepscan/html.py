@@ -150,7 +150,8 @@ def frame_rows(results: list[dict]) -> list[dict]:
 
 
 def _video_view(i: int, d: dict, out_dir: Path) -> dict:
-    ev = (d.get("extra") or {}).get("evidence") or {}
+    extra = d.get("extra") or {}
+    ev = extra.get("evidence") or {}
     faces = []
     for f in ev.get("faces") or []:
         crop, overlay = _asset(out_dir, f.get("crop")), _asset(out_dir, f.get("overlay"))
@@ -176,7 +177,34 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
         "timing": timing, "started_at": d.get("started_at"), "finished_at": d.get("finished_at"),
         "timeline_url": _asset(out_dir, ev.get("timeline")), "faces": faces,
         "colormap": ev.get("colormap"), "has_evidence": bool(ev),
+        "provenance": _provenance_view(extra.get("provenance")), "campaign": extra.get("campaign") or {},
     }
+
+
+def _provenance_view(prov) -> dict | None:
+    """The provenance block of one video: a one-line summary, the notes and the key facts (all escaped)."""
+    from .provenance import provenance_summary
+
+    if not isinstance(prov, dict):
+        return None
+    c2 = prov.get("c2pa") or {}
+    container = prov.get("container") or {}
+    facts = {"C2PA": (c2.get("status") or "—").replace("_", " "),
+             "C2PA signer": (c2.get("signer") or {}).get("common_name"),
+             "C2PA issuer": (c2.get("signer") or {}).get("issuer"),
+             "made with (claim generator)": c2.get("claim_generator"),
+             "generative AI (C2PA)": c2.get("generative_ai"),
+             "container": container.get("format"), "brands": " / ".join(
+                 str(x) for x in (container.get("major_brand"), container.get("compatible_brands")) if x),
+             "creation time": container.get("creation_time"), "encoder / muxer": container.get("encoder"),
+             **{f"device {k}": v for k, v in (prov.get("device") or {}).items()}}
+    for s in prov.get("streams") or []:
+        if s.get("type") == "video":
+            facts["video handler"] = s.get("handler_name")
+            facts["video encoder"] = s.get("encoder")
+            break
+    return {"summary": provenance_summary(prov), "notes": list(prov.get("notes") or []),
+            "errors": list(prov.get("errors") or []), "facts": {k: v for k, v in facts.items() if v}}
 
 
 def _sampling(config: dict) -> str:

@@ -86,12 +86,24 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
     table.add_column("faces/tracks", justify="right")
     table.add_column("frames", justify="right")
     table.add_column("time", justify="right")
+    with_provenance = any("provenance" in r.extra for r in results)
+    if with_provenance:
+        from .provenance import provenance_summary
+
+        table.add_column("provenance (claimed by the file)", overflow="fold")
     for r in sorted(results, key=lambda r: (-(r.score if r.score is not None else -1), r.path)):
         people = ""
         if len(r.tracks) > 1:
             people = " · " + ", ".join(f"#{t.id} {t.score:.2f}" for t in r.tracks if t.counted)
-        table.add_row(r.path, Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")), _score_text(r) + people,
-                      f"{r.n_faces}/{len(r.tracks)}", str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s")
+        verdict = Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, ""))
+        campaign = r.extra.get("campaign") or {}
+        if campaign.get("inherited"):  # not judged on its own pixels: say whose result it is
+            verdict.append(f" (copy of {Path(campaign['screened_as']).name})", style="dim")
+        row = [r.path, verdict, _score_text(r) + people, f"{r.n_faces}/{len(r.tracks)}", str(r.n_frames),
+               f"{r.timing.get('total_s', 0):.1f}s"]
+        if with_provenance:
+            row.append(provenance_summary(r.extra.get("provenance")))
+        table.add_row(*row)
     return table
 
 

@@ -47,6 +47,8 @@ class ScanOptions:
     keep_heatmaps: bool = True  # keep per-face heatmaps and crops on results (API); never in JSON
     threshold: float | None = None  # override the model card's decision threshold
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
+    provenance: bool = True  # read container tags, edit lists and C2PA into extra["provenance"] (no score change)
+    c2pa_trust_anchors: str | None = None  # PEM file of C2PA trust anchors (default: $DEEPSCAN_C2PA_TRUST_ANCHORS)
     aggregation: Aggregation = field(default_factory=Aggregation)
 
     def to_dict(self) -> dict:
@@ -237,6 +239,11 @@ class Scanner:
             result.sha256, result.size_bytes = file_sha256(path)
         info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
         result.video = info.to_dict()
+        if opts.provenance:
+            from .provenance import read_provenance
+
+            # What the file claims about its origin, read before any pixel is judged; never changes the score.
+            result.extra["provenance"] = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
         card = self.detector.card
         tracker = Tracker()
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
@@ -286,7 +293,7 @@ class Scanner:
 
     # ----------------------------------------------------------------------------------------- many videos
     def scan(self, paths: Iterable, out_dir=None, progress=None, force: bool = False,
-             evidence: bool = False) -> Iterator[VideoResult]:
+             evidence: bool = False, dedupe: bool = False, groups=None) -> Iterator[VideoResult]:
         """Screen every video found under ``paths``; yield each result as it finishes.
 
         With ``out_dir``, each result is appended to ``out_dir/results.jsonl`` as it finishes, and a video
@@ -295,36 +302,75 @@ class Scanner:
         ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``. With
         ``evidence`` (needs ``out_dir`` and ``keep_heatmaps``) each video's face crops, heatmap overlays and
         score timeline go to ``out_dir/assets/`` for :func:`deepscan.html.build_report`.
+        With ``dedupe`` (or precomputed ``groups`` from :func:`deepscan.campaign.plan`), copies of the same
+        video are grouped; a member shown pixel by pixel to be a copy of its group's representative takes the
+        representative's result, marked ``extra["campaign"]["inherited"]``, and every other file is screened.
         """
         writer = ResultsWriter(out_dir) if out_dir else None
-        cfg_hash = self.options.config_hash()
-        for path in discover([paths] if isinstance(paths, (str, os.PathLike)) else paths):
-            if progress:
-                progress.start(path)
-            digest = None
-            if writer and not force:
-                try:
-                    check_input(path)  # never hash a FIFO (blocks) or a device (endless)
-                    digest = file_sha256(path)
-                except (VideoError, OSError):
-                    digest = None
-                previous = (writer.done(digest[0], self.detector.weights_sha256, cfg_hash, path)
-                            if digest else None)
-                if previous is not None and (not evidence or "evidence" in previous.extra):
-                    previous.resumed = True
-                    yield previous
-                    continue
-            result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
-            if writer and evidence:
-                from .evidence import save_evidence
+        found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        if dedupe and groups is None:
+            from .campaign import plan
 
-                try:
-                    result.extra["evidence"] = save_evidence(result, writer.dir)
-                except OSError as exc:  # a full disk must not lose the result itself
-                    result.extra["evidence_error"] = _one_line(exc)
-            if writer:
-                writer.write(result)
+            groups = plan(found, max_pixels=self.options.max_pixels, max_duration_s=self.options.max_duration_s)
+        group_of = {m: g for g in groups or [] for m in g.members}
+        if groups:
+            from .campaign import screening_order
+
+            found = [Path(p) for p in screening_order(groups)]
+        screened: dict[str, VideoResult] = {}
+        for path in found:
+            g = group_of.get(str(path))
+            if g is not None and str(path) != g.representative:
+                from .campaign import apply_group_result
+
+                inherited = apply_group_result(screened.get(g.representative), path, g)
+                if inherited is not None:
+                    if progress:
+                        progress.start(path)
+                    if writer:
+                        writer.write(inherited)
+                    yield inherited
+                    continue
+            result = self._screen_one(path, writer, progress, force, evidence, g)
+            if g is not None:
+                screened[str(path)] = result
             yield result
+
+    def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None) -> VideoResult:
+        if progress:
+            progress.start(path)
+        digest = None
+        if writer and not force:
+            try:
+                check_input(path)  # never hash a FIFO (blocks) or a device (endless)
+                digest = file_sha256(path)
+            except (VideoError, OSError):
+                digest = None
+            previous = (writer.done(digest[0], self.detector.weights_sha256, self.options.config_hash(), path)
+                        if digest else None)
+            if previous is not None and (not evidence or "evidence" in previous.extra):
+                previous.resumed = True
+                return _campaign_marked(previous, group)
+        result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
+        if writer and evidence:
+            from .evidence import save_evidence
+
+            try:
+                result.extra["evidence"] = save_evidence(result, writer.dir)
+            except OSError as exc:  # a full disk must not lose the result itself
+                result.extra["evidence_error"] = _one_line(exc)
+        _campaign_marked(result, group)
+        if writer:
+            writer.write(result)
+        return result
+
+
+def _campaign_marked(result: VideoResult, group) -> VideoResult:
+    if group is not None:
+        from .campaign import mark_screened
+
+        mark_screened(result, group)
+    return result
 
 
 class ResultsWriter:
@@ -380,6 +426,6 @@ class ResultsWriter:
         self._remember(d)
 
 
-def scan(paths, out_dir=None, **options) -> Iterator[VideoResult]:
+def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:
     """Python API: ``for result in deepscan.scan("clips/", frames=16): ...``."""
-    return Scanner(ScanOptions(**options)).scan(paths, out_dir=out_dir)
+    return Scanner(ScanOptions(**options)).scan(paths, out_dir=out_dir, dedupe=dedupe)

@@ -1,0 +1,618 @@
+"""Campaign view: find re-uploads of the same video (re-encoded, rescaled, cropped, captioned, trimmed,
+mirrored) so a folder of downloads is screened once per distinct video, and show the groups.
+
+Videos are compared with Meta's vPDQ (ThreatExchange): a video hash is the PDQ hash of one frame per second,
+and two videos match by vPDQ's rule: a frame of one *matches* when some frame of the other is within
+:data:`PDQ_DISTANCE` bits, frames below :data:`MIN_QUALITY` (featureless: black, flat) are left out, and the
+match percentages are the shares of each video's distinct frame hashes that match. Grouping puts two videos
+together when both percentages reach :attr:`Thresholds.min_pct` (measured by benchmarks/campaign_robustness.py;
+see docs/campaign.md), and takes the transitive closure (union-find).
+
+Frames come from deepscan's own decoder (:func:`deepscan.video.iter_frames`: confined to one local file of an
+allowed container, rotation applied) and are hashed with ``pdqhash``, the hashes bit-for-bit those of vPDQ's
+``computeHash`` on the same frame. Each frame is hashed mirrored as well, so a horizontally flipped re-upload
+still matches. When only the ``vpdq`` package is installed, its ``computeHash(path)`` is used instead: it
+decodes the file itself with the system's FFmpeg libraries (without deepscan's protocol and format
+whitelists, and without the mirror), so it is only ever given a file :func:`deepscan.video.probe` accepted,
+by absolute path.
+
+A perceptual hash cannot tell a face-swapped or re-animated copy from its source: PDQ sees the whole frame
+at 64x64, and every DeepFaceLive left/right pair of the shared clips matches at 100%/100%. So each match is
+checked on pixels where it can be: a 32x32 grey thumbnail is kept of each hashed frame, and two videos whose
+frames line up (same aspect ratio, frames at the same times once the trim offset is known) are compared
+block by block. A local difference (:attr:`Thresholds.pixel_diff`) means "same footage, locally altered":
+the two are kept apart (and listed as ``altered`` relations), never grouped. A member whose pixels are shown
+to be the representative's (a verified copy) takes the representative's verdict, marked as inherited;
+every other member (cropped, captioned, not aligned in time, hashed by the vpdq backend without
+thumbnails) is screened itself (:attr:`Group.screen_too`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+PDQ_DISTANCE = 31  # vPDQ's per-frame match distance (bits out of 256)
+MIN_QUALITY = 50  # vPDQ's quality filter: frames below it are not compared
+SECONDS_PER_HASH = 1.0  # vPDQ's default: one frame hashed per second
+HASH_MAX_SIDE = 1920  # frames larger than this are downscaled before hashing (PDQ works on 64x64 anyway)
+THUMB = 32  # side of the grey thumbnail kept per hashed frame for the pixel check (1 KiB a frame)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When two videos are one. Defaults measured on the shared clips (docs/campaign.md)."""
+
+    distance: int = PDQ_DISTANCE
+    quality: int = MIN_QUALITY
+    min_pct: float = 60.0  # both videos' share of matched frame hashes, in percent
+    # Largest normalised block difference between time-aligned thumbnails that still counts as the same
+    # pixels: re-encodes, rescales and frame-rate changes stay under 0.07, DeepFaceLive face swaps and the
+    # sample mouth warp reach 0.12 or more (benchmarks/campaign_robustness.py).
+    pixel_diff: float = 0.085
+    # Frames compared must show the same instant: at most this share of a frame period apart (after the trim
+    # offset). One frame apart, a talking head's mouth has moved as much as a re-animated one would.
+    time_tolerance_frames: float = 0.3
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+def available_backend() -> str | None:
+    """``"pdq"`` (deepscan decodes, pdqhash hashes, mirrored too), else ``"vpdq"``, else None."""
+    try:
+        import pdqhash  # noqa: F401
+
+        return "pdq"
+    except ImportError:
+        pass
+    try:
+        import vpdq  # noqa: F401
+
+        return "vpdq"
+    except ImportError:
+        return None
+
+
+@dataclass
+class VideoHash:
+    """vPDQ features of one video: one PDQ hash per sampled frame (packed 32 bytes), its quality and time."""
+
+    hashes: np.ndarray  # (N, 32) uint8, PDQ bits in vPDQ's hex order
+    quality: np.ndarray  # (N,) int, 0-100
+    times: np.ndarray  # (N,) float seconds
+    mirrored: np.ndarray | None = None  # (N, 32) hashes of the horizontally mirrored frames
+    thumbs: np.ndarray | None = None  # (N, 32, 32) uint8 grey thumbnails of the same frames (pixel check)
+    width: int = 0
+    height: int = 0
+    duration_s: float = 0.0
+    fps: float = 0.0
+    backend: str = "pdq"
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @property
+    def hex(self) -> list[str]:
+        return [h.tobytes().hex() for h in self.hashes]
+
+    def to_dict(self) -> dict:
+        d = {"hashes": self.hex, "quality": [int(q) for q in self.quality],
+             "times": [round(float(t), 6) for t in self.times], "width": self.width, "height": self.height,
+             "duration_s": self.duration_s, "fps": self.fps, "backend": self.backend}
+        if self.mirrored is not None:
+            d["mirrored"] = [h.tobytes().hex() for h in self.mirrored]
+        if self.thumbs is not None:
+            d["thumbs"] = [t.tobytes().hex() for t in self.thumbs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoHash:
+        def unhex(items):
+            return (np.array([np.frombuffer(bytes.fromhex(h), np.uint8) for h in items], np.uint8)
+                    .reshape(-1, 32))
+
+        return cls(hashes=unhex(d["hashes"]), quality=np.asarray(d["quality"], np.int16),
+                   times=np.asarray(d["times"], float),
+                   mirrored=unhex(d["mirrored"]) if d.get("mirrored") is not None else None,
+                   thumbs=(np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in d["thumbs"]], np.uint8)
+                           .reshape(-1, THUMB, THUMB) if d.get("thumbs") is not None else None),
+                   width=int(d.get("width", 0)), height=int(d.get("height", 0)),
+                   duration_s=float(d.get("duration_s", 0.0)), fps=float(d.get("fps", 0.0)),
+                   backend=d.get("backend", "pdq"))
+
+
+def _pdq(image: np.ndarray) -> tuple[np.ndarray, int]:
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(image, np.uint8))
+    return np.packbits(bits.astype(np.uint8)), int(quality)
+
+
+def _thumb(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image, np.uint8), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+
+
+def hash_frames(frames: Iterable, mirror: bool = True) -> VideoHash:
+    """vPDQ features of frames already decoded: :class:`deepscan.video.Frame` objects (or batches of them,
+    as :func:`~deepscan.video.iter_frames` yields) or bare RGB arrays (timed 0, 1, 2, ... s)."""
+    hashes, mirrored, quality, times, thumbs = [], [], [], [], []
+    height = width = 0
+    for item in frames:
+        for frame in (item if isinstance(item, list) else [item]):
+            image = getattr(frame, "image", frame)
+            h, q = _pdq(image)
+            hashes.append(h)
+            quality.append(q)
+            times.append(getattr(frame, "time_s", float(len(times))))
+            thumbs.append(_thumb(image))
+            if mirror:
+                mirrored.append(_pdq(image[:, ::-1])[0])
+            height, width = image.shape[:2]
+    empty = np.zeros((0, 32), np.uint8)
+    return VideoHash(hashes=np.array(hashes, np.uint8).reshape(-1, 32) if hashes else empty,
+                     quality=np.asarray(quality, np.int16), times=np.asarray(times, float),
+                     mirrored=(np.array(mirrored, np.uint8).reshape(-1, 32) if mirrored else empty)
+                     if mirror else None,
+                     thumbs=np.array(thumbs, np.uint8).reshape(-1, THUMB, THUMB),
+                     width=width, height=height, duration_s=float(times[-1]) if times else 0.0)
+
+
+def video_hash(source, info=None, backend: str | None = None, seconds_per_hash: float = SECONDS_PER_HASH,
+               mirror: bool = True, timeout_s: float | None = 600.0, max_pixels: int | None = None,
+               max_duration_s: float | None = None) -> VideoHash:
+    """The vPDQ hash of a video file, or of decoded frames (anything :func:`hash_frames` takes).
+
+    For a file, ``info`` is its :class:`deepscan.video.VideoInfo` (probed here when not given: a file
+    deepscan refuses raises :class:`deepscan.video.VideoError` before any hashing library sees it).
+    ``backend`` is ``"pdq"`` or ``"vpdq"``; default: :func:`available_backend`.
+    """
+    from .video import MAX_DURATION_S, MAX_PIXELS, iter_frames, probe
+
+    if not isinstance(source, (str, os.PathLike)):
+        return hash_frames(source, mirror=mirror)
+    backend = backend or available_backend()
+    if backend is None:
+        raise ImportError("video hashing needs the pdqhash or vpdq package (pip install 'deepscan[campaign]')")
+    if info is None:
+        info = probe(source, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s or MAX_DURATION_S)
+    if backend == "vpdq":
+        result = _vpdq_hash(source, seconds_per_hash)
+    elif backend == "pdq":
+        frames = iter_frames(source, info, n_frames=None, fps=1.0 / seconds_per_hash, max_side=HASH_MAX_SIDE,
+                             timeout_s=timeout_s, max_pixels=max_pixels)
+        result = hash_frames(frames, mirror=mirror)
+        result.backend = "pdq"
+    else:
+        raise ValueError(f"unknown video hash backend {backend!r} (pdq or vpdq)")
+    result.width, result.height, result.duration_s = info.width, info.height, float(info.duration_s)
+    result.fps = float(info.fps or 0.0)
+    return result
+
+
+def _vpdq_hash(path, seconds_per_hash: float) -> VideoHash:
+    import vpdq
+
+    from .video import VideoError
+
+    # An absolute path starts with "/", so libavformat reads it as a plain file, never as "concat:" & co.
+    try:
+        features = vpdq.computeHash(str(Path(path).absolute()), seconds_per_hash=seconds_per_hash,
+                                    thread_count=int(os.environ.get("DEEPSCAN_THREADS", "1") or 1))
+    except Exception as exc:  # noqa: BLE001 - vpdq raises a bare Exception when decoding fails
+        raise VideoError(f"vpdq could not hash the video ({exc})") from None
+    hashes = np.array([np.frombuffer(bytes.fromhex(f.hex), np.uint8) for f in features], np.uint8)
+    return VideoHash(hashes=hashes.reshape(-1, 32), quality=np.array([f.quality for f in features], np.int16),
+                     times=np.array([f.timestamp for f in features], float), mirrored=None, backend="vpdq")
+
+
+# ------------------------------------------------------------------------------------------------ matching
+def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances (len(a), len(b)) between packed 256-bit hashes."""
+    a64 = np.ascontiguousarray(a, np.uint8).view(np.uint64)
+    b64 = np.ascontiguousarray(b, np.uint8).view(np.uint64)
+    return _popcount(a64[:, None, :] ^ b64[None, :, :]).sum(-1, dtype=np.int32)
+
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+    _popcount = np.bitwise_count
+else:  # pragma: no cover - numpy 1.26
+    _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return _BYTE_BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int32)
+
+
+def _usable(hashes: np.ndarray | None, quality: np.ndarray, min_quality: int) -> np.ndarray:
+    """vPDQ's comparison set: distinct hashes of frames at or above the quality filter."""
+    if hashes is None or not len(hashes):
+        return np.zeros((0, 32), np.uint8)
+    kept = hashes[quality >= min_quality]
+    return np.unique(kept, axis=0) if len(kept) else kept
+
+
+def _pcts(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[float, float]:
+    if not len(a) or not len(b):
+        return 0.0, 0.0
+    d = distances(a, b) <= distance
+    return 100.0 * d.any(1).mean(), 100.0 * d.any(0).mean()
+
+
+def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+          return_mirrored: bool = False):
+    """vPDQ's match percentages ``(query_pct, compared_pct)``: the share of ``a``'s distinct frame hashes
+    with a frame of ``b`` within the distance, and the same for ``b`` against ``a``.
+
+    When either side carries mirrored hashes, the mirrored orientation is compared too and the better of
+    the two (by the smaller percentage) is returned; ``return_mirrored`` adds whether it was the mirror.
+    """
+    q, t = thresholds.quality, thresholds.distance
+    ua, ub = _usable(a.hashes, a.quality, q), _usable(b.hashes, b.quality, q)
+    best, flipped = _pcts(ua, ub, t), False
+    mirror_pairs = []
+    if a.mirrored is not None:
+        mirror_pairs.append((_usable(a.mirrored, a.quality, q), ub))
+    elif b.mirrored is not None:
+        mirror_pairs.append((ua, _usable(b.mirrored, b.quality, q)))
+    for ma, mb in mirror_pairs:
+        pcts = _pcts(ma, mb, t)
+        if min(pcts) > min(best):
+            best, flipped = pcts, True
+    return (best, flipped) if return_mirrored else best
+
+
+def is_match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    return min(match(a, b, thresholds)) >= thresholds.min_pct
+
+
+def _content_times(h: VideoHash) -> np.ndarray:
+    """Sample times from the video's first frame: a re-encode often starts its video at 0 where the source
+    started it later (after an audio track, or one frame in), which shifts every timestamp."""
+    return h.times - h.times[0] if len(h.times) else h.times
+
+
+def match_offset(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 mirrored: bool = False) -> float | None:
+    """The content-time shift (``a`` minus ``b``) on which most frame pairs match, e.g. about 2.0 when ``b``
+    is ``a`` with its first 2 s cut; 0 below half a second (a frame or two of start difference is not a
+    trim); None when no frames match."""
+    bh = b.mirrored if mirrored and b.mirrored is not None else b.hashes
+    ok_a, ok_b = a.quality >= thresholds.quality, b.quality >= thresholds.quality
+    if not ok_a.any() or not ok_b.any():
+        return None
+    near = distances(a.hashes[ok_a], bh[ok_b]) <= thresholds.distance
+    ia, ib = np.nonzero(near)
+    if not len(ia):
+        return None
+    shifts = _content_times(a)[ok_a][ia] - _content_times(b)[ok_b][ib]
+    values, counts = np.unique(np.round(shifts, 1), return_counts=True)
+    best = values[np.argmax(counts)]
+    if abs(best) < 0.5:
+        return 0.0
+    return float(np.median(shifts[np.round(shifts, 1) == best]))
+
+
+def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
+    """The largest local difference between time-aligned thumbnails of two matching videos, or None when
+    their frames cannot be lined up (no thumbnails, other aspect ratio, no sampled frames at the same instant).
+
+    Each thumbnail is normalised (zero mean, unit variance: a brightness or contrast change is not a
+    difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
+    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else.
+    """
+    if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs):
+        return None
+    if not a.height or not b.height or abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
+        return None
+    (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
+    offset = match_offset(a, b, thresholds, mirrored)
+    if offset is None:
+        return None
+    fps = max(a.fps, b.fps) or 30.0
+    gaps = np.abs(_content_times(a)[:, None] - (_content_times(b)[None, :] + offset))
+    ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
+    if not len(ia):
+        return None
+    ta = _normalised(a.thumbs[ia])
+    tb = _normalised(b.thumbs[ib][:, :, ::-1] if mirrored else b.thumbs[ib])
+    grid = THUMB // 8
+    blocks = np.abs(ta - tb).reshape(len(ia), 8, grid, 8, grid).mean((2, 4))
+    return float(blocks.max())
+
+
+def _normalised(thumbs: np.ndarray) -> np.ndarray:
+    t = thumbs.astype(np.float32)
+    mean = t.mean((1, 2), keepdims=True)
+    std = t.std((1, 2), keepdims=True)
+    return (t - mean) / np.maximum(std, 1.0)
+
+
+def is_verified_copy(member: VideoHash, representative: VideoHash,
+                     thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """Whether ``member``'s pixels are shown to be ``representative``'s (a re-encode, resize, frame-rate
+    change, trim or mirror): only then may it take the representative's verdict without being screened."""
+    diff = pixel_difference(representative, member, thresholds)
+    return diff is not None and diff < thresholds.pixel_diff and is_match(member, representative, thresholds)
+
+
+# ------------------------------------------------------------------------------------------------ grouping
+@dataclass
+class Group:
+    id: int
+    members: list[str]  # in input order
+    representative: str  # the one screened: highest resolution, then longest, then first by path
+    hashed: bool = True  # False when the representative could not be hashed (a singleton by necessity)
+    # Members screened themselves too: not shown, pixel by pixel, to be copies of the representative.
+    screen_too: list[str] = field(default_factory=list)
+    # Ids of groups with the same footage but locally different pixels (e.g. a face swapped in).
+    altered: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def inherits(self, path) -> bool:
+        """Whether ``path`` takes the representative's result instead of being screened itself."""
+        p = str(path)
+        return p != self.representative and p in self.members and p not in self.screen_too
+
+
+def _representative_key(path: str, h: VideoHash | None):
+    if h is None:
+        return (0, 0.0, path)
+    return (-(h.width * h.height), -h.duration_s, path)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                    block_rows: int = 2048) -> set[tuple[int, int]]:
+    """Pairs of videos (i < j) sharing at least one frame within the distance (either orientation): the
+    only pairs vPDQ's rule can match, found with one blocked all-frames comparison instead of N² calls."""
+    q, t = thresholds.quality, thresholds.distance
+    owners, rows, mirror_owners, mirror_rows = [], [], [], []
+    for i, h in enumerate(hashes):
+        u = _usable(h.hashes, h.quality, q)
+        rows.append(u)
+        owners.append(np.full(len(u), i))
+        if h.mirrored is not None:
+            m = _usable(h.mirrored, h.quality, q)
+            mirror_rows.append(m)
+            mirror_owners.append(np.full(len(m), i))
+    if not rows or not sum(len(r) for r in rows):
+        return set()
+    allh, allo = np.concatenate(rows), np.concatenate(owners)
+    queries = [(allh, allo)]
+    if mirror_rows and sum(len(r) for r in mirror_rows):
+        queries.append((np.concatenate(mirror_rows), np.concatenate(mirror_owners)))
+    pairs: set[tuple[int, int]] = set()
+    for qh, qo in queries:
+        for start in range(0, len(qh), block_rows):
+            near = distances(qh[start:start + block_rows], allh) <= t
+            qi, ci = np.nonzero(near)
+            a, b = qo[start + qi], allo[ci]
+            keep = a != b
+            for x, y in zip(np.minimum(a[keep], b[keep]).tolist(), np.maximum(a[keep], b[keep]).tolist(),
+                            strict=True):
+                pairs.add((x, y))
+    return pairs
+
+
+def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_THRESHOLDS,
+          order: Sequence[str] | None = None) -> list[Group]:
+    """Groups of videos that match (:func:`is_match`) and whose pixels do not contradict it
+    (:func:`pixel_difference`), transitively; every path is in exactly one group.
+
+    ``hashes`` maps each path to its hash, or to None when it could not be hashed (it stays alone).
+    Groups come in the order of their first member in ``order`` (default: the dict's order). Pairs that
+    match but differ locally end up in different groups that name each other in ``altered``.
+    """
+    paths = list(order) if order is not None else list(hashes)
+    hashed = [p for p in paths if hashes.get(p) is not None]
+    index = {p: i for i, p in enumerate(hashed)}
+    uf = _UnionFind(len(hashed))
+    altered_pairs = []
+    for i, j in sorted(candidate_pairs([hashes[p] for p in hashed], thresholds)):
+        a, b = hashes[hashed[i]], hashes[hashed[j]]
+        if not is_match(a, b, thresholds):
+            continue
+        diff = pixel_difference(a, b, thresholds)
+        if diff is not None and diff >= thresholds.pixel_diff:
+            altered_pairs.append((hashed[i], hashed[j]))
+        else:
+            uf.union(i, j)
+    members: dict[object, list[str]] = {}
+    for p in paths:
+        key = ("hash", uf.find(index[p])) if p in index else ("alone", p)
+        members.setdefault(key, []).append(p)
+    groups, group_of = [], {}
+    for n, ms in enumerate(members.values(), start=1):
+        rep = min(ms, key=lambda p: _representative_key(p, hashes.get(p)))
+        screen_too = [m for m in ms if m != rep and not is_verified_copy(hashes[m], hashes[rep], thresholds)]
+        groups.append(Group(id=n, members=ms, representative=rep, hashed=hashes.get(rep) is not None,
+                            screen_too=screen_too))
+        group_of.update({m: n for m in ms})
+    for a, b in altered_pairs:
+        ga, gb = group_of[a], group_of[b]
+        if ga != gb:  # linked another way, the pair still shares a group: its members are screened apart
+            if gb not in groups[ga - 1].altered:
+                groups[ga - 1].altered.append(gb)
+            if ga not in groups[gb - 1].altered:
+                groups[gb - 1].altered.append(ga)
+    return groups
+
+
+def plan(paths: Iterable, thresholds: Thresholds = DEFAULT_THRESHOLDS, backend: str | None = None,
+         progress: Callable[[str], None] | None = None, cache: dict | None = None, **probe_options) -> list[Group]:
+    """Hash every video and group them: what ``deepscan scan --dedupe`` screens (one representative per
+    group, plus ``screen_too``). A file that cannot be probed or hashed is a group of its own (the scan
+    then reports its error). ``cache`` (optional) maps path → :class:`VideoHash` and is filled in.
+    ``probe_options`` go to :func:`deepscan.video.probe` (``max_pixels``, ``max_duration_s``, ``timeout_s``).
+    """
+    from .video import VideoError, probe
+
+    decode_timeout = probe_options.pop("decode_timeout_s", 600.0)
+    order = [str(p) for p in paths]
+    if len(order) < 2:  # nothing to group: no decoding spent on hashing
+        return [Group(id=n, members=[p], representative=p, hashed=False) for n, p in enumerate(order, start=1)]
+    hashes: dict[str, VideoHash | None] = {}
+    for p in order:
+        if progress:
+            progress(p)
+        if cache is not None and p in cache:
+            hashes[p] = cache[p]
+            continue
+        try:
+            info = probe(p, **probe_options)
+            hashes[p] = video_hash(p, info, backend=backend, timeout_s=decode_timeout,
+                                   max_pixels=probe_options.get("max_pixels"))
+        except (VideoError, OSError):
+            hashes[p] = None
+        if cache is not None and hashes[p] is not None:
+            cache[p] = hashes[p]
+    return group(hashes, thresholds, order)
+
+
+# ------------------------------------------------------------------------------------------ scan results
+def campaign_info(group_: Group, path) -> dict:
+    """What ``result.extra["campaign"]`` holds for a member of a group of two or more."""
+    p = str(path)
+    info = {"group": group_.id, "representative": group_.representative, "size": group_.size,
+            "is_representative": p == group_.representative, "inherited": False}
+    if group_.altered:
+        info["altered_groups"] = list(group_.altered)
+    return info
+
+
+# The pixel check looks at 32x32 thumbnails: a face smaller than this share of the frame's height covers
+# too few of their pixels for a swap to show, so copies of such a video are screened, never inherited.
+MIN_FACE_SHARE = 0.25
+
+
+def can_inherit(rep_result, member_path, group_: Group) -> bool:
+    """Whether ``member_path`` may take ``rep_result`` (the representative's result) instead of being
+    screened: it is a verified pixel copy of the representative, the representative was judged (status ok
+    or no_face), and every face in it is large enough for the pixel check to have seen a swap."""
+    if rep_result is None or not group_.inherits(member_path) or rep_result.status not in ("ok", "no_face"):
+        return False
+    height = (rep_result.video or {}).get("height") or 0
+    boxes = [f.box for fr in rep_result.frames for f in fr.faces]
+    if boxes and (not height or min(b[3] - b[1] for b in boxes) < MIN_FACE_SHARE * height):
+        return False
+    return True
+
+
+def apply_group_result(rep_result, member_path, group_: Group, sha256: tuple[str, int] | None = None):
+    """A member's result: the representative's verdict, score and tracks, marked as inherited; or None when
+    the member must be screened itself (see :func:`can_inherit`).
+
+    It has its own path, sha256 and size; no frames (boxes are in the representative's pixels) and no
+    evidence. ``extra["campaign"]`` says ``inherited: true`` and names the file whose pixels were judged.
+    """
+    from .results import VideoResult
+    from .scanner import _utc_now, file_sha256
+
+    if not can_inherit(rep_result, member_path, group_):
+        return None
+    path = str(member_path)
+    if sha256 is None:
+        try:
+            sha256 = file_sha256(path)
+        except OSError:
+            return None
+    extra = {"campaign": {**campaign_info(group_, path), "inherited": True, "screened_as": rep_result.path}}
+    now = _utc_now()
+    return VideoResult(path=path, sha256=sha256[0], size_bytes=sha256[1], status=rep_result.status,
+                       score=rep_result.score, score_ci95=rep_result.score_ci95, verdict=rep_result.verdict,
+                       error=None, model=dict(rep_result.model), video=None, frames=[],
+                       tracks=list(rep_result.tracks), timing={"total_s": 0.0}, config=dict(rep_result.config),
+                       # Its own config hash: a scan without --dedupe never resumes from an inherited line.
+                       config_hash=f"{rep_result.config_hash}+campaign" if rep_result.config_hash else None,
+                       environment=dict(rep_result.environment), deepscan_version=rep_result.deepscan_version,
+                       started_at=now, finished_at=now, extra=extra)
+
+
+def screening_order(groups: Sequence[Group]) -> list[str]:
+    """Every path once, each group's representative before its other members (so they can inherit)."""
+    return [p for g in groups for p in [g.representative, *[m for m in g.members if m != g.representative]]]
+
+
+def mark_screened(result, group_: Group):
+    """Add ``extra["campaign"]`` to a result screened itself (the representative, or a ``screen_too``
+    member) of a group of two or more; returns the result."""
+    if group_.size > 1 or group_.altered:
+        result.extra["campaign"] = campaign_info(group_, result.path)
+    return result
+
+
+def campaign_table(results, groups: Sequence[Group] | None = None):
+    """A rich table of the groups of two or more (or with an altered copy elsewhere): members with their
+    verdicts (``*`` = inherited), first/last file modification time, and related altered groups.
+
+    Groups come from ``groups`` or, without it, from the results' ``extra["campaign"]``.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    from .report import VERDICT_STYLE
+
+    by_path = {str(r.path): r for r in results}
+    if groups is None:
+        found: dict[int, Group] = {}
+        for r in results:
+            c = (r.extra or {}).get("campaign")
+            if c:
+                g = found.setdefault(c["group"], Group(id=c["group"], members=[], representative=c["representative"],
+                                                        altered=list(c.get("altered_groups") or [])))
+                g.members.append(str(r.path))
+        groups = sorted(found.values(), key=lambda g: g.id)
+    table = Table(title="campaigns: copies of the same video", header_style="bold")
+    for col, justify in (("group", "right"), ("size", "right"), ("members: verdict", "left"),
+                         ("first / last modified (UTC)", "left"), ("same footage, altered", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for g in groups:
+        if g.size < 2 and not g.altered:
+            continue
+        times = []
+        for m in g.members:
+            try:
+                times.append(os.stat(m).st_mtime)
+            except OSError:
+                pass
+        span = " – ".join(datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")
+                          for t in sorted({min(times), max(times)})) if times else "—"
+        cell = Text()
+        for m in g.members:
+            r = by_path.get(m)
+            verdict = r.verdict if r else "not screened"
+            inherited = bool(r and ((r.extra or {}).get("campaign") or {}).get("inherited"))
+            if cell:
+                cell.append("\n")
+            cell.append(Path(m).name + (" (screened)" if m == g.representative else "") + ": ")
+            cell.append(verdict + ("*" if inherited else ""), style=VERDICT_STYLE.get(verdict, ""))
+        table.add_row(str(g.id), str(g.size), cell, span, ", ".join(f"group {a}" for a in g.altered) or "—")
+    table.caption = ("* inherited from the group's screened file (a verified pixel copy of it); "
+                     "'altered': the same footage with locally different pixels, e.g. a swapped face")
+    return table

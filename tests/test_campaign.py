@@ -1,0 +1,191 @@
+"""Campaign grouping: re-uploads group with their source, distinct videos do not, and a manipulated copy of a
+video is never given its source's verdict."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_CLIPS, ffmpeg
+from rich.console import Console
+
+from deepscan.campaign import (
+    DEFAULT_THRESHOLDS,
+    Group,
+    VideoHash,
+    apply_group_result,
+    available_backend,
+    campaign_table,
+    can_inherit,
+    group,
+    is_verified_copy,
+    mark_screened,
+    match,
+    pixel_difference,
+    plan,
+    screening_order,
+    video_hash,
+)
+from deepscan.results import FaceResult, FrameResult, TrackResult, VideoResult
+
+REAL = SAMPLE_CLIPS / "astronaut_real.mp4"
+FAKE = SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4"
+OTHER = SAMPLE_CLIPS / "carphone_real.mp4"
+
+needs_backend = pytest.mark.skipif(available_backend() is None, reason="neither pdqhash nor vpdq is installed")
+needs_pdq = pytest.mark.skipif(available_backend() != "pdq", reason="pdqhash is not installed")
+
+
+def _hash(bits: list[int], quality: list[int] | None = None) -> VideoHash:
+    """A VideoHash whose frame i has the first bits[i] bits set (so distances are differences of counts)."""
+    rows = []
+    for n in bits:
+        v = np.zeros(256, np.uint8)
+        v[:n] = 1
+        rows.append(np.packbits(v))
+    return VideoHash(hashes=np.array(rows, np.uint8), quality=np.array(quality or [100] * len(bits)),
+                     times=np.arange(len(bits), dtype=float), width=64, height=64, duration_s=float(len(bits)))
+
+
+def test_vpdq_matching_rule():
+    a = _hash([0, 100, 200, 200])  # the duplicate frame counts once
+    b = _hash([10, 120, 250])
+    # a: 0~10 and 100~120 match (<= 31 bits), 200 does not reach 250 -> 2 of 3 distinct; b: 2 of 3
+    assert match(a, b) == pytest.approx((200 / 3, 200 / 3))
+    assert match(a, b, replace(DEFAULT_THRESHOLDS, distance=10)) == pytest.approx((100 / 3, 100 / 3))
+    low = _hash([0, 100, 200], quality=[100, 100, 10])  # vPDQ's quality filter leaves frame 3 out
+    assert match(low, b) == pytest.approx((100.0, 200 / 3))
+    assert match(_hash([0], quality=[0]), b) == (0.0, 0.0)  # featureless video: never matched
+
+
+def test_grouping_is_transitive_and_keeps_unmatched_alone():
+    hashes = {"a": _hash([0, 100]), "b": _hash([20, 120]), "c": _hash([45, 145]), "d": _hash([240]), "e": None}
+    groups = group(hashes)
+    assert [g.members for g in groups] == [["a", "b", "c"], ["d"], ["e"]]  # a~b, b~c (a and c are 45 apart)
+    assert [g.id for g in groups] == [1, 2, 3]
+    assert groups[2].hashed is False
+    assert screening_order(groups) == ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture(scope="module")
+def reupload(tmp_path_factory):
+    """The real astronaut clip as a re-upload: first second cut, rescaled to 320 px, re-encoded at 200 kb/s."""
+    out = tmp_path_factory.mktemp("campaign") / "reupload.mp4"
+    ffmpeg("-ss", "1", "-i", str(REAL), "-vf", "scale=320:320", "-c:v", "libx264", "-b:v", "200k",
+           "-pix_fmt", "yuv420p", "-an", str(out))
+    return out
+
+
+@needs_backend
+def test_reupload_groups_with_its_source(reupload):
+    groups = plan([REAL, reupload, OTHER])
+    assert len(groups) == 2
+    together = groups[0]
+    assert together.members == [str(REAL), str(reupload)]
+    assert together.representative == str(REAL)  # 480 px beats 320 px
+    assert groups[1].members == [str(OTHER)]
+
+
+@needs_pdq
+def test_reupload_is_a_verified_copy(reupload):
+    real, copy = video_hash(REAL), video_hash(reupload)
+    assert len(real) == 4 and len(copy) == 3  # one hash per second
+    copy_pct, real_pct = match(copy, real)
+    assert copy_pct == 100.0 and real_pct == 75.0
+    assert pixel_difference(real, copy) < DEFAULT_THRESHOLDS.pixel_diff
+    assert is_verified_copy(copy, real)
+
+
+@needs_pdq
+def test_mirrored_reupload_matches(tmp_path):
+    flipped = tmp_path / "flipped.mp4"
+    ffmpeg("-i", str(REAL), "-vf", "hflip", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(flipped))
+    real, copy = video_hash(REAL), video_hash(flipped)
+    (pcts, mirrored) = match(copy, real, return_mirrored=True)
+    assert mirrored and min(pcts) == 100.0
+    assert is_verified_copy(copy, real)
+
+
+@needs_backend
+def test_different_videos_stay_apart():
+    groups = plan([REAL, OTHER])
+    assert [g.members for g in groups] == [[str(REAL)], [str(OTHER)]]
+
+
+@needs_backend
+def test_manipulated_copy_is_screened_itself():
+    """The mouth-warped fake is the real clip's frames with the face edited: PDQ sees the same video (100% of
+    frames match both ways), so only the pixel check keeps the fake from inheriting the real verdict."""
+    real, fake = video_hash(REAL), video_hash(FAKE)
+    assert min(match(real, fake)) == 100.0
+    groups = plan([REAL, FAKE])
+    for g in groups:
+        if str(FAKE) in g.members:
+            assert not g.inherits(FAKE)
+            assert g.representative == str(FAKE) or str(FAKE) in g.screen_too
+    if available_backend() == "pdq":  # with thumbnails: the pair is kept apart and flagged as altered
+        assert pixel_difference(real, fake) >= DEFAULT_THRESHOLDS.pixel_diff
+        assert [g.members for g in groups] == [[str(REAL)], [str(FAKE)]]
+        assert groups[0].altered == [2] and groups[1].altered == [1]
+
+
+def _rep_result(path: str, face_height: float, frame_height: int = 480) -> VideoResult:
+    face = FaceResult(box=[100.0, 100.0, 100.0 + face_height, 100.0 + face_height], prob=0.99, track=0, score=0.1)
+    return VideoResult(path=path, sha256="0" * 64, size_bytes=1, status="ok", score=0.1, score_ci95=(0.05, 0.2),
+                       verdict="real", model={"name": "m"}, video={"width": 480, "height": frame_height},
+                       frames=[FrameResult(index=0, time_s=0.0, faces=[face])],
+                       tracks=[TrackResult(id=0, n_faces=1, score=0.1, verdict="real", first_time_s=0.0,
+                                           last_time_s=0.0, counted=True)],
+                       config={"frames": 32}, config_hash="abc", timing={"total_s": 3.0})
+
+
+def test_inherited_result_is_marked(tmp_path):
+    member = tmp_path / "copy.mp4"
+    member.write_bytes(b"copy bytes")
+    g = Group(id=7, members=["rep.mp4", str(member), "cropped.mp4"], representative="rep.mp4",
+              screen_too=["cropped.mp4"])
+    rep = mark_screened(_rep_result("rep.mp4", face_height=200), g)
+    assert rep.extra["campaign"] == {"group": 7, "representative": "rep.mp4", "size": 3, "is_representative": True,
+                                     "inherited": False}
+    r = apply_group_result(rep, member, g)
+    assert r.path == str(member) and r.sha256 != rep.sha256 and r.size_bytes == len(b"copy bytes")
+    assert (r.status, r.verdict, r.score, r.score_ci95) == ("ok", "real", 0.1, (0.05, 0.2))
+    assert r.frames == [] and len(r.tracks) == 1
+    assert r.extra["campaign"]["inherited"] is True and r.extra["campaign"]["screened_as"] == "rep.mp4"
+    assert r.config_hash == "abc+campaign"  # never taken for a screened result when resuming
+    assert r.to_dict()["extra"]["campaign"]["group"] == 7
+    # Not verified as a pixel copy, faces too small for the pixel check, or a failed representative: screen it.
+    assert apply_group_result(rep, "cropped.mp4", g) is None
+    assert not can_inherit(_rep_result("rep.mp4", face_height=60), member, g)
+    assert not can_inherit(replace(rep, status="error", verdict="error"), member, g)
+
+
+def test_campaign_table_lists_groups_and_inherited_verdicts(tmp_path):
+    member = tmp_path / "copy.mp4"
+    member.write_bytes(b"x")
+    g = Group(id=1, members=["rep.mp4", str(member)], representative="rep.mp4")
+    rep = mark_screened(_rep_result("rep.mp4", face_height=200), g)
+    results = [rep, apply_group_result(rep, member, g), _rep_result("alone.mp4", 200)]
+    console = Console(file=io.StringIO(), width=160, no_color=True)
+    console.print(campaign_table(results))
+    text = console.file.getvalue()
+    assert "rep.mp4 (screened): real" in text and "copy.mp4: real*" in text
+    assert "alone.mp4" not in text
+
+
+@needs_pdq
+def test_vpdq_hashes_interoperate():
+    """vpdq's computeHash picks every round(fps)-th frame, deepscan the first frame at each whole second: the
+    frames differ slightly at 29.97 fps (and vpdq adds one at 3.87 s), the PDQ hashes of the same frame (the
+    first) are bit-identical, and the two hashes of the video match."""
+    vpdq = pytest.importorskip("vpdq")
+    ours = video_hash(OTHER)
+    features = vpdq.computeHash(str(OTHER.absolute()), seconds_per_hash=1.0, thread_count=1)
+    theirs = VideoHash(hashes=np.array([np.frombuffer(bytes.fromhex(f.hex), np.uint8) for f in features]),
+                       quality=np.array([f.quality for f in features]),
+                       times=np.array([f.timestamp for f in features]), backend="vpdq")
+    assert features[0].frame_number == 0 and ours.hex[0] == features[0].hex
+    ours_pct, theirs_pct = match(ours, theirs)
+    assert ours_pct == 100.0 and theirs_pct == 80.0

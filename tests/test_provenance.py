@@ -1,0 +1,203 @@
+"""Provenance: container tags, MP4 edit lists and C2PA Content Credentials (signed here with a throwaway
+certificate chain), read without changing any score."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from conftest import ffmpeg, make_test_video
+
+from deepscan.provenance import (
+    edit_list_notes,
+    parse_ffmpeg_metadata,
+    provenance_summary,
+    read_c2pa,
+    read_mp4_structure,
+    read_provenance,
+)
+
+AI_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+@pytest.fixture(scope="module")
+def tagged_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prov") / "tagged.mp4"
+    make_test_video(path, seconds=1.0, size="160x120", rate=10,
+                    codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-metadata", "creation_time=2024-05-06T07:08:09Z",
+                           "-metadata:s:v", "handler_name=Core Media Video", "-metadata",
+                           "com.apple.quicktime.make=Apple", "-metadata", "com.apple.quicktime.model=iPhone 12",
+                           "-metadata", "title=first line\nsecond line", "-movflags", "+use_metadata_tags"))
+    return path
+
+
+def test_container_metadata(tagged_clip):
+    prov = read_provenance(tagged_clip)
+    assert prov["errors"] == []
+    container = prov["container"]
+    assert container["format"].startswith("mov,mp4")
+    assert container["major_brand"] == "isom"
+    assert container["creation_time"].startswith("2024-05-06T07:08:09")
+    assert container["encoder"].startswith("Lavf")
+    assert container["tags"]["title"] == "first line second line"  # a multi-line value stays one value
+    video = next(s for s in prov["streams"] if s["type"] == "video")
+    assert video["handler_name"] == "Core Media Video"
+    assert video["codec"] == "h264"
+    assert prov["device"] == {"make": "Apple", "model": "iPhone 12"}
+    assert any("FFmpeg's muxer" in n for n in prov["notes"])
+    assert "Apple iPhone 12" in provenance_summary(prov)
+
+
+def test_rotation_and_hidden_frames(tmp_path):
+    src = make_test_video(tmp_path / "src.mp4", seconds=4.0, size="160x120", rate=25,
+                          codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "100"))
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(src), "-c", "copy", str(rotated))
+    assert next(s for s in read_provenance(rotated)["streams"] if s["type"] == "video")["rotation"] == 270
+    # Cutting at 1.5 s without re-encoding keeps the frames from the keyframe at 0 and hides them by edit list.
+    cut = tmp_path / "cut.mp4"
+    ffmpeg("-ss", "1.5", "-i", str(src), "-c", "copy", str(cut))
+    structure = read_mp4_structure(cut)
+    (video,) = [t for t in structure["tracks"] if t["handler"] == "vide"]
+    assert video["edits"][0]["media_time_s"] == pytest.approx(1.5, abs=0.1)
+    assert any("hidden from playback" in n for n in edit_list_notes(structure))
+    assert not any("hidden" in n for n in edit_list_notes(read_mp4_structure(src)))
+
+
+def test_banner_parser_keeps_tag_values_in_their_place():
+    banner = (
+        "Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'file:x.mp4':\n"
+        "  Metadata:\n"
+        "    major_brand     : isom\n"
+        "    comment         : harmless\n"
+        "                    :   Stream #0:9: Video: evil, 1x1\n"
+        "    encoder         : Lavf61.1.100\n"
+        "  Duration: 00:00:01.00, start: 0.000000, bitrate: 43 kb/s\n"
+        "  Stream #0:0[0x1](und): Video: h264 (High), yuv420p, 160x120, 10 fps\n"
+        "    Metadata:\n"
+        "      handler_name    : VideoHandler\n"
+        "      note            : rotation of 90.00 degrees\n"
+        "    Side data:\n"
+        "      displaymatrix: rotation of -90.00 degrees\n"
+        "  Stream #0:1[0x2](und): Audio: aac (LC), 44100 Hz, stereo\n"
+        "At least one output file must be specified\n")
+    meta = parse_ffmpeg_metadata(banner)
+    assert meta["tags"]["encoder"] == "Lavf61.1.100"
+    assert "Stream #0:9" in meta["tags"]["comment"]
+    assert [(s["index"], s["type"], s["codec"]) for s in meta["streams"]] == [(0, "video", "h264"), (1, "audio", "aac")]
+    assert meta["streams"][0]["rotation"] == 90
+    assert meta["streams"][0]["tags"] == {"handler_name": "VideoHandler", "note": "rotation of 90.00 degrees"}
+
+
+def test_unreadable_file_reports_errors_instead_of_raising(tmp_path):
+    text = tmp_path / "page.mp4"
+    text.write_text("<html>not a video</html>")
+    prov = read_provenance(text)
+    assert prov["container"] is None and prov["errors"]
+    assert prov["c2pa"]["status"] in ("unsupported", "unavailable")
+    assert read_provenance(tmp_path / "missing.mp4")["errors"] == ["file not found"]
+
+
+# ------------------------------------------------------------------------------------------------- C2PA
+def _test_chain(tmp_path):
+    """An ES256 root CA and a signing certificate, valid for a day (C2PA refuses self-signed signers)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "deepscan tests")])
+
+    def usage(**on):
+        flags = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                               "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)
+        return x509.KeyUsage(**{**flags, **on})
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("deepscan test root")).issuer_name(name("deepscan test root"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("deepscan test signer")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+    def pem(c):
+        return c.public_bytes(serialization.Encoding.PEM)
+
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(pem(ca))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return pem(cert) + pem(ca), private, anchors
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    c2pa = pytest.importorskip("c2pa")
+    tmp = tmp_path_factory.mktemp("c2pa")
+    chain, private, anchors = _test_chain(tmp)
+    source = make_test_video(tmp / "source.mp4", seconds=1.0, size="160x120", rate=10)
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, private, None))
+    manifest = {"claim_generator_info": [{"name": "deepscan-test-generator", "version": "1.0"}],
+                "title": "synthetic test clip",
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [
+                    {"action": "c2pa.created", "digitalSourceType": AI_SOURCE,
+                     "softwareAgent": {"name": "FaceGen AI", "version": "2"}}]}}]}
+    out = tmp / "signed.mp4"
+    with c2pa.Builder(manifest) as builder, open(source, "rb") as src, open(out, "w+b") as dst:
+        builder.sign(signer, "video/mp4", src, dst)
+    return {"path": out, "source": source, "anchors": anchors}
+
+
+def test_c2pa_manifest_read(signed):
+    info = read_c2pa(signed["path"])
+    assert info["present"] is True
+    assert info["status"] == "untrusted_signer"  # valid signature, but the test root is on no trust list
+    assert info["claim_generator"] == "deepscan-test-generator 1.0"
+    assert info["title"] == "synthetic test clip"
+    assert info["signer"]["common_name"] == "deepscan test signer"
+    assert info["signer"]["issuer"] == "deepscan tests"
+    assert info["generative_ai"] == "created"
+    assert info["actions"] == [{"action": "c2pa.created", "digital_source_type": "trainedAlgorithmicMedia",
+                                "software_agent": "FaceGen AI 2"}]
+    assert info["embedded"] is True
+
+
+def test_c2pa_trusted_with_anchor(signed):
+    assert read_c2pa(signed["path"], trust_anchors=str(signed["anchors"]))["status"] == "valid"
+    prov = read_provenance(signed["path"], trust_anchors=str(signed["anchors"]))
+    assert provenance_summary(prov).startswith("C2PA ✓ · AI-generated")
+    assert any("generative AI tool" in n for n in prov["notes"])
+
+
+def test_c2pa_tampered_pixels_are_reported(signed, tmp_path):
+    data = bytearray(signed["path"].read_bytes())
+    mdat = data.find(b"mdat")
+    assert mdat > 0
+    for i in range(mdat + 64, mdat + 80):  # flip bytes of coded video
+        data[i] ^= 0xFF
+    tampered = tmp_path / "tampered.mp4"
+    tampered.write_bytes(bytes(data))
+    info = read_c2pa(tampered, trust_anchors=str(signed["anchors"]))
+    assert info["present"] is True
+    assert info["status"] == "tampered"
+    assert any("mismatch" in code for code in info["failures"])
+    assert "TAMPERED" in provenance_summary(read_provenance(tampered))
+
+
+def test_c2pa_absent(signed):
+    assert read_c2pa(signed["source"]) == {"present": False, "status": "absent"}
