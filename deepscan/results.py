@@ -10,6 +10,13 @@ import numpy as np
 SCHEMA_VERSION = "1.0"
 
 
+def results_schema() -> dict:
+    """The JSON schema of one ``results.jsonl`` line (shipped in the package, versioned with SCHEMA_VERSION)."""
+    from importlib.resources import files
+
+    return json.loads(files("deepscan").joinpath(f"schema/results-{SCHEMA_VERSION}.json").read_text())
+
+
 def printable(text: str) -> str:
     """A file name that was not valid UTF-8 arrives with surrogate escapes, which JSON cannot encode: show
     those bytes as \\xNN instead of failing the write."""

@@ -327,6 +327,15 @@ class Scanner:
                 if inherited is not None:
                     if progress:
                         progress.start(path)
+                    previous = None
+                    if writer and not force and inherited.sha256:
+                        # An earlier, interrupted run may have written this copy's line already.
+                        previous = writer.done(inherited.sha256, inherited.model.get("sha256"),
+                                               inherited.config_hash, path)
+                    if previous is not None:
+                        previous.resumed = True
+                        yield previous
+                        continue
                     if writer:
                         writer.write(inherited)
                     yield inherited

@@ -716,10 +716,12 @@ def iter_frames(
         if proc.poll() is None:
             proc.kill()
         proc.wait()  # reaped: no zombie whatever happened above
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe:
-                pipe.close()
+        if proc.stdout:
+            proc.stdout.close()
+        # The stderr reader sees EOF once ffmpeg is gone; closing the pipe under it would raise in its thread.
         reader.join(timeout=5)
+        if proc.stderr and not reader.is_alive():
+            proc.stderr.close()
 
 
 # ------------------------------------------------------------------------------------------ discovery

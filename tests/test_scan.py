@@ -11,6 +11,16 @@ from conftest import SAMPLE_CLIPS, make_test_video
 from deepscan import Scanner, VideoResult, scan
 from deepscan.cli import main as cli_main
 
+
+def validate_lines(lines):
+    jsonschema = pytest.importorskip("jsonschema")
+    from deepscan.results import results_schema
+
+    validator = jsonschema.Draft202012Validator(results_schema())
+    for line in lines:
+        validator.validate(line)
+
+
 REQUIRED_KEYS = {"path", "sha256", "status", "score", "verdict", "error", "model", "frames"}
 
 
@@ -59,6 +69,7 @@ def test_bad_inputs_become_error_results_and_the_scan_goes_on(tmp_path, scanner,
         assert results[name].error and "\n" not in results[name].error and "Traceback" not in results[name].error
     assert results["c_good.mp4"].status == "ok"
     assert results["d_noface.mp4"].status == "no_face" and results["d_noface.mp4"].score is None
+    validate_lines([json.loads(r.to_json()) for r in results.values()])
 
 
 def test_api_and_cli_give_the_same_scores(tmp_path, sample_clip, capsys):
@@ -67,6 +78,7 @@ def test_api_and_cli_give_the_same_scores(tmp_path, sample_clip, capsys):
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     written = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert printed == written and len(written) == 1
+    validate_lines(written)
     cli = written[0]
     assert code == (1 if cli["verdict"] == "fake" else 0)
     assert cli["score"] == pytest.approx(api.score, abs=1e-6)
@@ -105,3 +117,4 @@ def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
     assert all(r.model["sha256"].startswith("036ed30d") for r in results)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["sha256"] for x in lines)
+    validate_lines([json.loads(x) for x in lines])
