@@ -126,16 +126,11 @@ def _check_input(x: torch.Tensor) -> None:
         raise ValueError(f"MesoNet takes {INPUT_SIZE}×{INPUT_SIZE} crops, got {tuple(x.shape[-2:])}")
 
 
-class Meso4(nn.Module):
-    """Four conv blocks (8, 8, 16, 16 filters; kernels 3, 5, 5, 5; pools 2, 2, 2, 4) and the MesoNet head."""
+class _MesoNet(nn.Module):
+    """What both MesoNets share: four blocks, the head, input checks and the Grad-CAM layer."""
 
-    def __init__(self):
-        super().__init__()
-        self.block1 = ConvBlock(3, 8, 3, 2)
-        self.block2 = ConvBlock(8, 8, 5, 2)
-        self.block3 = ConvBlock(8, 16, 5, 2)
-        self.block4 = ConvBlock(16, 16, 5, 4)
-        self.head = MesoHead()
+    block4: nn.Module
+    head: nn.Module
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -147,6 +142,18 @@ class Meso4(nn.Module):
         _check_input(x)
         return self.head(self.block4(self.block3(self.block2(self.block1(x)))))
 
+
+class Meso4(_MesoNet):
+    """Four conv blocks (8, 8, 16, 16 filters; kernels 3, 5, 5, 5; pools 2, 2, 2, 4) and the MesoNet head."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = ConvBlock(3, 8, 3, 2)
+        self.block2 = ConvBlock(8, 8, 5, 2)
+        self.block3 = ConvBlock(8, 16, 5, 2)
+        self.block4 = ConvBlock(16, 16, 5, 4)
+        self.head = MesoHead()
+
     def keras_layers(self) -> list[nn.Module]:
         """Weighted layers in the order Keras 2.1.5 stores them."""
         layers: list[nn.Module] = []
@@ -155,7 +162,7 @@ class Meso4(nn.Module):
         return layers + [self.head.fc1, self.head.fc2]
 
 
-class MesoInception4(nn.Module):
+class MesoInception4(_MesoNet):
     """Inception blocks (1, 4, 4, 2) and (2, 4, 4, 2), two 5×5 conv blocks of 16, and the MesoNet head."""
 
     def __init__(self):
@@ -165,14 +172,6 @@ class MesoInception4(nn.Module):
         self.block3 = ConvBlock(self.block2.inception.out_channels, 16, 5, 2)
         self.block4 = ConvBlock(16, 16, 5, 4)
         self.head = MesoHead()
-
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.block4.relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
-        return self.head(self.block4(self.block3(self.block2(self.block1(x)))))
 
     def keras_layers(self) -> list[nn.Module]:
         layers: list[nn.Module] = []
