@@ -88,6 +88,11 @@ class VideoHash:
     times: np.ndarray  # (N,) float seconds
     mirrored: np.ndarray | None = None  # (N, 32) hashes of the horizontally mirrored frames
     thumbs: np.ndarray | None = None  # (N, 32, 32) uint8 grey thumbnails of the same frames (pixel check)
+    # (N, len(VARIANTS), 32) hashes of parts of each frame (:data:`VARIANTS`), and of their mirror images:
+    # what a cropped or captioned re-upload still shares with its source.
+    variants: np.ndarray | None = None
+    variants_mirrored: np.ndarray | None = None
+    region: tuple[float, float, float, float] | None = None  # the content region (x0, y0, x1, y1), fractions
     width: int = 0
     height: int = 0
     duration_s: float = 0.0
@@ -109,6 +114,12 @@ class VideoHash:
             d["mirrored"] = [h.tobytes().hex() for h in self.mirrored]
         if self.thumbs is not None:
             d["thumbs"] = [t.tobytes().hex() for t in self.thumbs]
+        for key in ("variants", "variants_mirrored"):
+            v = getattr(self, key)
+            if v is not None:
+                d[key] = [[h.tobytes().hex() for h in frame] for frame in v]
+        if self.region is not None:
+            d["region"] = [round(float(x), 4) for x in self.region]
         return d
 
     @classmethod
@@ -117,7 +128,15 @@ class VideoHash:
             return (np.array([np.frombuffer(bytes.fromhex(h), np.uint8) for h in items], np.uint8)
                     .reshape(-1, 32))
 
+        def unhex_variants(items):
+            if items is None:
+                return None
+            return unhex([h for frame in items for h in frame]).reshape(len(items), len(VARIANTS), 32)
+
         return cls(hashes=unhex(d["hashes"]), quality=np.asarray(d["quality"], np.int16),
+                   variants=unhex_variants(d.get("variants")),
+                   variants_mirrored=unhex_variants(d.get("variants_mirrored")),
+                   region=tuple(d["region"]) if d.get("region") else None,
                    times=np.asarray(d["times"], float),
                    mirrored=unhex(d["mirrored"]) if d.get("mirrored") is not None else None,
                    thumbs=(np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in d["thumbs"]], np.uint8)
@@ -141,29 +160,149 @@ def _thumb(image: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
 
 
+def content_region(greys: Sequence[np.ndarray], rel_activity: float = 0.15, min_activity: float = 1.0,
+                   min_side: float = 0.3) -> tuple[float, float, float, float]:
+    """The part of the frame where the video happens, as fractions ``(x0, y0, x1, y1)``: rows at the top and
+    bottom that stay still over time (caption and subtitle bands, logo bars, letterbox borders) are cut off.
+    With fewer than three frames, rows that are flat in space are cut instead.
+
+    Still edges of the footage itself (a static background above a speaker) are cut too, the same way in
+    the source and in its copies, so the regions of the two still show the same content.
+    """
+    if not len(greys):
+        return (0.0, 0.0, 1.0, 1.0)
+    stack = np.stack([g.astype(np.float32) for g in greys])
+    rows = stack.std(0).mean(1) if len(stack) >= 3 else stack.mean(0).std(1)
+    h = stack.shape[1]
+
+    def span(profile: np.ndarray) -> tuple[int, int]:
+        tau = max(min_activity, rel_activity * float(np.percentile(profile, 90)))
+        live = np.nonzero(profile >= tau)[0]
+        if not len(live) or (live[-1] + 1 - live[0]) < min_side * len(profile):
+            return 0, len(profile)
+        return int(live[0]), int(live[-1]) + 1
+
+    y0, y1 = span(rows)
+    # Columns are kept whole: side borders are rarer than bands, and a still background beside a speaker
+    # gives column edges that move with the motion threshold, where PDQ needs the parts to line up to ~1%.
+    return (0.0, y0 / h, 1.0, y1 / h)
+
+
+def _crop_fraction(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    h, w = image.shape[:2]
+    x0, y0 = int(round(box[0] * w)), int(round(box[1] * h))
+    x1, y1 = max(x0 + 1, int(round(box[2] * w))), max(y0 + 1, int(round(box[3] * h)))
+    return image[y0:y1, x0:x1]
+
+
+def _centre(box: tuple[float, float, float, float], keep: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * (1 - keep) / 2, (y1 - y0) * (1 - keep) / 2
+    return (x0 + mx, y0 + my, x1 - mx, y1 - my)
+
+
+# Parts of each frame hashed besides the whole (each also mirrored), all from the frame at VARIANT_SIDE px:
+# "region" is the content region (:func:`content_region`), without bands and borders: a captioned or
+# letterboxed copy's region is its source's; "centre" is the middle 90% of the frame (in width and height):
+# what a copy cropped by 10% shows in whole. PDQ needs parts to line up within about 2% of the frame.
+VARIANTS = ("region", "centre")
+VARIANT_SIDE = 256
+CENTRE_KEEP = 0.9
+REGION_FRAMES = 30  # the content region is found on the first hashed frames (30 s at vPDQ's rate)
+
+
+def _variant_hashes(grey: np.ndarray, region: tuple[float, float, float, float], mirror: bool):
+    parts = [_crop_fraction(grey, region), _crop_fraction(grey, _centre((0.0, 0.0, 1.0, 1.0), CENTRE_KEEP))]
+    rgb = [np.repeat(p[:, :, None], 3, axis=2) for p in parts]
+    plain = [_pdq(p)[0] for p in rgb]
+    mirrored = [_pdq(p[:, ::-1])[0] for p in rgb] if mirror else None
+    return plain, mirrored
+
+
+def _small_grey(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(image, np.uint8), cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    scale = VARIANT_SIDE / max(h, w)
+    if scale < 1:
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return grey
+
+
 def hash_frames(frames: Iterable, mirror: bool = True) -> VideoHash:
     """vPDQ features of frames already decoded: :class:`deepscan.video.Frame` objects (or batches of them,
-    as :func:`~deepscan.video.iter_frames` yields) or bare RGB arrays (timed 0, 1, 2, ... s)."""
-    hashes, mirrored, quality, times, thumbs = [], [], [], [], []
-    height = width = 0
+    as :func:`~deepscan.video.iter_frames` yields) or bare RGB arrays (timed 0, 1, 2, ... s).
+
+    Besides vPDQ's whole-frame hash, each frame gets the hashes of :data:`VARIANTS`; memory stays flat in the
+    video's length (only the first :data:`REGION_FRAMES` small grey frames are held, to find the region).
+    """
+    hasher = FrameHasher(mirror=mirror)
     for item in frames:
         for frame in (item if isinstance(item, list) else [item]):
-            image = getattr(frame, "image", frame)
-            h, q = _pdq(image)
-            hashes.append(h)
-            quality.append(q)
-            times.append(getattr(frame, "time_s", float(len(times))))
-            thumbs.append(_thumb(image))
-            if mirror:
-                mirrored.append(_pdq(image[:, ::-1])[0])
-            height, width = image.shape[:2]
-    empty = np.zeros((0, 32), np.uint8)
-    return VideoHash(hashes=np.array(hashes, np.uint8).reshape(-1, 32) if hashes else empty,
-                     quality=np.asarray(quality, np.int16), times=np.asarray(times, float),
-                     mirrored=(np.array(mirrored, np.uint8).reshape(-1, 32) if mirrored else empty)
-                     if mirror else None,
-                     thumbs=np.array(thumbs, np.uint8).reshape(-1, THUMB, THUMB),
-                     width=width, height=height, duration_s=float(times[-1]) if times else 0.0)
+            hasher.add(getattr(frame, "image", frame), getattr(frame, "time_s", None))
+    return hasher.result()
+
+
+class FrameHasher:
+    """Hashes frames one at a time as a decoder produces them (so a scan can hash the frames it decodes for
+    screening anyway), then :meth:`result` gives the :class:`VideoHash`."""
+
+    def __init__(self, mirror: bool = True):
+        self.mirror = mirror
+        self.hashes, self.mirrored, self.quality, self.times, self.thumbs = [], [], [], [], []
+        self.variants, self.variants_mirrored = [], []
+        self.pending: list[np.ndarray] = []  # small greys awaiting the content region
+        self.region: tuple[float, float, float, float] | None = None
+        self.height = self.width = 0
+
+    def add(self, image: np.ndarray, time_s: float | None = None) -> None:
+        h, q = _pdq(image)
+        self.hashes.append(h)
+        self.quality.append(q)
+        self.times.append(float(len(self.times)) if time_s is None else time_s)
+        self.thumbs.append(_thumb(image))
+        if self.mirror:
+            self.mirrored.append(_pdq(image[:, ::-1])[0])
+        self.height, self.width = image.shape[:2]
+        grey = _small_grey(image)
+        if self.region is None:
+            self.pending.append(grey)
+            if len(self.pending) >= REGION_FRAMES:
+                self._settle_region()
+        else:
+            self._add_variants(grey)
+
+    def _settle_region(self) -> None:
+        self.region = content_region(self.pending)
+        pending, self.pending = self.pending, []
+        for grey in pending:
+            self._add_variants(grey)
+
+    def _add_variants(self, grey: np.ndarray) -> None:
+        plain, mirrored = _variant_hashes(grey, self.region, self.mirror)
+        self.variants.append(plain)
+        if mirrored is not None:
+            self.variants_mirrored.append(mirrored)
+
+    def result(self) -> VideoHash:
+        if self.region is None:
+            self._settle_region()
+        empty = np.zeros((0, 32), np.uint8)
+        k = len(VARIANTS)
+
+        def packed(rows, shape):
+            return np.array(rows, np.uint8).reshape(shape) if rows else np.zeros((0, *shape[1:]), np.uint8)
+
+        return VideoHash(
+            hashes=packed(self.hashes, (-1, 32)) if self.hashes else empty,
+            quality=np.asarray(self.quality, np.int16), times=np.asarray(self.times, float),
+            mirrored=(packed(self.mirrored, (-1, 32)) if self.mirrored else empty) if self.mirror else None,
+            thumbs=packed(self.thumbs, (-1, THUMB, THUMB)),
+            variants=packed(self.variants, (-1, k, 32)),
+            variants_mirrored=packed(self.variants_mirrored, (-1, k, 32)) if self.mirror else None,
+            region=self.region, width=self.width, height=self.height,
+            duration_s=float(self.times[-1]) if self.times else 0.0)
 
 
 def video_hash(source, info=None, backend: str | None = None, seconds_per_hash: float = SECONDS_PER_HASH,
@@ -231,37 +370,60 @@ else:  # pragma: no cover - numpy 1.26
         return _BYTE_BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.int32)
 
 
-def _usable(hashes: np.ndarray | None, quality: np.ndarray, min_quality: int) -> np.ndarray:
-    """vPDQ's comparison set: distinct hashes of frames at or above the quality filter."""
-    if hashes is None or not len(hashes):
-        return np.zeros((0, 32), np.uint8)
-    kept = hashes[quality >= min_quality]
-    return np.unique(kept, axis=0) if len(kept) else kept
+def _frames(h: VideoHash | None, min_quality: int, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """vPDQ's comparison set as hash rows and their frame numbers: the distinct frames (by whole-frame hash)
+    at or above the quality filter, each frame with its whole hash and its variants' (:data:`VARIANTS`)."""
+    empty = (np.zeros((0, 32), np.uint8), np.zeros(0, np.int64))
+    if h is None or not len(h.hashes):
+        return empty
+    whole = h.mirrored if mirrored else h.hashes
+    variants = h.variants_mirrored if mirrored else h.variants
+    if whole is None:
+        return empty
+    good = np.nonzero(h.quality >= min_quality)[0]
+    if not len(good):
+        return empty
+    _, first = np.unique(h.hashes[good], axis=0, return_index=True)
+    keep = good[np.sort(first)]
+    parts = [whole[keep][:, None, :]]
+    if variants is not None and len(variants) == len(h.hashes):
+        parts.append(variants[keep])
+    rows = np.concatenate(parts, axis=1)  # (frames, 1 + variants, 32)
+    ids = np.repeat(np.arange(len(keep)), rows.shape[1])
+    return rows.reshape(-1, 32), ids
 
 
-def _pcts(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[float, float]:
-    if not len(a) or not len(b):
+def _pcts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], distance: int) -> tuple[float, float]:
+    """Share of each side's frames with some hash (whole or variant) within ``distance`` of the other's."""
+    (ra, ia), (rb, ib) = a, b
+    if not len(ra) or not len(rb):
         return 0.0, 0.0
-    d = distances(a, b) <= distance
-    return 100.0 * d.any(1).mean(), 100.0 * d.any(0).mean()
+    near = distances(ra, rb) <= distance
+    hit_a = np.zeros(ia.max() + 1, bool)
+    hit_b = np.zeros(ib.max() + 1, bool)
+    np.logical_or.at(hit_a, ia, near.any(1))
+    np.logical_or.at(hit_b, ib, near.any(0))
+    return 100.0 * hit_a.mean(), 100.0 * hit_b.mean()
 
 
 def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
           return_mirrored: bool = False):
-    """vPDQ's match percentages ``(query_pct, compared_pct)``: the share of ``a``'s distinct frame hashes
-    with a frame of ``b`` within the distance, and the same for ``b`` against ``a``.
+    """vPDQ's match percentages ``(query_pct, compared_pct)``: the share of ``a``'s distinct frames with a
+    frame of ``b`` within the distance, and the same for ``b`` against ``a``. Two frames are within the
+    distance when any of their hashes are: the whole frame, or a part of it (:data:`VARIANTS`), so a cropped
+    or captioned copy still matches.
 
     When either side carries mirrored hashes, the mirrored orientation is compared too and the better of
     the two (by the smaller percentage) is returned; ``return_mirrored`` adds whether it was the mirror.
     """
     q, t = thresholds.quality, thresholds.distance
-    ua, ub = _usable(a.hashes, a.quality, q), _usable(b.hashes, b.quality, q)
-    best, flipped = _pcts(ua, ub, t), False
+    fa, fb = _frames(a, q), _frames(b, q)
+    best, flipped = _pcts(fa, fb, t), False
     mirror_pairs = []
     if a.mirrored is not None:
-        mirror_pairs.append((_usable(a.mirrored, a.quality, q), ub))
+        mirror_pairs.append((_frames(a, q, mirrored=True), fb))
     elif b.mirrored is not None:
-        mirror_pairs.append((ua, _usable(b.mirrored, b.quality, q)))
+        mirror_pairs.append((fa, _frames(b, q, mirrored=True)))
     for ma, mb in mirror_pairs:
         pcts = _pcts(ma, mb, t)
         if min(pcts) > min(best):
@@ -394,11 +556,11 @@ def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAUL
     q, t = thresholds.quality, thresholds.distance
     owners, rows, mirror_owners, mirror_rows = [], [], [], []
     for i, h in enumerate(hashes):
-        u = _usable(h.hashes, h.quality, q)
+        u, _ = _frames(h, q)
         rows.append(u)
         owners.append(np.full(len(u), i))
         if h.mirrored is not None:
-            m = _usable(h.mirrored, h.quality, q)
+            m, _ = _frames(h, q, mirrored=True)
             mirror_rows.append(m)
             mirror_owners.append(np.full(len(m), i))
     if not rows or not sum(len(r) for r in rows):
@@ -616,3 +778,121 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     table.caption = ("* inherited from the group's screened file (a verified pixel copy of it); "
                      "'altered': the same footage with locally different pixels, e.g. a swapped face")
     return table
+
+
+# --------------------------------------------------------------------------------------- streaming groups
+HASH_CACHE_VERSION = "pdq2"  # bump when hashing changes: cached hashes of other versions are not used
+
+
+class StreamingGroups:
+    """Groups built one file at a time, as a scan decodes each file once for both its hash and its screening
+    frames (``iter_frames(hash_fps=...)``): what ``deepscan scan --dedupe`` uses.
+
+    A file joins the group of the first earlier file it matches (:func:`is_match`) unless its pixels differ
+    locally from that group's representative (then the two groups are ``altered`` relations); else it starts
+    a group of its own, as its representative. It takes the representative's verdict only when it is a
+    verified pixel copy of it (:func:`is_verified_copy`) with no more pixels than it (a verdict is never
+    passed from a smaller copy to a larger one); every other member is screened itself (``screen_too``).
+    """
+
+    def __init__(self, thresholds: Thresholds = DEFAULT_THRESHOLDS):
+        self.thresholds = thresholds
+        self.groups: list[Group] = []
+        self.hashes: dict[str, VideoHash] = {}
+        self.group_of: dict[str, Group] = {}
+        self.results: dict[str, object] = {}  # representative path -> its screened result
+        self._rows: list[np.ndarray] = []
+        self._owners: list[np.ndarray] = []
+        self._order: list[str] = []
+
+    def _candidates(self, h: VideoHash) -> list[str]:
+        """Earlier files sharing at least one frame hash within the distance, in the order they came."""
+        if not self._rows:
+            return []
+        q = self.thresholds.quality
+        index, owners = np.concatenate(self._rows), np.concatenate(self._owners)
+        found: set[int] = set()
+        for mirrored in (False, True):
+            rows, _ = _frames(h, q, mirrored=mirrored)
+            if len(rows) and len(index):
+                found.update(owners[np.nonzero((distances(rows, index) <= self.thresholds.distance).any(0))[0]]
+                             .tolist())
+        return [self._order[i] for i in sorted(found)]
+
+    def place(self, path, h: VideoHash) -> Group:
+        """Put ``path`` (hashed as ``h``) into a group and return the group."""
+        p = str(path)
+        if p in self.group_of:
+            return self.group_of[p]
+        th = self.thresholds
+        joined, altered = None, []
+        for other in self._candidates(h):
+            g = self.group_of[other]
+            if g is joined or g.id in altered or not is_match(h, self.hashes[other], th):
+                continue
+            diffs = [pixel_difference(self.hashes[m], h, th) for m in dict.fromkeys([g.representative, other])]
+            if any(d is not None and d >= th.pixel_diff for d in diffs):
+                altered.append(g.id)
+            elif joined is None:
+                joined = g
+        if joined is None:
+            joined = Group(id=len(self.groups) + 1, members=[p], representative=p)
+            self.groups.append(joined)
+        else:
+            joined.members.append(p)
+            rep = self.hashes[joined.representative]
+            if not (is_verified_copy(h, rep, th) and h.width * h.height <= rep.width * rep.height):
+                joined.screen_too.append(p)
+        for gid in altered:
+            if gid not in joined.altered:
+                joined.altered.append(gid)
+            other_group = self.groups[gid - 1]
+            if joined.id not in other_group.altered:
+                other_group.altered.append(joined.id)
+        self.hashes[p] = h
+        self.group_of[p] = joined
+        self._order.append(p)
+        rows, _ = _frames(h, th.quality)
+        self._rows.append(rows)
+        self._owners.append(np.full(len(rows), len(self._order) - 1))
+        return joined
+
+    def info(self, path) -> dict:
+        """``result.extra["campaign"]`` of a file screened itself: its group, the group's representative, and
+        related altered groups. (Sizes grow as later files join: the final groups are :attr:`groups`.)"""
+        g = self.group_of[str(path)]
+        d = {"group": g.id, "representative": g.representative, "is_representative": str(path) == g.representative,
+             "inherited": False}
+        if g.altered:
+            d["altered_groups"] = list(g.altered)
+        return d
+
+    def inheritable(self, path) -> object | None:
+        """The representative's result that ``path`` may take instead of being screened, or None."""
+        g = self.group_of.get(str(path))
+        if g is None:
+            return None
+        rep_result = self.results.get(g.representative)
+        return rep_result if can_inherit(rep_result, path, g) else None
+
+
+def load_cached_hash(cache_dir, sha256: str) -> VideoHash | None:
+    """A file's hash saved by an earlier scan into the same output folder (``hashes/``), if any."""
+    import json
+
+    f = Path(cache_dir) / f"{sha256}-{HASH_CACHE_VERSION}.json"
+    try:
+        return VideoHash.from_dict(json.loads(f.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_cached_hash(cache_dir, sha256: str, h: VideoHash) -> None:
+    """Save a file's hash (atomically) so a resumed scan need not decode a finished file to group the rest."""
+    import json
+
+    d = Path(cache_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{sha256}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(h.to_dict()))
+    os.replace(tmp, d / f"{sha256}-{HASH_CACHE_VERSION}.json")

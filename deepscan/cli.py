@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-duration", type=_positive_float, default=MAX_DURATION_S,
                    help=f"refuse videos longer than this many seconds (default {MAX_DURATION_S:.0f} = 4 h)")
     s.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
-                   help="group copies of the same video (vPDQ) and screen verified pixel copies once "
-                        "(default: on when pdqhash or vpdq is installed)")
+                   help="group copies of the same video (vPDQ hashes made while decoding) and screen verified "
+                        "pixel copies once (default: on when pdqhash is installed)")
     s.add_argument("--provenance", action=argparse.BooleanOptionalAction, default=True,
                    help="read container tags, edit lists and C2PA credentials (default: on; never changes scores)")
     s.add_argument("--c2pa-trust", type=Path, metavar="PEM",
@@ -134,23 +134,20 @@ def cmd_scan(args) -> int:
         return EXIT_ERROR
     results = []
     t0 = time.perf_counter()
-    groups = None
-    dedupe = args.dedupe
-    if dedupe is not False and len(paths) > 1:
-        from .campaign import available_backend, plan
+    dedupe = args.dedupe is not False and len(paths) > 1
+    if dedupe:
+        from .campaign import available_backend
 
-        if available_backend() is None:
-            if dedupe:
-                console.print("[bold red]error:[/] --dedupe needs pdqhash or vpdq: pip install 'deepscan[campaign]'")
+        if available_backend() != "pdq":  # grouping while screening hashes deepscan's own frames (pdqhash)
+            if args.dedupe:
+                console.print("[bold red]error:[/] --dedupe needs pdqhash: pip install 'deepscan[campaign]'")
                 return EXIT_ERROR
             console.print("note: copies of the same video are not grouped (pip install 'deepscan[campaign]' "
                           "for --dedupe)", style="dim", markup=False)
-        else:
-            with console.status("grouping copies of the same video (hashing each file)…"):
-                groups = plan(paths, max_pixels=args.max_pixels, max_duration_s=args.max_duration)
+            dedupe = False
     with ScanProgress(console, len(paths)) as progress:
         for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force,
-                                   evidence=args.html, groups=groups):
+                                   evidence=args.html, dedupe=dedupe):
             drop_pixels(result)  # evidence is on disk; don't keep every crop of a long scan in memory
             results.append(result)
             if args.json:
@@ -159,7 +156,8 @@ def cmd_scan(args) -> int:
         progress.finish()
     if not args.json:
         print_summary(console, results, scanner.threshold, time.perf_counter() - t0)
-        if groups and any(g.size > 1 or g.altered for g in groups):
+        groups = scanner.campaign_groups if dedupe else []
+        if any(g.size > 1 or g.altered for g in groups):
             from .campaign import campaign_table
 
             console.print(campaign_table(results, groups))

@@ -260,6 +260,15 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
                                   results[i]["path"]))
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
+    # A streaming --dedupe scan writes each line before later copies join its group: count members here.
+    sizes: dict[int, int] = {}
+    for d in results:
+        gid = ((d.get("extra") or {}).get("campaign") or {}).get("group")
+        if gid is not None:
+            sizes[gid] = sizes.get(gid, 0) + 1
+    for v in videos:
+        if v["campaign"].get("group") is not None:
+            v["campaign"] = {**v["campaign"], "size": sizes[v["campaign"]["group"]]}
     return _environment().get_template(TEMPLATE).render(
         summary=_summary(results, bad_lines), videos=videos, version=__version__, meanings=VERDICT_MEANING,
         # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.

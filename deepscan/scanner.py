@@ -26,7 +26,16 @@ from . import __version__
 from .crops import crop_face
 from .results import FaceResult, FrameResult, VideoResult, printable
 from .scoring import Aggregation, aggregate, score_interval
-from .video import MAX_DURATION_S, MAX_PIXELS, VideoError, check_input, discover, iter_frames, probe
+from .video import (
+    MAX_DURATION_S,
+    MAX_PIXELS,
+    VideoError,
+    check_input,
+    decode_size,
+    discover,
+    iter_frames,
+    probe,
+)
 
 
 @dataclass
@@ -49,6 +58,7 @@ class ScanOptions:
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
     provenance: bool = True  # read container tags, edit lists and C2PA into extra["provenance"] (no score change)
     c2pa_trust_anchors: str | None = None  # PEM file of C2PA trust anchors (default: $DEEPSCAN_C2PA_TRUST_ANCHORS)
+    campaign_buffer_mb: int = 512  # --dedupe: a file's screening frames held while it is hashed, at most
     aggregation: Aggregation = field(default_factory=Aggregation)
 
     def to_dict(self) -> dict:
@@ -160,6 +170,14 @@ class Scanner:
         self._environment = None
 
     # Heavy objects are built on first use so `Scanner()` is cheap and `deepscan probe` needs no torch.
+    _campaign = None  # StreamingGroups while a ``scan(dedupe=True)`` runs
+    _hash_cache = None  # where that scan keeps each file's hash (so a resumed scan need not decode it)
+
+    @property
+    def campaign_groups(self):
+        """The groups of the last (or running) ``scan(dedupe=True)``: :class:`deepscan.campaign.Group`."""
+        return list(self._last_campaign.groups) if getattr(self, "_last_campaign", None) else []
+
     @property
     def detector(self):
         if self._detector is None:
@@ -249,9 +267,30 @@ class Scanner:
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
-        batches = _Prefetch(iter_frames(path, info, n_frames=opts.frames, fps=opts.fps,
-                                        batch_size=opts.batch_frames, max_side=opts.max_side,
-                                        timeout_s=opts.timeout_s, max_pixels=opts.max_pixels))
+        decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=opts.batch_frames, max_side=opts.max_side,
+                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels)
+        hasher = None
+        if self._campaign is not None:
+            from .campaign import SECONDS_PER_HASH, FrameHasher
+
+            hasher = FrameHasher()
+            source = iter_frames(path, info, hash_fps=1.0 / SECONDS_PER_HASH, **decode)
+            w, h = decode_size(info, opts.max_side)
+            if expected * w * h * 3 <= opts.campaign_buffer_mb * 2**20:
+                # Decode (and hash) the whole file first, holding its screening frames: a verified copy of a
+                # file already screened is then never face-detected, and no file is decoded twice.
+                t = time.perf_counter()
+                held = [f for f in _hashed(source, hasher) if f.sample]
+                timing["decode_s"] += time.perf_counter() - t
+                if self._place(path, result, info, hasher):
+                    result.timing.update(timing)
+                    return
+                source = iter([held[i:i + opts.batch_frames] for i in range(0, len(held), opts.batch_frames)])
+            else:  # too many frames to hold: screen while decoding, group afterwards (it is screened anyway)
+                source = _batched(_hashed(source, hasher), opts.batch_frames)
+        else:
+            source = iter_frames(path, info, **decode)
+        batches = _Prefetch(source)
         try:
             t_wait = time.perf_counter()
             for batch in batches:
@@ -290,6 +329,38 @@ class Scanner:
         result.score, result.verdict, result.tracks = score, verdict, tracks
         result.score_ci95 = score_interval(tracks, opts.aggregation)
         result.status = "no_face" if verdict == "no_face" else "ok"
+        if hasher is not None:
+            self._place(path, result, info, hasher, screened=True)
+
+    def _place(self, path: Path, result: VideoResult, info, hasher, screened: bool = False) -> bool:
+        """Group a file by the hash made while decoding it. Before screening: fill ``result`` from the
+        group representative's and return True when the file is a verified copy that may take its verdict.
+        After screening: record the result (a representative's is what later copies inherit)."""
+        campaign = self._campaign
+        h = hasher.result()
+        h.width, h.height, h.duration_s, h.fps = info.width, info.height, float(info.duration_s), float(info.fps or 0)
+        group = campaign.place(path, h)
+        if self._hash_cache and result.sha256:
+            from .campaign import save_cached_hash
+
+            try:
+                save_cached_hash(self._hash_cache, result.sha256, h)
+            except OSError:
+                pass  # only a cache: the scan goes on
+        if screened:
+            if str(path) == group.representative:
+                campaign.results[str(path)] = result
+            result.extra["campaign"] = campaign.info(path)
+            return False
+        rep = campaign.inheritable(path)
+        if rep is None:
+            return False
+        result.status, result.verdict, result.score, result.score_ci95 = rep.status, rep.verdict, rep.score, rep.score_ci95
+        result.tracks, result.frames = list(rep.tracks), []
+        # Its own configuration hash: a scan without --dedupe never resumes from an inherited line.
+        result.config_hash = f"{rep.config_hash}+campaign" if rep.config_hash else None
+        result.extra["campaign"] = {**campaign.info(path), "inherited": True, "screened_as": rep.path}
+        return True
 
     # ----------------------------------------------------------------------------------------- many videos
     def scan(self, paths: Iterable, out_dir=None, progress=None, force: bool = False,
@@ -308,10 +379,9 @@ class Scanner:
         """
         writer = ResultsWriter(out_dir) if out_dir else None
         found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))
-        if dedupe and groups is None:
-            from .campaign import plan
-
-            groups = plan(found, max_pixels=self.options.max_pixels, max_duration_s=self.options.max_duration_s)
+        if dedupe and groups is None and len(found) > 1:
+            yield from self._scan_streaming(found, writer, progress, force, evidence)
+            return
         group_of = {m: g for g in groups or [] for m in g.members}
         if groups:
             from .campaign import screening_order
@@ -345,6 +415,38 @@ class Scanner:
                 screened[str(path)] = result
             yield result
 
+    def _scan_streaming(self, found: list[Path], writer, progress, force: bool, evidence: bool):
+        """``scan(dedupe=True)``: each file decoded once for its hash and its screening frames, grouped with
+        the files before it (:class:`deepscan.campaign.StreamingGroups`), screened unless it is a verified
+        copy of a group's screened representative."""
+        from .campaign import StreamingGroups
+
+        self._campaign = self._last_campaign = StreamingGroups()
+        self._hash_cache = writer.dir / "hashes" if writer else None
+        try:
+            for path in found:
+                yield self._screen_one(path, writer, progress, force, evidence)
+        finally:
+            self._campaign = self._hash_cache = None
+
+    def _resumed_into_campaign(self, path: Path, previous: VideoResult) -> VideoResult:
+        """A file finished by an earlier run still has to be grouped for the files after it: its hash comes
+        from that run's cache, or (a run without it) from a decode at the hash rate only."""
+        from .campaign import load_cached_hash, video_hash
+
+        campaign = self._campaign
+        h = load_cached_hash(self._hash_cache, previous.sha256) if self._hash_cache else None
+        if h is None:
+            try:
+                h = video_hash(path, max_pixels=self.options.max_pixels,
+                               max_duration_s=self.options.max_duration_s)
+            except (VideoError, OSError):
+                return previous
+        group = campaign.place(path, h)
+        if str(path) == group.representative and not (previous.extra.get("campaign") or {}).get("inherited"):
+            campaign.results[str(path)] = previous
+        return previous
+
     def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None) -> VideoResult:
         if progress:
             progress.start(path)
@@ -357,11 +459,18 @@ class Scanner:
                 digest = None
             previous = (writer.done(digest[0], self.detector.weights_sha256, self.options.config_hash(), path)
                         if digest else None)
-            if previous is not None and (not evidence or "evidence" in previous.extra):
+            if previous is None and digest and self._campaign is not None:
+                previous = writer.done(digest[0], self.detector.weights_sha256,
+                                       self.options.config_hash() + "+campaign", path)
+            if previous is not None and (not evidence or "evidence" in previous.extra
+                                         or (previous.extra.get("campaign") or {}).get("inherited")):
                 previous.resumed = True
+                if self._campaign is not None:
+                    return self._resumed_into_campaign(path, previous)
                 return _campaign_marked(previous, group)
         result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
-        if writer and evidence:
+        inherited = (result.extra.get("campaign") or {}).get("inherited")
+        if writer and evidence and not inherited:
             from .evidence import save_evidence
 
             try:
@@ -372,6 +481,27 @@ class Scanner:
         if writer:
             writer.write(result)
         return result
+
+
+def _hashed(batches, hasher) -> Iterator:
+    """The frames of ``iter_frames(hash_fps=...)`` batches, each hash frame fed to ``hasher`` on the way."""
+    for batch in batches:
+        for frame in batch:
+            if frame.hashed:
+                hasher.add(frame.image, frame.time_s)
+            yield frame
+
+
+def _batched(frames, size: int) -> Iterator[list]:
+    batch = []
+    for frame in frames:
+        if frame.sample:
+            batch.append(frame)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _campaign_marked(result: VideoResult, group) -> VideoResult:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -117,6 +118,8 @@ class Frame:
     index: int  # frame number in the stream (exact for constant frame rate, nearest for variable)
     time_s: float  # presentation time from the start of the stream
     image: np.ndarray  # H×W×3 uint8 RGB, upright
+    sample: bool = True  # one of the frames sampled for screening
+    hashed: bool = False  # one of the frames of the video hash's schedule (``iter_frames(hash_fps=...)``)
 
 
 @lru_cache(maxsize=1)
@@ -560,16 +563,38 @@ def sample_interval(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
     return 1.0 / (info.fps or 25.0)
 
 
-def select_expression(step_s: float, offset_s: float, start_s: float) -> str:
+def select_expression(step_s: float, offset_s: float, start_s: float, register: int = 0) -> str:
     """ffmpeg ``select`` expression taking the first frame at or after each target time.
 
-    Targets are ``offset + k·step`` (relative to the stream start). Register 0 holds the next target; after a
-    hit it jumps past the current time, so a gap in a variable-frame-rate stream never yields a burst.
+    Targets are ``offset + k·step`` (relative to the stream start). A register (0 unless told) holds the
+    next target; after a hit it jumps past the current time, so a gap in a variable-frame-rate stream never
+    yields a burst. :class:`Schedule` is its exact twin in Python.
     """
     # A 0.1 ms tolerance absorbs timestamps like 0.59999 for a 0.6 s target (time bases are rarely decimal).
     rel = f"(t-{start_s:.6f}+0.0001)"
-    return (f"if(gte({rel}\\,ld(0)+{offset_s:.6f})\\,"
-            f"st(0\\,(floor(({rel}-{offset_s:.6f})/{step_s:.6f})+1)*{step_s:.6f})*0+1\\,0)")
+    return (f"if(gte({rel}\\,ld({register})+{offset_s:.6f})\\,"
+            f"st({register}\\,(floor(({rel}-{offset_s:.6f})/{step_s:.6f})+1)*{step_s:.6f})*0+1\\,0)")
+
+
+class Schedule:
+    """:func:`select_expression`'s decision, replayed in Python on a frame's exact time (its pts times the
+    time base, as ffmpeg computes ``t``) with the same constants, so when one ``select`` takes the union of
+    two schedules, each frame that comes out can be told apart: which schedule (or both) it was taken for.
+
+    Replaying only the frames that came out is exact: a schedule's register changes only on its own hits,
+    and every hit comes out."""
+
+    def __init__(self, step_s: float, offset_s: float, start_s: float = 0.0):
+        # The expression carries the numbers printed with 6 decimals; ffmpeg parses those strings back.
+        self.step, self.offset, self.start = (float(f"{v:.6f}") for v in (step_s, offset_s, start_s))
+        self.next = 0.0  # ffmpeg's registers start at 0
+
+    def hit(self, t: float) -> bool:
+        rel = (t - self.start) + 0.0001
+        if rel >= self.next + self.offset:
+            self.next = (math.floor((rel - self.offset) / self.step) + 1) * self.step
+            return True
+        return False
 
 
 def decode_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
@@ -580,7 +605,8 @@ def decode_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
     return w, h
 
 
-_SHOWINFO = re.compile(r"\bn:\s*(\d+)\b.*?\bpts_time:\s*(-?[\d.]+|nan)")
+_SHOWINFO = re.compile(r"\bn:\s*(\d+)\b.*?\bpts:\s*(-?\d+|NOPTS)\s.*?\bpts_time:\s*(-?[\d.]+|nan)")
+_SHOWINFO_TIMEBASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
 
 
 def iter_frames(
@@ -593,6 +619,7 @@ def iter_frames(
     timeout_s: float | None = DECODE_TIMEOUT_S,
     max_pixels: int | None = None,
     max_duration_s: float | None = MAX_DURATION_S,
+    hash_fps: float | None = None,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
@@ -601,6 +628,10 @@ def iter_frames(
     ``timeout_s`` bounds the wall-clock time of the whole stream; past it ffmpeg is killed and reaped and
     :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
     probed with when larger) also binds the decoder, so a bitstream larger than its header is refused.
+
+    ``hash_fps`` also takes, in the same decode, the frames of a second schedule at that rate (a video
+    hash's: :mod:`deepscan.campaign`), so a video is never decoded twice: every frame says whether it is a
+    screening sample (``sample``), a hash frame (``hashed``) or both.
     """
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
@@ -624,13 +655,21 @@ def iter_frames(
     stream = ffmpeg.input("placeholder")[str(info.stream_index)]
     # The ffmpeg CLI shifts input timestamps so the file starts at 0 (without -copyts), so ``t`` in the
     # filter and showinfo's pts_time are already relative to the start (an MPEG-TS often starts at 1.4 s).
-    stream = stream.filter("select", select_expression(step, offset, 0.0).replace("\\,", ","))
+    expression = select_expression(step, offset, 0.0)
+    samples = hashes = None
+    if hash_fps:
+        samples, hashes = Schedule(step, offset), Schedule(1.0 / hash_fps, 0.0)
+        expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1)
+        limit_output = None  # the sample count is kept in Python; hash frames go on to the end
+    else:
+        limit_output = limit
+    stream = stream.filter("select", expression.replace("\\,", ","))
     # Always scale to the size the pipe reader expects: should the probe misjudge rotation or size, frames
     # come out distorted instead of as garbage.
     stream = stream.filter("scale", out_w, out_h, flags="area")
     stream = stream.filter("showinfo")
     args = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
-                         **({"frames:v": limit} if limit else {})).global_args(
+                         **({"frames:v": limit_output} if limit_output else {})).global_args(
         "-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
     at = args.index("-i")
     args[at + 1] = ffmpeg_input(path)
@@ -641,7 +680,8 @@ def iter_frames(
                                 stderr=subprocess.PIPE)
     except OSError as exc:
         raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
-    stamps: list[tuple[int, float]] = []
+    stamps: list[tuple[int, float, int | None]] = []  # (n, pts_time, pts)
+    time_base: list[float] = []
     tail: list[str] = []
     stamp_ready = threading.Condition()
 
@@ -649,16 +689,19 @@ def iter_frames(
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace")
             m = _SHOWINFO.search(line) if "showinfo" in line else None
+            tb = _SHOWINFO_TIMEBASE.search(line) if m is None and "showinfo" in line else None
             with stamp_ready:
+                if tb and int(tb.group(2)):
+                    time_base.append(int(tb.group(1)) / int(tb.group(2)))  # av_q2d: num / (double) den
                 if m:
-                    t = float(m.group(2)) if m.group(2) != "nan" else float("nan")
-                    stamps.append((int(m.group(1)), t))
+                    t = float(m.group(3)) if m.group(3) != "nan" else float("nan")
+                    stamps.append((int(m.group(1)), t, int(m.group(2)) if m.group(2) != "NOPTS" else None))
                 else:
                     tail.append(line)
                     del tail[:-30]
                 stamp_ready.notify_all()
         with stamp_ready:
-            stamps.append((-1, float("nan")))  # end marker
+            stamps.append((-1, float("nan"), None))  # end marker
             stamp_ready.notify_all()
 
     reader = threading.Thread(target=read_stderr, daemon=True)
@@ -673,7 +716,7 @@ def iter_frames(
         watchdog = threading.Timer(timeout_s, expire)
         watchdog.daemon = True
         watchdog.start()
-    produced = 0
+    produced = sampled = 0
     batch: list[Frame] = []
     try:
         while True:
@@ -685,11 +728,25 @@ def iter_frames(
                 stamp_ready.wait_for(lambda n=produced: len(stamps) > n, timeout=5.0)
                 ready = len(stamps) > produced and stamps[produced][0] >= 0
                 t = stamps[produced][1] if ready else float("nan")
+                pts = stamps[produced][2] if ready else None
             rel = t if t == t else offset + produced * step
             index = int(round(rel * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
-            batch.append(Frame(index=index, time_s=round(rel, 6), image=image))
             produced += 1
+            if samples is not None:
+                if pts is None or not time_base:  # cannot be told apart: serve both, never skip a sample
+                    is_sample, is_hash = True, True
+                else:
+                    exact = float(pts) * time_base[0]
+                    is_sample, is_hash = samples.hit(exact), hashes.hit(exact)
+                is_sample = is_sample and sampled < limit if limit else is_sample
+                if not (is_sample or is_hash):
+                    continue
+                sampled += is_sample
+                batch.append(Frame(index=index, time_s=round(rel, 6), image=image, sample=is_sample,
+                                   hashed=is_hash))
+            else:
+                batch.append(Frame(index=index, time_s=round(rel, 6), image=image))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []

@@ -19,6 +19,7 @@ from deepscan.campaign import (
     available_backend,
     campaign_table,
     can_inherit,
+    content_region,
     group,
     is_verified_copy,
     mark_screened,
@@ -189,3 +190,61 @@ def test_vpdq_hashes_interoperate():
     assert features[0].frame_number == 0 and ours.hex[0] == features[0].hex
     ours_pct, theirs_pct = match(ours, theirs)
     assert ours_pct == 100.0 and theirs_pct == 80.0
+
+
+CAPTION = ("pad=iw:trunc(ih*1.2/2)*2:0:trunc(ih*0.2/2)*2:white,"
+           "drawbox=x=iw*0.1:y=ih*0.05:w=iw*0.3:h=ih*0.06:color=black:t=fill,"
+           "drawbox=x=iw*0.5:y=ih*0.05:w=iw*0.35:h=ih*0.06:color=black:t=fill")
+
+
+def _whole_frame_only(h: VideoHash) -> VideoHash:
+    return replace(h, variants=None, variants_mirrored=None)
+
+
+@needs_pdq
+@pytest.mark.parametrize("vf", ["crop=trunc(iw*0.9/2)*2:trunc(ih*0.9/2)*2", CAPTION], ids=["crop_10pct", "caption"])
+def test_cropped_and_captioned_copies_match_their_source(tmp_path, vf):
+    """A 10% crop or a caption band moves PDQ's whole-frame hash past the distance; the hashes of the frame's
+    centre and of its content region (bands cut off) still line up with the source's."""
+    copy = tmp_path / "copy.mp4"
+    ffmpeg("-i", str(OTHER), "-vf", vf, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(copy))
+    source, c = video_hash(OTHER), video_hash(copy)
+    assert min(match(c, source)) >= DEFAULT_THRESHOLDS.min_pct
+    assert min(match(_whole_frame_only(c), _whole_frame_only(source))) < DEFAULT_THRESHOLDS.min_pct
+    assert not is_verified_copy(c, source)  # other framing: not shown to be the same pixels, so screened itself
+    assert min(match(c, video_hash(REAL))) < DEFAULT_THRESHOLDS.min_pct
+    groups = plan([OTHER, copy, REAL])
+    assert [g.members for g in groups] == [[str(OTHER), str(copy)], [str(REAL)]]
+    g = groups[0]
+    assert g.screen_too == [m for m in g.members if m != g.representative]  # whichever is screened first
+
+
+def test_content_region_cuts_still_bands_only():
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(10):
+        f = np.full((100, 80), 255, np.uint8)  # a white caption band (rows 0-19) with fixed black "words"
+        f[5:10, 10:40] = 0
+        f[20:90] = rng.integers(0, 256, (70, 80))  # the moving video
+        f[90:] = 0  # a black letterbox border
+        frames.append(f)
+    x0, y0, x1, y1 = content_region(frames)
+    assert (x0, x1) == (0.0, 1.0)
+    assert (y0, y1) == pytest.approx((0.20, 0.90))
+    # One frame: only flat rows can be told apart (the band's rows above its words, and the border).
+    assert content_region(frames[:1]) == pytest.approx((0.0, 0.05, 1.0, 0.9))
+    still = [np.full((50, 50), 128, np.uint8)] * 5
+    assert content_region(still) == (0.0, 0.0, 1.0, 1.0)  # nothing moves: the whole frame
+
+
+def test_hash_round_trips_with_variants():
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8) for _ in range(4)] if available_backend() == "pdq" else []
+    if not frames:
+        pytest.skip("pdqhash is not installed")
+    h = video_hash(frames)
+    assert h.variants.shape == (4, 2, 32) and h.variants_mirrored.shape == (4, 2, 32)
+    back = VideoHash.from_dict(h.to_dict())
+    assert np.array_equal(back.variants, h.variants) and np.array_equal(back.variants_mirrored, h.variants_mirrored)
+    assert back.region == pytest.approx(h.region)
+    assert match(back, h) == (100.0, 100.0)

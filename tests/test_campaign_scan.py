@@ -35,3 +35,48 @@ def test_dedupe_scan_inherits_only_verified_copies(tmp_path):
     assert not (fake.get("extra", {}).get("campaign") or {}).get("inherited")
     assert fake["n_frames"] == 4
     assert "provenance" in original["extra"]
+
+
+def test_dedupe_decodes_each_file_once_and_resumes_from_the_hash_cache(tmp_path, monkeypatch):
+    """--dedupe hashes the frames it decodes for screening: one decode per file, none to group; a resumed
+    scan takes finished files' hashes from its output folder instead of decoding them again."""
+    import deepscan.campaign
+    import deepscan.scanner
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "a_original.mp4")
+    ffmpeg("-i", str(src / "a_original.mp4"), "-c:v", "libx264", "-crf", "28", "-an", str(src / "b_reupload.mp4"))
+    shutil.copy(SAMPLE_CLIPS / "astronaut_real.mp4", src / "c_other.mp4")
+    decodes = []
+    real_iter_frames = deepscan.scanner.iter_frames
+
+    def counting(path, *args, **kwargs):
+        decodes.append((str(path).rsplit("/", 1)[-1], kwargs.get("hash_fps")))
+        return real_iter_frames(path, *args, **kwargs)
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("a file was decoded a second time to hash it")
+
+    monkeypatch.setattr(deepscan.scanner, "iter_frames", counting)
+    monkeypatch.setattr(deepscan.campaign, "video_hash", no_second_decode)
+    out = tmp_path / "out"
+    args = ["scan", str(src), "--frames", "4", "--threads", "1", "--out", str(out), "--dedupe"]
+    assert main(args) in (0, 1)
+    assert sorted(decodes) == [("a_original.mp4", 1.0), ("b_reupload.mp4", 1.0), ("c_other.mp4", 1.0)]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_name = {d["path"].rsplit("/", 1)[-1]: d for d in lines}
+    assert by_name["b_reupload.mp4"]["extra"]["campaign"]["inherited"] is True
+    assert by_name["b_reupload.mp4"]["video"]["width"] > 0  # its own probe, not the representative's
+    assert "provenance" in by_name["b_reupload.mp4"]["extra"]
+    assert by_name["c_other.mp4"]["extra"]["campaign"]["group"] != by_name["a_original.mp4"]["extra"]["campaign"]["group"]
+    assert len(list((out / "hashes").glob("*.json"))) == 3
+
+    decodes.clear()
+    shutil.copy(SAMPLE_CLIPS / "carphone_faceswap_fake.mp4", src / "d_faceswap.mp4")
+    assert main(args) in (0, 1)
+    assert decodes == [("d_faceswap.mp4", 1.0)]  # the three finished files: resumed, hashes from the cache
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    swap = lines[-1]
+    assert not swap["extra"]["campaign"]["inherited"] and swap["n_frames"] == 4

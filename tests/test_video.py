@@ -121,6 +121,34 @@ def test_variable_frame_rate_is_sampled_by_time(tmp_path):
     assert times[-1] > 2.0  # reached the part after the gap
 
 
+@pytest.mark.parametrize("rate,n_frames", [(25, 32), (30000 / 1001, 7), (12, 100)])
+def test_hash_schedule_in_the_same_decode_is_both_schedules_exactly(tmp_path, rate, n_frames):
+    """``hash_fps`` takes a second schedule's frames in the same decode: the screening samples are exactly the
+    frames a plain decode samples, the hash frames exactly those of a decode at that rate, by content."""
+    path = index_video(tmp_path / "idx.mp4", n=58, rate=rate)
+    info = probe(path)
+    union = all_frames(path, info=info, n_frames=n_frames, hash_fps=3.0)
+    plain = all_frames(path, info=info, n_frames=n_frames)
+    hashed = all_frames(path, info=info, n_frames=None, fps=3.0)
+    samples, hash_frames = [f for f in union if f.sample], [f for f in union if f.hashed]
+    assert [decoded_index(f) for f in samples] == [decoded_index(f) for f in plain]
+    assert [f.index for f in samples] == [f.index for f in plain]
+    assert [decoded_index(f) for f in hash_frames] == [decoded_index(f) for f in hashed]
+    assert len(union) == len({decoded_index(f) for f in union})  # a frame serving both comes once
+
+
+def test_hash_schedule_on_variable_frame_rate(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    ffmpeg("-t", "2", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-vf",
+           "setpts='(N/25+if(gte(N,25),2,0))/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", str(path))
+    info = probe(path)
+    union = all_frames(path, info=info, n_frames=8, hash_fps=1.0)
+    assert [f.time_s for f in union if f.sample] == [f.time_s for f in all_frames(path, info=info, n_frames=8)]
+    assert ([f.time_s for f in union if f.hashed]
+            == [f.time_s for f in all_frames(path, info=info, n_frames=None, fps=1.0)])
+
+
 def test_name_starting_with_dash_is_a_file_not_an_option(tmp_path, test_video):
     tricky = tmp_path / "-i evil name é.mp4"
     shutil.copy(test_video, tricky)
