@@ -1,4 +1,4 @@
-"""Command line: ``deepscan scan|probe|models|cache|train|eval``. A thin layer over :class:`Scanner`.
+"""Command line: ``deepscan scan|probe|models|cache|train|calibrate|eval``. A thin layer over :class:`Scanner`.
 
 Exit status of ``scan``: 1 if any video was judged fake; otherwise 2 if any input failed or the command was
 misused; otherwise 0.
@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
     e.add_argument("--results", type=Path, action="append", default=[],
                    help="score an earlier scan's results.jsonl instead of scanning (repeatable)")
+
+    k = sub.add_parser("calibrate", help="refit a model card's threshold on deepscan scan's own video scores of "
+                                         "its held-out split")
+    k.add_argument("card", type=Path, help="model card JSON (rewritten: threshold and metrics.scanner)")
+    k.add_argument("labels", type=Path, help="the MANIFEST.tsv (or path,label TSV/CSV) of the training clips")
+    k.add_argument("--frames", type=_positive_int, default=32, help="frames per video, as the scans will use")
+    k.add_argument("--max-fpr", type=float, default=0.05, help="false-positive rate allowed on validation reals")
+    k.add_argument("--results", type=Path, help="an earlier scan's results.jsonl of those clips (no rescanning)")
+    k.add_argument("--out", type=Path, help="keep the scan's results.jsonl here")
 
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
@@ -298,6 +307,24 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args) -> int:
+    from .evaluate import calibrate
+    from .report import make_console
+
+    console = make_console()
+    try:
+        m = calibrate(args.card, args.labels, frames=args.frames, max_fpr=args.max_fpr, results_path=args.results,
+                      out_dir=args.out)
+    except (OSError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return EXIT_ERROR
+    console.print(f"{args.card}: threshold {m['threshold_before']:.4f} -> "
+                  f"{m['threshold']:.4f} ({m['videos']} validation videos, {m['frames']} frames each); "
+                  f"AUC {m['video_auc']:.3f} [{m['video_auc_ci95'][0]:.3f}, {m['video_auc_ci95'][1]:.3f}], "
+                  f"TPR {m['tpr_at_threshold']:.3f}, FPR {m['fpr_at_threshold']:.3f}", markup=False)
+    return EXIT_OK
+
+
 def cmd_train(args) -> int:
     from .training.train import train
 
@@ -307,6 +334,7 @@ def cmd_train(args) -> int:
 
 COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report": cmd_report, "cache": cmd_cache,
             "train": cmd_train,
+            "calibrate": cmd_calibrate,
             "eval": cmd_eval}
 
 

@@ -171,3 +171,55 @@ def plot_roc(curves: dict, report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, results_path: Path | None = None,
+              out_dir: Path | None = None) -> dict:
+    """Refit a model card's decision threshold on the video scores ``deepscan scan`` itself gives its
+    held-out clips (``training.validation_files``) at ``frames`` per video, so the card's false-positive rate
+    on validation reals holds for real scans (training validates on cached crops and a few frames per clip,
+    whose video scores run lower). Writes the threshold and the scanner's validation metrics into the card;
+    the weights (and their sha256) are unchanged. ``results_path`` reuses an earlier scan of those clips.
+    """
+    from .detector import ModelCard
+    from .scanner import ResultsWriter, Scanner, ScanOptions
+    from .training.train import video_threshold
+
+    card_path = Path(card_path)
+    card = ModelCard.load(card_path)
+    subset = set(card.training.get("validation_files") or [])
+    if not subset:
+        raise ValueError(f"{card_path} names no training.validation_files")
+    clips = read_labels(labels, subset)
+    if len({c.label for c in clips}) < 2:
+        raise ValueError("the validation split needs labelled real and fake clips")
+    if results_path is None:
+        scanner = Scanner(ScanOptions(detector=str(card_path), frames=frames, keep_heatmaps=False))
+        writer = ResultsWriter(out_dir) if out_dir else None
+        for clip in clips:
+            r = scanner.scan_video(clip.path)
+            if writer:
+                writer.write(r)
+        if out_dir:
+            results_path = Path(out_dir) / "results.jsonl"
+    scores = {}
+    if results_path is not None:
+        for line in Path(results_path).read_text(encoding="utf-8").splitlines():
+            d = json.loads(line)
+            if (d.get("model") or {}).get("sha256") == card.sha256:
+                scores[str(Path(d["path"]).resolve())] = d.get("score")
+    ys = np.array([c.label for c in clips])
+    ss = np.array([scores.get(str(c.path.resolve())) or 0.0 for c in clips], np.float64)
+    previous = card.threshold
+    card.threshold = video_threshold(ss[ys == 0], max_fpr)
+    auc, lo, hi = bootstrap_auc(ys, ss)
+    card.metrics["scanner"] = {
+        "what": f"deepscan scan on the validation clips, {frames} frames each; threshold refitted here",
+        "frames": frames, "videos": int(len(ys)), "real_videos": int((ys == 0).sum()),
+        "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi], "max_fpr": max_fpr,
+        "threshold": card.threshold, "threshold_before": previous, **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, card.threshold).items()
+                                         if k != "threshold"},
+        "missing": sum(str(c.path.resolve()) not in scores for c in clips),
+    }
+    card.save(card_path)
+    return card.metrics["scanner"]

@@ -1,0 +1,42 @@
+"""`deepscan calibrate`: the threshold is refitted on the scanner's own video scores of the card's held-out
+clips, and only the card's threshold and metrics change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from deepscan.cli import main
+from deepscan.detector import ModelCard, resolve_card
+
+DEFAULT_CARD = resolve_card(None).path
+
+
+def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
+    card_path = tmp_path / "model.json"
+    shutil.copy(DEFAULT_CARD, card_path)
+    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
+    card = ModelCard.load(card_path)
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4", "other/skip.mp4"]
+    card.training["validation_files"] = files[:-1]
+    card.weights = "model.safetensors"
+    card.save(card_path)
+    labels = tmp_path / "MANIFEST.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    real_scores = [0.05 * i for i in range(20)]  # 0.00 ... 0.95: one real (5% of 20) may score above
+    results = tmp_path / "results.jsonl"
+    lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256}}
+             for f, s in zip(files, real_scores + [0.97, 0.5, 0.99], strict=True)]
+    lines.append({"path": str(tmp_path / files[0]), "score": 0.99, "model": {"sha256": "another model"}})
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines[:-2] + lines[-1:]))
+    before = card_path.read_text()
+    assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) == 0
+    after = ModelCard.load(card_path)
+    assert 0.90 < after.threshold <= 0.9000001  # just above the second-highest real: 1 of 20 reals flagged
+    m = after.metrics["scanner"]
+    assert m["fpr_at_threshold"] == pytest.approx(0.05) and m["tpr_at_threshold"] == pytest.approx(0.5)
+    assert (m["videos"], m["real_videos"], m["fake_videos"], m["missing"]) == (22, 20, 2, 0)
+    assert after.sha256 == card.sha256 and json.loads(before)["weights"] == after.weights
+    after.verify_weights()  # the weights are untouched: the card still vouches for them
