@@ -595,16 +595,30 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
     hashed = [p for p in paths if hashes.get(p) is not None]
     index = {p: i for i, p in enumerate(hashed)}
     uf = _UnionFind(len(hashed))
-    altered_pairs = []
+    altered, same_pixels, unverifiable = [], [], []
     for i, j in sorted(candidate_pairs([hashes[p] for p in hashed], thresholds)):
         a, b = hashes[hashed[i]], hashes[hashed[j]]
         if not is_match(a, b, thresholds):
             continue
         diff = pixel_difference(a, b, thresholds)
-        if diff is not None and diff >= thresholds.pixel_diff:
-            altered_pairs.append((hashed[i], hashed[j]))
+        if diff is None:
+            unverifiable.append((i, j))
+        elif diff >= thresholds.pixel_diff:
+            altered.append((i, j))
         else:
+            same_pixels.append((i, j))
+
+    def kept_apart(ri: int, rj: int) -> bool:
+        return any({uf.find(x), uf.find(y)} == {ri, rj} for x, y in altered)
+
+    # Pixel-verified pairs first; a pair the pixel check cannot judge (other framing: a crop, a caption band)
+    # never joins two groups that hold a locally altered pair: a cropped copy matches a source and its face
+    # swap alike (PDQ cannot see the swap), and would otherwise chain them together.
+    for i, j in same_pixels + unverifiable:
+        ri, rj = uf.find(i), uf.find(j)
+        if ri != rj and not kept_apart(ri, rj):
             uf.union(i, j)
+    altered_pairs = [(hashed[i], hashed[j]) for i, j in altered]
     members: dict[object, list[str]] = {}
     for p in paths:
         key = ("hash", uf.find(index[p])) if p in index else ("alone", p)

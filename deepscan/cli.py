@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
     s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
     s.add_argument("--batch-faces", type=_positive_int, default=64, help="faces per detector batch")
+    s.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N",
+                   help="search every Nth sampled frame for faces of any size, the others only for faces at least "
+                        "half as large as those found (default 4; 1 = a full search on every frame)")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
@@ -127,6 +130,7 @@ def cmd_scan(args) -> int:
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
+                          full_detect_every=args.full_detect_every,
                           timeout_s=args.timeout, max_pixels=args.max_pixels,
                           max_duration_s=args.max_duration, keep_heatmaps=args.html, provenance=args.provenance,
                           c2pa_trust_anchors=str(args.c2pa_trust) if args.c2pa_trust else None)

@@ -41,9 +41,12 @@ class FaceFinder:
                            min_face_size=max(12, int(self.settings.min_face_px * 0.5)), post_process=False,
                            select_largest=False)
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+    def detect(self, images: list[np.ndarray], min_face: float | None = None) -> list[list[Face]]:
+        """Faces in each frame. ``min_face`` (full-resolution pixels) skips smaller faces than the card's
+        minimum: MTCNN's image pyramid then starts at a coarser scale, which is most of its cost."""
         if not images:
             return []
+        smallest = max(self.settings.min_face_px, min_face or 0)
         out: list[list[Face]] = [[] for _ in images]
         # MTCNN batches only same-sized frames; group by shape (one group for a normal video).
         groups: dict[tuple, list[int]] = {}
@@ -54,7 +57,7 @@ class FaceFinder:
             scale = min(1.0, self.settings.detect_max_side / max(h, w))
             # MTCNN's smallest detectable face is ~12 px at its first scale: on the downscaled copy the minimum
             # face size shrinks too, so small faces are still found.
-            self.mtcnn.min_face_size = max(12, int(self.settings.min_face_px * scale * 0.8))
+            self.mtcnn.min_face_size = max(12, int(smallest * scale * 0.8))
             batch = [images[i] if scale == 1.0 else cv2.resize(images[i], (round(w * scale), round(h * scale)),
                                                                interpolation=cv2.INTER_AREA) for i in idxs]
             boxes, probs, points = self.mtcnn.detect(np.stack(batch), landmarks=True)

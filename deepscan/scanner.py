@@ -48,6 +48,9 @@ class ScanOptions:
     precision: str = "auto"  # detector precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
     threads: int | None = None  # torch CPU threads; None = all cores
     batch_frames: int = 16  # frames decoded and face-detected together
+    # Full face detection on every Nth sampled frame; the frames between look only for faces at least half
+    # as large as the smallest face found in the full passes (a much shorter MTCNN pyramid). 1 = all full.
+    full_detect_every: int = 4
     batch_faces: int = 64  # faces per detector forward pass
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
     timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
@@ -72,7 +75,8 @@ class ScanOptions:
 
     def scoring_config(self) -> dict:
         """The options that change scores (the configuration hash for provenance and resume)."""
-        keys = ("detector", "weights", "frames", "fps", "max_side", "threshold", "min_face_prob", "precision")
+        keys = ("detector", "weights", "frames", "fps", "max_side", "threshold", "min_face_prob", "precision",
+                "full_detect_every")
         d = {k: getattr(self, k) for k in keys}
         d["aggregation"] = asdict(self.aggregation)
         return d
@@ -297,7 +301,7 @@ class Scanner:
                 timing["decode_s"] += time.perf_counter() - t_wait
                 scale = batch[0].image.shape[1] / info.width  # decode may have downscaled huge frames
                 t = time.perf_counter()
-                found = self.face_finder.detect([f.image for f in batch])
+                found = self._find_faces(batch, len(frames_out))
                 timing["detect_s"] += time.perf_counter() - t
                 crops, owners = [], []
                 for frame, faces in zip(batch, found, strict=True):
@@ -331,6 +335,25 @@ class Scanner:
         result.status = "no_face" if verdict == "no_face" else "ok"
         if hasher is not None:
             self._place(path, result, info, hasher, screened=True)
+
+    def _find_faces(self, batch, first_number: int) -> list:
+        """Faces of a batch of sampled frames (``first_number``: how many came before it): a full search on
+        every ``full_detect_every``-th frame, and on the others a search for faces at least half the size of
+        the smallest one those full searches found (all full when they found none)."""
+        every = max(1, self.options.full_detect_every)
+        images = [f.image for f in batch]
+        if every == 1:
+            return self.face_finder.detect(images)
+        full = [k for k in range(len(batch)) if (first_number + k) % every == 0]
+        rest = [k for k in range(len(batch)) if (first_number + k) % every != 0]
+        found: list = [None] * len(batch)
+        for k, faces in zip(full, self.face_finder.detect([images[k] for k in full]), strict=True):
+            found[k] = faces
+        sizes = [face.size for k in full for face in found[k]]
+        hint = 0.5 * min(sizes) if sizes else None
+        for k, faces in zip(rest, self.face_finder.detect([images[k] for k in rest], min_face=hint), strict=True):
+            found[k] = faces
+        return found
 
     def _place(self, path: Path, result: VideoResult, info, hasher, screened: bool = False) -> bool:
         """Group a file by the hash made while decoding it. Before screening: fill ``result`` from the

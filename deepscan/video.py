@@ -75,6 +75,9 @@ MAX_PIXELS = 8192 * 8192  # per frame, upright; an 8K UHD frame (7680×4320) is 
 MAX_DURATION_S = 4 * 3600.0
 PROBE_TIMEOUT_S = 60.0
 DECODE_TIMEOUT_S = 600.0  # wall-clock for one video's whole frame stream (including time the consumer takes)
+# Sampling sparser than this takes each sample from the first keyframe at or after its time, and decodes only
+# keyframes: time then grows with the number of samples, not with the video's length.
+KEYFRAME_STEP_S = 4.0
 _FFMPEG_INT_MAX = 2**31 - 1
 
 
@@ -620,6 +623,7 @@ def iter_frames(
     max_pixels: int | None = None,
     max_duration_s: float | None = MAX_DURATION_S,
     hash_fps: float | None = None,
+    keyframes: bool | None = None,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
@@ -632,7 +636,49 @@ def iter_frames(
     ``hash_fps`` also takes, in the same decode, the frames of a second schedule at that rate (a video
     hash's: :mod:`deepscan.campaign`), so a video is never decoded twice: every frame says whether it is a
     screening sample (``sample``), a hash frame (``hashed``) or both.
+
+    ``keyframes`` (default: for videos of a minute or more sampled at least :data:`KEYFRAME_STEP_S` apart,
+    without ``hash_fps``) has the decoder skip every frame that is not a keyframe, so each sample is the first
+    keyframe at or after its time. Two samples whose times fall in one keyframe interval get that keyframe once, so a video whose
+    keyframes are further apart than the sampling step yields fewer frames; one with no keyframe after the
+    first target is decoded in full instead.
     """
+    if info is None:
+        info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
+    options = dict(n_frames=n_frames, fps=fps, batch_size=batch_size, max_side=max_side, timeout_s=timeout_s,
+                   max_pixels=max_pixels, max_duration_s=max_duration_s, hash_fps=hash_fps)
+    if keyframes is None:
+        keyframes = (not hash_fps and info.duration_s >= 60.0
+                     and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
+    if not keyframes:
+        yield from _decode_frames(path, info, keyframes=False, **options)
+        return
+    produced = False
+    try:
+        for batch in _decode_frames(path, info, keyframes=True, **options):
+            produced = True
+            yield batch
+    except VideoError:
+        if produced:
+            raise
+    if not produced:  # no keyframe at or after the first target (or the decoder keeps none): every frame
+        yield from _decode_frames(path, info, keyframes=False, **options)
+
+
+def _decode_frames(
+    path,
+    info: VideoInfo | None = None,
+    n_frames: int | None = 32,
+    fps: float | None = None,
+    batch_size: int = 16,
+    max_side: int | None = 1920,
+    timeout_s: float | None = DECODE_TIMEOUT_S,
+    max_pixels: int | None = None,
+    max_duration_s: float | None = MAX_DURATION_S,
+    hash_fps: float | None = None,
+    keyframes: bool | None = None,
+) -> Iterator[list[Frame]]:
+    """:func:`iter_frames` with the keyframe choice made."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
     if info is None:
@@ -673,7 +719,7 @@ def iter_frames(
         "-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
     at = args.index("-i")
     args[at + 1] = ffmpeg_input(path)
-    args[at:at] = input_options(decoder_limit, info.container)
+    args[at:at] = input_options(decoder_limit, info.container) + (["-skip_frame", "nokey"] if keyframes else [])
     frame_bytes = out_w * out_h * 3
     try:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

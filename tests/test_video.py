@@ -149,6 +149,29 @@ def test_hash_schedule_on_variable_frame_rate(tmp_path):
             == [f.time_s for f in all_frames(path, info=info, n_frames=None, fps=1.0)])
 
 
+def test_sparse_sampling_takes_the_first_keyframe_at_or_after_each_target(tmp_path):
+    """Samples 5 s apart decode only keyframes: each is the first keyframe (every 10th frame here) at or after
+    its target time, with its true index and time, and the same pixels as in a full decode."""
+    path = tmp_path / "gop10.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "30", "-c:v", "libx264", "-g", "10",
+           "-keyint_min", "10", "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(path))
+    info = probe(path)
+    sparse = all_frames(path, info=info, n_frames=6, keyframes=True)  # a sample every 5 s, keyframes only
+    every = {f.index: f for f in all_frames(path, info=info, n_frames=750, keyframes=False)}
+    targets = [2.5 + 5 * k for k in range(6)]
+    assert [f.index for f in sparse] == [int(np.ceil(t * 25 / 10 - 1e-9)) * 10 for t in targets]
+    for f in sparse:
+        assert f.time_s == pytest.approx(f.index / 25, abs=1e-3)
+        assert np.array_equal(f.image, every[f.index].image)
+    exact = all_frames(path, info=info, n_frames=6)  # under a minute: the exact frame at each target
+    assert [f.index for f in exact] == [int(np.ceil(t * 25 - 1e-9)) for t in targets]
+    # One keyframe at the start and none after the target: decoded in full instead of yielding nothing.
+    one_gop = tmp_path / "one_gop.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "6", "-c:v", "libx264", "-g", "1000",
+           "-pix_fmt", "yuv420p", str(one_gop))
+    assert [f.index for f in all_frames(one_gop, n_frames=1, keyframes=True)] == [75]
+
+
 def test_name_starting_with_dash_is_a_file_not_an_option(tmp_path, test_video):
     tricky = tmp_path / "-i evil name é.mp4"
     shutil.copy(test_video, tricky)
