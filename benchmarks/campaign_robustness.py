@@ -150,8 +150,8 @@ def main() -> int:
     print(f"{len(copies)} copies of {len(originals)} clips made in {time.perf_counter() - t:.0f} s")
     t = time.perf_counter()
     for c in copies:
-        hashes[c] = video_hash(Path(c), backend=args.backend)
-    print(f"copies hashed in {time.perf_counter() - t:.0f} s")
+        hashes[c] = cached_hash(Path(c), args.backend)[0]
+    print(f"copies hashed in {time.perf_counter() - t:.0f} s (cached when --work is reused)")
 
     origin = {str(p): str(p) for p in all_clips} | {c: o for c, (o, _) in copies.items()}
     report: dict = {"backend": args.backend, "originals": [str(p.relative_to(clips_dir)) for p in originals],
@@ -172,12 +172,15 @@ def main() -> int:
         members_of = {g.id: g.members for g in groups}
         recall = {n: [] for n in TRANSFORMS}
         false_copy = {n: 0 for n in TRANSFORMS}
-        missed = []
+        missed, merged_copies = [], []
         for c, (o, name) in copies.items():
             recall[name].append(gid[c] == gid[o])
             if gid[c] != gid[o]:
                 missed.append(f"{name}: {short(o)}")
-            false_copy[name] += any(origin[m] != o for m in members_of[gid[c]])
+            others = sorted({short(origin[m]) for m in members_of[gid[c]] if origin[m] != o})
+            false_copy[name] += bool(others)
+            if others:
+                merged_copies.append(f"{name}: {short(o)} with {', '.join(others)}")
         merged = [sorted({short(origin[m]) for m in g.members if m in origin and origin[m] == m})
                   for g in groups]
         merged = [m for m in merged if len(m) > 1]
@@ -185,13 +188,14 @@ def main() -> int:
         allr = sum(sum(v) for v in recall.values()) / len(copies)
         print(" | ".join([f"{pct:g}", *(f"{row[n]:.0%}" for n in TRANSFORMS), f"{allr:.1%}",
                           f"{sum(false_copy.values())}/{len(copies)}", str(len(merged))]))
-        details[pct] = (merged, missed)
+        details[pct] = (merged, missed, merged_copies)
         report["thresholds"][str(pct)] = {"recall": row, "recall_all": allr, "false_copy_merges": false_copy,
                                           "merged_shared_clips": merged, "missed": missed}
-    for pct, (merged, missed) in details.items():
+    for pct, (merged, missed, merged_copies) in details.items():
         if pct == DEFAULT_THRESHOLDS.min_pct:
             print(f"\nat {pct:g}% (the default): shared clips grouped together: {merged or 'none'}")
             print(f"  copies not grouped with their original: {missed or 'none'}")
+            print("  copies grouped with another clip too:" + "".join(f"\n    {m}" for m in merged_copies))
 
     # The closest distinct pairs among the shared clips, and what the pixel check says about them.
     keys = [str(p) for p in all_clips if hashes[str(p)] is not None]

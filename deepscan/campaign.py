@@ -611,10 +611,12 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
     def kept_apart(ri: int, rj: int) -> bool:
         return any({uf.find(x), uf.find(y)} == {ri, rj} for x, y in altered)
 
-    # Pixel-verified pairs first; a pair the pixel check cannot judge (other framing: a crop, a caption band)
-    # never joins two groups that hold a locally altered pair: a cropped copy matches a source and its face
-    # swap alike (PDQ cannot see the swap), and would otherwise chain them together.
-    for i, j in same_pixels + unverifiable:
+    for i, j in same_pixels:
+        uf.union(i, j)
+    # A pair the pixel check cannot judge (other framing: a crop, a caption band) never joins two groups that
+    # hold a locally altered pair: a cropped copy matches a source and its face swap alike (PDQ cannot see
+    # the swap), and would otherwise chain them together.
+    for i, j in unverifiable:
         ri, rj = uf.find(i), uf.find(j)
         if ri != rj and not kept_apart(ri, rj):
             uf.union(i, j)

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", action="append", default=[],
                    help="weights for the --detector at the same position (use '-' for the default)")
     e.add_argument("--frames", type=_positive_int, default=32)
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="detector precision, as for scan")
+    e.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N", help="as for scan")
     e.add_argument("--subset", type=Path,
                    help="model card whose training.validation_files restricts the clips (its held-out split)")
     e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
@@ -283,7 +286,8 @@ def cmd_eval(args) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     else:
-        report = evaluate(clips, specs, frames=args.frames, out_dir=args.out)
+        report = evaluate(clips, specs, frames=args.frames, out_dir=args.out, precision=args.precision,
+                          full_detect_every=args.full_detect_every)
     sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
     table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
                   header_style="bold")

@@ -70,17 +70,19 @@ def rates_at(y, s, threshold: float) -> dict:
 
 
 def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32, out_dir: Path | None = None,
-             progress=None) -> dict:
-    """Scan every clip with every detector (``{"detector": name, "weights": path|None}``) and score them."""
+             progress=None, **scan_options) -> dict:
+    """Scan every clip with every detector (``{"detector": name, "weights": path|None}``) and score them;
+    ``scan_options`` go to :class:`~deepscan.scanner.ScanOptions` (e.g. ``precision``, ``full_detect_every``)."""
     from sklearn.metrics import roc_curve
 
     from .scanner import ResultsWriter, Scanner, ScanOptions
 
-    report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames, "detectors": []}
+    report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames,
+              "scan_options": scan_options, "detectors": []}
     curves = {}
     for spec in detectors:
         scanner = Scanner(ScanOptions(detector=spec.get("detector"), weights=spec.get("weights"), frames=frames,
-                                      keep_heatmaps=False))
+                                      keep_heatmaps=False, **scan_options))
         name = scanner.detector.name
         writer = ResultsWriter(out_dir / name) if out_dir else None
         ys, ss, srcs, failed = [], [], [], []

@@ -51,6 +51,7 @@ class ScanOptions:
     # Full face detection on every Nth sampled frame; the frames between look only for faces at least half
     # as large as the smallest face found in the full passes (a much shorter MTCNN pyramid). 1 = all full.
     full_detect_every: int = 4
+    overlap: bool = True  # classify one batch of faces while the next is face-detected (same results)
     batch_faces: int = 64  # faces per detector forward pass
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
     timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
@@ -295,6 +296,26 @@ class Scanner:
         else:
             source = iter_frames(path, info, **decode)
         batches = _Prefetch(source)
+        pending = None  # the previous batch's classification, running while this batch is face-detected
+
+        def classify(crops):
+            t = time.perf_counter()
+            out = self.detector.predict(crops)
+            return out, time.perf_counter() - t
+
+        def finish(job):
+            future, owners, crops = job
+            out, seconds = future.result()
+            timing["classify_s"] += seconds
+            for i, (fr, face) in enumerate(owners):
+                heat = out.heatmaps[i]
+                fr.faces.append(FaceResult(
+                    box=[v / scale for v in face.box], prob=face.prob, track=face.track,
+                    score=float(out.probs[i]), landmarks=(face.landmarks / scale).tolist(),
+                    heat_peak=float(heat.max()),
+                    heatmap=heat.astype(np.float16) if opts.keep_heatmaps else None,
+                    crop=crops[i] if opts.keep_heatmaps else None))
+
         try:
             t_wait = time.perf_counter()
             for batch in batches:
@@ -311,21 +332,22 @@ class Scanner:
                         crops.append(crop_face(frame.image, face.box, card.crop_margin, card.input_size))
                         owners.append((fr, face))
                     frames_out.append(fr)
-                t = time.perf_counter()
-                out = self.detector.predict(np.stack(crops)) if crops else None
-                timing["classify_s"] += time.perf_counter() - t
-                for i, (fr, face) in enumerate(owners):
-                    heat = out.heatmaps[i]
-                    fr.faces.append(FaceResult(
-                        box=[v / scale for v in face.box], prob=face.prob, track=face.track,
-                        score=float(out.probs[i]), landmarks=(face.landmarks / scale).tolist(),
-                        heat_peak=float(heat.max()),
-                        heatmap=heat.astype(np.float16) if opts.keep_heatmaps else None,
-                        crop=crops[i] if opts.keep_heatmaps else None))
+                if pending is not None:
+                    finish(pending)
+                    pending = None
+                if crops:
+                    stacked = np.stack(crops)
+                    pending = ((self._classifier().submit(classify, stacked) if opts.overlap
+                                else _Done(classify(stacked))), owners, crops)
                 if progress:
                     progress(len(frames_out), expected)
                 t_wait = time.perf_counter()
+            if pending is not None:
+                finish(pending)
+                pending = None
         finally:
+            if pending is not None:
+                pending[0].cancel() or pending[0].result()  # never leave a forward pass running behind us
             batches.close()
         result.frames = frames_out
         result.timing.update(timing)
@@ -335,6 +357,15 @@ class Scanner:
         result.status = "no_face" if verdict == "no_face" else "ok"
         if hasher is not None:
             self._place(path, result, info, hasher, screened=True)
+
+    def _classifier(self):
+        """One worker thread for the detector's forward passes, so classifying one batch of faces overlaps
+        face detection on the next (MTCNN leaves a core idle in its Python stages)."""
+        if getattr(self, "_classify_pool", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._classify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-classify")
+        return self._classify_pool
 
     def _find_faces(self, batch, first_number: int) -> list:
         """Faces of a batch of sampled frames (``first_number``: how many came before it): a full search on
@@ -504,6 +535,19 @@ class Scanner:
         if writer:
             writer.write(result)
         return result
+
+
+class _Done:
+    """A finished value with the part of the Future interface the scan loop uses."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def cancel(self) -> bool:
+        return True
 
 
 def _hashed(batches, hasher) -> Iterator:
