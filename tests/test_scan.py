@@ -118,3 +118,35 @@ def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(x)["sha256"] for x in lines)
     validate_lines([json.loads(x) for x in lines])
+
+
+def test_overlapped_classification_gives_the_same_result(sample_clip):
+    """Classifying a batch while the next is face-detected changes the timing only."""
+    a = Scanner(frames=8, batch_frames=3, overlap=True).scan_video(sample_clip)
+    b = Scanner(frames=8, batch_frames=3, overlap=False).scan_video(sample_clip)
+    assert a.status == b.status == "ok"
+    assert [[(f.box, f.score) for f in fr.faces] for fr in a.frames] == \
+        [[(f.box, f.score) for f in fr.faces] for fr in b.frames]
+    assert a.score == b.score
+
+
+def test_frames_between_full_searches_use_a_shorter_pyramid(sample_clip, monkeypatch):
+    """With full_detect_every=4 every 4th frame is searched for faces down to the card's minimum; the others
+    only for faces at least half the smallest one found, and they still find the same person."""
+    scanner = Scanner(frames=8, full_detect_every=4)
+    finder = scanner.face_finder
+    calls = []
+    real_detect = finder.detect
+
+    def spy(images, min_face=None):
+        calls.append((len(images), min_face))
+        return real_detect(images, min_face=min_face)
+
+    monkeypatch.setattr(finder, "detect", spy)
+    hinted = scanner.scan_video(sample_clip)
+    assert calls[0] == (2, None)  # frames 0 and 4 of the batch of 8: full search
+    assert calls[1][0] == 6 and calls[1][1] is not None and calls[1][1] > finder.settings.min_face_px
+    full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
+    assert [len(fr.faces) for fr in hinted.frames] == [len(fr.faces) for fr in full.frames]
+    assert hinted.score == pytest.approx(full.score, abs=0.05)
+    assert hinted.config["full_detect_every"] == 4 and hinted.config_hash != full.config_hash
