@@ -427,9 +427,12 @@ class Scanner:
         ``progress`` (optional) is an object with ``start(path)`` and ``update(done, total)``. With
         ``evidence`` (needs ``out_dir`` and ``keep_heatmaps``) each video's face crops, heatmap overlays and
         score timeline go to ``out_dir/assets/`` for :func:`deepscan.html.build_report`.
-        With ``dedupe`` (or precomputed ``groups`` from :func:`deepscan.campaign.plan`), copies of the same
-        video are grouped; a member shown pixel by pixel to be a copy of its group's representative takes the
-        representative's result, marked ``extra["campaign"]["inherited"]``, and every other file is screened.
+        With ``dedupe``, copies of the same video are grouped as the scan goes (each file's hash is made from
+        the same decode as its screening frames; :class:`deepscan.campaign.StreamingGroups`): a file shown
+        pixel by pixel to be a copy of an earlier group's representative takes that result, marked
+        ``extra["campaign"]["inherited"]``, and every other file is screened; :attr:`campaign_groups` holds
+        the groups afterwards. With precomputed ``groups`` from :func:`deepscan.campaign.plan` (which hashes
+        every file first), the same holds for those groups.
         """
         writer = ResultsWriter(out_dir) if out_dir else None
         found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))

@@ -248,3 +248,35 @@ def test_hash_round_trips_with_variants():
     assert np.array_equal(back.variants, h.variants) and np.array_equal(back.variants_mirrored, h.variants_mirrored)
     assert back.region == pytest.approx(h.region)
     assert match(back, h) == (100.0, 100.0)
+
+
+@needs_pdq
+def test_streaming_groups_join_the_first_match_and_never_pass_a_verdict_upwards():
+    import cv2
+
+    from deepscan.campaign import StreamingGroups
+
+    rng = np.random.default_rng(3)
+
+    def clip(seed_frames, size=(320, 180)):
+        h = video_hash([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in seed_frames])
+        h.width, h.height = size
+        return h
+
+    def frames(n):
+        return [cv2.resize(rng.integers(0, 256, (18, 32, 3), dtype=np.uint8), (640, 360), interpolation=cv2.INTER_CUBIC)
+                for _ in range(n)]  # smooth, detailed scenes: no two alike
+
+    source = frames(6)
+    groups = StreamingGroups()
+    first = groups.place("a.mp4", clip(source))
+    assert first.representative == "a.mp4" and first.members == ["a.mp4"]
+    assert groups.place("b_same_size.mp4", clip(source)) is first  # a pixel copy: may take a's verdict
+    assert groups.place("c_larger.mp4", clip(source, (640, 360))) is first  # more pixels than the screened one
+    assert groups.place("d_other.mp4", clip(frames(6))) is not first
+    assert first.members == ["a.mp4", "b_same_size.mp4", "c_larger.mp4"]
+    assert first.screen_too == ["c_larger.mp4"]
+    assert first.inherits("b_same_size.mp4") and not first.inherits("c_larger.mp4")
+    assert groups.info("b_same_size.mp4") == {"group": 1, "representative": "a.mp4", "is_representative": False,
+                                              "inherited": False}
+    assert [g.id for g in groups.groups] == [1, 2]
