@@ -107,12 +107,16 @@ def test_rotation_metadata_gives_upright_frames(tmp_path, rotation):
         assert frame[:, :32].mean() > frame[:, 32:].mean() + 150  # 180°: bright half now on the left
 
 
-def test_variable_frame_rate_is_sampled_by_time(tmp_path):
-    path = tmp_path / "vfr.mp4"
-    # 25 frames at 25 fps, then a 2 s gap, then 25 more: a burst of duplicates would show as repeated times.
+def vfr_clip(path):
+    """25 frames at 25 fps, then a 2 s gap, then 25 more: a burst of duplicates would show as repeated times."""
     ffmpeg("-t", "2", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-vf",
            "setpts='(N/25+if(gte(N,25),2,0))/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt",
            "yuv420p", str(path))
+    return path
+
+
+def test_variable_frame_rate_is_sampled_by_time(tmp_path):
+    path = vfr_clip(tmp_path / "vfr.mp4")
     info = probe(path)
     frames = all_frames(path, info=info, n_frames=8)
     times = [f.time_s for f in frames]
@@ -138,10 +142,7 @@ def test_hash_schedule_in_the_same_decode_is_both_schedules_exactly(tmp_path, ra
 
 
 def test_hash_schedule_on_variable_frame_rate(tmp_path):
-    path = tmp_path / "vfr.mp4"
-    ffmpeg("-t", "2", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-vf",
-           "setpts='(N/25+if(gte(N,25),2,0))/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt",
-           "yuv420p", str(path))
+    path = vfr_clip(tmp_path / "vfr.mp4")
     info = probe(path)
     union = all_frames(path, info=info, n_frames=8, hash_fps=1.0)
     assert [f.time_s for f in union if f.sample] == [f.time_s for f in all_frames(path, info=info, n_frames=8)]
