@@ -138,8 +138,9 @@ def main(argv=None) -> int:
                                  args.repeats)
         images = [f.image for f in frames]
         # The scanner's own detection strategy (full search every Nth frame, a short pyramid between).
-        t_detect, faces = timed(lambda: [x for i in range(0, len(frames), 16)
-                                         for x in scanner._find_faces(frames[i:i + 16], i)], args.repeats)
+        t_detect, faces = timed(lambda: (lambda state: [x for i in range(0, len(frames), 16)
+                                                        for x in scanner._find_faces(frames[i:i + 16], i, state)])({}),
+                                args.repeats)
         crops = np.stack([crop_face(img, f.box, det.card.crop_margin, det.card.input_size)
                           for img, fs in zip(images, faces, strict=True) for f in fs])
         t_classify, _ = timed(lambda: det.predict(crops), args.repeats)

@@ -18,3 +18,22 @@ def configure_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``). Frames and tensors of a new size each
+    video leave the heap fragmented: without this, a scan's resident memory creeps up with every differently
+    sized video (measured: 1.3 GB → 1.75 GB over 22 clips of assorted sizes; flat at 0.98 GB with it)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None

@@ -251,6 +251,9 @@ class Scanner:
             result.extra["traceback"] = traceback.format_exc(limit=8)
         result.timing["total_s"] = time.perf_counter() - t0
         result.finished_at = _utc_now()
+        from . import runtime
+
+        runtime.release_memory()
         return result
 
     def _scan_into(self, path: Path, result: VideoResult, progress=None) -> None:
@@ -297,6 +300,7 @@ class Scanner:
             source = iter_frames(path, info, **decode)
         batches = _Prefetch(source)
         pending = None  # the previous batch's classification, running while this batch is face-detected
+        detect_state: dict = {}
 
         def classify(crops):
             t = time.perf_counter()
@@ -322,7 +326,7 @@ class Scanner:
                 timing["decode_s"] += time.perf_counter() - t_wait
                 scale = batch[0].image.shape[1] / info.width  # decode may have downscaled huge frames
                 t = time.perf_counter()
-                found = self._find_faces(batch, len(frames_out))
+                found = self._find_faces(batch, len(frames_out), detect_state)
                 timing["detect_s"] += time.perf_counter() - t
                 crops, owners = [], []
                 for frame, faces in zip(batch, found, strict=True):
@@ -367,23 +371,31 @@ class Scanner:
             self._classify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-classify")
         return self._classify_pool
 
-    def _find_faces(self, batch, first_number: int) -> list:
-        """Faces of a batch of sampled frames (``first_number``: how many came before it): a full search on
-        every ``full_detect_every``-th frame, and on the others a search for faces at least half the size of
-        the smallest one those full searches found (all full when they found none)."""
+    def _find_faces(self, batch, first_number: int, state: dict) -> list:
+        """Faces of a batch of sampled frames (``first_number``: how many came before it in the video): a full
+        search on every ``full_detect_every``-th frame; each frame after it, up to the next, looks only for
+        faces at least half the size of the smallest one that search found (a full search when it found none).
+        ``state`` carries the last full search's size across batches, so results do not depend on batching."""
         every = max(1, self.options.full_detect_every)
         images = [f.image for f in batch]
         if every == 1:
             return self.face_finder.detect(images)
-        full = [k for k in range(len(batch)) if (first_number + k) % every == 0]
-        rest = [k for k in range(len(batch)) if (first_number + k) % every != 0]
         found: list = [None] * len(batch)
+        full = [k for k in range(len(batch)) if (first_number + k) % every == 0]
         for k, faces in zip(full, self.face_finder.detect([images[k] for k in full]), strict=True):
             found[k] = faces
-        sizes = [face.size for k in full for face in found[k]]
-        hint = 0.5 * min(sizes) if sizes else None
-        for k, faces in zip(rest, self.face_finder.detect([images[k] for k in rest], min_face=hint), strict=True):
-            found[k] = faces
+        by_hint: dict = {}
+        hint = state.get("hint")
+        for k in range(len(batch)):
+            if k in full:
+                sizes = [face.size for face in found[k]]
+                hint = round(0.5 * min(sizes)) if sizes else None
+            else:
+                by_hint.setdefault(hint, []).append(k)
+        state["hint"] = hint
+        for min_face, ks in by_hint.items():
+            for k, faces in zip(ks, self.face_finder.detect([images[k] for k in ks], min_face=min_face), strict=True):
+                found[k] = faces
         return found
 
     def _place(self, path: Path, result: VideoResult, info, hasher, screened: bool = False) -> bool:

@@ -145,7 +145,10 @@ def test_frames_between_full_searches_use_a_shorter_pyramid(sample_clip, monkeyp
     monkeypatch.setattr(finder, "detect", spy)
     hinted = scanner.scan_video(sample_clip)
     assert calls[0] == (2, None)  # frames 0 and 4 of the batch of 8: full search
-    assert calls[1][0] == 6 and calls[1][1] is not None and calls[1][1] > finder.settings.min_face_px
+    assert sum(n for n, _ in calls[1:]) == 6 and all(h is not None and h > finder.settings.min_face_px
+                                                     for _, h in calls[1:])
+    # The same frames and hints whatever the batching.
+    assert Scanner(frames=8, full_detect_every=4, batch_frames=3).scan_video(sample_clip).score == hinted.score
     full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
     assert [len(fr.faces) for fr in hinted.frames] == [len(fr.faces) for fr in full.frames]
     assert hinted.score == pytest.approx(full.score, abs=0.05)
