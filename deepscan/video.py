@@ -566,16 +566,24 @@ def sample_interval(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
     return 1.0 / (info.fps or 25.0)
 
 
-def select_expression(step_s: float, offset_s: float, start_s: float, register: int = 0) -> str:
+def select_expression(step_s: float, offset_s: float, start_s: float, register: int = 0,
+                      from_first_frame: bool = False) -> str:
     """ffmpeg ``select`` expression taking the first frame at or after each target time.
 
-    Targets are ``offset + k·step`` (relative to the stream start). A register (0 unless told) holds the
-    next target; after a hit it jumps past the current time, so a gap in a variable-frame-rate stream never
-    yields a burst. :class:`Schedule` is its exact twin in Python.
+    Targets are ``offset + k·step`` from the stream start, or with ``from_first_frame`` from the first
+    frame's time (kept in register ``register + 5``): a video that starts after its audio is then sampled
+    at the same instants of its content as a copy whose video starts at 0. A register (0 unless told) holds
+    the next target; after a hit it jumps past the current time, so a gap in a variable-frame-rate stream
+    never yields a burst. :class:`Schedule` is its exact twin in Python.
     """
     # A 0.1 ms tolerance absorbs timestamps like 0.59999 for a 0.6 s target (time bases are rarely decimal).
-    rel = f"(t-{start_s:.6f}+0.0001)"
-    return (f"if(gte({rel}\\,ld({register})+{offset_s:.6f})\\,"
+    first = ""
+    if from_first_frame:
+        first = f"st({register + 5}\\,if(eq(n\\,0)\\,t\\,ld({register + 5})))*0+"
+        rel = f"(t-ld({register + 5})+0.0001)"
+    else:
+        rel = f"(t-{start_s:.6f}+0.0001)"
+    return (f"{first}if(gte({rel}\\,ld({register})+{offset_s:.6f})\\,"
             f"st({register}\\,(floor(({rel}-{offset_s:.6f})/{step_s:.6f})+1)*{step_s:.6f})*0+1\\,0)")
 
 
@@ -587,13 +595,20 @@ class Schedule:
     Replaying only the frames that came out is exact: a schedule's register changes only on its own hits,
     and every hit comes out."""
 
-    def __init__(self, step_s: float, offset_s: float, start_s: float = 0.0):
+    def __init__(self, step_s: float, offset_s: float, start_s: float = 0.0, from_first_frame: bool = False):
         # The expression carries the numbers printed with 6 decimals; ffmpeg parses those strings back.
         self.step, self.offset, self.start = (float(f"{v:.6f}") for v in (step_s, offset_s, start_s))
+        self.from_first_frame = from_first_frame
+        self.first: float | None = None  # such a schedule always takes the first frame: it is the first seen
         self.next = 0.0  # ffmpeg's registers start at 0
 
     def hit(self, t: float) -> bool:
-        rel = (t - self.start) + 0.0001
+        if self.from_first_frame:
+            if self.first is None:
+                self.first = t
+            rel = (t - self.first) + 0.0001
+        else:
+            rel = (t - self.start) + 0.0001
         if rel >= self.next + self.offset:
             self.next = (math.floor((rel - self.offset) / self.step) + 1) * self.step
             return True
@@ -701,11 +716,13 @@ def _decode_frames(
     stream = ffmpeg.input("placeholder")[str(info.stream_index)]
     # The ffmpeg CLI shifts input timestamps so the file starts at 0 (without -copyts), so ``t`` in the
     # filter and showinfo's pts_time are already relative to the start (an MPEG-TS often starts at 1.4 s).
-    expression = select_expression(step, offset, 0.0)
+    # A rate (``fps``, and the hash schedule) counts from the first frame; N samples spread over the duration.
+    expression = select_expression(step, offset, 0.0, from_first_frame=bool(fps))
     samples = hashes = None
     if hash_fps:
-        samples, hashes = Schedule(step, offset), Schedule(1.0 / hash_fps, 0.0)
-        expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1)
+        samples = Schedule(step, offset, from_first_frame=bool(fps))
+        hashes = Schedule(1.0 / hash_fps, 0.0, from_first_frame=True)
+        expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1, from_first_frame=True)
         limit_output = None  # the sample count is kept in Python; hash frames go on to the end
     else:
         limit_output = limit

@@ -280,3 +280,15 @@ def test_streaming_groups_join_the_first_match_and_never_pass_a_verdict_upwards(
     assert groups.info("b_same_size.mp4") == {"group": 1, "representative": "a.mp4", "is_representative": False,
                                               "inherited": False}
     assert [g.id for g in groups.groups] == [1, 2]
+
+
+def test_an_excerpt_matches_its_source_but_a_partial_overlap_does_not():
+    from deepscan.campaign import is_match
+
+    source = _hash([0, 64, 128, 192, 256])  # 5 distinct frames, 64 bits apart (32 apart never matches)
+    excerpt = _hash([0, 64])  # its first two seconds: 100% of the excerpt, 40% of the source
+    assert match(excerpt, source) == (100.0, 40.0)
+    assert is_match(excerpt, source) and is_match(source, excerpt)  # 40% >= 60% x 2/5
+    overlap = _hash([0, 64, 96, 160, 224])  # as long as the source, 2 of 5 frames shared
+    assert match(overlap, source) == (40.0, 40.0)
+    assert not is_match(overlap, source)

@@ -173,6 +173,21 @@ def test_sparse_sampling_takes_the_first_keyframe_at_or_after_each_target(tmp_pa
     assert [f.index for f in all_frames(one_gop, n_frames=1, keyframes=True)] == [75]
 
 
+def test_rate_sampling_counts_from_the_first_frame(tmp_path):
+    """A video that starts 0.85 s after its audio is sampled at whole seconds of its own content (as a copy
+    whose video starts at 0 would be), in the union decode and in a plain rate decode alike."""
+    path = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-itsoffset", "0.85", "-f", "lavfi", "-i",
+           "testsrc=size=160x120:rate=25", "-t", "5", "-map", "0:a", "-map", "1:v", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path))
+    info = probe(path)
+    plain = all_frames(path, info=info, n_frames=None, fps=1.0)
+    union = [f for f in all_frames(path, info=info, n_frames=8, hash_fps=1.0) if f.hashed]
+    assert plain[0].time_s == pytest.approx(0.85, abs=0.02)
+    assert [round(f.time_s - plain[0].time_s, 2) for f in plain] == [float(k) for k in range(len(plain))]
+    assert [f.time_s for f in union] == [f.time_s for f in plain]
+
+
 def test_name_starting_with_dash_is_a_file_not_an_option(tmp_path, test_video):
     tricky = tmp_path / "-i evil name é.mp4"
     shutil.copy(test_video, tricky)
