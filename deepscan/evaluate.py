@@ -204,12 +204,13 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
                 writer.write(r)
         if out_dir:
             results_path = Path(out_dir) / "results.jsonl"
-    scores = {}
+    scores, scan_config = {}, None
     if results_path is not None:
         for line in Path(results_path).read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
             if (d.get("model") or {}).get("sha256") == card.sha256:
                 scores[str(Path(d["path"]).resolve())] = d.get("score")
+                scan_config = scan_config or d.get("config")
     ys = np.array([c.label for c in clips])
     ss = np.array([scores.get(str(c.path.resolve())) or 0.0 for c in clips], np.float64)
     previous = card.threshold
@@ -222,6 +223,7 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         "threshold": card.threshold, "threshold_before": previous, **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, card.threshold).items()
                                          if k != "threshold"},
         "missing": sum(str(c.path.resolve()) not in scores for c in clips),
+        "scan_config": scan_config,
     }
     card.save(card_path)
     return card.metrics["scanner"]

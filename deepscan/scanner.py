@@ -192,10 +192,6 @@ class Scanner:
             from .detector import load_detector
 
             runtime.configure_threads(self.options.threads)
-            if self.options.overlap:  # detection here, classification on the worker thread: half the cores each
-                import torch
-
-                torch.set_num_threads(runtime.split_threads(self.options.threads)[0])
             self._detector = load_detector(self.options.detector, weights=self.options.weights,
                                            device=self.options.device, precision=self.options.precision,
                                            batch_size=self.options.batch_faces)
@@ -279,6 +275,10 @@ class Scanner:
             # What the file claims about its origin, read before any pixel is judged; never changes the score.
             result.extra["provenance"] = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
         card = self.detector.card
+        if opts.overlap:  # detection on this thread, classification on the worker: half the threads each
+            from . import runtime
+
+            runtime.configure_threads(runtime.split_threads(opts.threads)[0])
         tracker = Tracker()
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
