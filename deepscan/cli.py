@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
     s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
-    s.add_argument("--batch-faces", type=_positive_int, default=64, help="faces per detector batch")
+    s.add_argument("--batch-faces", type=_positive_int, default=16, help="faces per detector batch (default 16)")
     s.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N",
                    help="search every Nth sampled frame for faces of any size, the others only for faces at least "
                         "half as large as those found (default 4; 1 = a full search on every frame)")

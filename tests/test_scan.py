@@ -121,13 +121,15 @@ def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
 
 
 def test_overlapped_classification_gives_the_same_result(sample_clip):
-    """Classifying a batch while the next is face-detected changes the timing only."""
+    """Classifying a batch while the next is face-detected changes the timing only (the two stages then run
+    on one thread each, which reorders float sums: scores agree to 1e-5, boxes exactly)."""
     a = Scanner(frames=8, batch_frames=3, overlap=True).scan_video(sample_clip)
     b = Scanner(frames=8, batch_frames=3, overlap=False).scan_video(sample_clip)
     assert a.status == b.status == "ok"
-    assert [[(f.box, f.score) for f in fr.faces] for fr in a.frames] == \
-        [[(f.box, f.score) for f in fr.faces] for fr in b.frames]
-    assert a.score == b.score
+    assert [[f.box for f in fr.faces] for fr in a.frames] == [[f.box for f in fr.faces] for fr in b.frames]
+    assert [f.score for fr in a.frames for f in fr.faces] == \
+        pytest.approx([f.score for fr in b.frames for f in fr.faces], abs=1e-5)
+    assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_frames_between_full_searches_use_a_shorter_pyramid(sample_clip, monkeypatch):
