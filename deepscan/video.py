@@ -680,24 +680,11 @@ def iter_frames(
         yield from _decode_frames(path, info, keyframes=False, **options)
 
 
-def _decode_frames(
-    path,
-    info: VideoInfo | None = None,
-    n_frames: int | None = 32,
-    fps: float | None = None,
-    batch_size: int = 16,
-    max_side: int | None = 1920,
-    timeout_s: float | None = DECODE_TIMEOUT_S,
-    max_pixels: int | None = None,
-    max_duration_s: float | None = MAX_DURATION_S,
-    hash_fps: float | None = None,
-    keyframes: bool | None = None,
-) -> Iterator[list[Frame]]:
-    """:func:`iter_frames` with the keyframe choice made."""
+def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
+                   max_duration_s, hash_fps, keyframes: bool) -> Iterator[list[Frame]]:
+    """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
-    if info is None:
-        info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
     check_container(info)
     if max_pixels:
         check_limits(info, max_pixels, None)
