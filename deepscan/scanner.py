@@ -420,10 +420,11 @@ class Scanner:
         group representative's and return True when the file is a verified copy that may take its verdict.
         After screening: record the result (a representative's is what later copies inherit)."""
         campaign = self._campaign
-        h = hasher.result()
+        placed_before = str(path) in campaign.group_of  # grouped before screening (its frames were held)
+        h = campaign.hashes[str(path)] if placed_before else hasher.result()
         h.width, h.height, h.duration_s, h.fps = info.width, info.height, float(info.duration_s), float(info.fps or 0)
         group = campaign.place(path, h)
-        if self._hash_cache and result.sha256:
+        if self._hash_cache and result.sha256 and not placed_before:
             from .campaign import save_cached_hash
 
             try:
