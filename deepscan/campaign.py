@@ -195,12 +195,6 @@ def _crop_fraction(image: np.ndarray, box: tuple[float, float, float, float]) ->
     return image[y0:y1, x0:x1]
 
 
-def _centre(box: tuple[float, float, float, float], keep: float) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = box
-    mx, my = (x1 - x0) * (1 - keep) / 2, (y1 - y0) * (1 - keep) / 2
-    return (x0 + mx, y0 + my, x1 - mx, y1 - my)
-
-
 # Parts of each frame hashed besides the whole (each also mirrored), all from the frame at VARIANT_SIDE px:
 # "region" is the content region (:func:`content_region`), without bands and borders: a captioned or
 # letterboxed copy's region is its source's; "centre" is the middle 90% of the frame (in width and height):
@@ -208,11 +202,12 @@ def _centre(box: tuple[float, float, float, float], keep: float) -> tuple[float,
 VARIANTS = ("region", "centre")
 VARIANT_SIDE = 256
 CENTRE_KEEP = 0.9
+_CENTRE_BOX = ((1 - CENTRE_KEEP) / 2, (1 - CENTRE_KEEP) / 2, (1 + CENTRE_KEEP) / 2, (1 + CENTRE_KEEP) / 2)
 REGION_FRAMES = 30  # the content region is found on the first hashed frames (30 s at vPDQ's rate)
 
 
 def _variant_hashes(grey: np.ndarray, region: tuple[float, float, float, float], mirror: bool):
-    parts = [_crop_fraction(grey, region), _crop_fraction(grey, _centre((0.0, 0.0, 1.0, 1.0), CENTRE_KEEP))]
+    parts = [_crop_fraction(grey, region), _crop_fraction(grey, _CENTRE_BOX)]
     rgb = [np.repeat(p[:, :, None], 3, axis=2) for p in parts]
     plain = [_pdq(p)[0] for p in rgb]
     mirrored = [_pdq(p[:, ::-1])[0] for p in rgb] if mirror else None
@@ -288,16 +283,15 @@ class FrameHasher:
     def result(self) -> VideoHash:
         if self.region is None:
             self._settle_region()
-        empty = np.zeros((0, 32), np.uint8)
         k = len(VARIANTS)
 
         def packed(rows, shape):
             return np.array(rows, np.uint8).reshape(shape) if rows else np.zeros((0, *shape[1:]), np.uint8)
 
         return VideoHash(
-            hashes=packed(self.hashes, (-1, 32)) if self.hashes else empty,
+            hashes=packed(self.hashes, (-1, 32)),
             quality=np.asarray(self.quality, np.int16), times=np.asarray(self.times, float),
-            mirrored=(packed(self.mirrored, (-1, 32)) if self.mirrored else empty) if self.mirror else None,
+            mirrored=packed(self.mirrored, (-1, 32)) if self.mirror else None,
             thumbs=packed(self.thumbs, (-1, THUMB, THUMB)),
             variants=packed(self.variants, (-1, k, 32)),
             variants_mirrored=packed(self.variants_mirrored, (-1, k, 32)) if self.mirror else None,
@@ -406,16 +400,8 @@ def _pcts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], di
     return 100.0 * hit_a.mean(), 100.0 * hit_b.mean()
 
 
-def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-          return_mirrored: bool = False):
-    """vPDQ's match percentages ``(query_pct, compared_pct)``: the share of ``a``'s distinct frames with a
-    frame of ``b`` within the distance, and the same for ``b`` against ``a``. Two frames are within the
-    distance when any of their hashes are: the whole frame, or a part of it (:data:`VARIANTS`), so a cropped
-    or captioned copy still matches.
-
-    When either side carries mirrored hashes, the mirrored orientation is compared too and the better of
-    the two (by the smaller percentage) is returned; ``return_mirrored`` adds whether it was the mirror.
-    """
+def _match(a: VideoHash, b: VideoHash, thresholds: Thresholds):
+    """:func:`match`'s percentages, whether the mirror won, and each side's number of distinct frames."""
     q, t = thresholds.quality, thresholds.distance
     fa, fb = _frames(a, q), _frames(b, q)
     best, flipped = _pcts(fa, fb, t), False
@@ -428,21 +414,34 @@ def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLD
         pcts = _pcts(ma, mb, t)
         if min(pcts) > min(best):
             best, flipped = pcts, True
+    counts = tuple(int(ids.max()) + 1 if len(ids) else 0 for _, ids in (fa, fb))
+    return best, flipped, counts
+
+
+def match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+          return_mirrored: bool = False):
+    """vPDQ's match percentages ``(query_pct, compared_pct)``: the share of ``a``'s distinct frames with a
+    frame of ``b`` within the distance, and the same for ``b`` against ``a``. Two frames are within the
+    distance when any of their hashes are: the whole frame, or a part of it (:data:`VARIANTS`), so a cropped
+    or captioned copy still matches.
+
+    When either side carries mirrored hashes, the mirrored orientation is compared too and the better of
+    the two (by the smaller percentage) is returned; ``return_mirrored`` adds whether it was the mirror.
+    """
+    best, flipped, _ = _match(a, b, thresholds)
     return (best, flipped) if return_mirrored else best
 
 
 def is_match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """vPDQ's rule (both match percentages at least ``min_pct``), extended to excerpts: the longer video's
-    share is asked only in proportion to how much of it the shorter one can cover (frame counts), so a copy
-    with its first or last seconds cut still matches; the shorter one must match in full measure. For two
-    videos of one length this is vPDQ's rule."""
-    pa, pb = match(a, b, thresholds)
-    na, nb = len(_frames(a, thresholds.quality)[0]), len(_frames(b, thresholds.quality)[0])
+    share is asked only in proportion to how much of it the shorter one can cover (distinct frames), so a
+    copy with its first or last seconds cut still matches; the shorter one must match in full measure. For
+    two videos of one length this is vPDQ's rule."""
+    (pa, pb), _, (na, nb) = _match(a, b, thresholds)
     if not na or not nb:
         return False
     if na > nb:
         (pa, na), (pb, nb) = (pb, nb), (pa, na)
-    # a is now the shorter (fewer distinct frames); variants make the row counts proportional to frames.
     return pa >= thresholds.min_pct and pb >= thresholds.min_pct * na / nb
 
 
@@ -737,16 +736,25 @@ def apply_group_result(rep_result, member_path, group_: Group, sha256: tuple[str
             sha256 = file_sha256(path)
         except OSError:
             return None
-    extra = {"campaign": {**campaign_info(group_, path), "inherited": True, "screened_as": rep_result.path}}
     now = _utc_now()
-    return VideoResult(path=path, sha256=sha256[0], size_bytes=sha256[1], status=rep_result.status,
-                       score=rep_result.score, score_ci95=rep_result.score_ci95, verdict=rep_result.verdict,
-                       error=None, model=dict(rep_result.model), video=None, frames=[],
-                       tracks=list(rep_result.tracks), timing={"total_s": 0.0}, config=dict(rep_result.config),
-                       # Its own config hash: a scan without --dedupe never resumes from an inherited line.
-                       config_hash=f"{rep_result.config_hash}+campaign" if rep_result.config_hash else None,
-                       environment=dict(rep_result.environment), deepscan_version=rep_result.deepscan_version,
-                       started_at=now, finished_at=now, extra=extra)
+    result = VideoResult(path=path, sha256=sha256[0], size_bytes=sha256[1], model=dict(rep_result.model),
+                         video=None, timing={"total_s": 0.0}, config=dict(rep_result.config),
+                         environment=dict(rep_result.environment), deepscan_version=rep_result.deepscan_version,
+                         started_at=now, finished_at=now)
+    return take_verdict(result, rep_result, campaign_info(group_, path))
+
+
+def take_verdict(result, rep_result, campaign: dict):
+    """Give ``result`` (a copy's own record) the verdict, score and tracks of ``rep_result``, the file whose
+    pixels were judged: no frames (boxes are in that file's pixels), ``extra["campaign"]`` (``campaign``,
+    the copy's group info) marked inherited. Returns ``result``."""
+    result.status, result.verdict, result.error = rep_result.status, rep_result.verdict, None
+    result.score, result.score_ci95 = rep_result.score, rep_result.score_ci95
+    result.tracks, result.frames = list(rep_result.tracks), []
+    # Its own config hash: a scan without --dedupe never resumes from an inherited line.
+    result.config_hash = f"{rep_result.config_hash}+campaign" if rep_result.config_hash else None
+    result.extra["campaign"] = {**campaign, "inherited": True, "screened_as": rep_result.path}
+    return result
 
 
 def screening_order(groups: Sequence[Group]) -> list[str]:
@@ -867,14 +875,17 @@ class StreamingGroups:
             if any(d is not None and d >= th.pixel_diff for d in diffs):
                 altered.append(g.id)
             elif joined is None:
-                joined = g
+                joined, rep_diff, matched_rep = g, diffs[0], other == g.representative
         if joined is None:
             joined = Group(id=len(self.groups) + 1, members=[p], representative=p)
             self.groups.append(joined)
         else:
             joined.members.append(p)
             rep = self.hashes[joined.representative]
-            if not (is_verified_copy(h, rep, th) and h.width * h.height <= rep.width * rep.height):
+            # is_verified_copy, from the difference already measured against the representative
+            verified = (rep_diff is not None and rep_diff < th.pixel_diff
+                        and (matched_rep or is_match(h, rep, th)))
+            if not (verified and h.width * h.height <= rep.width * rep.height):
                 joined.screen_too.append(p)
         for gid in altered:
             if gid not in joined.altered:

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
@@ -261,11 +262,7 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
                                   results[i]["path"]))
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
-    sizes: dict[int, int] = {}
-    for d in results:
-        gid = ((d.get("extra") or {}).get("campaign") or {}).get("group")
-        if gid is not None:
-            sizes[gid] = sizes.get(gid, 0) + 1
+    sizes = Counter(((d.get("extra") or {}).get("campaign") or {}).get("group") for d in results)
     for v in videos:
         if v["campaign"].get("group") is not None:
             v["campaign"] = {**v["campaign"], "size": sizes[v["campaign"]["group"]]}

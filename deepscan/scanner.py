@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -304,7 +305,7 @@ class Scanner:
                 if self._place(path, result, info, hasher):
                     result.timing.update(timing)
                     return
-                source = iter([held[i:i + opts.batch_frames] for i in range(0, len(held), opts.batch_frames)])
+                source = _batched(held, opts.batch_frames)
             else:  # too many frames to hold: screen while decoding, group afterwards (it is screened anyway)
                 source = _batched(_hashed(source, hasher), opts.batch_frames)
         else:
@@ -353,7 +354,7 @@ class Scanner:
                 if crops:
                     stacked = np.stack(crops)
                     pending = ((self._classifier().submit(classify, stacked) if opts.overlap
-                                else _Done(classify(stacked))), owners, crops)
+                                else _finished(classify(stacked))), owners, crops)
                 if progress:
                     progress(len(frames_out), expected)
                 t_wait = time.perf_counter()
@@ -439,11 +440,9 @@ class Scanner:
         rep = campaign.inheritable(path)
         if rep is None:
             return False
-        result.status, result.verdict, result.score, result.score_ci95 = rep.status, rep.verdict, rep.score, rep.score_ci95
-        result.tracks, result.frames = list(rep.tracks), []
-        # Its own configuration hash: a scan without --dedupe never resumes from an inherited line.
-        result.config_hash = f"{rep.config_hash}+campaign" if rep.config_hash else None
-        result.extra["campaign"] = {**campaign.info(path), "inherited": True, "screened_as": rep.path}
+        from .campaign import take_verdict
+
+        take_verdict(result, rep, campaign.info(path))
         return True
 
     # ----------------------------------------------------------------------------------------- many videos
@@ -570,17 +569,10 @@ class Scanner:
         return result
 
 
-class _Done:
-    """A finished value with the part of the Future interface the scan loop uses."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-    def cancel(self) -> bool:
-        return True
+def _finished(value) -> Future:
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 def _hashed(batches, hasher) -> Iterator:
@@ -593,6 +585,7 @@ def _hashed(batches, hasher) -> Iterator:
 
 
 def _batched(frames, size: int) -> Iterator[list]:
+    """The screening samples among ``frames``, in batches of ``size``."""
     batch = []
     for frame in frames:
         if frame.sample:

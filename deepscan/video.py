@@ -654,14 +654,14 @@ def iter_frames(
 
     ``keyframes`` (default: for videos of a minute or more sampled at least :data:`KEYFRAME_STEP_S` apart,
     without ``hash_fps``) has the decoder skip every frame that is not a keyframe, so each sample is the first
-    keyframe at or after its time. Two samples whose times fall in one keyframe interval get that keyframe once, so a video whose
-    keyframes are further apart than the sampling step yields fewer frames; one with no keyframe after the
-    first target is decoded in full instead.
+    keyframe at or after its time. Two samples whose times fall in one keyframe interval get that keyframe
+    once, so a video whose keyframes are further apart than the sampling step yields fewer frames; one with no
+    keyframe after the first target is decoded in full instead.
     """
     if info is None:
         info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
     options = dict(n_frames=n_frames, fps=fps, batch_size=batch_size, max_side=max_side, timeout_s=timeout_s,
-                   max_pixels=max_pixels, max_duration_s=max_duration_s, hash_fps=hash_fps)
+                   max_pixels=max_pixels, hash_fps=hash_fps)
     if keyframes is None:
         keyframes = (not hash_fps and info.duration_s >= 60.0
                      and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
@@ -681,7 +681,7 @@ def iter_frames(
 
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
-                   max_duration_s, hash_fps, keyframes: bool) -> Iterator[list[Frame]]:
+                   hash_fps, keyframes: bool) -> Iterator[list[Frame]]:
     """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
@@ -783,9 +783,10 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
             index = int(round(rel * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
             produced += 1
+            is_sample, is_hash = True, False
             if samples is not None:
                 if pts is None or not time_base:  # cannot be told apart: serve both, never skip a sample
-                    is_sample, is_hash = True, True
+                    is_hash = True
                 else:
                     exact = float(pts) * time_base[0]
                     is_sample, is_hash = samples.hit(exact), hashes.hit(exact)
@@ -793,10 +794,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 if not (is_sample or is_hash):
                     continue
                 sampled += is_sample
-                batch.append(Frame(index=index, time_s=round(rel, 6), image=image, sample=is_sample,
-                                   hashed=is_hash))
-            else:
-                batch.append(Frame(index=index, time_s=round(rel, 6), image=image))
+            batch.append(Frame(index=index, time_s=round(rel, 6), image=image, sample=is_sample, hashed=is_hash))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []
