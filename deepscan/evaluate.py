@@ -195,17 +195,17 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     clips = read_labels(labels, subset)
     if len({c.label for c in clips}) < 2:
         raise ValueError("the validation split needs labelled real and fake clips")
+    scores, scan_config = {}, None
     if results_path is None:
         scanner = Scanner(ScanOptions(detector=str(card_path), frames=frames, keep_heatmaps=False))
         writer = ResultsWriter(out_dir) if out_dir else None
         for clip in clips:
             r = scanner.scan_video(clip.path)
+            scores[str(Path(r.path).resolve())] = r.score
+            scan_config = scan_config or r.config
             if writer:
                 writer.write(r)
-        if out_dir:
-            results_path = Path(out_dir) / "results.jsonl"
-    scores, scan_config = {}, None
-    if results_path is not None:
+    else:
         for line in Path(results_path).read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
             if (d.get("model") or {}).get("sha256") == card.sha256:
@@ -220,8 +220,8 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         "what": f"deepscan scan on the validation clips, {frames} frames each; threshold refitted here",
         "frames": frames, "videos": int(len(ys)), "real_videos": int((ys == 0).sum()),
         "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi], "max_fpr": max_fpr,
-        "threshold": card.threshold, "threshold_before": previous, **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, card.threshold).items()
-                                         if k != "threshold"},
+        "threshold": card.threshold, "threshold_before": previous,
+        **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, card.threshold).items() if k != "threshold"},
         "missing": sum(str(c.path.resolve()) not in scores for c in clips),
         "scan_config": scan_config,
     }

@@ -40,3 +40,31 @@ def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
     assert (m["videos"], m["real_videos"], m["fake_videos"], m["missing"]) == (22, 20, 2, 0)
     assert after.sha256 == card.sha256 and json.loads(before)["weights"] == after.weights
     after.verify_weights()  # the weights are untouched: the card still vouches for them
+
+
+def test_calibrate_scanning_itself_uses_the_scores_it_scans(tmp_path, monkeypatch):
+    """Without --results (and without --out) the scores come from the scan just made."""
+    import deepscan.scanner
+    from deepscan.evaluate import calibrate
+    from deepscan.results import VideoResult
+
+    card_path = tmp_path / "model.json"
+    shutil.copy(DEFAULT_CARD, card_path)
+    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
+    card = ModelCard.load(card_path)
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4"]
+    card.training["validation_files"] = files
+    card.weights = "model.safetensors"
+    card.save(card_path)
+    labels = tmp_path / "MANIFEST.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    score_of = {str(tmp_path / f): s for f, s in zip(files, [0.05 * i for i in range(20)] + [0.97, 0.5], strict=True)}
+
+    def fake_scan(self, path, progress=None, sha256=None):
+        return VideoResult(path=str(path), status="ok", verdict="real", score=score_of[str(path)],
+                           config={"frames": 32})
+
+    monkeypatch.setattr(deepscan.scanner.Scanner, "scan_video", fake_scan)
+    m = calibrate(card_path, labels)
+    assert 0.90 < m["threshold"] <= 0.9000001 and m["missing"] == 0
+    assert m["tpr_at_threshold"] == pytest.approx(0.5) and m["scan_config"] == {"frames": 32}
