@@ -88,6 +88,9 @@ class VideoHash:
     times: np.ndarray  # (N,) float seconds
     mirrored: np.ndarray | None = None  # (N, 32) hashes of the horizontally mirrored frames
     thumbs: np.ndarray | None = None  # (N, 32, 32) uint8 grey thumbnails of the same frames (pixel check)
+    # (N, 2, 32, 32) thumbnails of the decoded frames just before and after each (the frame's own where none
+    # was decoded next to it): a copy whose frames fall one frame apart from its source's is still lined up.
+    neighbours: np.ndarray | None = None
     # (N, len(VARIANTS), 32) hashes of parts of each frame (:data:`VARIANTS`), and of their mirror images:
     # what a cropped or captioned re-upload still shares with its source.
     variants: np.ndarray | None = None
@@ -114,6 +117,8 @@ class VideoHash:
             d["mirrored"] = [h.tobytes().hex() for h in self.mirrored]
         if self.thumbs is not None:
             d["thumbs"] = [t.tobytes().hex() for t in self.thumbs]
+        if self.neighbours is not None:
+            d["neighbours"] = [t.tobytes().hex() for t in self.neighbours]
         for key in ("variants", "variants_mirrored"):
             v = getattr(self, key)
             if v is not None:
@@ -141,6 +146,9 @@ class VideoHash:
                    mirrored=unhex(d["mirrored"]) if d.get("mirrored") is not None else None,
                    thumbs=(np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in d["thumbs"]], np.uint8)
                            .reshape(-1, THUMB, THUMB) if d.get("thumbs") is not None else None),
+                   neighbours=(np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in d["neighbours"]],
+                                        np.uint8).reshape(-1, 2, THUMB, THUMB)
+                               if d.get("neighbours") is not None else None),
                    width=int(d.get("width", 0)), height=int(d.get("height", 0)),
                    duration_s=float(d.get("duration_s", 0.0)), fps=float(d.get("fps", 0.0)),
                    backend=d.get("backend", "pdq"))
@@ -241,22 +249,41 @@ def hash_frames(frames: Iterable, mirror: bool = True) -> VideoHash:
 
 class FrameHasher:
     """Hashes frames one at a time as a decoder produces them (so a scan can hash the frames it decodes for
-    screening anyway), then :meth:`result` gives the :class:`VideoHash`."""
+    screening anyway), then :meth:`result` gives the :class:`VideoHash`.
 
-    def __init__(self, mirror: bool = True):
+    Frames that are not hash frames (``hashed=False``) may be given too, in decoding order: one decoded
+    within ``1.5 / fps`` seconds before or after a hash frame becomes that frame's neighbour thumbnail."""
+
+    def __init__(self, mirror: bool = True, fps: float | None = None):
         self.mirror = mirror
+        self.max_gap = 1.5 / fps if fps else 0.07
         self.hashes, self.mirrored, self.quality, self.times, self.thumbs = [], [], [], [], []
+        self.neighbours: list[list[np.ndarray]] = []
         self.variants, self.variants_mirrored = [], []
         self.pending: list[np.ndarray] = []  # small greys awaiting the content region
         self.region: tuple[float, float, float, float] | None = None
         self.height = self.width = 0
+        self.last: tuple[float, np.ndarray] | None = None  # the frame seen last (time, image), if not hashed
+        self.awaiting_after = False  # the last hash frame has no following neighbour yet
 
-    def add(self, image: np.ndarray, time_s: float | None = None) -> None:
+    def add(self, image: np.ndarray, time_s: float | None = None, hashed: bool = True) -> None:
+        if not hashed:
+            if self.awaiting_after and time_s is not None and 0 < time_s - self.times[-1] <= self.max_gap:
+                self.neighbours[-1][1] = _thumb(image)
+            self.awaiting_after = False
+            self.last = (time_s, image) if time_s is not None else None
+            return
         h, q = _pdq(image)
         self.hashes.append(h)
         self.quality.append(q)
         self.times.append(float(len(self.times)) if time_s is None else time_s)
-        self.thumbs.append(_thumb(image))
+        thumb = _thumb(image)
+        self.thumbs.append(thumb)
+        before = thumb
+        if self.last is not None and time_s is not None and 0 < time_s - self.last[0] <= self.max_gap:
+            before = _thumb(self.last[1])
+        self.neighbours.append([before, thumb])
+        self.last, self.awaiting_after = None, time_s is not None
         if self.mirror:
             self.mirrored.append(_pdq(image[:, ::-1])[0])
         self.height, self.width = image.shape[:2]
@@ -293,6 +320,7 @@ class FrameHasher:
             quality=np.asarray(self.quality, np.int16), times=np.asarray(self.times, float),
             mirrored=packed(self.mirrored, (-1, 32)) if self.mirror else None,
             thumbs=packed(self.thumbs, (-1, THUMB, THUMB)),
+            neighbours=packed(self.neighbours, (-1, 2, THUMB, THUMB)),
             variants=packed(self.variants, (-1, k, 32)),
             variants_mirrored=packed(self.variants_mirrored, (-1, k, 32)) if self.mirror else None,
             region=self.region, width=self.width, height=self.height,
@@ -320,9 +348,13 @@ def video_hash(source, info=None, backend: str | None = None, seconds_per_hash: 
     if backend == "vpdq":
         result = _vpdq_hash(source, seconds_per_hash)
     elif backend == "pdq":
-        frames = iter_frames(source, info, n_frames=None, fps=1.0 / seconds_per_hash, max_side=HASH_MAX_SIDE,
-                             timeout_s=timeout_s, max_pixels=max_pixels)
-        result = hash_frames(frames, mirror=mirror)
+        # The decode a scan makes (one screening sample, ignored), so a hash made here equals the scan's.
+        hasher = FrameHasher(mirror=mirror, fps=info.fps)
+        for batch in iter_frames(source, info, n_frames=1, hash_fps=1.0 / seconds_per_hash,
+                                 max_side=HASH_MAX_SIDE, timeout_s=timeout_s, max_pixels=max_pixels):
+            for frame in batch:
+                hasher.add(frame.image, frame.time_s, hashed=frame.hashed)
+        result = hasher.result()
         result.backend = "pdq"
     else:
         raise ValueError(f"unknown video hash backend {backend!r} (pdq or vpdq)")
@@ -478,8 +510,11 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
 
     Each thumbnail is normalised (zero mean, unit variance: a brightness or contrast change is not a
     difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
-    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else. Frame pairs whose
-    median block differs too are not the same instant and are left out (None when no pair is left).
+    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else. Hash frames are
+    a second apart, so a trim or frame-rate change can leave a copy's frame one frame off its source's: each
+    pair is also compared with either side's neighbouring frames and the closest alignment counts (a swapped
+    face differs at every instant, so this does not hide it). Frame pairs whose median block differs too are
+    not the same instant and are left out (None when no pair is left).
     """
     if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs):
         return None
@@ -494,16 +529,31 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
     ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
     if not len(ia):
         return None
-    ta = _normalised(a.thumbs[ia])
-    tb = _normalised(b.thumbs[ib][:, :, ::-1] if mirrored else b.thumbs[ib])
+    ta, tb = _with_neighbours(a, ia), _with_neighbours(b, ib)
+    if mirrored:
+        tb = tb[..., ::-1]
+    # Alignments: a's frame with b's frame or one of its neighbours, and a's neighbours with b's frame.
+    left = np.concatenate([np.repeat(ta[:, :1], tb.shape[1], axis=1), ta[:, 1:]], axis=1)
+    right = np.concatenate([tb, np.repeat(tb[:, :1], ta.shape[1] - 1, axis=1)], axis=1)
     grid = THUMB // 8
-    blocks = np.abs(ta - tb).reshape(len(ia), 8, grid, 8, grid).mean((2, 4)).reshape(len(ia), -1)
+    n, m = left.shape[:2]
+    blocks = (np.abs(_normalised(left.reshape(n * m, THUMB, THUMB)) - _normalised(right.reshape(n * m, THUMB, THUMB)))
+              .reshape(n, m, 8, grid, 8, grid).mean((3, 5)).reshape(n, m, -1))
+    blocks = blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)]
     # A pair that differs all over is not the same instant (a fast cut sampled a frame apart, a frame-rate
     # change): it says nothing about a local edit. Only pairs that agree in most blocks are judged.
     same_instant = np.median(blocks, axis=1) < thresholds.pixel_diff
     if not same_instant.any():
         return None
     return float(blocks[same_instant].max())
+
+
+def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
+    """(len(idx), k, THUMB, THUMB): each frame's thumbnail, then its neighbours' when the hash has them."""
+    own = h.thumbs[idx][:, None]
+    if h.neighbours is None or len(h.neighbours) != len(h.thumbs):
+        return own
+    return np.concatenate([own, h.neighbours[idx]], axis=1)
 
 
 def _normalised(thumbs: np.ndarray) -> np.ndarray:
@@ -822,7 +872,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
 
 
 # --------------------------------------------------------------------------------------- streaming groups
-HASH_CACHE_VERSION = "pdq3"  # bump when hashing changes: cached hashes of other versions are not used
+HASH_CACHE_VERSION = "pdq4"  # bump when hashing changes: cached hashes of other versions are not used
 
 
 class StreamingGroups:

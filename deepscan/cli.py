@@ -56,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
     s.add_argument("--batch-faces", type=_positive_int, default=16, help="faces per detector batch (default 16)")
     s.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N",
-                   help="search every Nth sampled frame for faces of any size, the others only for faces at least "
-                        "half as large as those found (default 4; 1 = a full search on every frame)")
+                   help="search every Nth sampled frame for faces of any size; the frames between follow the faces "
+                        "found (default 4; 1 = a full search on every frame)")
+    s.add_argument("--no-follow-faces", dest="follow_faces", action="store_false",
+                   help="between full searches, search for faces at least half as large as those found instead "
+                        "of following them (slower)")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="detector precision, as for scan")
     e.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N", help="as for scan")
+    e.add_argument("--no-follow-faces", dest="follow_faces", action="store_false", help="as for scan")
     e.add_argument("--subset", type=Path,
                    help="model card whose training.validation_files restricts the clips (its held-out split)")
     e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
@@ -133,7 +137,7 @@ def cmd_scan(args) -> int:
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
-                          full_detect_every=args.full_detect_every,
+                          full_detect_every=args.full_detect_every, follow_faces=args.follow_faces,
                           timeout_s=args.timeout, max_pixels=args.max_pixels,
                           max_duration_s=args.max_duration, keep_heatmaps=args.html, provenance=args.provenance,
                           c2pa_trust_anchors=str(args.c2pa_trust) if args.c2pa_trust else None)
@@ -287,7 +291,7 @@ def cmd_eval(args) -> int:
             (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     else:
         report = evaluate(clips, specs, frames=args.frames, out_dir=args.out, precision=args.precision,
-                          full_detect_every=args.full_detect_every)
+                          full_detect_every=args.full_detect_every, follow_faces=args.follow_faces)
     sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
     table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
                   header_style="bold")

@@ -52,9 +52,11 @@ class ScanOptions:
     # and bound memory: EfficientNet's 112-px stage holds ~5 MB of activations per face (a 1080p clip with 145
     # faces: peak RSS 2.08 GB at 16/64, 1.52 GB at 8/16; 720p clip 3.2-3.4 s -> 2.7-3.0 s).
     batch_frames: int = 8
-    # Full face detection on every Nth sampled frame; the frames between look only for faces at least half
-    # as large as the smallest face found in the full passes (a much shorter MTCNN pyramid). 1 = all full.
+    # Full face detection on every Nth sampled frame; 1 = all full. The frames between follow the faces of
+    # the frame before (MTCNN's R-net and O-net on boxes around them, no image pyramid) when ``follow_faces``,
+    # else look only for faces at least half as large as the smallest one found (a shorter pyramid).
     full_detect_every: int = 4
+    follow_faces: bool = True
     # Classify one batch of faces on a worker thread while the next is face-detected, each stage on half the
     # threads (same results, less wall time).
     overlap: bool = True
@@ -83,7 +85,7 @@ class ScanOptions:
     def scoring_config(self) -> dict:
         """The options that change scores (the configuration hash for provenance and resume)."""
         keys = ("detector", "weights", "frames", "fps", "max_side", "threshold", "min_face_prob", "precision",
-                "full_detect_every")
+                "full_detect_every", "follow_faces")
         d = {k: getattr(self, k) for k in keys}
         d["aggregation"] = asdict(self.aggregation)
         return d
@@ -293,7 +295,7 @@ class Scanner:
         if self._campaign is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher
 
-            hasher = FrameHasher()
+            hasher = FrameHasher(fps=info.fps)
             source = iter_frames(path, info, hash_fps=1.0 / SECONDS_PER_HASH, **decode)
             w, h = decode_size(info, opts.max_side)
             if expected * w * h * 3 <= opts.campaign_buffer_mb * 2**20:
@@ -391,29 +393,32 @@ class Scanner:
 
     def _find_faces(self, batch, first_number: int, state: dict) -> list:
         """Faces of a batch of sampled frames (``first_number``: how many came before it in the video): a full
-        search on every ``full_detect_every``-th frame; each frame after it, up to the next, looks only for
-        faces at least half the size of the smallest one that search found (a full search when it found none).
-        ``state`` carries the last full search's size across batches, so results do not depend on batching."""
+        search on every ``full_detect_every``-th frame; each frame after it, up to the next, follows the faces
+        of the frame before (:meth:`FaceFinder.follow`). When a face is lost, that frame is searched for faces
+        at least half the size of the smallest one the last full search found (a full search when it found
+        none). ``state`` carries the last faces and that size across batches, so results do not depend on
+        batching."""
         every = max(1, self.options.full_detect_every)
         images = [f.image for f in batch]
         if every == 1:
             return self.face_finder.detect(images)
-        found: list = [None] * len(batch)
         full = [k for k in range(len(batch)) if (first_number + k) % every == 0]
+        found: list = [None] * len(batch)
         for k, faces in zip(full, self.face_finder.detect([images[k] for k in full]), strict=True):
             found[k] = faces
-        by_hint: dict = {}
-        hint = state.get("hint")
+        hint, previous = state.get("hint"), state.get("previous", [])
         for k in range(len(batch)):
             if k in full:
                 sizes = [face.size for face in found[k]]
                 hint = round(0.5 * min(sizes)) if sizes else None
             else:
-                by_hint.setdefault(hint, []).append(k)
-        state["hint"] = hint
-        for min_face, ks in by_hint.items():
-            for k, faces in zip(ks, self.face_finder.detect([images[k] for k in ks], min_face=min_face), strict=True):
+                faces = (self.face_finder.follow(images[k], previous)
+                         if previous and self.options.follow_faces else [])
+                if len(faces) < len(previous) or not previous:
+                    faces = self.face_finder.detect([images[k]], min_face=hint)[0]
                 found[k] = faces
+            previous = found[k]
+        state["hint"], state["previous"] = hint, previous
         return found
 
     def _place(self, path: Path, result: VideoResult, info, hasher, screened: bool = False) -> bool:
@@ -576,11 +581,11 @@ def _finished(value) -> Future:
 
 
 def _hashed(batches, hasher) -> Iterator:
-    """The frames of ``iter_frames(hash_fps=...)`` batches, each hash frame fed to ``hasher`` on the way."""
+    """The frames of ``iter_frames(hash_fps=...)`` batches, each fed to ``hasher`` on the way (hash frames
+    and their neighbours)."""
     for batch in batches:
         for frame in batch:
-            if frame.hashed:
-                hasher.add(frame.image, frame.time_s)
+            hasher.add(frame.image, frame.time_s, hashed=frame.hashed)
             yield frame
 
 

@@ -123,6 +123,8 @@ class Frame:
     image: np.ndarray  # H×W×3 uint8 RGB, upright
     sample: bool = True  # one of the frames sampled for screening
     hashed: bool = False  # one of the frames of the video hash's schedule (``iter_frames(hash_fps=...)``)
+    # Neither: decoded next to a hash frame, so the pixel check can line up a copy whose frames fall a frame
+    # apart from its source's (a trim or frame-rate change that is not a whole number of hash intervals).
 
 
 @lru_cache(maxsize=1)
@@ -566,6 +568,10 @@ def sample_interval(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
     return 1.0 / (info.fps or 25.0)
 
 
+# Frame periods around each hash target within which decoded frames also come out (its neighbours).
+HASH_NEIGHBOUR_FRAMES = 1.5
+
+
 def select_expression(step_s: float, offset_s: float, start_s: float, register: int = 0,
                       from_first_frame: bool = False) -> str:
     """ffmpeg ``select`` expression taking the first frame at or after each target time.
@@ -650,7 +656,9 @@ def iter_frames(
 
     ``hash_fps`` also takes, in the same decode, the frames of a second schedule at that rate (a video
     hash's: :mod:`deepscan.campaign`), so a video is never decoded twice: every frame says whether it is a
-    screening sample (``sample``), a hash frame (``hashed``) or both.
+    screening sample (``sample``), a hash frame (``hashed``) or both; frames that are neither are the
+    decoded frames right before and after a hash frame (:data:`HASH_NEIGHBOUR_FRAMES` frame periods around
+    its target time).
 
     ``keyframes`` (default: for videos of a minute or more sampled at least :data:`KEYFRAME_STEP_S` apart,
     without ``hash_fps``) has the decoder skip every frame that is not a keyframe, so each sample is the first
@@ -710,6 +718,12 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         samples = Schedule(step, offset, from_first_frame=bool(fps))
         hashes = Schedule(1.0 / hash_fps, 0.0, from_first_frame=True)
         expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1, from_first_frame=True)
+        # Register 1 now holds the next hash target: also take the frames just before it and, once it is hit
+        # (the register has moved on one interval), just after the target that was hit.
+        near, interval = HASH_NEIGHBOUR_FRAMES / (info.fps or 30.0), 1.0 / hash_fps
+        rel = "(t-ld(6)+0.0001)"
+        expression += (f"+gte({rel}\\,ld(1)-{near:.6f})"
+                       f"+gt({rel}\\,ld(1)-{interval:.6f})*lte({rel}\\,ld(1)-{interval:.6f}+{near:.6f})")
         limit_output = None  # the sample count is kept in Python; hash frames go on to the end
     else:
         limit_output = limit
@@ -791,8 +805,6 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                     exact = float(pts) * time_base[0]
                     is_sample, is_hash = samples.hit(exact), hashes.hit(exact)
                 is_sample = is_sample and sampled < limit if limit else is_sample
-                if not (is_sample or is_hash):
-                    continue
                 sampled += is_sample
             batch.append(Frame(index=index, time_s=round(rel, 6), image=image, sample=is_sample, hashed=is_hash))
             if len(batch) >= batch_size:

@@ -132,6 +132,26 @@ def test_manipulated_copy_is_screened_itself():
         assert groups[0].altered == [2] and groups[1].altered == [1]
 
 
+@needs_pdq
+def test_copy_cut_off_the_hash_grid_is_lined_up_by_neighbouring_frames(tmp_path):
+    """Cutting 1.04 s (26 frames at 25 fps) leaves each hash frame of the copy one frame off its source's:
+    frame to frame the pixels differ (the head moved); with the frames decoded beside each hash frame they
+    line up. The mouth-warped fake cut the same way still differs where its mouth was edited."""
+    copy, fake_copy = tmp_path / "cut.mp4", tmp_path / "fake_cut.mp4"
+    for src, out in ((REAL, copy), (FAKE, fake_copy)):
+        ffmpeg("-ss", "1.04", "-i", str(src), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(out))
+    real, cut, fake_cut = video_hash(REAL), video_hash(copy), video_hash(fake_copy)
+    assert real.neighbours.shape == (len(real), 2, 32, 32)
+    assert not np.array_equal(real.neighbours[1, 0], real.thumbs[1])  # a real neighbour, not a stand-in
+    assert VideoHash.from_dict(real.to_dict()).neighbours.tobytes() == real.neighbours.tobytes()
+    frame_to_frame = pixel_difference(replace(real, neighbours=None), replace(cut, neighbours=None))
+    assert frame_to_frame >= DEFAULT_THRESHOLDS.pixel_diff
+    assert pixel_difference(real, cut) < DEFAULT_THRESHOLDS.pixel_diff
+    assert is_verified_copy(cut, real)
+    assert pixel_difference(real, fake_cut) >= DEFAULT_THRESHOLDS.pixel_diff
+    assert not is_verified_copy(fake_cut, real)
+
+
 def _rep_result(path: str, face_height: float, frame_height: int = 480) -> VideoResult:
     face = FaceResult(box=[100.0, 100.0, 100.0 + face_height, 100.0 + face_height], prob=0.99, track=0, score=0.1)
     return VideoResult(path=path, sha256="0" * 64, size_bytes=1, status="ok", score=0.1, score_ci95=(0.05, 0.2),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import SAMPLE_CLIPS, make_test_video
 
 from deepscan import Scanner, VideoResult, scan
 from deepscan.cli import main as cli_main
+from deepscan.faces import iou
 
 
 def validate_lines(lines):
@@ -132,26 +134,75 @@ def test_overlapped_classification_gives_the_same_result(sample_clip):
     assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
-def test_frames_between_full_searches_use_a_shorter_pyramid(sample_clip, monkeypatch):
-    """With full_detect_every=4 every 4th frame is searched for faces down to the card's minimum; the others
-    only for faces at least half the smallest one found, and they still find the same person."""
-    scanner = Scanner(frames=8, full_detect_every=4)
-    finder = scanner.face_finder
-    calls = []
-    real_detect = finder.detect
+def spy_on_finder(scanner, monkeypatch):
+    finder, calls = scanner.face_finder, []
+    real_detect, real_follow = finder.detect, finder.follow
 
-    def spy(images, min_face=None):
-        calls.append((len(images), min_face))
+    def detect(images, min_face=None):
+        calls.append(("detect", len(images), min_face))
         return real_detect(images, min_face=min_face)
 
-    monkeypatch.setattr(finder, "detect", spy)
+    def follow(image, known):
+        calls.append(("follow", 1, len(known)))
+        return real_follow(image, known)
+
+    monkeypatch.setattr(finder, "detect", detect)
+    monkeypatch.setattr(finder, "follow", follow)
+    return calls
+
+
+def test_frames_between_full_searches_follow_the_faces_found(sample_clip, monkeypatch):
+    """With full_detect_every=4 every 4th frame is searched for faces down to the card's minimum; the others
+    follow the faces of the frame before (R-net/O-net around them, no pyramid) and find the same person, with
+    boxes close to a full search's; whatever the batching."""
+    scanner = Scanner(frames=8, full_detect_every=4)
+    calls = spy_on_finder(scanner, monkeypatch)
+    followed = scanner.scan_video(sample_clip)
+    assert calls[0] == ("detect", 2, None)  # frames 0 and 4 of the batch of 8: full search
+    assert calls[1:] == [("follow", 1, 1)] * 6  # the astronaut is never lost: no other search
+    rebatched = Scanner(frames=8, full_detect_every=4, batch_frames=3).scan_video(sample_clip)
+    assert [[f.box for f in fr.faces] for fr in rebatched.frames] == [[f.box for f in fr.faces] for fr in followed.frames]
+    assert rebatched.score == pytest.approx(followed.score, abs=1e-6)  # classifier batches differ: float sums
+    full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
+    assert [len(fr.faces) for fr in followed.frames] == [len(fr.faces) for fr in full.frames]
+    for a, b in zip(followed.frames, full.frames, strict=True):
+        assert iou(a.faces[0].box, b.faces[0].box) > 0.8
+    assert followed.score == pytest.approx(full.score, abs=0.05)
+    assert followed.config["full_detect_every"] == 4 and followed.config_hash != full.config_hash
+
+
+def test_without_following_frames_between_use_a_shorter_pyramid(sample_clip, monkeypatch):
+    """``follow_faces=False``: the frames between full searches look only for faces at least half the smallest
+    one found, and they still find the same person."""
+    scanner = Scanner(frames=8, full_detect_every=4, follow_faces=False)
+    calls = spy_on_finder(scanner, monkeypatch)
     hinted = scanner.scan_video(sample_clip)
-    assert calls[0] == (2, None)  # frames 0 and 4 of the batch of 8: full search
-    assert sum(n for n, _ in calls[1:]) == 6 and all(h is not None and h > finder.settings.min_face_px
-                                                     for _, h in calls[1:])
-    # The same frames and hints whatever the batching.
-    assert Scanner(frames=8, full_detect_every=4, batch_frames=3).scan_video(sample_clip).score == hinted.score
+    assert calls[0] == ("detect", 2, None)
+    assert sum(n for _, n, _ in calls[1:]) == 6 and all(kind == "detect" and h > scanner.face_finder.settings.min_face_px
+                                                       for kind, _, h in calls[1:])
+    assert (Scanner(frames=8, full_detect_every=4, batch_frames=3, follow_faces=False).scan_video(sample_clip).score
+            == hinted.score)
     full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
     assert [len(fr.faces) for fr in hinted.frames] == [len(fr.faces) for fr in full.frames]
     assert hinted.score == pytest.approx(full.score, abs=0.05)
-    assert hinted.config["full_detect_every"] == 4 and hinted.config_hash != full.config_hash
+
+
+def test_following_a_face_that_moved_and_losing_none_that_left(sample_clip):
+    """``FaceFinder.follow`` finds a face shifted by a fifth of its size from where it was known, and finds
+    nothing where no face is."""
+    from deepscan.video import iter_frames
+
+    frame = next(iter_frames(sample_clip, n_frames=1))[0].image
+    finder = Scanner(frames=1).face_finder
+    known = finder.detect([frame])[0]
+    assert known
+    shift = int(0.2 * known[0].size)
+    moved = np.zeros_like(frame)
+    moved[:, shift:] = frame[:, :-shift]
+    found = finder.follow(moved, known)
+    assert len(found) == 1
+    expected = (known[0].box[0] + shift, known[0].box[1], known[0].box[2] + shift, known[0].box[3])
+    assert iou(found[0].box, expected) > 0.8
+    assert found[0].prob >= finder.settings.min_prob and found[0].landmarks.shape == (5, 2)
+    assert finder.follow(np.full_like(frame, 127), known) == []
+    assert finder.follow(frame, []) == []

@@ -139,6 +139,11 @@ def test_hash_schedule_in_the_same_decode_is_both_schedules_exactly(tmp_path, ra
     assert [f.index for f in samples] == [f.index for f in plain]
     assert [decoded_index(f) for f in hash_frames] == [decoded_index(f) for f in hashed]
     assert len(union) == len({decoded_index(f) for f in union})  # a frame serving both comes once
+    # The other frames that come out are the hash targets' neighbours (within 1.5 frame periods of one), and
+    # each hash frame's predecessor comes out.
+    others = [f for f in union if not (f.sample or f.hashed)]
+    assert all(min(abs(f.time_s - k / 3.0) for k in range(12)) <= 1.5 / rate + 1e-6 for f in others)
+    assert {decoded_index(f) - 1 for f in hash_frames[1:]} <= {decoded_index(f) for f in union}
 
 
 def test_hash_schedule_on_variable_frame_rate(tmp_path):
