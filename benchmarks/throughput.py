@@ -195,7 +195,8 @@ def main(argv=None) -> int:
             # allocator state of one never carry into the next): end-to-end seconds, median of repeats.
             print(f"\n{'end-to-end with':<44}{'seconds':>9}{'score':>8}")
             variants = {"all levers (defaults)": {}, "full face search on every frame": {"full_detect_every": 1},
-                        "no classify/detect overlap": {"overlap": False}, "bf16 detector": {"precision": "bf16"}}
+                        "shorter pyramid instead of following faces": {"follow_faces": False},
+                        "no classify/detect overlap": {"overlap": False}, "fp32 detector instead of bf16": {"precision": "fp32"}}
             for label, change in variants.items():
                 r = variant_run(clip, args.frames, args.repeats, change)
                 print(f"{label:<44}{r['median_s']:>9.3f}{r['score']:>8.3f}   ({r['precision']})")

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="re-screen videos that already have a result in --out for the same model and settings")
     s.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="detector precision; auto: fp16 on CUDA, bf16 on CPUs with bf16 instructions when the "
+                        "model card has a bf16 threshold, else fp32")
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
     s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
     s.add_argument("--batch-faces", type=_positive_int, default=16, help="faces per detector batch (default 16)")
@@ -114,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-fpr", type=float, default=0.05, help="false-positive rate allowed on validation reals")
     k.add_argument("--results", type=Path, help="an earlier scan's results.jsonl of those clips (no rescanning)")
     k.add_argument("--out", type=Path, help="keep the scan's results.jsonl here")
+    k.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fit the threshold for scores at this precision (default fp32: the card's threshold; "
+                        "bf16 is what --precision auto uses on CPUs with bf16 instructions)")
 
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
@@ -326,11 +331,11 @@ def cmd_calibrate(args) -> int:
     console = make_console()
     try:
         m = calibrate(args.card, args.labels, frames=args.frames, max_fpr=args.max_fpr, results_path=args.results,
-                      out_dir=args.out)
+                      out_dir=args.out, precision=args.precision)
     except (OSError, ValueError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return EXIT_ERROR
-    console.print(f"{args.card}: threshold {m['threshold_before']:.4f} -> "
+    console.print(f"{args.card} ({m['precision']}): threshold {m['threshold_before']:.4f} -> "
                   f"{m['threshold']:.4f} ({m['videos']} validation videos, {m['frames']} frames each); "
                   f"AUC {m['video_auc']:.3f} [{m['video_auc_ci95'][0]:.3f}, {m['video_auc_ci95'][1]:.3f}], "
                   f"TPR {m['tpr_at_threshold']:.3f}, FPR {m['fpr_at_threshold']:.3f}", markup=False)

@@ -176,12 +176,15 @@ def plot_roc(curves: dict, report: dict, path: Path) -> None:
 
 
 def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, results_path: Path | None = None,
-              out_dir: Path | None = None) -> dict:
+              out_dir: Path | None = None, precision: str = "fp32") -> dict:
     """Refit a model card's decision threshold on the video scores ``deepscan scan`` itself gives its
     held-out clips (``training.validation_files``) at ``frames`` per video, so the card's false-positive rate
     on validation reals holds for real scans (training validates on cached crops and a few frames per clip,
     whose video scores run lower). Writes the threshold and the scanner's validation metrics into the card;
     the weights (and their sha256) are unchanged. ``results_path`` reuses an earlier scan of those clips.
+
+    ``precision`` other than fp32 (bf16) fits the threshold used for scores computed at that precision
+    (``precision_thresholds``, metrics under ``scanner_<precision>``); fp32's threshold is left alone.
     """
     from .detector import ModelCard
     from .scanner import ResultsWriter, Scanner, ScanOptions
@@ -197,7 +200,8 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         raise ValueError("the validation split needs labelled real and fake clips")
     scores, scan_config = {}, None
     if results_path is None:
-        scanner = Scanner(ScanOptions(detector=str(card_path), frames=frames, keep_heatmaps=False))
+        scanner = Scanner(ScanOptions(detector=str(card_path), frames=frames, keep_heatmaps=False,
+                                      precision=precision))
         writer = ResultsWriter(out_dir) if out_dir else None
         for clip in clips:
             r = scanner.scan_video(clip.path)
@@ -208,22 +212,30 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     else:
         for line in Path(results_path).read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
-            if (d.get("model") or {}).get("sha256") == card.sha256:
+            model = d.get("model") or {}
+            scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
+            if model.get("sha256") == card.sha256 and scored_at == precision:
                 scores[str(Path(d["path"]).resolve())] = d.get("score")
                 scan_config = scan_config or d.get("config")
     ys = np.array([c.label for c in clips])
     ss = np.array([scores.get(str(c.path.resolve())) or 0.0 for c in clips], np.float64)
-    previous = card.threshold
-    card.threshold = video_threshold(ss[ys == 0], max_fpr)
+    previous = card.threshold_for(precision)
+    threshold = video_threshold(ss[ys == 0], max_fpr)
+    if precision == "fp32":
+        card.threshold = threshold
+    else:
+        card.precision_thresholds[precision] = threshold
     auc, lo, hi = bootstrap_auc(ys, ss)
-    card.metrics["scanner"] = {
-        "what": f"deepscan scan on the validation clips, {frames} frames each; threshold refitted here",
-        "frames": frames, "videos": int(len(ys)), "real_videos": int((ys == 0).sum()),
+    key = "scanner" if precision == "fp32" else f"scanner_{precision}"
+    card.metrics[key] = {
+        "what": f"deepscan scan on the validation clips, {frames} frames each, {precision}; threshold refitted "
+                "here",
+        "frames": frames, "precision": precision, "videos": int(len(ys)), "real_videos": int((ys == 0).sum()),
         "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi], "max_fpr": max_fpr,
-        "threshold": card.threshold, "threshold_before": previous,
-        **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, card.threshold).items() if k != "threshold"},
+        "threshold": threshold, "threshold_before": previous,
+        **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, threshold).items() if k != "threshold"},
         "missing": sum(str(c.path.resolve()) not in scores for c in clips),
         "scan_config": scan_config,
     }
     card.save(card_path)
-    return card.metrics["scanner"]
+    return card.metrics[key]

@@ -150,7 +150,7 @@ class FaceFinder:
         on_image = [k for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
         if not on_image:
             return torch.zeros((0, 3, side, side), device=device), boxes[:0]
-        crops = [imresample(torch.from_numpy(np.ascontiguousarray(image[y[k] - 1:ey[k], x[k] - 1:ex[k]]))
+        crops = [imresample(torch.from_numpy(image[y[k] - 1:ey[k], x[k] - 1:ex[k]].copy())
                             .to(device).permute(2, 0, 1)[None].float(), (side, side)) for k in on_image]
         return (torch.cat(crops) - 127.5) * 0.0078125, boxes[on_image]
 

@@ -46,7 +46,8 @@ class ScanOptions:
     frames: int = 32  # frames sampled evenly over the duration
     fps: float | None = None  # sample at this rate instead (overrides ``frames``)
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None = CUDA when available
-    precision: str = "auto"  # detector precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    # Detector precision: auto (fp16 on CUDA; bf16 on CPUs with native bf16, fp32 on others), fp32, bf16, fp16.
+    precision: str = "auto"
     threads: int | None = None  # torch CPU threads; None = all cores
     # Frames decoded and face-detected together, and faces per classifier pass. Small batches pipeline better
     # and bound memory: EfficientNet's 112-px stage holds ~5 MB of activations per face (a 1080p clip with 145
@@ -217,12 +218,12 @@ class Scanner:
     @property
     def threshold(self) -> float:
         t = self.options.threshold
-        return self.detector.card.threshold if t is None else t
+        return self.detector.card.threshold_for(self.detector.precision) if t is None else t
 
     def model_info(self) -> dict:
         return {"name": self.detector.name, "sha256": self.detector.weights_sha256,
-                "architecture": self.detector.card.architecture, "threshold": self.threshold,
-                "uncertain_band": self.detector.card.uncertain_band}
+                "architecture": self.detector.card.architecture, "precision": self.detector.precision,
+                "threshold": self.threshold, "uncertain_band": self.detector.card.uncertain_band}
 
     def environment(self) -> dict:
         if self._environment is None:

@@ -68,3 +68,50 @@ def test_calibrate_scanning_itself_uses_the_scores_it_scans(tmp_path, monkeypatc
     m = calibrate(card_path, labels)
     assert 0.90 < m["threshold"] <= 0.9000001 and m["missing"] == 0
     assert m["tpr_at_threshold"] == pytest.approx(0.5) and m["scan_config"] == {"frames": 32}
+
+
+def test_a_bf16_threshold_is_fitted_beside_fp32s_and_used_at_bf16(tmp_path, monkeypatch):
+    """``--precision bf16`` fits the threshold for bf16 scores only (fp32 lines of the same results are
+    ignored, fp32's threshold is kept); ``auto`` then picks bf16 on a CPU with bf16 instructions, and the
+    scanner judges with the bf16 threshold."""
+    import deepscan.detector as detector_module
+    from deepscan import Scanner
+
+    card_path = tmp_path / "model.json"
+    shutil.copy(DEFAULT_CARD, card_path)
+    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
+    card = ModelCard.load(card_path)
+    card.precision_thresholds = {}
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4"]
+    card.training["validation_files"] = files
+    card.weights = "model.safetensors"
+    card.save(card_path)
+    labels = tmp_path / "MANIFEST.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    lines = []
+    for precision, shift in (("fp32", 0.0), ("bf16", 0.02)):
+        lines += [{"path": str(tmp_path / f), "score": s + shift, "model": {"sha256": card.sha256,
+                                                                            "precision": precision}}
+                  for f, s in zip(files, [0.04 * i for i in range(20)] + [0.95], strict=True)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    assert main(["calibrate", str(card_path), str(labels), "--results", str(results), "--precision", "bf16"]) == 0
+    after = ModelCard.load(card_path)
+    assert after.threshold == card.threshold  # fp32's is untouched
+    assert 0.74 < after.precision_thresholds["bf16"] <= 0.7400001  # second-highest bf16 real: 0.72 + 0.02
+    assert after.metrics["scanner_bf16"]["precision"] == "bf16"
+    assert after.threshold_for("bf16") == after.precision_thresholds["bf16"]
+    assert after.threshold_for("fp16") == after.threshold
+
+    monkeypatch.setattr(detector_module, "cpu_has_native_bf16", lambda: True)
+    scanner = Scanner(detector=str(card_path), device="cpu")
+    assert scanner.detector.precision == "bf16" and scanner.threshold == after.precision_thresholds["bf16"]
+    monkeypatch.setattr(detector_module, "cpu_has_native_bf16", lambda: False)
+    scanner = Scanner(detector=str(card_path), device="cpu")
+    assert scanner.detector.precision == "fp32" and scanner.threshold == after.threshold
+    # A card without a bf16 threshold stays fp32 even where bf16 is fast.
+    monkeypatch.setattr(detector_module, "cpu_has_native_bf16", lambda: True)
+    plain = tmp_path / "plain.json"
+    after.precision_thresholds = {}
+    after.save(plain)
+    assert Scanner(detector=str(plain), device="cpu").detector.precision == "fp32"

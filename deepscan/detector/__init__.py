@@ -9,6 +9,7 @@ of a model card JSON.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,12 @@ class Detector:
     def _choose_precision(self, precision: str) -> str:
         if precision != "auto":
             return precision
-        # Half precision pays on GPUs; on CPU fp32 keeps scores bit-stable across runs and machines.
-        return "fp16" if self.device.type == "cuda" else "fp32"
+        # Half precision pays on GPUs; on CPUs with bf16 instructions bf16 autocast nearly halves the cost of
+        # a forward pass (the card carries a threshold fitted on bf16 scores); elsewhere bf16 is emulated and
+        # slower than fp32.
+        if self.device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() and "bf16" in self.card.precision_thresholds else "fp32"
 
     def _autocast(self):
         import torch
@@ -188,6 +193,16 @@ class Detector:
                 )[:, 0]
         probs = torch.sigmoid(logits.float().reshape(-1) / self.card.temperature)
         return probs.cpu().numpy().astype(np.float32), heat.float().clamp_(0, 1).cpu().numpy().astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), read from Linux's /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def load_detector(name_or_path: str | None = None, weights=None, device=None, precision: str = "auto",

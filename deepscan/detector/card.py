@@ -48,6 +48,9 @@ class ModelCard:
     licence: str
     output: str = "fake_probability"  # sigmoid probability that the face is manipulated
     threshold: float = 0.5  # video score at or above which the verdict is "fake"
+    # Thresholds for scores computed at another precision, where those scores differ from fp32's enough to
+    # move the operating point (bf16 keeps 8 mantissa bits): fitted by ``deepscan calibrate --precision``.
+    precision_thresholds: dict = field(default_factory=dict)
     uncertain_band: float = 0.1  # scores within [threshold - band, threshold) are "uncertain"
     temperature: float = 1.0  # logit / T before the sigmoid (calibration)
     heatmap: str = "gradcam"  # "mask_head" when the model predicts its own manipulation mask
@@ -57,6 +60,10 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
+
+    def threshold_for(self, precision: str) -> float:
+        """The decision threshold for scores computed at ``precision`` (fp32's unless fitted for it)."""
+        return float(self.precision_thresholds.get(precision, self.threshold))
 
     @property
     def weights_path(self) -> Path:
