@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="between full searches, search for faces at least half as large as those found instead "
                         "of following them (slower)")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
+    s.add_argument("--hwaccel", default="auto",
+                   help="hardware video decoding: auto (NVDEC when the detector runs on CUDA), none, or an ffmpeg "
+                        "-hwaccel name such as cuda; falls back to CPU decoding where it fails")
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                    help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")
@@ -142,6 +145,7 @@ def cmd_scan(args) -> int:
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
+                          hwaccel=args.hwaccel,
                           full_detect_every=args.full_detect_every, follow_faces=args.follow_faces,
                           timeout_s=args.timeout, max_pixels=args.max_pixels,
                           max_duration_s=args.max_duration, keep_heatmaps=args.html, provenance=args.provenance,

@@ -63,6 +63,9 @@ class ScanOptions:
     overlap: bool = True
     batch_faces: int = 16
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
+    # Hardware video decoding (ffmpeg -hwaccel): "auto" = NVDEC ("cuda") when the detector runs on CUDA,
+    # "none", or an ffmpeg hwaccel name. Same frames; falls back to CPU decoding where it fails.
+    hwaccel: str = "auto"
     timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
     max_pixels: int = MAX_PIXELS  # larger frames are refused before decoding (header and decoder both)
     max_duration_s: float | None = MAX_DURATION_S  # longer videos are refused
@@ -216,6 +219,13 @@ class Scanner:
         return self._faces
 
     @property
+    def hwaccel(self) -> str | None:
+        choice = self.options.hwaccel
+        if choice == "auto":
+            return "cuda" if self.detector.device.type == "cuda" else None
+        return None if choice in ("none", "", None) else choice
+
+    @property
     def threshold(self) -> float:
         t = self.options.threshold
         return self.detector.card.threshold_for(self.detector.precision) if t is None else t
@@ -291,7 +301,7 @@ class Scanner:
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
         decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=opts.batch_frames, max_side=opts.max_side,
-                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels)
+                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
         hasher = None
         if self._campaign is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher

@@ -645,6 +645,7 @@ def iter_frames(
     max_duration_s: float | None = MAX_DURATION_S,
     hash_fps: float | None = None,
     keyframes: bool | None = None,
+    hwaccel: str | None = None,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
@@ -665,6 +666,10 @@ def iter_frames(
     keyframe at or after its time. Two samples whose times fall in one keyframe interval get that keyframe
     once, so a video whose keyframes are further apart than the sampling step yields fewer frames; one with no
     keyframe after the first target is decoded in full instead.
+
+    ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on that hardware, frames coming back to memory for the same
+    filters, so they are the same frames; when it fails before a frame comes out (no GPU, driver or codec
+    support), the video is decoded on the CPU instead and that hardware is not tried again for the codec.
     """
     if info is None:
         info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
@@ -673,6 +678,24 @@ def iter_frames(
     if keyframes is None:
         keyframes = (not hash_fps and info.duration_s >= 60.0
                      and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
+    if hwaccel and (hwaccel, info.codec) not in _HWACCEL_FAILED:
+        produced = False
+        try:
+            for batch in _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=hwaccel)):
+                produced = True
+                yield batch
+            return
+        except VideoError:
+            if produced:
+                raise
+            _HWACCEL_FAILED.add((hwaccel, info.codec))
+    yield from _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
+
+
+_HWACCEL_FAILED: set[tuple[str, str]] = set()  # (hwaccel, codec) that failed to decode in this process
+
+
+def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> Iterator[list[Frame]]:
     if not keyframes:
         yield from _decode_frames(path, info, keyframes=False, **options)
         return
@@ -689,7 +712,7 @@ def iter_frames(
 
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
-                   hash_fps, keyframes: bool) -> Iterator[list[Frame]]:
+                   hash_fps, keyframes: bool, hwaccel: str | None = None) -> Iterator[list[Frame]]:
     """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
@@ -737,7 +760,8 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         "-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
     at = args.index("-i")
     args[at + 1] = ffmpeg_input(path)
-    args[at:at] = input_options(decoder_limit, info.container) + (["-skip_frame", "nokey"] if keyframes else [])
+    args[at:at] = (input_options(decoder_limit, info.container) + (["-hwaccel", hwaccel] if hwaccel else [])
+                   + (["-skip_frame", "nokey"] if keyframes else []))
     frame_bytes = out_w * out_h * 3
     try:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

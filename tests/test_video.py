@@ -230,3 +230,19 @@ def test_discover_by_extension_and_content(tmp_path, test_video):
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # must not trap the walk
     found = sorted(p.relative_to(root).as_posix() for p in discover([root]))
     assert found == ["a.mp4", "fake.mp4", "sub/payload.bin"]
+
+
+def test_hardware_decoding_gives_the_same_frames_or_falls_back_to_the_cpu(tmp_path, monkeypatch):
+    """``hwaccel`` decodes on the GPU where there is one (the same frames: H.264 decoding is bit-exact) and on
+    the CPU where it fails before a frame comes out (no GPU here in CI; an unknown accelerator), remembered
+    per codec so a scan does not retry it for every file."""
+    import deepscan.video as video
+
+    monkeypatch.setattr(video, "_HWACCEL_FAILED", set())
+    path = index_video(tmp_path / "idx.mp4", n=40)
+    cpu = all_frames(path, n_frames=8)
+    for accel in ("cuda", "no-such-accelerator"):
+        frames = all_frames(path, n_frames=8, hwaccel=accel)
+        assert [f.index for f in frames] == [f.index for f in cpu]
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, cpu, strict=True))
+    assert ("no-such-accelerator", "h264") in video._HWACCEL_FAILED
