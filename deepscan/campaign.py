@@ -892,16 +892,19 @@ class StreamingGroups:
         self.hashes: dict[str, VideoHash] = {}
         self.group_of: dict[str, Group] = {}
         self.results: dict[str, object] = {}  # representative path -> its screened result
-        self._rows: list[np.ndarray] = []
-        self._owners: list[np.ndarray] = []
+        # Every earlier file's frame hashes and their owners, in buffers grown by doubling: one copy per
+        # doubling instead of a concatenation of everything per file (quadratic over a large folder).
+        self._index = np.zeros((0, 32), np.uint8)
+        self._owners = np.zeros(0, np.int64)
+        self._size = 0
         self._order: list[str] = []
 
     def _candidates(self, h: VideoHash) -> list[str]:
         """Earlier files sharing at least one frame hash within the distance, in the order they came."""
-        if not self._rows:
+        if not self._size:
             return []
         q = self.thresholds.quality
-        index, owners = np.concatenate(self._rows), np.concatenate(self._owners)
+        index, owners = self._index[: self._size], self._owners[: self._size]
         found: set[int] = set()
         for mirrored in (False, True):
             rows, _ = _frames(h, q, mirrored=mirrored)
@@ -947,9 +950,19 @@ class StreamingGroups:
         self.group_of[p] = joined
         self._order.append(p)
         rows, _ = _frames(h, th.quality)
-        self._rows.append(rows)
-        self._owners.append(np.full(len(rows), len(self._order) - 1))
+        self._add_rows(rows, len(self._order) - 1)
         return joined
+
+    def _add_rows(self, rows: np.ndarray, owner: int) -> None:
+        end = self._size + len(rows)
+        if end > len(self._index):
+            capacity = max(2 * len(self._index), end, 1024)
+            index, owners = np.zeros((capacity, 32), np.uint8), np.zeros(capacity, np.int64)
+            index[: self._size], owners[: self._size] = self._index[: self._size], self._owners[: self._size]
+            self._index, self._owners = index, owners
+        self._index[self._size:end] = rows
+        self._owners[self._size:end] = owner
+        self._size = end
 
     def info(self, path) -> dict:
         """``result.extra["campaign"]`` of a file screened itself: its group, the group's representative, and
