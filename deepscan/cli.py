@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model card has a bf16 threshold, else fp32")
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
     s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
-    s.add_argument("--batch-faces", type=_positive_int, default=16, help="faces per detector batch (default 16)")
+    s.add_argument("--batch-faces", type=_positive_int,
+                   help="faces per detector batch (default 16 on CPU, 64 on CUDA)")
     s.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N",
                    help="search every Nth sampled frame for faces of any size; the frames between follow the faces "
                         "found (default 4; 1 = a full search on every frame)")

@@ -49,10 +49,11 @@ class ScanOptions:
     # Detector precision: auto (fp16 on CUDA; bf16 on CPUs with native bf16, fp32 on others), fp32, bf16, fp16.
     precision: str = "auto"
     threads: int | None = None  # torch CPU threads; None = all cores
-    # Frames decoded and face-detected together, and faces per classifier pass. Small batches pipeline better
-    # and bound memory: EfficientNet's 112-px stage holds ~5 MB of activations per face (a 1080p clip with 145
-    # faces: peak RSS 2.08 GB at 16/64, 1.52 GB at 8/16; 720p clip 3.2-3.4 s -> 2.7-3.0 s).
-    batch_frames: int = 8
+    # Frames decoded and face-detected together, and faces per classifier pass; None: 8 and 16 on CPU, where
+    # small batches pipeline better and bound memory (EfficientNet's 112-px stage holds ~5 MB of activations
+    # per face; a 1080p clip with 145 faces: peak RSS 2.08 GB at 16/64, 1.52 GB at 8/16; 720p clip 3.2-3.4 s ->
+    # 2.7-3.0 s), 32 and 64 on CUDA, where a kernel launch costs more than a few more faces (not measured here).
+    batch_frames: int | None = None
     # Full face detection on every Nth sampled frame; 1 = all full. The frames between follow the faces of
     # the frame before (MTCNN's R-net and O-net on boxes around them, no image pyramid) when ``follow_faces``,
     # else look only for faces at least half as large as the smallest one found (a shorter pyramid).
@@ -61,7 +62,7 @@ class ScanOptions:
     # Classify one batch of faces on a worker thread while the next is face-detected, each stage on half the
     # threads (same results, less wall time).
     overlap: bool = True
-    batch_faces: int = 16
+    batch_faces: int | None = None
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
     # Hardware video decoding (ffmpeg -hwaccel): "auto" = NVDEC ("cuda") when the detector runs on CUDA,
     # "none", or an ffmpeg hwaccel name. Same frames; falls back to CPU decoding where it fails.
@@ -204,8 +205,17 @@ class Scanner:
             runtime.configure_threads(self.options.threads)
             self._detector = load_detector(self.options.detector, weights=self.options.weights,
                                            device=self.options.device, precision=self.options.precision,
-                                           batch_size=self.options.batch_faces)
+                                           batch_size=self.options.batch_faces or (64 if self._on_cuda() else 16))
         return self._detector
+
+    def _on_cuda(self) -> bool:
+        from .detector import select_device
+
+        return select_device(self.options.device).type == "cuda"
+
+    @property
+    def batch_frames(self) -> int:
+        return self.options.batch_frames or (32 if self.detector.device.type == "cuda" else 8)
 
     @property
     def face_finder(self):
@@ -300,7 +310,7 @@ class Scanner:
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
-        decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=opts.batch_frames, max_side=opts.max_side,
+        decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
                       timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
         hasher = None
         if self._campaign is not None:
@@ -318,9 +328,9 @@ class Scanner:
                 if self._place(path, result, info, hasher):
                     result.timing.update(timing)
                     return
-                source = _batched(held, opts.batch_frames)
+                source = _batched(held, self.batch_frames)
             else:  # too many frames to hold: screen while decoding, group afterwards (it is screened anyway)
-                source = _batched(_hashed(source, hasher), opts.batch_frames)
+                source = _batched(_hashed(source, hasher), self.batch_frames)
         else:
             source = iter_frames(path, info, **decode)
         batches = _Prefetch(source)

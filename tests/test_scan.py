@@ -206,3 +206,11 @@ def test_following_a_face_that_moved_and_losing_none_that_left(sample_clip):
     assert found[0].prob >= finder.settings.min_prob and found[0].landmarks.shape == (5, 2)
     assert finder.follow(np.full_like(frame, 127), known) == []
     assert finder.follow(frame, []) == []
+
+
+def test_batch_sizes_default_by_device():
+    """Unset batch sizes are the small CPU ones here (8 frames, 16 faces); given ones are kept."""
+    scanner = Scanner(device="cpu")
+    assert (scanner.batch_frames, scanner.detector.batch_size) == (8, 16)
+    scanner = Scanner(device="cpu", batch_frames=3, batch_faces=5)
+    assert (scanner.batch_frames, scanner.detector.batch_size) == (3, 5)
