@@ -60,6 +60,8 @@ TRANSFORMS = {  # name -> (extra ffmpeg input options, filter chain before the 6
                          "drawbox=x=iw*0.38:y=ih*0.05:w=iw*0.3:h=ih*0.06:color=black:t=fill,"
                          "drawbox=x=iw*0.72:y=ih*0.05:w=iw*0.18:h=ih*0.06:color=black:t=fill", []),
     "trim_2s": (["-ss", "2"], "null", []),
+    # A cut off the hash grid (at 1, 2 or 4 hashes a second): the copy's hash frames fall between its source's.
+    "trim_1.3s": (["-ss", "1.3"], "null", []),
     "fps_15": ([], "fps=15", []),
 }
 
