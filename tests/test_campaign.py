@@ -312,3 +312,23 @@ def test_an_excerpt_matches_its_source_but_a_partial_overlap_does_not():
     overlap = _hash([0, 64, 96, 160, 224])  # as long as the source, 2 of 5 frames shared
     assert match(overlap, source) == (40.0, 40.0)
     assert not is_match(overlap, source)
+
+
+def test_streaming_groups_index_grows_past_its_first_buffer():
+    """Hundreds of files (more frame hashes than the first index buffer holds): each later copy still finds the
+    earlier file it copies, and unrelated files stay alone."""
+    from deepscan.campaign import StreamingGroups
+
+    rng = np.random.default_rng(5)
+    groups = StreamingGroups()
+    originals = []
+    for i in range(300):
+        rows = rng.integers(0, 256, (4, 32), dtype=np.uint8)  # random 256-bit hashes: ~128 bits apart
+        h = VideoHash(hashes=rows, quality=np.full(4, 100), times=np.arange(4.0), width=64, height=64,
+                      duration_s=4.0)
+        originals.append(h)
+        assert groups.place(f"orig{i}.mp4", h).members == [f"orig{i}.mp4"]
+    assert groups._size == 1200 and len(groups._index) >= 1200
+    for i in (0, 150, 299):
+        g = groups.place(f"copy{i}.mp4", replace(originals[i]))
+        assert g.members == [f"orig{i}.mp4", f"copy{i}.mp4"]
