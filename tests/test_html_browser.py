@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,12 @@ def test_report_in_a_browser(scanned_report):  # noqa: F811 - the imported fixtu
             page.goto(scanned_report["report"].as_uri(), wait_until="load")
             # Images are lazy; load them all so every one is checked and the screenshot is complete.
             page.evaluate("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; })")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15_000)
+            # Polled from here: wait_for_function re-evaluates a string predicate with eval inside the page when
+            # its first check fails, which the report's Content-Security-Policy (rightly) blocks.
+            deadline = time.monotonic() + 15
+            while not page.evaluate("Array.from(document.images).every(i => i.complete)"):
+                assert time.monotonic() < deadline, "images did not finish loading"
+                page.wait_for_timeout(100)
 
             assert page.locator("#summary").is_visible()
             rows = page.locator("#videos tbody tr")
