@@ -55,6 +55,10 @@ class Thresholds:
     # pixels: re-encodes, rescales and frame-rate changes stay under 0.07, DeepFaceLive face swaps and the
     # sample mouth warp reach 0.12 or more (benchmarks/campaign_robustness.py).
     pixel_diff: float = 0.085
+    # Largest difference for a member to take its representative's verdict without being screened: stricter,
+    # because over a few seconds a face swap can differ less than over a whole clip (4 s excerpts of two
+    # DeepFaceLive swaps measured 0.068-0.079 against their originals; every whole clip >= 0.095).
+    verify_diff: float = 0.06
     # Frames compared must show the same instant: at most this share of a frame period apart (after the trim
     # offset). One frame apart, a talking head's mouth has moved as much as a re-animated one would.
     time_tolerance_frames: float = 0.3
@@ -568,7 +572,7 @@ def is_verified_copy(member: VideoHash, representative: VideoHash,
     """Whether ``member``'s pixels are shown to be ``representative``'s (a re-encode, resize, frame-rate
     change, trim or mirror): only then may it take the representative's verdict without being screened."""
     diff = pixel_difference(representative, member, thresholds)
-    return diff is not None and diff < thresholds.pixel_diff and is_match(member, representative, thresholds)
+    return diff is not None and diff < thresholds.verify_diff and is_match(member, representative, thresholds)
 
 
 # ------------------------------------------------------------------------------------------------ grouping
@@ -672,12 +676,12 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
         elif diff >= thresholds.pixel_diff:
             altered.append((i, j))
         else:
-            same_pixels.append((i, j))
+            same_pixels.append((diff, i, j))
 
     def kept_apart(ri: int, rj: int) -> bool:
         return any({uf.find(x), uf.find(y)} == {ri, rj} for x, y in altered)
 
-    for i, j in same_pixels:
+    for _, i, j in same_pixels:
         uf.union(i, j)
     # A pair the pixel check cannot judge (other framing: a crop, a caption band) never joins two groups that
     # hold a locally altered pair: a cropped copy matches a source and its face swap alike (PDQ cannot see
@@ -919,16 +923,21 @@ class StreamingGroups:
         if p in self.group_of:
             return self.group_of[p]
         th = self.thresholds
-        joined, altered = None, []
+        joined, altered, options = None, [], []
         for other in self._candidates(h):
             g = self.group_of[other]
-            if g is joined or g.id in altered or not is_match(h, self.hashes[other], th):
+            if g.id in altered or not is_match(h, self.hashes[other], th):
                 continue
             diffs = [pixel_difference(self.hashes[m], h, th) for m in dict.fromkeys([g.representative, other])]
             if any(d is not None and d >= th.pixel_diff for d in diffs):
                 altered.append(g.id)
-            elif joined is None:
-                joined, rep_diff, matched_rep = g, diffs[0], other == g.representative
+            else:
+                options.append((diffs[0], g, other == g.representative))
+        # The closest group, not the first: a short copy of an original can be within the threshold of its face
+        # swap's group too. A group the file differs from locally is never joined.
+        options = [o for o in options if o[1].id not in altered]
+        if options:
+            rep_diff, joined, matched_rep = min(options, key=lambda o: (o[0] is None, o[0] or 0.0, o[1].id))
         if joined is None:
             joined = Group(id=len(self.groups) + 1, members=[p], representative=p)
             self.groups.append(joined)
@@ -936,7 +945,7 @@ class StreamingGroups:
             joined.members.append(p)
             rep = self.hashes[joined.representative]
             # is_verified_copy, from the difference already measured against the representative
-            verified = (rep_diff is not None and rep_diff < th.pixel_diff
+            verified = (rep_diff is not None and rep_diff < th.verify_diff
                         and (matched_rep or is_match(h, rep, th)))
             if not (verified and h.width * h.height <= rep.width * rep.height):
                 joined.screen_too.append(p)

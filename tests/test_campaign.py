@@ -332,3 +332,47 @@ def test_streaming_groups_index_grows_past_its_first_buffer():
     for i in (0, 150, 299):
         g = groups.place(f"copy{i}.mp4", replace(originals[i]))
         assert g.members == [f"orig{i}.mp4", f"copy{i}.mp4"]
+
+
+@needs_pdq
+def test_a_verdict_is_taken_only_under_the_stricter_verify_threshold(reupload):
+    """Grouping keeps pairs under ``pixel_diff`` together; taking a verdict without screening asks for less
+    difference (``verify_diff``): a copy whose difference lies between the two is grouped but screened."""
+    real, copy = video_hash(REAL), video_hash(reupload)
+    diff = pixel_difference(real, copy)
+    assert diff < DEFAULT_THRESHOLDS.verify_diff < DEFAULT_THRESHOLDS.pixel_diff
+    between = replace(DEFAULT_THRESHOLDS, verify_diff=diff / 2)
+    assert is_verified_copy(copy, real) and not is_verified_copy(copy, real, between)
+    groups = group({"real": real, "copy": copy}, between)
+    assert groups[0].members == ["real", "copy"] and groups[0].screen_too == ["copy"]
+
+
+@needs_pdq
+@pytest.mark.slow
+def test_a_short_excerpt_of_a_face_swap_never_takes_its_originals_verdict(shared, tmp_path):
+    """Over 4 s, Ava_de_Addario_0's DeepFaceLive swap differs from its original by only 0.07 on 32x32
+    thumbnails (the whole clips: 0.11): under the grouping threshold, so the excerpt must not be taken for a
+    verified copy of the original; an excerpt of the original is one. Placed one by one after the swap and
+    the original, the original's excerpt joins the original's group, the closest, not the swap's."""
+    from deepscan.campaign import StreamingGroups
+
+    clips = shared / "data" / "clips" / "deepfacelive_split"
+    original, swap = clips / "Ava_de_Addario_0__left_original.mp4", clips / "Ava_de_Addario_0__right_swapped.mp4"
+    if not original.is_file():
+        pytest.skip("Ava_de_Addario_0 not in the shared clips")
+    excerpts = {}
+    for name, src in (("swap", swap), ("original", original)):
+        excerpts[name] = tmp_path / f"{name}_excerpt.mp4"
+        ffmpeg("-ss", "1", "-i", str(src), "-t", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an",
+               str(excerpts[name]))
+    h_original, h_swap = video_hash(original), video_hash(swap)
+    h_swap_excerpt, h_original_excerpt = video_hash(excerpts["swap"]), video_hash(excerpts["original"])
+    assert pixel_difference(h_original, h_swap) >= DEFAULT_THRESHOLDS.pixel_diff
+    assert pixel_difference(h_original, h_swap_excerpt) < DEFAULT_THRESHOLDS.pixel_diff  # the thin margin
+    assert not is_verified_copy(h_swap_excerpt, h_original)
+    assert is_verified_copy(h_original_excerpt, h_original)
+    groups = StreamingGroups()
+    groups.place("swap", h_swap)
+    groups.place("original", h_original)
+    joined = groups.place("original_excerpt", h_original_excerpt)
+    assert joined.representative == "original" and joined.inherits("original_excerpt")
