@@ -676,12 +676,12 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
         elif diff >= thresholds.pixel_diff:
             altered.append((i, j))
         else:
-            same_pixels.append((diff, i, j))
+            same_pixels.append((i, j))
 
     def kept_apart(ri: int, rj: int) -> bool:
         return any({uf.find(x), uf.find(y)} == {ri, rj} for x, y in altered)
 
-    for _, i, j in same_pixels:
+    for i, j in same_pixels:
         uf.union(i, j)
     # A pair the pixel check cannot judge (other framing: a crop, a caption band) never joins two groups that
     # hold a locally altered pair: a cropped copy matches a source and its face swap alike (PDQ cannot see

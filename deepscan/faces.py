@@ -146,7 +146,7 @@ class FaceFinder:
         from facenet_pytorch.models.utils.detect_face import imresample, pad
 
         h, w = image.shape[:2]
-        y, ey, x, ex = pad(boxes.clone(), w, h)
+        y, ey, x, ex = pad(boxes, w, h)  # reads the boxes into new arrays
         on_image = [k for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
         if not on_image:
             return torch.zeros((0, 3, side, side), device=device), boxes[:0]

@@ -433,9 +433,10 @@ class Scanner:
                 sizes = [face.size for face in found[k]]
                 hint = round(0.5 * min(sizes)) if sizes else None
             else:
-                faces = (self.face_finder.follow(images[k], previous)
-                         if previous and self.options.follow_faces else [])
-                if len(faces) < len(previous) or not previous:
+                faces = None
+                if previous and self.options.follow_faces:
+                    faces = self.face_finder.follow(images[k], previous)
+                if faces is None or len(faces) < len(previous):  # not followed, or a face lost
                     faces = self.face_finder.detect([images[k]], min_face=hint)[0]
                 found[k] = faces
             previous = found[k]

@@ -678,37 +678,42 @@ def iter_frames(
     if keyframes is None:
         keyframes = (not hash_fps and info.duration_s >= 60.0
                      and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
-    if hwaccel and (hwaccel, info.codec) not in _HWACCEL_FAILED:
-        produced = False
-        try:
-            for batch in _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=hwaccel)):
-                produced = True
-                yield batch
-            return
-        except VideoError:
-            if produced:
-                raise
-            _HWACCEL_FAILED.add((hwaccel, info.codec))
-    yield from _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
+    if not hwaccel or (hwaccel, info.codec) in _HWACCEL_FAILED:
+        yield from _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
+        return
+
+    def on_cpu():
+        _HWACCEL_FAILED.add((hwaccel, info.codec))
+        return _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
+
+    yield from _or_else(_keyframes_or_all(path, info, keyframes, dict(options, hwaccel=hwaccel)), on_cpu)
 
 
 _HWACCEL_FAILED: set[tuple[str, str]] = set()  # (hwaccel, codec) that failed to decode in this process
+
+
+def _or_else(batches: Iterator[list[Frame]], fallback) -> Iterator[list[Frame]]:
+    """``batches``, or ``fallback()``'s when the first produced no frame (ended empty or failed before one); a
+    failure after frames came out is raised."""
+    produced = False
+    try:
+        for batch in batches:
+            produced = True
+            yield batch
+    except VideoError:
+        if produced:
+            raise
+    if not produced:
+        yield from fallback()
 
 
 def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> Iterator[list[Frame]]:
     if not keyframes:
         yield from _decode_frames(path, info, keyframes=False, **options)
         return
-    produced = False
-    try:
-        for batch in _decode_frames(path, info, keyframes=True, **options):
-            produced = True
-            yield batch
-    except VideoError:
-        if produced:
-            raise
-    if not produced:  # no keyframe at or after the first target (or the decoder keeps none): every frame
-        yield from _decode_frames(path, info, keyframes=False, **options)
+    # No keyframe at or after the first target (or a decoder that keeps none): every frame.
+    yield from _or_else(_decode_frames(path, info, keyframes=True, **options),
+                        lambda: _decode_frames(path, info, keyframes=False, **options))
 
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,

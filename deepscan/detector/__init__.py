@@ -202,7 +202,7 @@ def cpu_has_native_bf16() -> bool:
         flags = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    return not {"avx512_bf16", "amx_bf16"}.isdisjoint(flags.split())
 
 
 def load_detector(name_or_path: str | None = None, weights=None, device=None, precision: str = "auto",
