@@ -586,11 +586,16 @@ def select_expression(step_s: float, offset_s: float, start_s: float, register: 
     first = ""
     if from_first_frame:
         first = f"st({register + 5}\\,if(eq(n\\,0)\\,t\\,ld({register + 5})))*0+"
-        rel = f"(t-ld({register + 5})+0.0001)"
+        rel = _time_from_first_frame(register)
     else:
         rel = f"(t-{start_s:.6f}+0.0001)"
     return (f"{first}if(gte({rel}\\,ld({register})+{offset_s:.6f})\\,"
             f"st({register}\\,(floor(({rel}-{offset_s:.6f})/{step_s:.6f})+1)*{step_s:.6f})*0+1\\,0)")
+
+
+def _time_from_first_frame(register: int) -> str:
+    """A frame's time from the first frame, in a schedule's expression (``register + 5`` keeps that time)."""
+    return f"(t-ld({register + 5})+0.0001)"
 
 
 class Schedule:
@@ -749,7 +754,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         # Register 1 now holds the next hash target: also take the frames just before it and, once it is hit
         # (the register has moved on one interval), just after the target that was hit.
         near, interval = HASH_NEIGHBOUR_FRAMES / (info.fps or 30.0), 1.0 / hash_fps
-        rel = "(t-ld(6)+0.0001)"
+        rel = _time_from_first_frame(1)
         expression += (f"+gte({rel}\\,ld(1)-{near:.6f})"
                        f"+gt({rel}\\,ld(1)-{interval:.6f})*lte({rel}\\,ld(1)-{interval:.6f}+{near:.6f})")
         limit_output = None  # the sample count is kept in Python; hash frames go on to the end
