@@ -42,6 +42,7 @@ from deepscan.campaign import (  # noqa: E402
     is_match,
     is_verified_copy,
     match,
+    pixel_check,
     pixel_difference,
     video_hash,
 )
@@ -206,23 +207,30 @@ def main() -> int:
     for i, j in candidate_pairs([hashes[k] for k in keys]):
         a, b = hashes[keys[i]], hashes[keys[j]]
         (pa, pb), mirrored = match(a, b, return_mirrored=True)
-        close.append((min(pa, pb), max(pa, pb), mirrored, pixel_difference(a, b), keys[i], keys[j]))
+        close.append((min(pa, pb), max(pa, pb), mirrored, pixel_check(a, b), keys[i], keys[j]))
     close.sort(key=lambda x: (-x[0], x[4]))
     vpdq_matching = [x for x in close if x[0] >= DEFAULT_THRESHOLDS.min_pct]
     print(f"\nshared-clip pairs matching by vPDQ alone at {DEFAULT_THRESHOLDS.min_pct:g}%: {len(vpdq_matching)}; "
-          f"kept apart by the pixel check (difference >= {DEFAULT_THRESHOLDS.pixel_diff}): "
-          f"{sum(x[3] is not None and x[3] >= DEFAULT_THRESHOLDS.pixel_diff for x in vpdq_matching)}; "
+          f"kept apart by the pixel check (a local difference: >= {DEFAULT_THRESHOLDS.pixel_diff}, "
+          f"locality >= {DEFAULT_THRESHOLDS.min_locality}): "
+          f"{sum(x[3] is not None and x[3].altered() for x in vpdq_matching)}; "
           f"pixel check not applicable: {sum(x[3] is None for x in vpdq_matching)}")
-    print("matching pairs that the pixel check does not separate (min %, max %, mirrored, pixel difference):")
+    print("matching pairs that the pixel check does not separate (min %, max %, mirrored, pixel difference, "
+          "locality):")
     for lo, hi, mirrored, px, a, b in vpdq_matching:
-        if px is None or px < DEFAULT_THRESHOLDS.pixel_diff:
-            print(f"  {lo:5.1f} {hi:5.1f} {'M' if mirrored else ' '} {'—' if px is None else f'{px:.3f}'} "
-                  f"{short(a)} ~ {short(b)}")
-    pxs = sorted(x[3] for x in vpdq_matching if x[3] is not None and "__left_original" in x[4] + x[5]
-                 and "__right_swapped" in x[4] + x[5])
-    print(f"DeepFaceLive left/right pixel differences: min {pxs[0]:.3f}, median {pxs[len(pxs) // 2]:.3f} "
-          f"({len(pxs)} pairs)" if pxs else "no DeepFaceLive pairs compared")
-    report["closest_pairs"] = [[lo, hi, mirrored, px, short(a), short(b)] for lo, hi, mirrored, px, a, b in close[:60]]
+        if px is None or not px.altered():
+            print(f"  {lo:5.1f} {hi:5.1f} {'M' if mirrored else ' '} "
+                  f"{'—' if px is None else f'{px.difference:.3f} {px.locality:5.1f}'} {short(a)} ~ {short(b)}")
+    dfl = [x[3] for x in vpdq_matching if x[3] is not None and "__left_original" in x[4] + x[5]
+           and "__right_swapped" in x[4] + x[5]]
+    if dfl:
+        pxs, locs = sorted(c.difference for c in dfl), sorted(c.locality for c in dfl)
+        print(f"DeepFaceLive left/right pixel differences: min {pxs[0]:.3f}, median {pxs[len(pxs) // 2]:.3f}; "
+              f"locality min {locs[0]:.1f}, median {locs[len(locs) // 2]:.1f} ({len(pxs)} pairs)")
+    else:
+        print("no DeepFaceLive pairs compared")
+    report["closest_pairs"] = [[lo, hi, mirrored, None if px is None else [px.difference, px.locality], short(a),
+                                short(b)] for lo, hi, mirrored, px, a, b in close[:60]]
 
     # Which copies may inherit the original's verdict (verified pixel copies), per transformation.
     verified = {n: [] for n in TRANSFORMS}
@@ -232,7 +240,8 @@ def main() -> int:
         px = pixel_difference(hashes[o], hashes[c])
         if px is not None and is_match(hashes[o], hashes[c]):
             diffs[name].append(px)
-    print("\nverified pixel copies (may inherit the verdict), per transformation; largest pixel difference:")
+    print("\nverified pixel copies (may inherit the verdict: difference < "
+          f"{DEFAULT_THRESHOLDS.verify_diff}), per transformation; largest pixel difference:")
     for n in TRANSFORMS:
         print(f"  {n}: {sum(verified[n])}/{len(verified[n])}; max difference "
               f"{max(diffs[n]) if diffs[n] else float('nan'):.3f}")

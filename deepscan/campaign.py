@@ -20,8 +20,8 @@ A perceptual hash cannot tell a face-swapped or re-animated copy from its source
 at 64x64, and every DeepFaceLive left/right pair of the shared clips matches at 100%/100%. So each match is
 checked on pixels where it can be: a 32x32 grey thumbnail is kept of each hashed frame, and two videos whose
 frames line up (same aspect ratio, frames at the same times once the trim offset is known) are compared
-block by block. A local difference (:attr:`Thresholds.pixel_diff`) means "same footage, locally altered":
-the two are kept apart (and listed as ``altered`` relations), never grouped. A member whose pixels are shown
+block by block. A local difference (over :attr:`Thresholds.pixel_diff`, and standing out from the rest of
+the frame by :attr:`Thresholds.min_locality`) means "same footage, locally altered": the two are kept apart (and listed as ``altered`` relations), never grouped. A member whose pixels are shown
 to be the representative's (a verified copy) takes the representative's verdict, marked as inherited;
 every other member (cropped, captioned, not aligned in time, hashed by the vpdq backend without
 thumbnails) is screened itself (:attr:`Group.screen_too`).
@@ -41,6 +41,8 @@ PDQ_DISTANCE = 31  # vPDQ's per-frame match distance (bits out of 256)
 MIN_QUALITY = 50  # vPDQ's quality filter: frames below it are not compared
 SECONDS_PER_HASH = 1.0  # vPDQ's default: one frame hashed per second
 HASH_MAX_SIDE = 1920  # frames larger than this are downscaled before hashing (PDQ works on 64x64 anyway)
+MAX_OFFSETS = 5  # trim offsets the pixel check tries where the hashes cannot tell them apart
+MEDIAN_FLOOR = 0.01  # a pair's median block difference floor in the locality ratio (a near-identical pair)
 THUMB = 32  # side of the grey thumbnail kept per hashed frame for the pixel check (1 KiB a frame)
 
 
@@ -62,6 +64,11 @@ class Thresholds:
     # Frames compared must show the same instant: at most this share of a frame period apart (after the trim
     # offset). One frame apart, a talking head's mouth has moved as much as a re-animated one would.
     time_tolerance_frames: float = 0.3
+    # How far a difference must stand out from the rest of its frame to be a local edit: a pair's worst block
+    # over its median block. Face swaps (whole clips, 4-8 s excerpts, and 150 kb/s re-encodes of them against
+    # their originals) measure >= 5.7; 150 kb/s re-encodes of the originals <= 3.4, even where their
+    # largest block passes pixel_diff (benchmarks/campaign_robustness.py).
+    min_locality: float = 4.5
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -487,47 +494,98 @@ def _content_times(h: VideoHash) -> np.ndarray:
     return h.times - h.times[0] if len(h.times) else h.times
 
 
-def match_offset(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                 mirrored: bool = False) -> float | None:
-    """The content-time shift (``a`` minus ``b``) on which most frame pairs match, e.g. about 2.0 when ``b``
-    is ``a`` with its first 2 s cut; 0 below half a second (a frame or two of start difference is not a
-    trim); None when no frames match."""
+def match_offsets(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                  mirrored: bool = False, limit: int = MAX_OFFSETS) -> list[float]:
+    """Content-time shifts (``a`` minus ``b``) on which frame pairs match, most matching pairs first, e.g.
+    about 2.0 first when ``b`` is ``a`` with its first 2 s cut; shifts under half a second count as 0 (a frame
+    or two of start difference is not a trim). Every shift within half the best one's count is returned (at
+    most ``limit``): in a still or slow video every frame matches every other, so the hashes cannot tell
+    the trim and the pixel check picks among these. Empty when no frames match."""
     bh = b.mirrored if mirrored and b.mirrored is not None else b.hashes
     ok_a, ok_b = a.quality >= thresholds.quality, b.quality >= thresholds.quality
     if not ok_a.any() or not ok_b.any():
-        return None
+        return []
     near = distances(a.hashes[ok_a], bh[ok_b]) <= thresholds.distance
     ia, ib = np.nonzero(near)
     if not len(ia):
-        return None
+        return []
     shifts = _content_times(a)[ok_a][ia] - _content_times(b)[ok_b][ib]
-    values, counts = np.unique(np.round(shifts, 1), return_counts=True)
-    best = values[np.argmax(counts)]
-    if abs(best) < 0.5:
-        return 0.0
-    return float(np.median(shifts[np.round(shifts, 1) == best]))
+    rounded = np.round(shifts, 1)
+    rounded[np.abs(rounded) < 0.5] = 0.0
+    values, counts = np.unique(rounded, return_counts=True)
+    order = sorted(range(len(values)), key=lambda k: (-counts[k], abs(values[k])))
+    offsets = []
+    for k in order[:limit]:
+        if counts[k] * 2 < counts[order[0]]:
+            break
+        offsets.append(0.0 if values[k] == 0 else float(np.median(shifts[rounded == values[k]])))
+    return offsets
 
 
-def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
-    """The largest local difference between time-aligned thumbnails of two matching videos, or None when
-    their frames cannot be lined up (no thumbnails, other aspect ratio, no sampled frames at the same instant).
+def match_offset(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 mirrored: bool = False) -> float | None:
+    """The content-time shift on which most frame pairs match (:func:`match_offsets`' first), or None."""
+    offsets = match_offsets(a, b, thresholds, mirrored, limit=1)
+    return offsets[0] if offsets else None
+
+
+@dataclass(frozen=True)
+class PixelCheck:
+    """How two matching videos' time-aligned thumbnails differ (:func:`pixel_check`)."""
+
+    difference: float  # largest normalised block difference over the frame pairs compared
+    locality: float  # largest ratio of a pair's worst block to its median block: high for a local edit
+    offset: float  # the content-time shift the frames were lined up on
+    pairs: int  # frame pairs compared
+
+    def altered(self, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+        """Same footage with a local edit (a swapped or re-animated face): a large difference that stands out
+        from the rest of the frame. A difference spread over the whole frame is re-encoding damage."""
+        return self.difference >= thresholds.pixel_diff and self.locality >= thresholds.min_locality
+
+
+def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> PixelCheck | None:
+    """Compare time-aligned thumbnails of two matching videos; None when their frames cannot be lined up
+    (no thumbnails, other aspect ratio, no sampled frames at the same instant).
 
     Each thumbnail is normalised (zero mean, unit variance: a brightness or contrast change is not a
     difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
-    re-animated mouth shows as a few blocks far above the re-encoding noise everywhere else. Hash frames are
-    a second apart, so a trim or frame-rate change can leave a copy's frame one frame off its source's: each
-    pair is also compared with either side's neighbouring frames and the closest alignment counts (a swapped
-    face differs at every instant, so this does not hide it). Frame pairs whose median block differs too are
-    not the same instant and are left out (None when no pair is left).
+    re-animated mouth shows as a few blocks far above the rest of the frame, a low-bitrate re-encode as
+    damage everywhere. Hash frames are a second apart, so a trim or frame-rate change can leave a copy's
+    frame one frame off its source's: each pair is also compared with either side's neighbouring frames and
+    the closest alignment counts (a swapped face differs at every instant, so this does not hide it). Frame
+    pairs whose median block differs too are not the same instant and are left out. Where the hashes allow
+    several trim offsets (a still video), the one whose frames differ least is used.
     """
     if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs):
         return None
     if not a.height or not b.height or abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
         return None
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
-    offset = match_offset(a, b, thresholds, mirrored)
-    if offset is None:
-        return None
+    best = None
+    for offset in match_offsets(a, b, thresholds, mirrored):
+        blocks = _aligned_blocks(a, b, offset, mirrored, thresholds)
+        if blocks is None:
+            continue
+        worst = blocks.max(axis=1)
+        check = PixelCheck(difference=float(worst.max()),
+                           locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
+                           offset=offset, pairs=len(blocks))
+        if best is None or check.difference < best.difference:
+            best = check
+    return best
+
+
+def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
+    """:func:`pixel_check`'s largest block difference, or None when the frames cannot be lined up."""
+    check = pixel_check(a, b, thresholds)
+    return None if check is None else check.difference
+
+
+def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
+                    thresholds: Thresholds) -> np.ndarray | None:
+    """(pairs, 64) block differences of the frame pairs at the same instant once ``b`` is shifted by
+    ``offset``, each pair at its closest alignment with the neighbouring frames; None when there are none."""
     fps = max(a.fps, b.fps) or 30.0
     gaps = np.abs(_content_times(a)[:, None] - (_content_times(b)[None, :] + offset))
     ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
@@ -547,9 +605,7 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
     # A pair that differs all over is not the same instant (a fast cut sampled a frame apart, a frame-rate
     # change): it says nothing about a local edit. Only pairs that agree in most blocks are judged.
     same_instant = np.median(blocks, axis=1) < thresholds.pixel_diff
-    if not same_instant.any():
-        return None
-    return float(blocks[same_instant].max())
+    return blocks[same_instant] if same_instant.any() else None
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -670,10 +726,10 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
         a, b = hashes[hashed[i]], hashes[hashed[j]]
         if not is_match(a, b, thresholds):
             continue
-        diff = pixel_difference(a, b, thresholds)
-        if diff is None:
+        check = pixel_check(a, b, thresholds)
+        if check is None:
             unverifiable.append((i, j))
-        elif diff >= thresholds.pixel_diff:
+        elif check.altered(thresholds):
             altered.append((i, j))
         else:
             same_pixels.append((i, j))
@@ -928,11 +984,11 @@ class StreamingGroups:
             g = self.group_of[other]
             if g.id in altered or not is_match(h, self.hashes[other], th):
                 continue
-            diffs = [pixel_difference(self.hashes[m], h, th) for m in dict.fromkeys([g.representative, other])]
-            if any(d is not None and d >= th.pixel_diff for d in diffs):
+            checks = [pixel_check(self.hashes[m], h, th) for m in dict.fromkeys([g.representative, other])]
+            if any(c is not None and c.altered(th) for c in checks):
                 altered.append(g.id)
             else:
-                options.append((diffs[0], g, other == g.representative))
+                options.append((None if checks[0] is None else checks[0].difference, g, other == g.representative))
         # The closest group, not the first: a short copy of an original can be within the threshold of its face
         # swap's group too. A group the file differs from locally is never joined.
         options = [o for o in options if o[1].id not in altered]

@@ -24,6 +24,7 @@ from deepscan.campaign import (
     is_verified_copy,
     mark_screened,
     match,
+    pixel_check,
     pixel_difference,
     plan,
     screening_order,
@@ -150,6 +151,58 @@ def test_copy_cut_off_the_hash_grid_is_lined_up_by_neighbouring_frames(tmp_path)
     assert is_verified_copy(cut, real)
     assert pixel_difference(real, fake_cut) >= DEFAULT_THRESHOLDS.pixel_diff
     assert not is_verified_copy(fake_cut, real)
+
+
+def _thumb_video(n: int = 10, seed: int = 0) -> VideoHash:
+    """A still scene with a moving "mouth": every frame hashes the same (PDQ cannot tell the frames apart), the
+    thumbnails differ only where the patch moves."""
+    rng = np.random.default_rng(seed)
+    scene = rng.integers(40, 200, (32, 32)).astype(np.float32)
+    thumbs = []
+    for i in range(n):
+        t = scene.copy()
+        t[20:26, 8 + i:14 + i] = 255 if i % 2 else 0
+        thumbs.append(t.astype(np.uint8))
+    h = _hash([0] * n)
+    return replace(h, thumbs=np.array(thumbs), fps=25.0)
+
+
+def _excerpt(h: VideoHash, start: int) -> VideoHash:
+    return replace(h, hashes=h.hashes[start:], quality=h.quality[start:], times=h.times[:len(h) - start].copy(),
+                   thumbs=h.thumbs[start:], duration_s=float(len(h) - start))
+
+
+def test_a_still_video_cut_is_lined_up_by_its_pixels():
+    """In a still video every hash frame matches every other, so the hashes leave the trim open: the pixel
+    check tries the offsets they allow and lines the copy up where its frames are the source's."""
+    source = _thumb_video()
+    cut = _excerpt(source, 2)
+    check = pixel_check(source, cut)
+    assert check is not None and check.offset == pytest.approx(2.0)
+    assert check.difference == 0.0 and not check.altered()
+    assert is_verified_copy(cut, source)
+    assert pixel_check(cut, source).offset == pytest.approx(-2.0)  # either way round
+
+
+def test_damage_spread_over_the_frame_is_not_a_local_edit():
+    """A low-bitrate re-encode can differ from its source more than a face swap does, but all over the frame;
+    a swap's difference stands out from the rest of the frame. The first is grouped (and screened itself,
+    being over the verify threshold), the second kept apart."""
+    source = _thumb_video()
+    rng = np.random.default_rng(1)
+    damaged = np.clip(source.thumbs + rng.normal(0, 4, source.thumbs.shape), 0, 255).astype(np.uint8)
+    reencoded = replace(source, thumbs=damaged, width=32, height=32)
+    swapped_thumbs = source.thumbs.copy()
+    swapped_thumbs[:, 4:12, 12:20] = 255 - swapped_thumbs[:, 4:12, 12:20]  # one face-sized patch, every frame
+    swapped = replace(source, thumbs=swapped_thumbs)
+    spread, local = pixel_check(source, reencoded), pixel_check(source, swapped)
+    assert spread.difference >= DEFAULT_THRESHOLDS.pixel_diff and local.difference >= DEFAULT_THRESHOLDS.pixel_diff
+    assert spread.locality < DEFAULT_THRESHOLDS.min_locality <= local.locality
+    assert not spread.altered() and local.altered()
+    groups = group({"source": source, "reencoded": reencoded, "swapped": swapped})
+    assert [g.members for g in groups] == [["source", "reencoded"], ["swapped"]]
+    assert groups[0].screen_too == ["reencoded"]  # grouped, but not a verified copy: screened itself
+    assert groups[0].altered == [2]
 
 
 def _rep_result(path: str, face_height: float, frame_height: int = 480) -> VideoResult:
