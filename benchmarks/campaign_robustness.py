@@ -94,7 +94,7 @@ def make_copy(src: Path, out: Path, name: str) -> Path:
 
 def cached_hash(path: Path, backend: str) -> tuple[VideoHash | None, float]:
     st = path.stat()
-    key = hashlib.sha1(f"v9|{backend}|{SECONDS_PER_HASH}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha1(f"v11|{backend}|{SECONDS_PER_HASH}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
     f = CACHE / f"{key}.json"
     if f.is_file():
         d = json.loads(f.read_text())

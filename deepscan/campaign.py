@@ -29,9 +29,11 @@ thumbnails) is screened itself (:attr:`Group.screen_too`).
 
 from __future__ import annotations
 
+import base64
 import os
+import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -102,6 +104,9 @@ class VideoHash:
     # (N, 2, 32, 32) thumbnails of the decoded frames just before and after each (the frame's own where none
     # was decoded next to it): a copy whose frames fall one frame apart from its source's is still lined up.
     neighbours: np.ndarray | None = None
+    # (M, 32, 32) grey thumbnails of every decoded frame from the first (ffmpeg's luma, area-scaled; at most
+    # deepscan.video.MAX_TRACK_FRAMES): lines a copy cut or re-timed anywhere up with its source frame by frame.
+    track: np.ndarray | None = None
     # (N, len(VARIANTS), 32) hashes of parts of each frame (:data:`VARIANTS`), and of their mirror images:
     # what a cropped or captioned re-upload still shares with its source.
     variants: np.ndarray | None = None
@@ -112,6 +117,8 @@ class VideoHash:
     duration_s: float = 0.0
     fps: float = 0.0
     backend: str = "pdq"
+    # What comparisons derive from the track, worked out once per hash (not serialised, not compared).
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -130,6 +137,8 @@ class VideoHash:
             d["thumbs"] = [t.tobytes().hex() for t in self.thumbs]
         if self.neighbours is not None:
             d["neighbours"] = [t.tobytes().hex() for t in self.neighbours]
+        if self.track is not None:  # ~1 KiB a frame before compression: base64 of zlib, not hex
+            d["track"] = base64.b64encode(zlib.compress(np.ascontiguousarray(self.track).tobytes(), 6)).decode()
         for key in ("variants", "variants_mirrored"):
             v = getattr(self, key)
             if v is not None:
@@ -160,6 +169,8 @@ class VideoHash:
                    neighbours=(np.array([np.frombuffer(bytes.fromhex(t), np.uint8) for t in d["neighbours"]],
                                         np.uint8).reshape(-1, 2, THUMB, THUMB)
                                if d.get("neighbours") is not None else None),
+                   track=(np.frombuffer(zlib.decompress(base64.b64decode(d["track"])), np.uint8)
+                          .reshape(-1, THUMB, THUMB) if d.get("track") is not None else None),
                    width=int(d.get("width", 0)), height=int(d.get("height", 0)),
                    duration_s=float(d.get("duration_s", 0.0)), fps=float(d.get("fps", 0.0)),
                    backend=d.get("backend", "pdq"))
@@ -276,6 +287,11 @@ class FrameHasher:
         self.height = self.width = 0
         self.last: tuple[float, np.ndarray] | None = None  # the frame seen last (time, image), if not hashed
         self.awaiting_after = False  # the last hash frame has no following neighbour yet
+        self.track: np.ndarray | None = None
+
+    def set_track(self, track: np.ndarray) -> None:
+        """Every decoded frame's thumbnail (``iter_frames(track=...)``)."""
+        self.track = track
 
     def add(self, image: np.ndarray, time_s: float | None = None, hashed: bool = True) -> None:
         if not hashed:
@@ -331,7 +347,7 @@ class FrameHasher:
             quality=np.asarray(self.quality, np.int16), times=np.asarray(self.times, float),
             mirrored=packed(self.mirrored, (-1, 32)) if self.mirror else None,
             thumbs=packed(self.thumbs, (-1, THUMB, THUMB)),
-            neighbours=packed(self.neighbours, (-1, 2, THUMB, THUMB)),
+            neighbours=packed(self.neighbours, (-1, 2, THUMB, THUMB)), track=self.track,
             variants=packed(self.variants, (-1, k, 32)),
             variants_mirrored=packed(self.variants_mirrored, (-1, k, 32)) if self.mirror else None,
             region=self.region, width=self.width, height=self.height,
@@ -361,7 +377,7 @@ def video_hash(source, info=None, backend: str | None = None, seconds_per_hash: 
     elif backend == "pdq":
         # The decode a scan makes (one screening sample, ignored), so a hash made here equals the scan's.
         hasher = FrameHasher(mirror=mirror, fps=info.fps)
-        for batch in iter_frames(source, info, n_frames=1, hash_fps=1.0 / seconds_per_hash,
+        for batch in iter_frames(source, info, n_frames=1, hash_fps=1.0 / seconds_per_hash, track=hasher.set_track,
                                  max_side=HASH_MAX_SIDE, timeout_s=timeout_s, max_pixels=max_pixels):
             for frame in batch:
                 hasher.add(frame.image, frame.time_s, hashed=frame.hashed)
@@ -479,7 +495,19 @@ def is_match(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESH
     """vPDQ's rule (both match percentages at least ``min_pct``), extended to excerpts: the longer video's
     share is asked only in proportion to how much of it the shorter one can cover (distinct frames), so a
     copy with its first or last seconds cut still matches; the shorter one must match in full measure. For
-    two videos of one length this is vPDQ's rule."""
+    two videos of one length this is vPDQ's rule.
+
+    Hash frames are a second apart, so a copy cut off that grid (1.3 s in) has every hash frame a fraction of
+    a second from its source's, too far for PDQ in a moving clip. When both hashes carry frame tracks and
+    some hash frames match, the tracks are lined up frame by frame (:func:`track_alignment`): ``min_pct`` of
+    the frames they share showing the same instant is a match too."""
+    if _hash_match(a, b, thresholds):
+        return True
+    alignment = track_alignment(a, b, thresholds)
+    return alignment is not None and alignment.same_share * 100.0 >= thresholds.min_pct
+
+
+def _hash_match(a: VideoHash, b: VideoHash, thresholds: Thresholds) -> bool:
     (pa, pb), _, (na, nb) = _match(a, b, thresholds)
     if not na or not nb:
         return False
@@ -561,6 +589,11 @@ def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THR
         return None
     if not a.height or not b.height or abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
         return None
+    if _has_track(a) and _has_track(b):
+        alignment = track_alignment(a, b, thresholds)
+        # Tracks that do not agree on most frames show other framings (a crop): judged as before, below.
+        if alignment is not None and alignment.same_share * 100.0 >= thresholds.min_pct:
+            return _track_check(a, b, alignment, thresholds)
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
     best = None
     for offset in match_offsets(a, b, thresholds, mirrored):
@@ -606,6 +639,207 @@ def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
     # change): it says nothing about a local edit. Only pairs that agree in most blocks are judged.
     same_instant = np.median(blocks, axis=1) < thresholds.pixel_diff
     return blocks[same_instant] if same_instant.any() else None
+
+
+TRACK_SEARCH_S = 1.0  # how far around a hash-suggested trim offset the tracks are lined up (the hash grid step)
+TRACK_MIN_STD = 4.0  # grey levels: flatter track frames (black, a fade) line up with anything and are left out
+TRACK_SEARCH_FRAMES = 300  # frames of one track used to line the two up (evenly spread)
+
+
+@dataclass(frozen=True)
+class TrackAlignment:
+    """Where two videos' frame tracks line up (:func:`track_alignment`)."""
+
+    offset: float  # content-time shift, ``a`` minus ``b`` (as :func:`match_offsets`), to a frame
+    mirrored: bool
+    same_share: float  # share of the compared frame pairs that show the same instant (median block < pixel_diff)
+    overlap: float  # share of the shorter video that the other covers at this offset
+
+
+def _has_track(h: VideoHash) -> bool:
+    return h.track is not None and len(h.track) >= 2
+
+
+def _track_std(track: np.ndarray) -> np.ndarray:
+    return track.reshape(len(track), -1).std(1)
+
+
+def _derived(h: VideoHash, key: str, make):
+    if key not in h._derived:
+        h._derived[key] = make()
+    return h._derived[key]
+
+
+def _block_means(thumbs: np.ndarray) -> np.ndarray:
+    """(n, 64) block means of normalised thumbnails: a frame's coarse layout, for lining tracks up."""
+    grid = THUMB // 8
+    return _normalised(thumbs).reshape(len(thumbs), 8, grid, 8, grid).mean((2, 4)).reshape(len(thumbs), -1)
+
+
+def _blocks(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(n, 64) mean absolute differences of normalised thumbnails over an 8x8 grid of blocks."""
+    grid = THUMB // 8
+    d = np.abs(_normalised(x) - _normalised(y))
+    return d.reshape(len(d), 8, grid, 8, grid).mean((2, 4)).reshape(len(d), -1)
+
+
+TRACK_CODE_DISTANCE = 4  # bits (of 64) within which two track frames' codes make their videos a candidate pair
+
+
+def _dct_rows() -> np.ndarray:
+    """The first 8 rows of the orthonormal DCT-II matrix for THUMB samples."""
+    n, k = np.arange(THUMB), np.arange(8)[:, None]
+    m = np.cos(np.pi * (2 * n + 1) * k / (2 * THUMB)) * np.sqrt(2.0 / THUMB)
+    m[0] /= np.sqrt(2.0)
+    return m.astype(np.float32)
+
+
+_DCT8 = _dct_rows()
+
+
+def track_codes(thumbs: np.ndarray, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit perceptual code (pHash: the 8x8 lowest DCT frequencies against their median) of each
+    thumbnail, and which thumbnails are not flat enough to be compared. These index every frame of a track,
+    so a copy whose hash frames fall between its source's (cut off the one-second grid) still finds it."""
+    if not len(thumbs):
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
+    t = thumbs[..., ::-1] if mirrored else thumbs
+    c = np.einsum("ky,nyx,lx->nkl", _DCT8, t.astype(np.float32), _DCT8, optimize=True).reshape(len(t), 64)
+    bits = c > np.median(c[:, 1:], axis=1, keepdims=True)
+    codes = np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    return codes, _track_std(thumbs) >= TRACK_MIN_STD
+
+
+def _hash_time_codes(h: VideoHash) -> np.ndarray:
+    """Track codes of the frames at the hash times, as seen and mirrored (the queries for other tracks)."""
+    if not _has_track(h):
+        return np.zeros(0, np.uint64)
+    idx = np.unique(np.rint(_content_times(h) * (h.fps or 30.0)).astype(np.int64))
+    frames = h.track[idx[idx < len(h.track)]]
+    out = []
+    for mirrored in (False, True):
+        codes, ok = track_codes(frames, mirrored)
+        out.append(codes[ok])
+    return np.concatenate(out)
+
+
+def _track_index_codes(h: VideoHash) -> np.ndarray:
+    if not _has_track(h):
+        return np.zeros(0, np.uint64)
+
+    def make():
+        codes, ok = track_codes(h.track)
+        return codes[ok]
+
+    return _derived(h, "codes", make)
+
+
+def _near_codes(queries: np.ndarray, codes: np.ndarray, block: int = 64) -> np.ndarray:
+    """Which of ``codes`` lie within TRACK_CODE_DISTANCE bits of any query."""
+    hit = np.zeros(len(codes), bool)
+    for lo in range(0, len(queries), block):
+        hit |= (_popcount(queries[lo:lo + block, None] ^ codes[None, :]) <= TRACK_CODE_DISTANCE).any(0)
+    return hit
+
+
+def _track_pairs(src: VideoHash, dst: VideoHash, src_idx: np.ndarray, shift) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``dst``'s track of the frames at ``src`` track frames' times plus ``shift`` (nearest frame),
+    and which of them exist."""
+    f_src, f_dst = src.fps or 30.0, dst.fps or 30.0
+    idx = np.rint((src_idx / f_src + shift) * f_dst).astype(np.int64)
+    ok = (idx >= 0) & (idx < len(dst.track))
+    return np.clip(idx, 0, len(dst.track) - 1), ok
+
+
+def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> TrackAlignment | None:
+    """Line two videos' frame tracks up, to a frame: around each trim offset the hash frames suggest
+    (:func:`match_offsets`, +-:data:`TRACK_SEARCH_S`), the shift whose frame pairs differ least in coarse
+    layout (median over :data:`TRACK_SEARCH_FRAMES` frames of the lower-rate track) among those that cover
+    ``min_pct`` of the shorter video. None without tracks on both sides, with other aspect ratios, or when no
+    hash frames match at all."""
+    if not (_has_track(a) and _has_track(b)) or not a.height or not b.height:
+        return None
+    if abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
+        return None
+    (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
+    fa, fb = a.fps or 30.0, b.fps or 30.0
+    # Look the lower-rate video's frames up in the other's track: each then has a partner within half a frame.
+    swap = fb > fa
+    src, dst = (a, b) if swap else (b, a)
+    sign = -1.0 if swap else 1.0  # dst time = src time + sign * offset
+    b_track = b.track[..., ::-1] if mirrored else b.track
+    src_track, dst_track = (a.track, b_track) if swap else (b_track, a.track)
+    src_h, dst_h = (a, b) if swap else (b, a)
+    src_idx = np.nonzero(_derived(src_h, "std", lambda: _track_std(src_h.track)) >= TRACK_MIN_STD)[0]
+    if len(src_idx) < 2:
+        return None
+    src_idx = src_idx[np.linspace(0, len(src_idx) - 1, min(len(src_idx), TRACK_SEARCH_FRAMES)).round().astype(int)]
+    dst_ok = _derived(dst_h, "std", lambda: _track_std(dst_h.track)) >= TRACK_MIN_STD
+    # Not kept per hash: 256 bytes a frame for every file of a large scan.
+    sig_src, sig_dst = _block_means(src_track[src_idx]), _block_means(dst_track)
+    dur_a, dur_b = len(a.track) / fa, len(b.track) / fb
+
+    def search(shifts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shifts covering min_pct of the shorter video, their coverage and median coarse difference."""
+        overlap = (np.minimum(dur_a, shifts + dur_b) - np.maximum(0.0, shifts)) / min(dur_a, dur_b)
+        keep = overlap * 100.0 >= thresholds.min_pct
+        shifts, overlap = shifts[keep], overlap[keep]
+        costs = np.full(len(shifts), np.inf)
+        for lo in range(0, len(shifts), 64):  # bounded memory: 64 shifts x frames x 64 blocks at a time
+            chunk = shifts[lo:lo + 64]
+            idx, ok = _track_pairs(src, dst, src_idx[None, :], sign * chunk[:, None])
+            ok &= dst_ok[idx]
+            diff = np.abs(sig_src[None] - sig_dst[idx]).mean(-1)
+            diff[~ok] = np.nan
+            enough = ok.sum(1) >= 2
+            if enough.any():
+                costs[lo:lo + 64][enough] = np.nanmedian(diff[enough], axis=1)
+        return shifts, overlap, costs
+
+    centres = match_offsets(a, b, thresholds, mirrored)
+    if not centres:
+        # Some hashes matched (a variant, or only the mirror) but gave no whole-frame offset: search the whole
+        # range coarsely first.
+        coarse, _, costs = search(np.arange(-dur_b, dur_a, TRACK_SEARCH_S / 2))
+        centres = [float(c) for c in coarse[np.argsort(costs)[:3]] if np.isfinite(costs[np.argsort(costs)[0]])]
+    step = 1.0 / max(fa, fb)
+    shifts, overlap, costs = search(np.unique(np.round(np.concatenate(
+        [np.arange(c - TRACK_SEARCH_S, c + TRACK_SEARCH_S + step / 2, step) for c in centres] or [np.zeros(0)]),
+        4)))
+    if not np.isfinite(costs).any():
+        return None
+    best = int(np.argmin(costs))
+    idx, ok = _track_pairs(src, dst, src_idx, sign * shifts[best])
+    ok &= dst_ok[idx]
+    blocks = _blocks(src_track[src_idx[ok]], dst_track[idx[ok]])
+    return TrackAlignment(offset=float(shifts[best]), mirrored=mirrored, overlap=float(overlap[best]),
+                          same_share=float((np.median(blocks, axis=1) < thresholds.pixel_diff).mean()))
+
+
+def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, thresholds: Thresholds) -> PixelCheck | None:
+    """:func:`pixel_check` on frame tracks lined up to a frame: at each hash time of the lower-rate video, its
+    track frame against the other's frame at the same instant (one offset for the whole video, no per-frame
+    choice, so a face swap is never lined up with whichever instant hides it best)."""
+    swap = (b.fps or 30.0) > (a.fps or 30.0)
+    src, dst = (a, b) if swap else (b, a)
+    sign = -1.0 if swap else 1.0
+    b_track = b.track[..., ::-1] if alignment.mirrored else b.track
+    src_track, dst_track = (a.track, b_track) if swap else (b_track, a.track)
+    src_idx = np.unique(np.rint(_content_times(src) * (src.fps or 30.0)).astype(np.int64))
+    src_idx = src_idx[src_idx < len(src_track)]
+    if not len(src_idx):
+        return None
+    idx, ok = _track_pairs(src, dst, src_idx, sign * alignment.offset)
+    if not ok.any():
+        return None
+    blocks = _blocks(src_track[src_idx[ok]], dst_track[idx[ok]])
+    blocks = blocks[np.median(blocks, axis=1) < thresholds.pixel_diff]
+    if not len(blocks):
+        return None
+    worst = blocks.max(axis=1)
+    return PixelCheck(difference=float(worst.max()),
+                      locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
+                      offset=alignment.offset, pairs=len(blocks))
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -678,7 +912,10 @@ class _UnionFind:
 def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAULT_THRESHOLDS,
                     block_rows: int = 2048) -> set[tuple[int, int]]:
     """Pairs of videos (i < j) sharing at least one frame within the distance (either orientation): the
-    only pairs vPDQ's rule can match, found with one blocked all-frames comparison instead of N² calls."""
+    only pairs vPDQ's rule can match, found with one blocked all-frames comparison instead of N² calls; and,
+    for hashes with frame tracks, pairs where a hash-time frame of one is within TRACK_CODE_DISTANCE of any
+    frame of the other's track (:func:`track_codes`): the only pairs the track rule of :func:`is_match` can
+    match."""
     q, t = thresholds.quality, thresholds.distance
     owners, rows, mirror_owners, mirror_rows = [], [], [], []
     for i, h in enumerate(hashes):
@@ -705,6 +942,17 @@ def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAUL
             for x, y in zip(np.minimum(a[keep], b[keep]).tolist(), np.maximum(a[keep], b[keep]).tolist(),
                             strict=True):
                 pairs.add((x, y))
+    # Frame tracks: each video's hash-time frames against every frame of the others' tracks.
+    track_rows = [_track_index_codes(h) for h in hashes]
+    if sum(len(r) for r in track_rows):
+        codes = np.concatenate(track_rows)
+        code_owners = np.concatenate([np.full(len(r), i) for i, r in enumerate(track_rows)])
+        for i, h in enumerate(hashes):
+            queries = _hash_time_codes(h)
+            if len(queries):
+                for j in np.unique(code_owners[_near_codes(queries, codes)]).tolist():
+                    if j != i:
+                        pairs.add((min(i, j), max(i, j)))
     return pairs
 
 
@@ -932,7 +1180,37 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
 
 
 # --------------------------------------------------------------------------------------- streaming groups
-HASH_CACHE_VERSION = "pdq4"  # bump when hashing changes: cached hashes of other versions are not used
+HASH_CACHE_VERSION = "pdq5"  # bump when hashing changes: cached hashes of other versions are not used
+
+
+class _GrowingIndex:
+    """Rows and the file each came from, in buffers grown by doubling: one copy per doubling instead of a
+    concatenation of everything per file (quadratic over a large folder)."""
+
+    def __init__(self, row_shape: tuple[int, ...], dtype):
+        self._rows = np.zeros((0, *row_shape), dtype)
+        self._owners = np.zeros(0, np.int64)
+        self._size = 0
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows[: self._size]
+
+    @property
+    def owners(self) -> np.ndarray:
+        return self._owners[: self._size]
+
+    def add(self, rows: np.ndarray, owner: int) -> None:
+        end = self._size + len(rows)
+        if end > len(self._rows):
+            capacity = max(2 * len(self._rows), end, 1024)
+            grown = np.zeros((capacity, *self._rows.shape[1:]), self._rows.dtype)
+            owners = np.zeros(capacity, np.int64)
+            grown[: self._size], owners[: self._size] = self.rows, self.owners
+            self._rows, self._owners = grown, owners
+        self._rows[self._size:end] = rows
+        self._owners[self._size:end] = owner
+        self._size = end
 
 
 class StreamingGroups:
@@ -946,31 +1224,39 @@ class StreamingGroups:
     passed from a smaller copy to a larger one); every other member is screened itself (``screen_too``).
     """
 
-    def __init__(self, thresholds: Thresholds = DEFAULT_THRESHOLDS):
+    def __init__(self, thresholds: Thresholds = DEFAULT_THRESHOLDS, spill_dir=None):
         self.thresholds = thresholds
+        # Frame tracks (~1 KiB a frame) of placed files go to disk here and are read back through memory maps,
+        # so a scan of thousands of files does not hold them all in memory.
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._spilled: dict[str, Path] = {}
         self.groups: list[Group] = []
         self.hashes: dict[str, VideoHash] = {}
         self.group_of: dict[str, Group] = {}
         self.results: dict[str, object] = {}  # representative path -> its screened result
         # Every earlier file's frame hashes and their owners, in buffers grown by doubling: one copy per
         # doubling instead of a concatenation of everything per file (quadratic over a large folder).
-        self._index = np.zeros((0, 32), np.uint8)
-        self._owners = np.zeros(0, np.int64)
-        self._size = 0
+        self._pdq = _GrowingIndex((32,), np.uint8)
+        self._track = _GrowingIndex((), np.uint64)  # every track frame's code
+        self._track_queries = _GrowingIndex((), np.uint64)  # hash-time frames' codes, as seen and mirrored
         self._order: list[str] = []
 
     def _candidates(self, h: VideoHash) -> list[str]:
-        """Earlier files sharing at least one frame hash within the distance, in the order they came."""
-        if not self._size:
-            return []
+        """Earlier files sharing at least one frame hash within the distance, or a hash-time frame with a
+        frame of the other's track (:func:`candidate_pairs`), in the order they came."""
         q = self.thresholds.quality
-        index, owners = self._index[: self._size], self._owners[: self._size]
+        index, owners = self._pdq.rows, self._pdq.owners
         found: set[int] = set()
         for mirrored in (False, True):
             rows, _ = _frames(h, q, mirrored=mirrored)
             if len(rows) and len(index):
                 found.update(owners[np.nonzero((distances(rows, index) <= self.thresholds.distance).any(0))[0]]
                              .tolist())
+        queries, track = _hash_time_codes(h), _track_index_codes(h)
+        if len(queries) and len(self._track.rows):
+            found.update(self._track.owners[_near_codes(queries, self._track.rows)].tolist())
+        if len(track) and len(self._track_queries.rows):
+            found.update(self._track_queries.owners[_near_codes(track, self._track_queries.rows)].tolist())
         return [self._order[i] for i in sorted(found)]
 
     def place(self, path, h: VideoHash) -> Group:
@@ -982,9 +1268,9 @@ class StreamingGroups:
         joined, altered, options = None, [], []
         for other in self._candidates(h):
             g = self.group_of[other]
-            if g.id in altered or not is_match(h, self.hashes[other], th):
+            if g.id in altered or not is_match(h, self._hash(other), th):
                 continue
-            checks = [pixel_check(self.hashes[m], h, th) for m in dict.fromkeys([g.representative, other])]
+            checks = [pixel_check(self._hash(m), h, th) for m in dict.fromkeys([g.representative, other])]
             if any(c is not None and c.altered(th) for c in checks):
                 altered.append(g.id)
             else:
@@ -999,7 +1285,7 @@ class StreamingGroups:
             self.groups.append(joined)
         else:
             joined.members.append(p)
-            rep = self.hashes[joined.representative]
+            rep = self._hash(joined.representative)
             # is_verified_copy, from the difference already measured against the representative
             verified = (rep_diff is not None and rep_diff < th.verify_diff
                         and (matched_rep or is_match(h, rep, th)))
@@ -1014,20 +1300,22 @@ class StreamingGroups:
         self.hashes[p] = h
         self.group_of[p] = joined
         self._order.append(p)
-        rows, _ = _frames(h, th.quality)
-        self._add_rows(rows, len(self._order) - 1)
+        owner = len(self._order) - 1
+        self._pdq.add(_frames(h, th.quality)[0], owner)
+        self._track.add(_track_index_codes(h), owner)
+        self._track_queries.add(_hash_time_codes(h), owner)
+        if self.spill_dir is not None and _has_track(h):
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            self._spilled[p] = self.spill_dir / f"track-{owner}.npy"
+            np.save(self._spilled[p], np.ascontiguousarray(h.track))
+            self.hashes[p] = replace(h, track=None)  # the caller's hash keeps its track
         return joined
 
-    def _add_rows(self, rows: np.ndarray, owner: int) -> None:
-        end = self._size + len(rows)
-        if end > len(self._index):
-            capacity = max(2 * len(self._index), end, 1024)
-            index, owners = np.zeros((capacity, 32), np.uint8), np.zeros(capacity, np.int64)
-            index[: self._size], owners[: self._size] = self._index[: self._size], self._owners[: self._size]
-            self._index, self._owners = index, owners
-        self._index[self._size:end] = rows
-        self._owners[self._size:end] = owner
-        self._size = end
+    def _hash(self, path: str) -> VideoHash:
+        """A placed file's hash, with its frame track read back from disk where it was spilled."""
+        h = self.hashes[path]
+        spilled = self._spilled.get(path)
+        return h if spilled is None else replace(h, track=np.load(spilled))
 
     def info(self, path) -> dict:
         """``result.extra["campaign"]`` of a file screened itself: its group, the group's representative, and

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import queue
+import tempfile
 import threading
 import time
 import traceback
@@ -317,7 +318,7 @@ class Scanner:
             from .campaign import SECONDS_PER_HASH, FrameHasher
 
             hasher = FrameHasher(fps=info.fps)
-            source = iter_frames(path, info, hash_fps=1.0 / SECONDS_PER_HASH, **decode)
+            source = iter_frames(path, info, hash_fps=1.0 / SECONDS_PER_HASH, track=hasher.set_track, **decode)
             w, h = decode_size(info, opts.max_side)
             if expected * w * h * 3 <= opts.campaign_buffer_mb * 2**20:
                 # Decode (and hash) the whole file first, holding its screening frames: a verified copy of a
@@ -534,13 +535,16 @@ class Scanner:
         copy of a group's screened representative."""
         from .campaign import StreamingGroups
 
-        self._campaign = self._last_campaign = StreamingGroups()
+        # Each placed file's frame track (~1 KiB a decoded frame) waits on disk, not in memory, for later files.
+        tracks = tempfile.TemporaryDirectory(prefix="deepscan-tracks-")
+        self._campaign = self._last_campaign = StreamingGroups(spill_dir=tracks.name)
         self._hash_cache = writer.dir / "hashes" if writer else None
         try:
             for path in found:
                 yield self._screen_one(path, writer, progress, force, evidence)
         finally:
             self._campaign = self._hash_cache = None
+            tracks.cleanup()
 
     def _resumed_into_campaign(self, path: Path, previous: VideoResult) -> VideoResult:
         """A file finished by an earlier run still has to be grouped for the files after it: its hash comes

@@ -570,6 +570,8 @@ def sample_interval(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
 
 # Frame periods around each hash target within which decoded frames also come out (its neighbours).
 HASH_NEIGHBOUR_FRAMES = 1.5
+TRACK_SIDE = 32  # side of the grey thumbnail of every decoded frame (``iter_frames(track=...)``)
+MAX_TRACK_FRAMES = 7200  # at most this many (4 min at 30 fps, 7 MB): later frames are not kept
 
 
 def select_expression(step_s: float, offset_s: float, start_s: float, register: int = 0,
@@ -651,6 +653,7 @@ def iter_frames(
     hash_fps: float | None = None,
     keyframes: bool | None = None,
     hwaccel: str | None = None,
+    track=None,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
@@ -672,6 +675,9 @@ def iter_frames(
     once, so a video whose keyframes are further apart than the sampling step yields fewer frames; one with no
     keyframe after the first target is decoded in full instead.
 
+    ``track``, a callable, is given at the end of the decode every decoded frame (not only the samples) as a
+    :data:`TRACK_SIDE`² grey thumbnail, in decoding order (an array, the first :data:`MAX_TRACK_FRAMES`).
+
     ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on that hardware, frames coming back to memory for the same
     filters, so they are the same frames; when it fails before a frame comes out (no GPU, driver or codec
     support), the video is decoded on the CPU instead and that hardware is not tried again for the codec.
@@ -679,7 +685,7 @@ def iter_frames(
     if info is None:
         info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
     options = dict(n_frames=n_frames, fps=fps, batch_size=batch_size, max_side=max_side, timeout_s=timeout_s,
-                   max_pixels=max_pixels, hash_fps=hash_fps)
+                   max_pixels=max_pixels, hash_fps=hash_fps, track=track)
     if keyframes is None:
         keyframes = (not hash_fps and info.duration_s >= 60.0
                      and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
@@ -722,7 +728,8 @@ def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> 
 
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
-                   hash_fps, keyframes: bool, hwaccel: str | None = None) -> Iterator[list[Frame]]:
+                   hash_fps, keyframes: bool, hwaccel: str | None = None,
+                   track=None) -> Iterator[list[Frame]]:
     """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
@@ -760,14 +767,25 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         limit_output = None  # the sample count is kept in Python; hash frames go on to the end
     else:
         limit_output = limit
+    track_read = track_write = None
+    if track is not None:
+        # Every decoded frame, shrunk in ffmpeg to a TRACK_SIDE² grey thumbnail, on a second pipe: what lines
+        # up a copy's frames with its source's at any offset (the samples are chosen frames only).
+        track_read, track_write = os.pipe()
+        branches = stream.split()
+        stream, thumbs = branches[0], branches[1]
     stream = stream.filter("select", expression.replace("\\,", ","))
     # Always scale to the size the pipe reader expects: should the probe misjudge rotation or size, frames
     # come out distorted instead of as garbage.
     stream = stream.filter("scale", out_w, out_h, flags="area")
     stream = stream.filter("showinfo")
-    args = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
-                         **({"frames:v": limit_output} if limit_output else {})).global_args(
-        "-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
+    output = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough",
+                           **({"frames:v": limit_output} if limit_output else {}))
+    if track is not None:
+        output = ffmpeg.merge_outputs(output, thumbs.filter("scale", TRACK_SIDE, TRACK_SIDE, flags="area")
+                                      .filter("format", "gray").output(f"pipe:{track_write}", format="rawvideo",
+                                                                       pix_fmt="gray", fps_mode="passthrough"))
+    args = output.global_args("-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
     at = args.index("-i")
     args[at + 1] = ffmpeg_input(path)
     args[at:at] = (input_options(decoder_limit, info.container) + (["-hwaccel", hwaccel] if hwaccel else [])
@@ -775,9 +793,25 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     frame_bytes = out_w * out_h * 3
     try:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, pass_fds=(track_write,) if track is not None else ())
     except OSError as exc:
+        if track is not None:
+            os.close(track_read)
         raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
+    finally:
+        if track_write is not None:
+            os.close(track_write)  # the child holds its own copy: EOF comes when ffmpeg is gone
+    track_bytes = bytearray()
+    track_reader = None
+    if track is not None:
+        def read_track():
+            with os.fdopen(track_read, "rb") as pipe:
+                while chunk := pipe.read(1 << 16):
+                    if len(track_bytes) < MAX_TRACK_FRAMES * TRACK_SIDE * TRACK_SIDE:
+                        track_bytes.extend(chunk)  # beyond the cap the pipe is still drained
+
+        track_reader = threading.Thread(target=read_track, daemon=True)
+        track_reader.start()
     stamps: list[tuple[int, float, int | None]] = []  # (n, pts_time, pts)
     time_base: list[float] = []
     tail: list[str] = []
@@ -854,6 +888,11 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
             raise VideoError("ffmpeg did not finish after its output ended") from None
         if timed_out.is_set():
             raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
+        if track_reader is not None:
+            track_reader.join(timeout=30)
+            n = min(len(track_bytes) // (TRACK_SIDE * TRACK_SIDE), MAX_TRACK_FRAMES)
+            track(np.frombuffer(bytes(track_bytes[: n * TRACK_SIDE * TRACK_SIDE]), np.uint8)
+                  .reshape(n, TRACK_SIDE, TRACK_SIDE))
         if produced == 0:
             if any(w.startswith(_TRUNCATED_MP4) for w in info.warnings):
                 raise VideoError(_TRUNCATED_MP4 + "; no frame in what is there could be decoded")
@@ -871,6 +910,8 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
             proc.stdout.close()
         # The stderr reader sees EOF once ffmpeg is gone; closing the pipe under it would raise in its thread.
         reader.join(timeout=5)
+        if track_reader is not None:
+            track_reader.join(timeout=5)
         if proc.stderr and not reader.is_alive():
             proc.stderr.close()
 

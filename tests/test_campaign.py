@@ -19,8 +19,10 @@ from deepscan.campaign import (
     available_backend,
     campaign_table,
     can_inherit,
+    candidate_pairs,
     content_region,
     group,
+    is_match,
     is_verified_copy,
     mark_screened,
     match,
@@ -28,6 +30,8 @@ from deepscan.campaign import (
     pixel_difference,
     plan,
     screening_order,
+    track_alignment,
+    track_codes,
     video_hash,
 )
 from deepscan.results import FaceResult, FrameResult, TrackResult, VideoResult
@@ -137,11 +141,12 @@ def test_manipulated_copy_is_screened_itself():
 def test_copy_cut_off_the_hash_grid_is_lined_up_by_neighbouring_frames(tmp_path):
     """Cutting 1.04 s (26 frames at 25 fps) leaves each hash frame of the copy one frame off its source's:
     frame to frame the pixels differ (the head moved); with the frames decoded beside each hash frame they
-    line up. The mouth-warped fake cut the same way still differs where its mouth was edited."""
+    line up (hashes without frame tracks: from the vpdq backend or an older cache). The mouth-warped fake cut
+    the same way still differs where its mouth was edited."""
     copy, fake_copy = tmp_path / "cut.mp4", tmp_path / "fake_cut.mp4"
     for src, out in ((REAL, copy), (FAKE, fake_copy)):
         ffmpeg("-ss", "1.04", "-i", str(src), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(out))
-    real, cut, fake_cut = video_hash(REAL), video_hash(copy), video_hash(fake_copy)
+    real, cut, fake_cut = (replace(video_hash(p), track=None) for p in (REAL, copy, fake_copy))
     assert real.neighbours.shape == (len(real), 2, 32, 32)
     assert not np.array_equal(real.neighbours[1, 0], real.thumbs[1])  # a real neighbour, not a stand-in
     assert VideoHash.from_dict(real.to_dict()).neighbours.tobytes() == real.neighbours.tobytes()
@@ -151,6 +156,67 @@ def test_copy_cut_off_the_hash_grid_is_lined_up_by_neighbouring_frames(tmp_path)
     assert is_verified_copy(cut, real)
     assert pixel_difference(real, fake_cut) >= DEFAULT_THRESHOLDS.pixel_diff
     assert not is_verified_copy(fake_cut, real)
+
+
+@needs_pdq
+def test_copy_cut_anywhere_is_lined_up_on_the_frame_tracks(tmp_path):
+    """Cut 1.3 s in, every hash frame of the copy falls 0.3 s (7-8 frames) from its source's: too far for
+    the neighbouring frames. The frame tracks (every decoded frame, 32x32) line the two up to a frame; the
+    copy is then a verified copy, the fake cut the same way is kept apart, and the pair is a grouping
+    candidate from the tracks' codes alone."""
+    copy, fake_copy = tmp_path / "cut.mp4", tmp_path / "fake_cut.mp4"
+    for src, out in ((REAL, copy), (FAKE, fake_copy)):
+        ffmpeg("-ss", "1.3", "-i", str(src), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(out))
+    real, cut, fake_cut = video_hash(REAL), video_hash(copy), video_hash(fake_copy)
+    assert real.track.shape == (100, 32, 32) and real.fps == 25.0  # 4 s at 25 fps: every frame
+    assert abs(cut.track.shape[0] - (100 - 1.3 * 25)) <= 1
+    back = VideoHash.from_dict(real.to_dict())
+    assert back.track.tobytes() == real.track.tobytes()
+    assert not is_verified_copy(replace(cut, track=None), replace(real, track=None))
+    alignment = track_alignment(real, cut)
+    assert alignment is not None and alignment.offset == pytest.approx(1.3, abs=0.021) and alignment.same_share == 1.0
+    assert is_match(cut, real) and is_verified_copy(cut, real)
+    check = pixel_check(real, fake_cut)
+    assert check is not None and check.altered()
+    assert not is_verified_copy(fake_cut, real)
+    # Candidates from the track codes alone, with the PDQ hashes made useless:
+    far = replace(cut, hashes=~cut.hashes, mirrored=~cut.mirrored, variants=None, variants_mirrored=None)
+    assert (0, 1) in candidate_pairs([real, far])
+
+
+@needs_pdq
+def test_streaming_groups_spill_frame_tracks_to_disk_and_group_the_same(tmp_path):
+    """A scan keeps placed files' frame tracks on disk (``spill_dir``), not in memory: the groups are the
+    same as with the tracks in memory, and the caller's hash keeps its track (it is saved to the cache)."""
+    from deepscan.campaign import StreamingGroups
+
+    cut = tmp_path / "cut.mp4"
+    ffmpeg("-ss", "1.3", "-i", str(REAL), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(cut))
+    hashes = {"real": video_hash(REAL), "fake": video_hash(FAKE), "cut": video_hash(cut), "other": video_hash(OTHER)}
+    in_memory, spilled = StreamingGroups(), StreamingGroups(spill_dir=tmp_path / "tracks")
+    for name, h in hashes.items():
+        a, b = in_memory.place(name, h), spilled.place(name, h)
+        assert (a.id, a.members, a.screen_too, a.altered) == (b.id, b.members, b.screen_too, b.altered)
+        assert h.track is not None and spilled.hashes[name].track is None
+    assert [g.members for g in spilled.groups] == [["real", "cut"], ["fake"], ["other"]]
+    assert spilled.groups[0].inherits("cut")
+    assert len(list((tmp_path / "tracks").glob("track-*.npy"))) == 4
+
+
+def test_track_codes_are_phash_of_each_thumbnail():
+    """The track codes are the classic pHash (DCT of the 32x32 thumbnail, 8x8 low frequencies against their
+    median, DC left out of the median): a mirrored frame has the mirrored frame's code."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 256, (4, 32, 32)).astype(np.uint8)
+    codes, ok = track_codes(thumbs)
+    for code, thumb in zip(codes, thumbs, strict=True):
+        c = cv2.dct(thumb.astype(np.float32))[:8, :8].ravel()
+        assert int(code) == int(np.packbits(c > np.median(c[1:])).view(">u8")[0])
+    assert ok.all() and not track_codes(np.full((1, 32, 32), 7, np.uint8))[1].any()  # flat: not compared
+    mirrored, _ = track_codes(thumbs, mirrored=True)
+    assert (mirrored == track_codes(np.ascontiguousarray(thumbs[..., ::-1]))[0]).all()
 
 
 def _thumb_video(n: int = 10, seed: int = 0) -> VideoHash:
@@ -381,7 +447,7 @@ def test_streaming_groups_index_grows_past_its_first_buffer():
                       duration_s=4.0)
         originals.append(h)
         assert groups.place(f"orig{i}.mp4", h).members == [f"orig{i}.mp4"]
-    assert groups._size == 1200 and len(groups._index) >= 1200
+    assert len(groups._pdq.rows) == 1200 and len(groups._pdq._rows) >= 1200
     for i in (0, 150, 299):
         g = groups.place(f"copy{i}.mp4", replace(originals[i]))
         assert g.members == [f"orig{i}.mp4", f"copy{i}.mp4"]

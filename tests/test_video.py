@@ -246,3 +246,16 @@ def test_hardware_decoding_gives_the_same_frames_or_falls_back_to_the_cpu(tmp_pa
         assert [f.index for f in frames] == [f.index for f in cpu]
         assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, cpu, strict=True))
     assert ("no-such-accelerator", "h264") in video._HWACCEL_FAILED
+
+
+@pytest.mark.parametrize("rate", [25, 30000 / 1001])
+def test_frame_track_is_every_decoded_frame_in_order(tmp_path, rate):
+    """``track`` gets every decoded frame (not only the samples) as a 32x32 grey thumbnail, in order, from the
+    same ffmpeg process: frame k of the index video is the flat grey that encodes k."""
+    path = index_video(tmp_path / "idx.mp4", n=58, rate=rate)
+    got = []
+    frames = all_frames(path, n_frames=4, hash_fps=1.0, track=got.append)
+    assert len(got) == 1 and got[0].shape == (58, 32, 32) and got[0].dtype == np.uint8
+    levels = got[0].reshape(58, -1).mean(1)
+    assert np.abs(levels - (4 * np.arange(58) + 20)).max() <= 1.5  # frame k, in order, none missing
+    assert all(f.index < 58 and abs(levels[f.index] - f.image.mean()) <= 1.5 for f in frames)
