@@ -751,30 +751,35 @@ def _track_pairs(src: VideoHash, dst: VideoHash, src_idx: np.ndarray, shift) -> 
     return np.clip(idx, 0, len(dst.track) - 1), ok
 
 
+def _oriented(a: VideoHash, b: VideoHash, mirrored: bool):
+    """The lower-rate video first (its frames are looked up in the other's track, where each has a partner
+    within half a frame), then the other, the sign that turns ``a``-minus-``b`` offsets into its shifts, and
+    both tracks, ``b``'s mirrored when asked."""
+    b_track = b.track[..., ::-1] if mirrored else b.track
+    if (b.fps or 30.0) > (a.fps or 30.0):
+        return a, b, -1.0, a.track, b_track
+    return b, a, 1.0, b_track, a.track
+
+
 def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> TrackAlignment | None:
     """Line two videos' frame tracks up, to a frame: around each trim offset the hash frames suggest
     (:func:`match_offsets`, +-:data:`TRACK_SEARCH_S`), the shift whose frame pairs differ least in coarse
     layout (median over :data:`TRACK_SEARCH_FRAMES` frames of the lower-rate track) among those that cover
-    ``min_pct`` of the shorter video. None without tracks on both sides, with other aspect ratios, or when no
-    hash frames match at all."""
+    ``min_pct`` of the shorter video. Where no whole-frame hash matched (the pair is a candidate by a part
+    hash, or by track codes), the whole range is searched coarsely first. None without tracks on both sides,
+    with other aspect ratios, or without two comparable frames."""
     if not (_has_track(a) and _has_track(b)) or not a.height or not b.height:
         return None
     if abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
         return None
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
     fa, fb = a.fps or 30.0, b.fps or 30.0
-    # Look the lower-rate video's frames up in the other's track: each then has a partner within half a frame.
-    swap = fb > fa
-    src, dst = (a, b) if swap else (b, a)
-    sign = -1.0 if swap else 1.0  # dst time = src time + sign * offset
-    b_track = b.track[..., ::-1] if mirrored else b.track
-    src_track, dst_track = (a.track, b_track) if swap else (b_track, a.track)
-    src_h, dst_h = (a, b) if swap else (b, a)
-    src_idx = np.nonzero(_derived(src_h, "std", lambda: _track_std(src_h.track)) >= TRACK_MIN_STD)[0]
+    src, dst, sign, src_track, dst_track = _oriented(a, b, mirrored)
+    src_idx = np.nonzero(_derived(src, "std", lambda: _track_std(src.track)) >= TRACK_MIN_STD)[0]
     if len(src_idx) < 2:
         return None
     src_idx = src_idx[np.linspace(0, len(src_idx) - 1, min(len(src_idx), TRACK_SEARCH_FRAMES)).round().astype(int)]
-    dst_ok = _derived(dst_h, "std", lambda: _track_std(dst_h.track)) >= TRACK_MIN_STD
+    dst_ok = _derived(dst, "std", lambda: _track_std(dst.track)) >= TRACK_MIN_STD
     # Not kept per hash: 256 bytes a frame for every file of a large scan.
     sig_src, sig_dst = _block_means(src_track[src_idx]), _block_means(dst_track)
     dur_a, dur_b = len(a.track) / fa, len(b.track) / fb
@@ -801,7 +806,7 @@ def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT
         # Some hashes matched (a variant, or only the mirror) but gave no whole-frame offset: search the whole
         # range coarsely first.
         coarse, _, costs = search(np.arange(-dur_b, dur_a, TRACK_SEARCH_S / 2))
-        centres = [float(c) for c in coarse[np.argsort(costs)[:3]] if np.isfinite(costs[np.argsort(costs)[0]])]
+        centres = [float(coarse[k]) for k in np.argsort(costs)[:3] if np.isfinite(costs[k])]
     step = 1.0 / max(fa, fb)
     shifts, overlap, costs = search(np.unique(np.round(np.concatenate(
         [np.arange(c - TRACK_SEARCH_S, c + TRACK_SEARCH_S + step / 2, step) for c in centres] or [np.zeros(0)]),
@@ -820,11 +825,7 @@ def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, threshol
     """:func:`pixel_check` on frame tracks lined up to a frame: at each hash time of the lower-rate video, its
     track frame against the other's frame at the same instant (one offset for the whole video, no per-frame
     choice, so a face swap is never lined up with whichever instant hides it best)."""
-    swap = (b.fps or 30.0) > (a.fps or 30.0)
-    src, dst = (a, b) if swap else (b, a)
-    sign = -1.0 if swap else 1.0
-    b_track = b.track[..., ::-1] if alignment.mirrored else b.track
-    src_track, dst_track = (a.track, b_track) if swap else (b_track, a.track)
+    src, dst, sign, src_track, dst_track = _oriented(a, b, alignment.mirrored)
     src_idx = np.unique(np.rint(_content_times(src) * (src.fps or 30.0)).astype(np.int64))
     src_idx = src_idx[src_idx < len(src_track)]
     if not len(src_idx):
@@ -1266,15 +1267,23 @@ class StreamingGroups:
             return self.group_of[p]
         th = self.thresholds
         joined, altered, options = None, [], []
+        rep_checks: dict[int, PixelCheck | None] = {}
         for other in self._candidates(h):
             g = self.group_of[other]
             if g.id in altered or not is_match(h, self._hash(other), th):
                 continue
-            checks = [pixel_check(self._hash(m), h, th) for m in dict.fromkeys([g.representative, other])]
-            if any(c is not None and c.altered(th) for c in checks):
+            # The representative judges; the matched member only where the representative cannot (other framing).
+            # Two copies of one source can look altered to each other (each a frame off it in its own way).
+            if g.id not in rep_checks:
+                rep_checks[g.id] = pixel_check(self._hash(g.representative), h, th)
+            check = rep_checks[g.id]
+            if check is None and other != g.representative:
+                check = pixel_check(self._hash(other), h, th)
+            if check is not None and check.altered(th):
                 altered.append(g.id)
             else:
-                options.append((None if checks[0] is None else checks[0].difference, g, other == g.representative))
+                rep_check = rep_checks[g.id]
+                options.append((None if rep_check is None else rep_check.difference, g, other == g.representative))
         # The closest group, not the first: a short copy of an original can be within the threshold of its face
         # swap's group too. A group the file differs from locally is never joined.
         options = [o for o in options if o[1].id not in altered]

@@ -250,6 +250,27 @@ def test_a_still_video_cut_is_lined_up_by_its_pixels():
     assert pixel_check(cut, source).offset == pytest.approx(-2.0)  # either way round
 
 
+def test_a_file_is_judged_against_the_groups_representative_not_another_copy():
+    """Two copies of one source can each be a little off it in opposite ways, and so look altered to each
+    other: a third file is judged against the group's representative, which both match."""
+    from deepscan.campaign import StreamingGroups
+
+    source = _thumb_video()
+
+    def nudged(delta):
+        thumbs = source.thumbs.astype(np.int16)
+        thumbs[:, 4:8, 4:8] += delta  # one block, a few grey levels
+        return replace(source, thumbs=np.clip(thumbs, 0, 255).astype(np.uint8))
+
+    brighter, darker = nudged(3), nudged(-3)
+    assert not pixel_check(source, brighter).altered() and not pixel_check(source, darker).altered()
+    assert pixel_check(brighter, darker).altered()
+    groups = StreamingGroups()
+    first = groups.place("source", source)
+    assert groups.place("brighter", brighter) is first
+    assert groups.place("darker", darker) is first
+
+
 def test_damage_spread_over_the_frame_is_not_a_local_edit():
     """A low-bitrate re-encode can differ from its source more than a face swap does, but all over the frame;
     a swap's difference stands out from the rest of the frame. The first is grouped (and screened itself,
