@@ -1019,10 +1019,12 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
 
 def plan(paths: Iterable, thresholds: Thresholds = DEFAULT_THRESHOLDS, backend: str | None = None,
          progress: Callable[[str], None] | None = None, cache: dict | None = None, **probe_options) -> list[Group]:
-    """Hash every video and group them: what ``deepscan scan --dedupe`` screens (one representative per
-    group, plus ``screen_too``). A file that cannot be probed or hashed is a group of its own (the scan
+    """Hash every video and group them in one pass (:func:`group`: transitive, unlike a scan's file-by-file
+    :class:`StreamingGroups`): one representative per group to screen, plus ``screen_too``. A file that cannot be probed or hashed is a group of its own (the scan
     then reports its error). ``cache`` (optional) maps path → :class:`VideoHash` and is filled in.
     ``probe_options`` go to :func:`deepscan.video.probe` (``max_pixels``, ``max_duration_s``, ``timeout_s``).
+    Every hash is held in memory with its frame track (about 1 KiB per decoded frame, at most 7 MB a file);
+    a scan (:class:`StreamingGroups` with ``spill_dir``) keeps the tracks on disk instead.
     """
     from .video import VideoError, probe
 
