@@ -64,6 +64,9 @@ TRANSFORMS = {  # name -> (extra ffmpeg input options, filter chain before the 6
     # A cut off the hash grid (at 1, 2 or 4 hashes a second): the copy's hash frames fall between its source's.
     "trim_1.3s": (["-ss", "1.3"], "null", []),
     "fps_15": ([], "fps=15", []),
+    # Platform re-framings of a landscape clip: the centred square and 9:16 vertical crops.
+    "square_crop": ([], "crop='trunc(min(iw,ih)/2)*2':'trunc(min(iw,ih)/2)*2'", []),
+    "vertical_crop": ([], "crop='trunc(min(iw,ih*9/16)/2)*2':ih", []),
 }
 
 
@@ -94,7 +97,7 @@ def make_copy(src: Path, out: Path, name: str) -> Path:
 
 def cached_hash(path: Path, backend: str) -> tuple[VideoHash | None, float]:
     st = path.stat()
-    key = hashlib.sha1(f"v11|{backend}|{SECONDS_PER_HASH}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha1(f"v12|{backend}|{SECONDS_PER_HASH}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
     f = CACHE / f"{key}.json"
     if f.is_file():
         d = json.loads(f.read_text())

@@ -228,16 +228,32 @@ def _crop_fraction(image: np.ndarray, box: tuple[float, float, float, float]) ->
 # Parts of each frame hashed besides the whole (each also mirrored), all from the frame at VARIANT_SIDE px:
 # "region" is the content region (:func:`content_region`), without bands and borders: a captioned or
 # letterboxed copy's region is its source's; "centre" is the middle 90% of the frame (in width and height):
-# what a copy cropped by 10% shows in whole. PDQ needs parts to line up within about 2% of the frame.
-VARIANTS = ("region", "centre")
+# what a copy cropped by 10% shows in whole; "square" and "vertical" are the centred 1:1 and 9:16 crops a
+# platform makes of a landscape clip (:data:`ASPECT_CROPS`). PDQ needs parts to line up within about 2% of
+# the frame.
+VARIANTS = ("region", "centre", "square", "vertical")
 VARIANT_SIDE = 256
 CENTRE_KEEP = 0.9
 _CENTRE_BOX = ((1 - CENTRE_KEEP) / 2, (1 - CENTRE_KEEP) / 2, (1 + CENTRE_KEEP) / 2, (1 + CENTRE_KEEP) / 2)
+# Platform re-framings: the centred square and 9:16 (vertical) crops of each frame, width over height.
+ASPECT_CROPS = (1.0, 9 / 16)
 REGION_FRAMES = 30  # the content region is found on the first hashed frames (30 s at vPDQ's rate)
+
+
+def _aspect_box(height: int, width: int, aspect: float) -> tuple[float, float, float, float]:
+    """The centred box of the frame with this width/height ratio, as fractions (the whole frame when it has
+    that ratio already)."""
+    frame = width / height
+    if aspect < frame:
+        keep = aspect / frame
+        return ((1 - keep) / 2, 0.0, (1 + keep) / 2, 1.0)
+    keep = frame / aspect
+    return (0.0, (1 - keep) / 2, 1.0, (1 + keep) / 2)
 
 
 def _variant_hashes(grey: np.ndarray, region: tuple[float, float, float, float], mirror: bool):
     parts = [_crop_fraction(grey, region), _crop_fraction(grey, _CENTRE_BOX)]
+    parts += [_crop_fraction(grey, _aspect_box(*grey.shape[:2], aspect)) for aspect in ASPECT_CROPS]
     rgb = [np.repeat(p[:, :, None], 3, axis=2) for p in parts]
     plain = [_pdq(p)[0] for p in rgb]
     mirrored = [_pdq(p[:, ::-1])[0] for p in rgb] if mirror else None
@@ -1183,7 +1199,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
 
 
 # --------------------------------------------------------------------------------------- streaming groups
-HASH_CACHE_VERSION = "pdq5"  # bump when hashing changes: cached hashes of other versions are not used
+HASH_CACHE_VERSION = "pdq6"  # bump when hashing changes: cached hashes of other versions are not used
 
 
 class _GrowingIndex:

@@ -362,10 +362,12 @@ def _whole_frame_only(h: VideoHash) -> VideoHash:
 
 
 @needs_pdq
-@pytest.mark.parametrize("vf", ["crop=trunc(iw*0.9/2)*2:trunc(ih*0.9/2)*2", CAPTION], ids=["crop_10pct", "caption"])
+@pytest.mark.parametrize("vf", ["crop=trunc(iw*0.9/2)*2:trunc(ih*0.9/2)*2", CAPTION, "crop=ih:ih",
+                                "crop=trunc(ih*9/16/2)*2:ih"], ids=["crop_10pct", "caption", "square", "vertical"])
 def test_cropped_and_captioned_copies_match_their_source(tmp_path, vf):
-    """A 10% crop or a caption band moves PDQ's whole-frame hash past the distance; the hashes of the frame's
-    centre and of its content region (bands cut off) still line up with the source's."""
+    """A 10% crop, a caption band, or a platform's square or 9:16 re-framing moves PDQ's whole-frame hash past
+    the distance; the hashes of the frame's centre, of its content region (bands cut off) and of its centred
+    square and 9:16 crops still line up with the source's."""
     copy = tmp_path / "copy.mp4"
     ffmpeg("-i", str(OTHER), "-vf", vf, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(copy))
     source, c = video_hash(OTHER), video_hash(copy)
