@@ -13,6 +13,7 @@ from rich.console import Console
 
 from deepscan.campaign import (
     DEFAULT_THRESHOLDS,
+    VARIANTS,
     Group,
     VideoHash,
     apply_group_result,
@@ -405,7 +406,7 @@ def test_hash_round_trips_with_variants():
     if not frames:
         pytest.skip("pdqhash is not installed")
     h = video_hash(frames)
-    assert h.variants.shape == (4, 2, 32) and h.variants_mirrored.shape == (4, 2, 32)
+    assert h.variants.shape == (4, len(VARIANTS), 32) and h.variants_mirrored.shape == (4, len(VARIANTS), 32)
     back = VideoHash.from_dict(h.to_dict())
     assert np.array_equal(back.variants, h.variants) and np.array_equal(back.variants_mirrored, h.variants_mirrored)
     assert back.region == pytest.approx(h.region)
