@@ -566,13 +566,6 @@ def match_offsets(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_T
     return offsets
 
 
-def match_offset(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                 mirrored: bool = False) -> float | None:
-    """The content-time shift on which most frame pairs match (:func:`match_offsets`' first), or None."""
-    offsets = match_offsets(a, b, thresholds, mirrored, limit=1)
-    return offsets[0] if offsets else None
-
-
 @dataclass(frozen=True)
 class PixelCheck:
     """How two matching videos' time-aligned thumbnails differ (:func:`pixel_check`)."""
