@@ -588,15 +588,14 @@ def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THR
     Each thumbnail is normalised (zero mean, unit variance: a brightness or contrast change is not a
     difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
     re-animated mouth shows as a few blocks far above the rest of the frame, a low-bitrate re-encode as
-    damage everywhere. Hash frames are a second apart, so a trim or frame-rate change can leave a copy's
+    damage everywhere. With frame tracks on both sides that agree on most frames, the frames are lined up on
+    them (:func:`track_alignment`, :func:`_track_check`). Otherwise: hash frames are a second apart, so a trim or frame-rate change can leave a copy's
     frame one frame off its source's: each pair is also compared with either side's neighbouring frames and
     the closest alignment counts (a swapped face differs at every instant, so this does not hide it). Frame
     pairs whose median block differs too are not the same instant and are left out. Where the hashes allow
     several trim offsets (a still video), the one whose frames differ least is used.
     """
-    if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs):
-        return None
-    if not a.height or not b.height or abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
+    if a.thumbs is None or b.thumbs is None or not len(a.thumbs) or not len(b.thumbs) or not _same_aspect(a, b):
         return None
     if _has_track(a) and _has_track(b):
         alignment = track_alignment(a, b, thresholds)
@@ -606,16 +605,30 @@ def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THR
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
     best = None
     for offset in match_offsets(a, b, thresholds, mirrored):
-        blocks = _aligned_blocks(a, b, offset, mirrored, thresholds)
-        if blocks is None:
-            continue
-        worst = blocks.max(axis=1)
-        check = PixelCheck(difference=float(worst.max()),
-                           locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
-                           offset=offset, pairs=len(blocks))
-        if best is None or check.difference < best.difference:
+        check = _judged(_aligned_blocks(a, b, offset, mirrored, thresholds), offset, thresholds)
+        if check is not None and (best is None or check.difference < best.difference):
             best = check
     return best
+
+
+def _same_aspect(a: VideoHash, b: VideoHash) -> bool:
+    """Frames of one shape (within 2%): only then do thumbnails of the two line up pixel for pixel."""
+    return bool(a.height and b.height and abs(a.width / a.height - b.width / b.height) <= 0.02 * a.width / a.height)
+
+
+def _judged(blocks: np.ndarray | None, offset: float, thresholds: Thresholds) -> PixelCheck | None:
+    """The :class:`PixelCheck` of frame pairs' block differences (pairs, 64). A pair that differs all over is
+    not the same instant (a fast cut sampled a frame apart, a frame-rate change) and says nothing about a
+    local edit: only pairs that agree in most blocks are judged (None when none do)."""
+    if blocks is None:
+        return None
+    blocks = blocks[np.median(blocks, axis=1) < thresholds.pixel_diff]
+    if not len(blocks):
+        return None
+    worst = blocks.max(axis=1)
+    return PixelCheck(difference=float(worst.max()),
+                      locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
+                      offset=offset, pairs=len(blocks))
 
 
 def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
@@ -626,8 +639,8 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
 
 def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
                     thresholds: Thresholds) -> np.ndarray | None:
-    """(pairs, 64) block differences of the frame pairs at the same instant once ``b`` is shifted by
-    ``offset``, each pair at its closest alignment with the neighbouring frames; None when there are none."""
+    """(pairs, 64) block differences of the frame pairs at the same time once ``b`` is shifted by ``offset``,
+    each pair at its closest alignment with the neighbouring frames; None when no frames fall together."""
     fps = max(a.fps, b.fps) or 30.0
     gaps = np.abs(_content_times(a)[:, None] - (_content_times(b)[None, :] + offset))
     ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
@@ -639,15 +652,9 @@ def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
     # Alignments: a's frame with b's frame or one of its neighbours, and a's neighbours with b's frame.
     left = np.concatenate([np.repeat(ta[:, :1], tb.shape[1], axis=1), ta[:, 1:]], axis=1)
     right = np.concatenate([tb, np.repeat(tb[:, :1], ta.shape[1] - 1, axis=1)], axis=1)
-    grid = THUMB // 8
     n, m = left.shape[:2]
-    blocks = (np.abs(_normalised(left.reshape(n * m, THUMB, THUMB)) - _normalised(right.reshape(n * m, THUMB, THUMB)))
-              .reshape(n, m, 8, grid, 8, grid).mean((3, 5)).reshape(n, m, -1))
-    blocks = blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)]
-    # A pair that differs all over is not the same instant (a fast cut sampled a frame apart, a frame-rate
-    # change): it says nothing about a local edit. Only pairs that agree in most blocks are judged.
-    same_instant = np.median(blocks, axis=1) < thresholds.pixel_diff
-    return blocks[same_instant] if same_instant.any() else None
+    blocks = _blocks(left.reshape(n * m, THUMB, THUMB), right.reshape(n * m, THUMB, THUMB)).reshape(n, m, -1)
+    return blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)]
 
 
 TRACK_SEARCH_S = 1.0  # how far around a hash-suggested trim offset the tracks are lined up (the hash grid step)
@@ -777,9 +784,7 @@ def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT
     ``min_pct`` of the shorter video. Where no whole-frame hash matched (the pair is a candidate by a part
     hash, or by track codes), the whole range is searched coarsely first. None without tracks on both sides,
     with other aspect ratios, or without two comparable frames."""
-    if not (_has_track(a) and _has_track(b)) or not a.height or not b.height:
-        return None
-    if abs(a.width / a.height - b.width / b.height) > 0.02 * a.width / a.height:
+    if not (_has_track(a) and _has_track(b)) or not _same_aspect(a, b):
         return None
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
     fa, fb = a.fps or 30.0, b.fps or 30.0
@@ -842,14 +847,7 @@ def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, threshol
     idx, ok = _track_pairs(src, dst, src_idx, sign * alignment.offset)
     if not ok.any():
         return None
-    blocks = _blocks(src_track[src_idx[ok]], dst_track[idx[ok]])
-    blocks = blocks[np.median(blocks, axis=1) < thresholds.pixel_diff]
-    if not len(blocks):
-        return None
-    worst = blocks.max(axis=1)
-    return PixelCheck(difference=float(worst.max()),
-                      locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
-                      offset=alignment.offset, pairs=len(blocks))
+    return _judged(_blocks(src_track[src_idx[ok]], dst_track[idx[ok]]), alignment.offset, thresholds)
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -1238,8 +1236,8 @@ class StreamingGroups:
 
     def __init__(self, thresholds: Thresholds = DEFAULT_THRESHOLDS, spill_dir=None):
         self.thresholds = thresholds
-        # Frame tracks (~1 KiB a frame) of placed files go to disk here and are read back through memory maps,
-        # so a scan of thousands of files does not hold them all in memory.
+        # Frame tracks (~1 KiB a frame) of placed files go to disk here and are read back when a later file is
+        # compared with them, so a scan of thousands of files does not hold them all in memory.
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self._spilled: dict[str, Path] = {}
         self.groups: list[Group] = []

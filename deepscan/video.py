@@ -891,8 +891,8 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         if track_reader is not None:
             track_reader.join(timeout=30)
             n = min(len(track_bytes) // (TRACK_SIDE * TRACK_SIDE), MAX_TRACK_FRAMES)
-            track(np.frombuffer(bytes(track_bytes[: n * TRACK_SIDE * TRACK_SIDE]), np.uint8)
-                  .reshape(n, TRACK_SIDE, TRACK_SIDE))
+            track(np.frombuffer(track_bytes, np.uint8, count=n * TRACK_SIDE * TRACK_SIDE)
+                  .reshape(n, TRACK_SIDE, TRACK_SIDE).copy())  # a copy: the reader may still hold the buffer
         if produced == 0:
             if any(w.startswith(_TRUNCATED_MP4) for w in info.warnings):
                 raise VideoError(_TRUNCATED_MP4 + "; no frame in what is there could be decoded")
