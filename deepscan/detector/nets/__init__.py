@@ -14,7 +14,7 @@ def build_net(card: ModelCard, weights: Path):
 
         return load_mesonet(arch, weights)
     if arch.startswith("sbi-"):
-        from .sbinet import load_sbinet
+        from .sbinet import load_sbinet  # EfficientNet-Lite and CLIP ViT alike
 
         return load_sbinet(card, weights)
     raise ValueError(f"unknown architecture {arch!r} in model card {card.name}")

@@ -198,21 +198,42 @@ def load_imagenet_lite0(model: nn.Module) -> None:
     load_imagenet_lite(model, "tf_efficientnet_lite0")
 
 
-def net_kwargs_from_card(card) -> dict:
-    """SBINet constructor arguments recorded in a card (training writes them to ``card.extra['net']``)."""
-    kwargs = dict((card.extra or {}).get("net", {}))
-    kwargs["backbone"] = ARCHITECTURES[card.architecture]  # the architecture string is authoritative
-    kwargs.pop("freeze_stages", None)  # a training-time choice; the weights are complete either way
-    return kwargs
+def all_architectures() -> dict[str, str]:
+    """Every SBI-trained architecture string → its timm backbone (EfficientNet-Lite here, CLIP ViT in clipnet)."""
+    from .clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
+
+    return {**ARCHITECTURES, **CLIP_ARCHITECTURES}
 
 
-def load_sbinet(card, weights_path) -> SBINet:
+def build_sbi_net(**kwargs):
+    """An untrained SBI net (EfficientNet-Lite :class:`SBINet` or :class:`~.clipnet.CLIPNet`) for a backbone."""
+    from .clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
+    from .clipnet import CLIPNet
+
+    return CLIPNet(**kwargs) if kwargs["backbone"] in CLIP_ARCHITECTURES.values() else SBINet(**kwargs)
+
+
+def load_pretrained(net) -> None:
+    """Start a net from the weights its backbone's package ships (ImageNet EfficientNet-Lite, or CLIP)."""
+    from .clipnet import CLIPNet, load_clip_pretrained
+
+    if isinstance(net, CLIPNet):
+        load_clip_pretrained(net)
+    else:
+        load_imagenet_lite(net, net.backbone_name)
+
+
+def load_sbinet(card, weights_path):
     """Build the net the card describes and load its safetensors weights strictly."""
     from safetensors.torch import load_file
 
-    if card.architecture not in ARCHITECTURES:
+    archs = all_architectures()
+    if card.architecture not in archs:
         raise ValueError(f"unknown SBI architecture {card.architecture!r}")
-    net = SBINet(**net_kwargs_from_card(card))
+    kwargs = dict((card.extra or {}).get("net", {}))
+    kwargs["backbone"] = archs[card.architecture]  # the architecture string is authoritative
+    kwargs.pop("freeze_stages", None)  # a training-time choice; the weights are complete either way
+    net = build_sbi_net(**kwargs)
     state = load_file(str(weights_path))
     own = net.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}  # fp16 files load into fp32
