@@ -122,6 +122,24 @@ def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
     validate_lines([json.loads(x) for x in lines])
 
 
+def test_embedded_detector_on_a_shared_clip_is_deterministic(shared, scanner):
+    """Two scans of one face-swap clip, the second by a fresh Scanner (new detector, new MTCNN): every face box,
+    face score, heatmap and the video score are bit-identical."""
+    clip = shared / "data" / "clips" / "deepfacelive_split" / "Keanu_Reeves_0__right_swapped.mp4"
+    if not clip.exists():
+        clip = sorted((shared / "data" / "clips").rglob("*.mp4"))[0]
+
+    def faces(r):
+        return [(f.box, f.score, f.heatmap.tobytes()) for fr in r.frames for f in fr.faces]
+
+    first = scanner.scan_video(clip)
+    assert first.status == "ok", first.error
+    assert first.n_faces >= 4 and first.model["name"] == "deepscan-sbi-lite0"
+    again = Scanner(frames=8).scan_video(clip)
+    assert again.score == first.score and again.verdict == first.verdict
+    assert faces(again) == faces(first)
+
+
 def test_overlapped_classification_gives_the_same_result(sample_clip):
     """Classifying a batch while the next is face-detected changes the timing only (the two stages then run
     on one thread each, which reorders float sums: scores agree to 1e-5, boxes exactly)."""
