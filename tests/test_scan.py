@@ -11,6 +11,7 @@ from conftest import SAMPLE_CLIPS, make_test_video
 
 from deepscan import Scanner, VideoResult, scan
 from deepscan.cli import main as cli_main
+from deepscan.detector import DEFAULT_MODEL
 from deepscan.faces import iou
 
 
@@ -134,7 +135,7 @@ def test_embedded_detector_on_a_shared_clip_is_deterministic(shared, scanner):
 
     first = scanner.scan_video(clip)
     assert first.status == "ok", first.error
-    assert first.n_faces >= 4 and first.model["name"] == "deepscan-sbi-lite0"
+    assert first.n_faces >= 4 and first.model["name"] == DEFAULT_MODEL
     again = Scanner(frames=8).scan_video(clip)
     assert again.score == first.score and again.verdict == first.verdict
     assert faces(again) == faces(first)
