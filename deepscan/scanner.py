@@ -186,6 +186,7 @@ class Scanner:
         self.options = replace(options or ScanOptions(), **overrides)
         self._detector = None
         self._faces = None
+        self._device = None
         self._environment = None
 
     # Heavy objects are built on first use so `Scanner()` is cheap and `deepscan probe` needs no torch.
@@ -205,18 +206,26 @@ class Scanner:
 
             runtime.configure_threads(self.options.threads)
             self._detector = load_detector(self.options.detector, weights=self.options.weights,
-                                           device=self.options.device, precision=self.options.precision,
+                                           device=self.device, precision=self.options.precision,
                                            batch_size=self.options.batch_faces or (64 if self._on_cuda() else 16))
         return self._detector
 
-    def _on_cuda(self) -> bool:
-        from .detector import select_device
+    @property
+    def device(self):
+        """The torch device every model-side stage runs on, chosen once (``options.device``, "auto" = CUDA
+        when present), so batch sizes and models never disagree about it."""
+        if self._device is None:
+            from .detector import select_device
 
-        return select_device(self.options.device).type == "cuda"
+            self._device = select_device(self.options.device)
+        return self._device
+
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda"
 
     @property
     def batch_frames(self) -> int:
-        return self.options.batch_frames or (32 if self.detector.device.type == "cuda" else 8)
+        return self.options.batch_frames or (32 if self._on_cuda() else 8)
 
     @property
     def face_finder(self):
