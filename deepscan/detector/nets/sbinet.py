@@ -184,13 +184,20 @@ def load_imagenet_lite(model: nn.Module, backbone: str = "tf_efficientnet_lite0"
     if not has_classifier:
         mapped.pop("classifier.weight")
         mapped.pop("classifier.bias")
+    load_mapped(target, mapped, "ImageNet")
+
+
+def load_mapped(target: nn.Module, mapped: dict[str, torch.Tensor], source: str) -> None:
+    """Load a renamed foreign state dict, naming the first missing, unexpected or mis-shaped keys (a bare
+    ``load_state_dict`` error does not say which mapping rule went wrong)."""
+    own = target.state_dict()
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
     if missing or unexpected:
-        raise KeyError(f"ImageNet mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise KeyError(f"{source} mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
     bad = [k for k, v in mapped.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
-        raise ValueError(f"ImageNet mapping shape mismatch: {bad[:5]}")
+        raise ValueError(f"{source} mapping shape mismatch: {bad[:5]}")
     target.load_state_dict(mapped, strict=True)
 
 
