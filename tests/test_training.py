@@ -16,9 +16,12 @@ from deepscan.crops import crop_face  # noqa: E402
 from deepscan.detector import WeightsMismatch, load_detector  # noqa: E402
 from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.training.data import (  # noqa: E402
+    PROBE_DEGRADATIONS,
     Augment,
     SampleSpec,
     SBIDataset,
+    ValClip,
+    degraded_items,
     load_clips,
     load_index,
     split_clips,
@@ -82,11 +85,12 @@ def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache"))
 
 
-def test_self_blend_mask_marks_exactly_the_changed_pixels():
+@pytest.mark.parametrize("p_sharpen", [None, 0.5])
+def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen):
     for seed in range(12):
         rng = np.random.default_rng(seed)
         img, _, lm = synthetic_face(rng)
-        blended, mask = self_blend(img, lm, rng)
+        blended, mask = self_blend(img, lm, rng, p_sharpen)
         assert blended.shape == img.shape and blended.dtype == np.uint8
         assert mask.shape == img.shape[:2] and mask.dtype == np.float32
         assert 0.0 <= mask.min() and mask.max() <= 1.0
@@ -98,6 +102,23 @@ def test_self_blend_mask_marks_exactly_the_changed_pixels():
         # The mask sits on the face: its weighted centre is near the landmarks' centre.
         ys, xs = np.nonzero(mask > 0)
         assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
+
+
+def test_probe_degradations_lose_detail_and_keep_the_clips():
+    img, _, _ = synthetic_face(np.random.default_rng(3))
+    crop = np.ascontiguousarray(img[:224, :224])
+    items = [ValClip("a", 1, "src", "m", np.stack([crop, crop[:, ::-1]]))]
+
+    def detail(x):  # high-frequency energy
+        return float(np.abs(np.diff(x.astype(np.float32), axis=1)).mean())
+
+    for name in PROBE_DEGRADATIONS:
+        (probe,) = degraded_items(items, name)
+        assert (probe.id, probe.label, probe.source) == ("a", 1, "src")
+        assert probe.crops.shape == items[0].crops.shape and probe.crops.dtype == np.uint8
+        assert not np.array_equal(probe.crops, items[0].crops)
+    half, quarter = (degraded_items(items, n)[0].crops[0] for n in ("downscale_0.5", "downscale_0.25"))
+    assert detail(quarter) < detail(half) < detail(crop)
 
 
 def test_split_is_by_group_and_covers_every_source(cache):
@@ -194,6 +215,11 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert card.face_detector.min_prob == 0.9
     assert card.training["steps"] == 30 and card.training["manifest_sha256"] == "0" * 64
     assert card.metrics["videos"] >= 2 and card.temperature > 0
+    probe = card.metrics["degradation_probe"]
+    assert set(probe) == {"none", *PROBE_DEGRADATIONS}
+    # The undegraded probe repeats the card's own validation AUC; each probe scores both classes.
+    assert probe["none"]["video_auc"] == pytest.approx(card.metrics["video_auc"])
+    assert all(0 <= p["mean_real_score"] <= 1 and 0 <= p["mean_fake_score"] <= 1 for p in probe.values())
     assert card.weights_path.stat().st_size < 30e6
     assert (tmp / "runs/tiny-sbi/ckpt.pt").is_file()
 

@@ -88,6 +88,7 @@ class Augment:
     p_downscale: float = 0.3
     downscale: tuple[float, float] = (0.35, 1.0)
     p_blur: float = 0.15
+    blur_sigma: tuple[float, float] = (0.4, 1.2)
     p_noise: float = 0.15
     noise_sigma: tuple[float, float] = (2.0, 8.0)
     p_jpeg: float = 0.7
@@ -117,7 +118,7 @@ def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
         img = cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA)
         img = cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
     if rng.random() < aug.p_blur:
-        img = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.4, 1.2))
+        img = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(*aug.blur_sigma))
     if rng.random() < aug.p_noise:
         noise = rng.normal(0.0, rng.uniform(*aug.noise_sigma), img.shape)
         img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
@@ -152,6 +153,7 @@ class SampleSpec:
     p_fake: float = 0.5
     real_fake_fraction: float = 0.0  # share of fakes drawn from labelled fake clips instead of SBI
     real_fake_mask_weight: float = 0.0  # their mask is only a landmark hull guess: ignore it by default
+    sbi_p_sharpen: float | None = None  # see sbi._frequency
     augment: Augment = field(default_factory=Augment)
 
 
@@ -188,7 +190,7 @@ class SBIDataset:
             mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
             weight = spec.real_fake_mask_weight
         elif fake:
-            img, mask = self_blend(img, lms, rng)
+            img, mask = self_blend(img, lms, rng, spec.sbi_p_sharpen)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
         box = jitter_box(box, rng, spec.augment.box_jitter)
@@ -228,3 +230,26 @@ def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frame
         crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size) for k in idx])
         items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
     return items
+
+
+def _down_up(img: np.ndarray, factor: float) -> np.ndarray:
+    s = img.shape[0]
+    small = max(8, int(round(s * factor)))
+    return cv2.resize(cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA), (s, s),
+                      interpolation=cv2.INTER_LINEAR)
+
+
+# Fixed degradations of validation crops. A detector that reads low quality as manipulation scores degraded
+# reals higher: the shift of the mean real score measures that bias, the AUC what is left of the signal.
+PROBE_DEGRADATIONS = {
+    "downscale_0.5": lambda img: _down_up(img, 0.5),
+    "downscale_0.25": lambda img: _down_up(img, 0.25),
+    "blur_1.5": lambda img: cv2.GaussianBlur(img, (0, 0), sigmaX=1.5),
+    "jpeg_30": lambda img: _jpeg(img, 30),
+}
+
+
+def degraded_items(items: list[ValClip], name: str) -> list[ValClip]:
+    fn = PROBE_DEGRADATIONS[name]
+    return [ValClip(it.id, it.label, it.source, it.method, np.stack([fn(c) for c in it.crops]) if len(it.crops)
+                    else it.crops) for it in items]

@@ -127,9 +127,13 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, force: bool = False
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _frequency(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip."""
-    choice = rng.integers(4)
+def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | None = None) -> np.ndarray:
+    """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip.
+
+    ``p_sharpen=None`` picks the four uniformly (the recipe of the shipped weights), so three of four blended
+    faces are softer than their surroundings; a larger share of sharpening makes a soft face no sign of a fake.
+    """
+    choice = rng.integers(4) if p_sharpen is None else (0 if rng.random() < p_sharpen else 1 + rng.integers(3))
     if choice == 0:
         blur = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.8, 1.6))
         amount = rng.uniform(0.3, 1.0)
@@ -157,7 +161,8 @@ def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> n
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+               p_sharpen: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Blend a perturbed copy of ``img`` back into it through a random face mask.
 
     Returns the blended uint8 image and the effective per-pixel blend weight (float32 HxW in [0, 1]): pixels
@@ -169,7 +174,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator)
     # covers both directions of mismatch without changing the background.
     source = colour_jitter(img, rng, force=True)
     if rng.random() < 0.8:
-        source = _frequency(source, rng)
+        source = _frequency(source, rng, p_sharpen)
     source = _warp(source, landmarks, rng)
     mask = random_mask(img.shape, landmarks, rng) * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]

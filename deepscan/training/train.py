@@ -20,11 +20,13 @@ import numpy as np
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from .data import (
+    PROBE_DEGRADATIONS,
     REAL_LABELS,
     Augment,
     SampleSpec,
     SBIDataset,
     ValClip,
+    degraded_items,
     load_clips,
     load_index,
     split_clips,
@@ -67,6 +69,7 @@ DEFAULTS: dict = {
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
         "real_fake_mask_weight": 0.0,
+        "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -262,6 +265,21 @@ def metrics_from_logits(items: list[ValClip], face_logits: np.ndarray, temperatu
     }
 
 
+def degradation_probe(items: list[ValClip], predict, temperature: float) -> dict:
+    """Video AUC and mean real/fake video scores of the validation crops under each fixed degradation
+    (``data.PROBE_DEGRADATIONS``), beside the undegraded ones. ``predict`` maps uint8 crops to face logits."""
+    out = {}
+    for name in ("none", *PROBE_DEGRADATIONS):
+        probe = items if name == "none" else degraded_items(items, name)
+        crops = np.concatenate([it.crops for it in probe])
+        scores = scores_by_clip(probe, predict(crops), temperature)
+        labels = np.array([it.label for it in probe])
+        out[name] = {"video_auc": _auc(labels, scores),
+                     "mean_real_score": float(scores[labels == 0].mean()) if (labels == 0).any() else None,
+                     "mean_fake_score": float(scores[labels == 1].mean()) if (labels == 1).any() else None}
+    return out
+
+
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
     """Face-level and video-level (mean over a clip's faces) AUC and rates at the card's threshold."""
     crops = np.concatenate([it.crops for it in val_items]) if val_items else np.zeros((0, 1, 1, 3), np.uint8)
@@ -380,7 +398,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         input_size=cm["input_size"], crop_margin=cm["crop_margin"], mean=tuple(cm["mean"]), std=tuple(cm["std"]),
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
-        real_fake_mask_weight=ct["real_fake_mask_weight"], augment=Augment.from_config(cfg["augment"]),
+        real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"], augment=Augment.from_config(cfg["augment"]),
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
@@ -534,6 +552,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
     card.threshold = video_threshold(real_scores, cv["max_fpr"]) if len(real_scores) else 0.5
     card.metrics = metrics_from_logits(items, logits, card.temperature, card.threshold)
     card.metrics["split"] = "validation groups (held out by identity/source group)"
+    if items:
+        card.metrics["degradation_probe"] = degradation_probe(
+            items, lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature)
 
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
              for k, v in net.state_dict().items()}
