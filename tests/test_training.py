@@ -27,7 +27,7 @@ from deepscan.training.data import (  # noqa: E402
     split_clips,
 )
 from deepscan.training.sbi import self_blend  # noqa: E402
-from deepscan.training.train import fit_temperature, train, video_threshold  # noqa: E402
+from deepscan.training.train import fit_temperature, load_config, train, video_threshold  # noqa: E402
 
 CONTEXT = 320
 
@@ -165,6 +165,23 @@ def test_mask_crop_uses_the_image_crop_geometry():
     differs = np.abs(crop_bl - crop_img).max(axis=2) > 3
     assert differs.any()
     assert (crop_m[differs] > 0).mean() > 0.99
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").rglob("*.toml")))
+def test_committed_configs_load(path):
+    cfg = load_config(path)
+    assert cfg["train"]["max_steps"] > 0 and cfg["model"]["input_size"] % 32 == 0
+
+
+def test_a_misspelt_config_key_is_refused(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('name = "x"\n[train]\nmax_steps = 5\n[augment]\np_blur = 0.2\n')
+    assert load_config(good)["augment"] == {"p_blur": 0.2}
+    for bad in ('[augment]\np_blurr = 0.2\n', '[train]\nmax_step = 5\n', 'sede = 1\n'):
+        path = tmp_path / "bad.toml"
+        path.write_text('name = "x"\n' + bad)
+        with pytest.raises(ValueError, match="unknown config key"):
+            load_config(path)
 
 
 def test_temperature_and_threshold():

@@ -77,7 +77,8 @@ DEFAULTS: dict = {
         "log_every": 10,
         "device": "auto",
     },
-    "val": {"val_fraction": 0.2, "frames_per_clip": 8, "max_fpr": 0.05, "batch_size": 32},
+    # split_seed: the seed of the train/validation split when it should differ from the training seed
+    "val": {"val_fraction": 0.2, "frames_per_clip": 8, "max_fpr": 0.05, "batch_size": 32, "split_seed": None},
     "augment": {},
 }
 
@@ -89,6 +90,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_keys(cfg: dict) -> None:
+    """A misspelt key would otherwise be merged and silently ignored, training a different recipe than the
+    config file reads as."""
+    known = {**{k: set(v) if isinstance(v, dict) else None for k, v in DEFAULTS.items()},
+             "augment": set(Augment.__dataclass_fields__)}
+    for key, value in cfg.items():
+        if key not in known:
+            raise ValueError(f"unknown config key {key!r}")
+        if known[key] is not None:
+            unknown = sorted(set(value) - known[key])
+            if unknown:
+                raise ValueError(f"unknown config key(s) in [{key}]: {', '.join(unknown)}")
+
+
 def load_config(path, overrides: dict | None = None) -> dict:
     """TOML config merged over :data:`DEFAULTS` (then ``overrides``); relative paths resolve from the CWD."""
     try:
@@ -98,6 +113,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
     with open(path, "rb") as fh:
         cfg = _merge(DEFAULTS, tomllib.load(fh))
     cfg = _merge(cfg, overrides or {})
+    _check_keys(cfg)
     size = cfg["model"]["input_size"]
     if size % 32:
         raise ValueError(f"input_size must be a multiple of 32 (the backbone's stride), not {size}")
@@ -385,7 +401,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    train_meta, val_meta = split_clips(index, cv["val_fraction"], cv.get("split_seed", cfg["seed"]))
+    train_meta, val_meta = split_clips(index, cv["val_fraction"], cfg["seed"] if cv["split_seed"] is None else cv["split_seed"])
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
