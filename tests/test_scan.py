@@ -203,7 +203,11 @@ def test_without_following_frames_between_use_a_shorter_pyramid(sample_clip, mon
             == hinted.score)
     full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
     assert [len(fr.faces) for fr in hinted.frames] == [len(fr.faces) for fr in full.frames]
-    assert hinted.score == pytest.approx(full.score, abs=0.05)
+    for a, b in zip(hinted.frames, full.frames, strict=True):
+        assert iou(a.faces[0].box, b.faces[0].box) > 0.85
+    # Boxes from other pyramid scales sit a few pixels apart (IoU 0.89-1.0 here), and a face score moves with
+    # its box: by 0.07 on average on this clip (0.05 with the previous model), so an 8-face mean moves by ~0.06.
+    assert hinted.score == pytest.approx(full.score, abs=0.1)
 
 
 def test_following_a_face_that_moved_and_losing_none_that_left(sample_clip):
