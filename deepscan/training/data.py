@@ -100,8 +100,8 @@ class Augment:
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> Augment:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg or {}).items() if k in known})
+        # Unknown keys are refused by train.load_config; here they would be a TypeError.
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in (cfg or {}).items()})
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -109,14 +109,19 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else img
 
 
+def _down_up(img: np.ndarray, factor: float, up_interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Resample a square crop down to ``factor`` of its size and back: the detail a small face lacks."""
+    s = img.shape[0]
+    small = max(8, int(round(s * factor)))
+    return cv2.resize(cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA), (s, s),
+                      interpolation=up_interpolation)
+
+
 def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
     """Random resampling, blur, noise and compression of a model-input crop."""
-    s = img.shape[0]
     if rng.random() < aug.p_downscale:
         f = rng.uniform(*aug.downscale)
-        small = max(8, int(round(s * f)))
-        img = cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA)
-        img = cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+        img = _down_up(img, f, cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
     if rng.random() < aug.p_blur:
         img = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(*aug.blur_sigma))
     if rng.random() < aug.p_noise:
@@ -230,13 +235,6 @@ def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frame
         crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size) for k in idx])
         items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
     return items
-
-
-def _down_up(img: np.ndarray, factor: float) -> np.ndarray:
-    s = img.shape[0]
-    small = max(8, int(round(s * factor)))
-    return cv2.resize(cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA), (s, s),
-                      interpolation=cv2.INTER_LINEAR)
 
 
 # Fixed degradations of validation crops. A detector that reads low quality as manipulation scores degraded

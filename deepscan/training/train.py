@@ -281,14 +281,18 @@ def metrics_from_logits(items: list[ValClip], face_logits: np.ndarray, temperatu
     }
 
 
-def degradation_probe(items: list[ValClip], predict, temperature: float) -> dict:
+def degradation_probe(items: list[ValClip], predict, temperature: float, logits: np.ndarray | None = None) -> dict:
     """Video AUC and mean real/fake video scores of the validation crops under each fixed degradation
-    (``data.PROBE_DEGRADATIONS``), beside the undegraded ones. ``predict`` maps uint8 crops to face logits."""
+    (``data.PROBE_DEGRADATIONS``), beside the undegraded ones. ``predict`` maps uint8 crops to face logits;
+    ``logits``, when given, are the undegraded crops' own (already computed by the caller)."""
     out = {}
     for name in ("none", *PROBE_DEGRADATIONS):
         probe = items if name == "none" else degraded_items(items, name)
-        crops = np.concatenate([it.crops for it in probe])
-        scores = scores_by_clip(probe, predict(crops), temperature)
+        if name == "none" and logits is not None:
+            face_logits = logits
+        else:
+            face_logits = predict(np.concatenate([it.crops for it in probe]))
+        scores = scores_by_clip(probe, face_logits, temperature)
         labels = np.array([it.label for it in probe])
         out[name] = {"video_auc": _auc(labels, scores),
                      "mean_real_score": float(scores[labels == 0].mean()) if (labels == 0).any() else None,
@@ -401,7 +405,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    train_meta, val_meta = split_clips(index, cv["val_fraction"], cfg["seed"] if cv["split_seed"] is None else cv["split_seed"])
+    split_seed = cfg["seed"] if cv["split_seed"] is None else cv["split_seed"]
+    train_meta, val_meta = split_clips(index, cv["val_fraction"], split_seed)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -414,7 +419,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         input_size=cm["input_size"], crop_margin=cm["crop_margin"], mean=tuple(cm["mean"]), std=tuple(cm["std"]),
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
-        real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"], augment=Augment.from_config(cfg["augment"]),
+        real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
+        augment=Augment.from_config(cfg["augment"]),
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
@@ -570,7 +576,7 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
     card.metrics["split"] = "validation groups (held out by identity/source group)"
     if items:
         card.metrics["degradation_probe"] = degradation_probe(
-            items, lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature)
+            items, lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature, logits)
 
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
              for k, v in net.state_dict().items()}
