@@ -18,6 +18,7 @@ from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.training.data import (  # noqa: E402
     PROBE_DEGRADATIONS,
     Augment,
+    ClipCrops,
     SampleSpec,
     SBIDataset,
     ValClip,
@@ -25,7 +26,9 @@ from deepscan.training.data import (  # noqa: E402
     load_clips,
     load_index,
     split_clips,
+    swapped_items,
 )
+from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
 from deepscan.training.train import fit_temperature, load_config, train, video_threshold  # noqa: E402
 
@@ -119,6 +122,40 @@ def test_probe_degradations_lose_detail_and_keep_the_clips():
         assert not np.array_equal(probe.crops, items[0].crops)
     half, quarter = (degraded_items(items, n)[0].crops[0] for n in ("downscale_0.5", "downscale_0.25"))
     assert detail(quarter) < detail(half) < detail(crop)
+
+
+def test_face_swap_changes_only_the_face_ellipse():
+    target, _, target_lm = synthetic_face(np.random.default_rng(4), skin=(190, 150, 120))
+    donor, _, donor_lm = synthetic_face(np.random.default_rng(5), skin=(120, 90, 200), jitter=20.0)
+    swapped = swap_face(target, target_lm, donor, donor_lm)
+    changed = np.abs(swapped.astype(np.int16) - target).max(-1) > 0
+    region = face_mask(target.shape[:2], target_lm, width=0.95, height=1.15, centre_at=0.7, feather=0.12)
+    assert changed.sum() > 0.5 * (region > 0.5).sum()
+    assert not (changed & (region == 0)).any()
+
+
+def test_swap_probe_items_pair_each_real_clip_with_its_swapped_frames():
+    rng = np.random.default_rng(6)
+
+    def clip(clip_id, label, skin):
+        faces = [synthetic_face(rng, skin=skin, jitter=15.0) for _ in range(5)]
+        return ClipCrops(clip_id, label, "src", "m", np.stack([f[0] for f in faces]),
+                         np.stack([f[1] for f in faces]), np.stack([f[2] for f in faces]))
+
+    clips = [clip("b", "real", (190, 150, 120)), clip("a", "real", (110, 80, 70)), clip("c", "real", (200, 200, 90)),
+             clip("f", "fake", (150, 150, 150))]
+    items = swapped_items(clips, 64, 0.25, 4)
+    assert [(it.id, it.label) for it in items] == [("a", 0), ("a~b", 1), ("b", 0), ("b~c", 1), ("c", 0), ("c~a", 1)]
+    assert all(it.crops.shape == (4, 64, 64, 3) and it.crops.dtype == np.uint8 for it in items)
+    for real, fake in zip(items[::2], items[1::2], strict=True):
+        # The donor's features replace the centre of the face (colour matched to it); the corners, outside the
+        # face, are untouched.
+        diff = np.abs(real.crops.astype(np.int16) - fake.crops).max(-1)
+        assert diff[:, 20:44, 20:44].mean() > 2.0 and diff.max() > 40
+        assert diff[:, :6, :6].max() == 0
+    again = swapped_items(clips, 64, 0.25, 4)
+    assert all(np.array_equal(x.crops, y.crops) for x, y in zip(items, again, strict=True))
+    assert swapped_items(clips[:1], 64, 0.25, 4) == []
 
 
 def test_split_is_by_group_and_covers_every_source(cache):
@@ -237,6 +274,11 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     # The undegraded probe repeats the card's own validation AUC; each probe scores both classes.
     assert probe["none"]["video_auc"] == pytest.approx(card.metrics["video_auc"])
     assert all(0 <= p["mean_real_score"] <= 1 and 0 <= p["mean_fake_score"] <= 1 for p in probe.values())
+    swap = card.metrics.get("swap_probe")
+    if card.training["clips"]["val_real"] >= 2:
+        assert swap["real_clips"] == card.training["clips"]["val_real"] and 0 <= swap["video_auc"] <= 1
+    else:
+        assert swap is None
     assert card.weights_path.stat().st_size < 30e6
     assert (tmp / "runs/tiny-sbi/ckpt.pt").is_file()
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..crops import crop_face, normalise
+from .faceswap import swap_face
 from .sbi import colour_jitter, landmark_mask, self_blend
 
 REAL_LABELS = ("real", "unknown")
@@ -251,3 +252,35 @@ def degraded_items(items: list[ValClip], name: str) -> list[ValClip]:
     fn = PROBE_DEGRADATIONS[name]
     return [ValClip(it.id, it.label, it.source, it.method, np.stack([fn(c) for c in it.crops]) if len(it.crops)
                     else it.crops) for it in items]
+
+
+# JPEG quality both sides of the swap probe are saved at: the swap's resampled, colour-matched face must not be
+# told from the decoded video frames around it by coding history alone.
+SWAP_PROBE_JPEG = 90
+
+
+def swapped_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int,
+                  jpeg_quality: int = SWAP_PROBE_JPEG) -> list[ValClip]:
+    """The real clips' validation crops and, as fakes, the same frames with another real clip's face swapped
+    in (:func:`faceswap.swap_face`): a manipulation method a model has not trained on, on held-out faces.
+
+    Donors are fixed (clips sorted by id; each takes the clip half the list away), frames taken as in
+    :func:`val_items`; real and swapped context crops are both JPEG-coded at ``jpeg_quality`` before cutting.
+    """
+    reals = sorted((c for c in clips if c.label == "real" and len(c.crops)), key=lambda c: c.id)
+    if len(reals) < 2:
+        return []
+    items = []
+    for i, target in enumerate(reals):
+        donor = reals[(i + len(reals) // 2) % len(reals)]
+        idx = np.unique(np.linspace(0, len(target.crops) - 1, min(frames_per_clip, len(target.crops)))
+                        .round().astype(int))
+        donor_idx = np.linspace(0, len(donor.crops) - 1, len(idx)).round().astype(int)
+        real, fake = [], []
+        for k, d in zip(idx, donor_idx, strict=True):
+            swapped = swap_face(target.crops[k], target.landmarks[k], donor.crops[d], donor.landmarks[d])
+            for out, img in ((real, target.crops[k]), (fake, swapped)):
+                out.append(crop_face(_jpeg(img, jpeg_quality), target.boxes[k], crop_margin, input_size))
+        items.append(ValClip(target.id, 0, target.source, target.method, np.stack(real)))
+        items.append(ValClip(f"{target.id}~{donor.id}", 1, target.source, "faceswap probe", np.stack(fake)))
+    return items

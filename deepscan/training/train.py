@@ -22,7 +22,9 @@ from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from .data import (
     PROBE_DEGRADATIONS,
     REAL_LABELS,
+    SWAP_PROBE_JPEG,
     Augment,
+    ClipCrops,
     SampleSpec,
     SBIDataset,
     ValClip,
@@ -30,6 +32,7 @@ from .data import (
     load_clips,
     load_index,
     split_clips,
+    swapped_items,
     val_items,
 )
 
@@ -300,6 +303,22 @@ def degradation_probe(items: list[ValClip], predict, temperature: float, logits:
     return out
 
 
+def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: int, crop_margin: float,
+               frames_per_clip: int) -> dict | None:
+    """Video AUC and mean video scores of the validation split's real clips against the same frames with
+    another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
+    not trained on. ``predict`` maps uint8 crops to face logits. None with fewer than two real clips."""
+    items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
+    if not items:
+        return None
+    scores = scores_by_clip(items, predict(np.concatenate([it.crops for it in items])), temperature)
+    labels = np.array([it.label for it in items])
+    return {"video_auc": _auc(labels, scores), "real_clips": int((labels == 0).sum()),
+            "mean_real_score": float(scores[labels == 0].mean()),
+            "mean_fake_score": float(scores[labels == 1].mean()),
+            "jpeg_quality": SWAP_PROBE_JPEG}
+
+
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
     """Face-level and video-level (mean over a clip's faces) AUC and rates at the card's threshold."""
     crops = np.concatenate([it.crops for it in val_items]) if val_items else np.zeros((0, 1, 1, 3), np.uint8)
@@ -525,7 +544,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if bar is not None:
         bar.close()
     save()
-    return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history)
+    return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
+                  val_clips)
 
 
 def _licence(cfg_model: dict) -> str:
@@ -541,7 +561,8 @@ def _licence(cfg_model: dict) -> str:
     return f"Apache-2.0 (ImageNet weights: {package}, Apache-2.0); {data}"
 
 
-def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history) -> Path:
+def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
+           val_clips=()) -> Path:
     """Validate, calibrate, and write weights + card."""
     import torch
     from safetensors.torch import save_file
@@ -577,6 +598,10 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
     if items:
         card.metrics["degradation_probe"] = degradation_probe(
             items, lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature, logits)
+    swap = swap_probe(list(val_clips), lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature,
+                      cm["input_size"], cm["crop_margin"], cv["frames_per_clip"])
+    if swap is not None:
+        card.metrics["swap_probe"] = swap
 
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
              for k, v in net.state_dict().items()}
