@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit the threshold for scores at this precision (default fp32: the card's threshold; "
                         "bf16 is what --precision auto uses on CPUs with bf16 instructions)")
 
+    v = sub.add_parser("validate", help="re-measure trained model cards on their own validation split of the crop "
+                                        "cache: AUC, degradation probe and swap probe")
+    v.add_argument("cards", type=Path, nargs="+", help="model card JSON files")
+    v.add_argument("--cache", type=Path, default=Path("cache/crops"), help="the crop cache they were trained on")
+    v.add_argument("--json", type=Path, help="also write the measurements here, one object per card")
+
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
     t.add_argument("--no-resume", action="store_true", help="start over instead of resuming the last checkpoint")
@@ -347,6 +353,34 @@ def cmd_calibrate(args) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args) -> int:
+    from rich.table import Table
+
+    from .report import make_console
+    from .training.train import validate_card
+
+    console = make_console()
+    table = Table(title="validation crops, video AUC (mean real score)")
+    probes = ("none", "downscale_0.5", "downscale_0.25", "blur_1.5", "jpeg_30")
+    for col in ("card", *probes, "swap probe"):
+        table.add_column(col, justify="left" if col == "card" else "right")
+    measured = {}
+    for card in args.cards:
+        try:
+            m = validate_card(card, args.cache)
+        except (OSError, ValueError, KeyError) as exc:
+            console.print(f"[bold red]error:[/] {card}: {exc}")
+            return EXIT_ERROR
+        measured[str(card)] = m
+        cells = [m["degradation_probe"][p] for p in probes] + [m["swap_probe"]]
+        table.add_row(str(card), *("—" if c is None or c["video_auc"] is None else
+                                   f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})" for c in cells))
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps(measured, indent=1) + "\n")
+    return EXIT_OK
+
+
 def cmd_train(args) -> int:
     from .training.train import train
 
@@ -355,7 +389,7 @@ def cmd_train(args) -> int:
 
 
 COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report": cmd_report, "cache": cmd_cache,
-            "train": cmd_train,
+            "train": cmd_train, "validate": cmd_validate,
             "calibrate": cmd_calibrate,
             "eval": cmd_eval}
 

@@ -256,6 +256,20 @@ def tiny_run(cache, tmp_path_factory):
     return tmp, config, train(config, progress=False)
 
 
+def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tiny_run, tmp_path):
+    from deepscan.cli import main
+
+    _, _, card_path = tiny_run
+    card = ModelCard.load(card_path)
+    out = tmp_path / "validate.json"
+    assert main(["validate", str(card_path), "--cache", str(cache), "--json", str(out)]) == 0
+    measured = json.loads(out.read_text())[str(card_path)]
+    assert measured["video_auc"] == pytest.approx(card.metrics["video_auc"], abs=1e-6)
+    for name, probe in card.metrics["degradation_probe"].items():
+        assert measured["degradation_probe"][name]["video_auc"] == pytest.approx(probe["video_auc"], abs=1e-6)
+    assert measured["swap_probe"] == card.metrics.get("swap_probe")
+
+
 def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     tmp, config, card_path = tiny_run
     log = [json.loads(line) for line in (tmp / "runs/tiny-sbi/log.jsonl").read_text().splitlines()]

@@ -326,6 +326,36 @@ def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: i
     return metrics_from_logits(val_items, logits, card.temperature, card.threshold)
 
 
+def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> dict:
+    """Re-measure an exported model on its own validation split of the crop cache, as its training run did:
+    the card's validation metrics (at the card's temperature and threshold), the degradation probe and the
+    swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
+    import torch
+    from safetensors.torch import load_file
+
+    card = ModelCard.load(card_path)
+    card.verify_weights()
+    cfg = card.training["config"]
+    index = load_index(cache_dir)
+    wanted = set(card.training["validation_files"])
+    clips = load_clips(cache_dir, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
+    items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
+    net = _build_net(cfg["model"])
+    net.load_state_dict(load_file(str(card.weights_path)), strict=True)
+    net.eval()
+
+    def predict(crops):
+        with torch.inference_mode():
+            return predict_logits(net, card, crops, batch_size)
+
+    logits = predict(np.concatenate([it.crops for it in items]))
+    out = metrics_from_logits(items, logits, card.temperature, card.threshold)
+    out["degradation_probe"] = degradation_probe(items, predict, card.temperature, logits)
+    out["swap_probe"] = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
+                                   cfg["val"]["frames_per_clip"])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 
