@@ -360,9 +360,10 @@ def cmd_validate(args) -> int:
     from .training.train import validate_card
 
     console = make_console()
-    table = Table(title="validation crops, video AUC (mean real score)")
+    table = Table(title="validation crops, video AUC (mean real score); swap probe degraded: the same four "
+                        "degradations in order")
     probes = ("none", "downscale_0.5", "downscale_0.25", "blur_1.5", "jpeg_30")
-    for col in ("card", *probes, "swap probe"):
+    for col in ("card", *probes, "swap probe", "swap probe degraded"):
         table.add_column(col, justify="left" if col == "card" else "right")
     measured = {}
     for card in args.cards:
@@ -372,9 +373,11 @@ def cmd_validate(args) -> int:
             console.print(f"[bold red]error:[/] {card}: {exc}")
             return EXIT_ERROR
         measured[str(card)] = m
-        cells = [m["degradation_probe"][p] for p in probes] + [m["swap_probe"]]
+        swap = m["swap_probe"]
+        cells = [m["degradation_probe"][p] for p in probes] + [swap]
+        degraded = " / ".join(f"{swap['degraded'][p]['video_auc']:.3f}" for p in probes[1:]) if swap else "—"
         table.add_row(str(card), *("—" if c is None or c["video_auc"] is None else
-                                   f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})" for c in cells))
+                                   f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})" for c in cells), degraded)
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps(measured, indent=1) + "\n")

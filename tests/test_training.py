@@ -291,6 +291,7 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     swap = card.metrics.get("swap_probe")
     if card.training["clips"]["val_real"] >= 2:
         assert swap["real_clips"] == card.training["clips"]["val_real"] and 0 <= swap["video_auc"] <= 1
+        assert set(swap["degraded"]) == set(PROBE_DEGRADATIONS)
     else:
         assert swap is None
     assert card.weights_path.stat().st_size < 30e6

@@ -307,16 +307,14 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
                frames_per_clip: int) -> dict | None:
     """Video AUC and mean video scores of the validation split's real clips against the same frames with
     another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
-    not trained on. ``predict`` maps uint8 crops to face logits. None with fewer than two real clips."""
+    not trained on; ``degraded`` repeats it under each fixed degradation of the degradation probe. ``predict``
+    maps uint8 crops to face logits. None with fewer than two real clips."""
     items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
     if not items:
         return None
-    scores = scores_by_clip(items, predict(np.concatenate([it.crops for it in items])), temperature)
-    labels = np.array([it.label for it in items])
-    return {"video_auc": _auc(labels, scores), "real_clips": int((labels == 0).sum()),
-            "mean_real_score": float(scores[labels == 0].mean()),
-            "mean_fake_score": float(scores[labels == 1].mean()),
-            "jpeg_quality": SWAP_PROBE_JPEG}
+    probe = degradation_probe(items, predict, temperature)
+    return {**probe.pop("none"), "real_clips": sum(1 for it in items if it.label == 0),
+            "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
 
 
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
