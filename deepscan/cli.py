@@ -360,8 +360,8 @@ def cmd_validate(args) -> int:
     from .training.train import validate_card
 
     console = make_console()
-    table = Table(title="validation crops, video AUC (mean real score); swap probe degraded: the same four "
-                        "degradations in order")
+    table = Table(title="validation crops, video AUC (mean real score); swap probe: AUC [95% CI, pairs resampled]; "
+                        "swap probe degraded: the same four degradations in order")
     probes = ("none", "downscale_0.5", "downscale_0.25", "blur_1.5", "jpeg_30")
     for col in ("card", *probes, "swap probe", "swap probe degraded"):
         table.add_column(col, justify="left" if col == "card" else "right")
@@ -374,10 +374,15 @@ def cmd_validate(args) -> int:
             return EXIT_ERROR
         measured[str(card)] = m
         swap = m["swap_probe"]
-        cells = [m["degradation_probe"][p] for p in probes] + [swap]
-        degraded = " / ".join(f"{swap['degraded'][p]['video_auc']:.3f}" for p in probes[1:]) if swap else "—"
-        table.add_row(str(card), *("—" if c is None or c["video_auc"] is None else
-                                   f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})" for c in cells), degraded)
+        cells = ["—" if c["video_auc"] is None else f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})"
+                 for c in (m["degradation_probe"][p] for p in probes)]
+        if swap is None:
+            cells += ["—", "—"]
+        else:
+            lo, hi = swap["video_auc_ci95"]
+            cells += [f"{swap['video_auc']:.3f} [{lo:.2f}, {hi:.2f}]",
+                      " / ".join(f"{swap['degraded'][p]['video_auc']:.3f}" for p in probes[1:])]
+        table.add_row(str(card), *cells)
     console.print(table)
     if args.json:
         args.json.write_text(json.dumps(measured, indent=1) + "\n")

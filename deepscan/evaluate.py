@@ -43,16 +43,24 @@ def read_labels(path, subset: set[str] | None = None) -> list[LabelledClip]:
     return clips
 
 
-def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """ROC AUC with a percentile bootstrap 95% interval (clips resampled with replacement)."""
+def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0, groups=None) -> tuple[float, float, float]:
+    """ROC AUC with a percentile bootstrap 95% interval (clips resampled with replacement). With ``groups``,
+    whole groups are resampled instead (e.g. a real clip and its manipulated copy: they are not independent)."""
     from sklearn.metrics import roc_auc_score
 
     y, s = np.asarray(y), np.asarray(s)
     auc = float(roc_auc_score(y, s))
     rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+        members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
     stats = []
     for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
+        if members is None:
+            idx = rng.integers(0, len(y), len(y))
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         if y[idx].min() == y[idx].max():
             continue
         stats.append(roc_auc_score(y[idx], s[idx]))

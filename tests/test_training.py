@@ -292,6 +292,7 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     if card.training["clips"]["val_real"] >= 2:
         assert swap["real_clips"] == card.training["clips"]["val_real"] and 0 <= swap["video_auc"] <= 1
         assert set(swap["degraded"]) == set(PROBE_DEGRADATIONS)
+        assert swap["video_auc_ci95"][0] <= swap["video_auc"] <= swap["video_auc_ci95"][1]
     else:
         assert swap is None
     assert card.weights_path.stat().st_size < 30e6

@@ -309,11 +309,17 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
     another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
     not trained on; ``degraded`` repeats it under each fixed degradation of the degradation probe. ``predict``
     maps uint8 crops to face logits. None with fewer than two real clips."""
+    from ..evaluate import bootstrap_auc
+
     items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
     if not items:
         return None
-    probe = degradation_probe(items, predict, temperature)
-    return {**probe.pop("none"), "real_clips": sum(1 for it in items if it.label == 0),
+    logits = predict(np.concatenate([it.crops for it in items]))
+    scores = scores_by_clip(items, logits, temperature)
+    # A real clip and its swapped copy are resampled together (swapped ids are "<real id>~<donor id>").
+    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=[it.id.split("~")[0] for it in items])
+    probe = degradation_probe(items, predict, temperature, logits)
+    return {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": sum(1 for it in items if it.label == 0),
             "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
 
 
