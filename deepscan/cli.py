@@ -357,12 +357,13 @@ def cmd_validate(args) -> int:
     from rich.table import Table
 
     from .report import make_console
+    from .training.data import PROBE_DEGRADATIONS
     from .training.train import validate_card
 
     console = make_console()
     table = Table(title="validation crops, video AUC (mean real score); swap probe: AUC [95% CI, pairs resampled]; "
                         "swap probe degraded: the same four degradations in order")
-    probes = ("none", "downscale_0.5", "downscale_0.25", "blur_1.5", "jpeg_30")
+    probes = ("none", *PROBE_DEGRADATIONS)
     for col in ("card", *probes, "swap probe", "swap probe degraded"):
         table.add_column(col, justify="left" if col == "card" else "right")
     measured = {}

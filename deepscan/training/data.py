@@ -226,14 +226,19 @@ class ValClip:
     crops: np.ndarray  # (K, S, S, 3) model-input crops
 
 
+def val_frame_indices(n_crops: int, frames_per_clip: int) -> np.ndarray:
+    """Indices of up to ``frames_per_clip`` evenly spaced frames of a clip's ``n_crops`` cached ones."""
+    return np.unique(np.linspace(0, n_crops - 1, min(frames_per_clip, n_crops)).round().astype(int))
+
+
 def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int) -> list[ValClip]:
     """Validation crops of labelled clips (unknown excluded), frames evenly spaced, cut as at inference."""
     items = []
     for c in clips:
         if c.label not in ("real", "fake"):
             continue
-        idx = np.unique(np.linspace(0, len(c.crops) - 1, min(frames_per_clip, len(c.crops))).round().astype(int))
-        crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size) for k in idx])
+        crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size)
+                          for k in val_frame_indices(len(c.crops), frames_per_clip)])
         items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
     return items
 
@@ -273,8 +278,7 @@ def swapped_items(clips: list[ClipCrops], input_size: int, crop_margin: float, f
     items = []
     for i, target in enumerate(reals):
         donor = reals[(i + len(reals) // 2) % len(reals)]
-        idx = np.unique(np.linspace(0, len(target.crops) - 1, min(frames_per_clip, len(target.crops)))
-                        .round().astype(int))
+        idx = val_frame_indices(len(target.crops), frames_per_clip)
         donor_idx = np.linspace(0, len(donor.crops) - 1, len(idx)).round().astype(int)
         real, fake = [], []
         for k, d in zip(idx, donor_idx, strict=True):

@@ -334,7 +334,6 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     """Re-measure an exported model on its own validation split of the crop cache, as its training run did:
     the card's validation metrics (at the card's temperature and threshold), the degradation probe and the
     swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
-    import torch
     from safetensors.torch import load_file
 
     card = ModelCard.load(card_path)
@@ -346,11 +345,9 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
     net = _build_net(cfg["model"])
     net.load_state_dict(load_file(str(card.weights_path)), strict=True)
-    net.eval()
 
     def predict(crops):
-        with torch.inference_mode():
-            return predict_logits(net, card, crops, batch_size)
+        return predict_logits(net, card, crops, batch_size)
 
     logits = predict(np.concatenate([it.crops for it in items]))
     out = metrics_from_logits(items, logits, card.temperature, card.threshold)
@@ -596,7 +593,7 @@ def _licence(cfg_model: dict) -> str:
 
 
 def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-           val_clips=()) -> Path:
+           val_clips) -> Path:
     """Validate, calibrate, and write weights + card."""
     import torch
     from safetensors.torch import save_file
@@ -629,11 +626,13 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
     card.threshold = video_threshold(real_scores, cv["max_fpr"]) if len(real_scores) else 0.5
     card.metrics = metrics_from_logits(items, logits, card.temperature, card.threshold)
     card.metrics["split"] = "validation groups (held out by identity/source group)"
+    def predict(crops):
+        return predict_logits(net, card, crops, cv["batch_size"])
+
     if items:
-        card.metrics["degradation_probe"] = degradation_probe(
-            items, lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature, logits)
-    swap = swap_probe(list(val_clips), lambda c: predict_logits(net, card, c, cv["batch_size"]), card.temperature,
-                      cm["input_size"], cm["crop_margin"], cv["frames_per_clip"])
+        card.metrics["degradation_probe"] = degradation_probe(items, predict, card.temperature, logits)
+    swap = swap_probe(val_clips, predict, card.temperature, cm["input_size"], cm["crop_margin"],
+                      cv["frames_per_clip"])
     if swap is not None:
         card.metrics["swap_probe"] = swap
 
