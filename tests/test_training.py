@@ -389,3 +389,30 @@ def test_imagenet_key_mapping_matches_the_reference_model(backbone):
     net = SBINet(backbone)
     load_imagenet_lite(net, backbone)  # the detector's backbone takes every key but the 1000-way classifier
     assert torch.equal(net.backbone.conv_head.weight, model.conv_head.weight)
+
+
+WARM_POOL_THEN_TRAIN = """
+import sys
+import cv2
+import numpy as np
+from deepscan.training.train import train
+cv2.setNumThreads(2)
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(5):  # OpenCV's pool threads now exist and wait on its locks
+    cv2.GaussianBlur(image, (0, 0), 3)
+train(sys.argv[1], progress=False)
+"""
+
+
+def test_training_with_workers_starts_after_opencv_used_its_thread_pool(cache, tmp_path):
+    # A DataLoader worker forked while OpenCV's pool had threads used to hang in _worker_init (API users who
+    # blurred or resized images before calling train()). A separate process: the hang is in fork.
+    import subprocess
+    import sys
+
+    config = _write_config(tmp_path, cache, max_steps=4, batch_size=4, warmup_steps=1, num_workers=1,
+                           num_threads=2)
+    proc = subprocess.run([sys.executable, "-c", WARM_POOL_THEN_TRAIN, str(config)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((tmp_path / "models").glob("*.json"))

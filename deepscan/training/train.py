@@ -160,6 +160,19 @@ def cv2_threads(n: int) -> None:
     cv2.setNumThreads(n)
 
 
+def _start_workers(loader, num_threads: int):
+    """``iter(loader)``, its worker processes forked while OpenCV has no pool threads: a forked child inherits
+    the pool's locks but not its threads, and its first ``cv2.setNumThreads`` (``_worker_init``) can then wait
+    forever on a thread that does not exist there (seen with 2 threads after the parent had blurred images)."""
+    if not loader.num_workers:
+        return iter(loader)
+    cv2_threads(1)
+    try:
+        return iter(loader)
+    finally:
+        cv2_threads(num_threads)
+
+
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
@@ -503,7 +516,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     budget_s = ct["max_minutes"] * 60.0 if ct["max_minutes"] else math.inf
     loader = DataLoader(
         dataset, batch_size=bs, sampler=range(step * bs, max_steps * bs), num_workers=ct["num_workers"],
-        worker_init_fn=_worker_init, drop_last=True, persistent_workers=False,
+        worker_init_fn=_worker_init, drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",
         # Its own generator: creating the iterator must not draw from the global RNG that dropout uses, or a
         # resumed run would see different dropout masks from an uninterrupted one.
         generator=torch.Generator().manual_seed(cfg["seed"]),
@@ -526,7 +539,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     t_last = time.perf_counter()
     window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": t_last, "imgs": 0}
     stopped_by = "max_steps"
-    for x, y, mask, weight in loader if step < max_steps and elapsed < budget_s else []:
+    batches = _start_workers(loader, int(ct["num_threads"])) if step < max_steps and elapsed < budget_s else []
+    for x, y, mask, weight in batches:
         factor = lr_factor(step, elapsed, ct)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
