@@ -91,13 +91,13 @@ def naive_loop(path: Path, frames: int, detector, settings):
     return scores
 
 
-def long_clip_run(path: Path, frames: int, keyframes: bool | None = None) -> dict:
+def long_clip_run(path: Path, frames: int, keyframes: bool | None = None, hwaccel: str = "none") -> dict:
     """Scan one clip in a fresh process and report its wall time and peak RSS."""
     patch = (f"import deepscan.scanner as m;f=m.iter_frames;"
              f"m.iter_frames=lambda *a,**k:f(*a,keyframes={keyframes},**k);") if keyframes is not None else ""
     code = (
         "import json,sys,time;from deepscan import Scanner;" + patch +
-        f"s=Scanner(frames={frames},keep_heatmaps=False);s.detector;s.face_finder;t=time.perf_counter();"
+        f"s=Scanner(frames={frames},keep_heatmaps=False,hwaccel={hwaccel!r});s.detector;s.face_finder;t=time.perf_counter();"
         f"r=s.scan_video({str(path)!r});"
         "print(json.dumps({'wall_s':time.perf_counter()-t,'status':r.status,'faces':r.n_faces,"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child started by this (big)
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-long", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--levers", action="store_true", help="also time end-to-end with each lever switched off")
+    parser.add_argument("--hwaccel", default="none", help="video decoding for the decode stage and the scans, as "
+                                                         "`deepscan scan --hwaccel` (none: on the CPU)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -146,17 +148,18 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "720p_10s.mp4", 10)
-        scanner = Scanner(frames=args.frames, keep_heatmaps=True)
+        scanner = Scanner(frames=args.frames, keep_heatmaps=True, hwaccel=args.hwaccel)
         det = scanner.detector
         scanner.face_finder  # noqa: B018 - load MTCNN before timing anything
-        print(f"detector: {det.name} ({det.card.architecture}, {det.card.input_size}px, {det.precision}); "
+        print(f"detector: {det.name} ({det.card.architecture}, {det.card.input_size}px, {det.precision}, "
+              f"{det.device}); decoding: {scanner.hwaccel or 'cpu'}; "
               f"clip: 10 s 1280x720 H.264 (keyframe every {GOP_S} s), {args.frames} sampled frames, "
               f"median of {args.repeats}")
         info = probe(clip)
         scanner.scan_video(clip)  # warm-up: first calls pay for allocations and thread pools
 
         def decode():
-            return [f for b in iter_frames(clip, info, n_frames=args.frames) for f in b]
+            return [f for b in iter_frames(clip, info, n_frames=args.frames, hwaccel=scanner.hwaccel) for f in b]
 
         frames = decode()
         images = [f.image for f in frames]
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
                         "shorter pyramid instead of following faces": {"follow_faces": False},
                         "no classify/detect overlap": {"overlap": False}, "fp32 detector instead of bf16": {"precision": "fp32"}}
             for label, change in variants.items():
-                r = variant_run(clip, args.frames, args.repeats, change)
+                r = variant_run(clip, args.frames, args.repeats, {"hwaccel": args.hwaccel, **change})
                 print(f"{label:<44}{r['median_s']:>9.3f}{r['score']:>8.3f}   ({r['precision']})")
 
         if not args.skip_long:
@@ -224,8 +227,8 @@ def main(argv=None) -> int:
                   f"{'every frame decoded: wall s':>28}{'peak RSS MB':>13}")
             for minutes in args.long_minutes:
                 long = make_clip(Path(tmp) / f"long_{minutes}m.mp4", minutes * 60, size="640:360")
-                stats = long_clip_run(long, args.frames)
-                full = long_clip_run(long, args.frames, keyframes=False)
+                stats = long_clip_run(long, args.frames, hwaccel=args.hwaccel)
+                full = long_clip_run(long, args.frames, keyframes=False, hwaccel=args.hwaccel)
                 print(f"{minutes:>5g} min   {stats['wall_s']:>8.2f}{stats['peak_rss_mb']:>13.0f}{stats['faces']:>7}   "
                       f"{full['wall_s']:>28.2f}{full['peak_rss_mb']:>13.0f}")
                 long.unlink()

@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="between full searches, search for faces at least half as large as those found instead "
                         "of following them (slower)")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
-    s.add_argument("--hwaccel", default="auto",
-                   help="hardware video decoding: auto (NVDEC when the detector runs on CUDA), none, or an ffmpeg "
-                        "-hwaccel name such as cuda; falls back to CPU decoding where it fails")
+    s.add_argument("--hwaccel", default="none",
+                   help="hardware video decoding: none (default) or an ffmpeg -hwaccel name such as cuda (NVDEC); "
+                        "the same frames; falls back to CPU decoding where it fails")
     s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                    help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")

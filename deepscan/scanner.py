@@ -65,9 +65,10 @@ class ScanOptions:
     overlap: bool = True
     batch_faces: int | None = None
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
-    # Hardware video decoding (ffmpeg -hwaccel): "auto" = NVDEC ("cuda") when the detector runs on CUDA,
-    # "none", or an ffmpeg hwaccel name. Same frames; falls back to CPU decoding where it fails.
-    hwaccel: str = "auto"
+    # Hardware video decoding: "none" or an ffmpeg -hwaccel name ("cuda": NVDEC). Same frames, pixel for pixel;
+    # falls back to CPU decoding where it fails. Off by default: on an H100 with 16 cores NVDEC made 10-s clips
+    # slower (0.7 s to decode 16 frames against 0.1 s; a folder of 40 clips 28.9 s against 21.4 s).
+    hwaccel: str = "none"
     timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
     max_pixels: int = MAX_PIXELS  # larger frames are refused before decoding (header and decoder both)
     max_duration_s: float | None = MAX_DURATION_S  # longer videos are refused
@@ -225,7 +226,9 @@ class Scanner:
 
     @property
     def batch_frames(self) -> int:
-        return self.options.batch_frames or (32 if self._on_cuda() else 8)
+        # 16 on CUDA: small enough that face detection starts while the rest of a clip decodes (10-s 720p clip on
+        # an H100: 0.555 s against 0.624 s with 32 and 0.611 s with 8).
+        return self.options.batch_frames or (16 if self._on_cuda() else 8)
 
     @property
     def face_finder(self):
@@ -241,8 +244,6 @@ class Scanner:
     @property
     def hwaccel(self) -> str | None:
         choice = self.options.hwaccel
-        if choice == "auto":
-            return "cuda" if self.detector.device.type == "cuda" else None
         return None if choice in ("none", "", None) else choice
 
     @property

@@ -775,6 +775,11 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         branches = stream.split()
         stream, thumbs = branches[0], branches[1]
     stream = stream.filter("select", expression.replace("\\,", ","))
+    if hwaccel and info.pix_fmt and re.fullmatch(r"[a-z0-9]+", info.pix_fmt):
+        # NVDEC hands frames back as nv12 (p010 for 10-bit): the same samples as the software decoder's planar
+        # format, but converted to RGB along another path (mean |difference| 0.77 of 255 measured on an H100).
+        # Repacked to the stream's own format first, the frames are the CPU decoder's, pixel for pixel.
+        stream = stream.filter("format", info.pix_fmt)
     # Always scale to the size the pipe reader expects: should the probe misjudge rotation or size, frames
     # come out distorted instead of as garbage.
     stream = stream.filter("scale", out_w, out_h, flags="area")

@@ -153,6 +153,23 @@ def test_overlapped_classification_gives_the_same_result(sample_clip):
     assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
+def batching_tolerance(scanner) -> tuple[float, float]:
+    """How much boxes (1 - IoU) and the video score may move when only the batching changes: not at all on the
+    CPU, whose kernels do not depend on the batch; on CUDA the kernels chosen for each batch size round
+    differently (on an H100 boxes moved 0.02 px), and a followed face's box, refined from the one before, can
+    then settle elsewhere: up to 4.9 px (IoU 0.875) on this clip, the video score 4e-3. The bound is the one a
+    full search is held to below."""
+    return (0.0, 1e-6) if scanner.device.type == "cpu" else (0.2, 0.01)
+
+
+def same_boxes(a, b, tolerance: float) -> bool:
+    boxes = [[f.box for f in fr.faces] for fr in a.frames], [[f.box for f in fr.faces] for fr in b.frames]
+    if tolerance == 0:
+        return boxes[0] == boxes[1]
+    return [len(x) for x in boxes[0]] == [len(x) for x in boxes[1]] and all(
+        iou(p, q) >= 1 - tolerance for x, y in zip(*boxes, strict=True) for p, q in zip(x, y, strict=True))
+
+
 def spy_on_finder(scanner, monkeypatch):
     finder, calls = scanner.face_finder, []
     real_detect, real_follow = finder.detect, finder.follow
@@ -180,8 +197,9 @@ def test_frames_between_full_searches_follow_the_faces_found(sample_clip, monkey
     assert calls[0] == ("detect", 2, None)  # frames 0 and 4 of the batch of 8: full search
     assert calls[1:] == [("follow", 1, 1)] * 6  # the astronaut is never lost: no other search
     rebatched = Scanner(frames=8, full_detect_every=4, batch_frames=3).scan_video(sample_clip)
-    assert [[f.box for f in fr.faces] for fr in rebatched.frames] == [[f.box for f in fr.faces] for fr in followed.frames]
-    assert rebatched.score == pytest.approx(followed.score, abs=1e-6)  # classifier batches differ: float sums
+    box_tolerance, score_tolerance = batching_tolerance(scanner)
+    assert same_boxes(rebatched, followed, box_tolerance)
+    assert rebatched.score == pytest.approx(followed.score, abs=score_tolerance)  # classifier batches differ
     full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
     assert [len(fr.faces) for fr in followed.frames] == [len(fr.faces) for fr in full.frames]
     for a, b in zip(followed.frames, full.frames, strict=True):
@@ -199,8 +217,8 @@ def test_without_following_frames_between_use_a_shorter_pyramid(sample_clip, mon
     assert calls[0] == ("detect", 2, None)
     assert sum(n for _, n, _ in calls[1:]) == 6 and all(kind == "detect" and h > scanner.face_finder.settings.min_face_px
                                                        for kind, _, h in calls[1:])
-    assert (Scanner(frames=8, full_detect_every=4, batch_frames=3, follow_faces=False).scan_video(sample_clip).score
-            == hinted.score)
+    rebatched = Scanner(frames=8, full_detect_every=4, batch_frames=3, follow_faces=False).scan_video(sample_clip)
+    assert rebatched.score == pytest.approx(hinted.score, abs=batching_tolerance(scanner)[1])
     full = Scanner(frames=8, full_detect_every=1).scan_video(sample_clip)
     assert [len(fr.faces) for fr in hinted.frames] == [len(fr.faces) for fr in full.frames]
     for a, b in zip(hinted.frames, full.frames, strict=True):

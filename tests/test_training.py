@@ -316,7 +316,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
 
     import deepscan.training.train as train_module
 
-    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2}
+    # On the CPU: CUDA training is not reproducible bit for bit (the bilinear upsampling's backward adds with
+    # atomics; measured on an H100, weights 1e-3 apart after 6 steps), so only the CPU can show that resuming
+    # changes nothing. The CUDA generator is checkpointed all the same (dropout there draws from it).
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
     real_save, saves = train_module._save_ckpt, []

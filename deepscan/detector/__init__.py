@@ -127,8 +127,8 @@ class Detector:
         self.net = net.to(self.device).eval()
         self.batch_size = batch_size
         self.precision = self._choose_precision(precision)
-        if self.device.type == "cpu":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # Channels-last convolutions: faster on CPUs and on GPU tensor cores alike (inputs are made to match).
+        self.net = self.net.to(memory_format=torch.channels_last)
 
     def _choose_precision(self, precision: str) -> str:
         if precision != "auto":

@@ -140,7 +140,10 @@ def seed_everything(seed: int) -> None:
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # every device's generator
+    # Reproducible on CUDA too: cuDNN's autotuned and nondeterministic convolution algorithms are off.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def _worker_init(worker_id: int) -> None:
@@ -347,6 +350,7 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     """Re-measure an exported model on its own validation split of the crop cache, as its training run did:
     the card's validation metrics (at the card's temperature and threshold), the degradation probe and the
     swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
+    import torch
     from safetensors.torch import load_file
 
     card = ModelCard.load(card_path)
@@ -358,6 +362,10 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
     net = _build_net(cfg["model"])
     net.load_state_dict(load_file(str(card.weights_path)), strict=True)
+    # On the device and in the memory layout the training run measured with: the same convolution kernels.
+    from ..detector import select_device
+
+    net = net.to(select_device(cfg["train"]["device"])).to(memory_format=torch.channels_last)
 
     def predict(crops):
         return predict_logits(net, card, crops, batch_size)
@@ -510,6 +518,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed_s"], list(state.get("history", []))
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:  # dropout on CUDA draws from the device's generator
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
 
     bs = ct["batch_size"]
     max_steps = ct["max_steps"] or 10**9
@@ -533,6 +543,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         _save_ckpt(ckpt_path, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
             "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
 
     net.train()
