@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="re-measure trained model cards on their own validation split of the crop "
                                         "cache: AUC, degradation probe and swap probe")
-    v.add_argument("cards", type=Path, nargs="+", help="model card JSON files")
+    v.add_argument("cards", type=Path, nargs="+",
+                   help="model card JSON files; with several, each is also compared with the first, clip for clip")
     v.add_argument("--cache", type=Path, default=Path("cache/crops"), help="the crop cache they were trained on")
     v.add_argument("--json", type=Path, help="also write the measurements here, one object per card")
 
@@ -385,9 +386,39 @@ def cmd_validate(args) -> int:
                       " / ".join(f"{swap['degraded'][p]['video_auc']:.3f}" for p in probes[1:])]
         table.add_row(str(card), *cells)
     console.print(table)
+    if len(measured) > 1:
+        console.print(_paired_table(measured))
     if args.json:
         args.json.write_text(json.dumps(measured, indent=1) + "\n")
     return EXIT_OK
+
+
+def _paired_table(measured: dict):
+    """Each card against the first on the same clips: AUC differences with a paired bootstrap 95% interval
+    (written into ``measured`` too, as ``paired_with_first``)."""
+    from rich.table import Table
+
+    from .evaluate import bootstrap_auc_difference
+
+    cards = list(measured)
+    first = measured[cards[0]]["video_scores"]
+    table = Table(title=f"against {cards[0]}: AUC difference [paired bootstrap 95% CI]")
+    for col in ("card", "validation crops", "swap probe"):
+        table.add_column(col, justify="left" if col == "card" else "right")
+    for card in cards[1:]:
+        scores, cells, paired = measured[card]["video_scores"], [], {}
+        for probe in ("validation", "swap_probe"):
+            a, b = first.get(probe), scores.get(probe)
+            if not a or not b or a["ids"] != b["ids"]:
+                cells.append("other clips")  # another split: no pairing
+                continue
+            groups = [i.split("~")[0] for i in a["ids"]] if probe == "swap_probe" else None
+            diff, lo, hi = bootstrap_auc_difference(a["labels"], a["scores"], b["scores"], groups=groups)
+            paired[probe] = {"auc_difference": diff, "ci95": [lo, hi]}
+            cells.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        measured[card]["paired_with_first"] = paired
+        table.add_row(card, *cells)
+    return table
 
 
 def cmd_train(args) -> int:

@@ -135,3 +135,23 @@ def test_bootstrap_auc_resamples_whole_groups_when_given():
     assert abs(one_lo - lo) < 0.05 and abs(one_hi - hi) < 0.05
     # A perfectly separated pair structure has no spread at all.
     assert bootstrap_auc(y, y.astype(float), groups=np.arange(40) // 2) == (1.0, 1.0, 1.0)
+
+
+def test_paired_auc_difference_cancels_what_the_clips_share():
+    import numpy as np
+
+    from deepscan.evaluate import bootstrap_auc, bootstrap_auc_difference
+
+    rng = np.random.default_rng(1)
+    y = np.tile([0, 1], 30)
+    hardness = rng.normal(0, 1, 60)  # what both models see alike in a clip
+    a = hardness + 0.8 * y
+    b = a + 0.4 * y + rng.normal(0, 0.1, 60)  # the same clips, separated better
+    assert bootstrap_auc_difference(y, a, a) == (0.0, 0.0, 0.0)
+    diff, lo, hi = bootstrap_auc_difference(y, a, b)
+    (auc_a, lo_a, hi_a), (auc_b, lo_b, _) = bootstrap_auc(y, a), bootstrap_auc(y, b)
+    assert diff == pytest.approx(auc_b - auc_a) and 0 < lo <= diff <= hi
+    # Paired, the interval is far narrower than the two models' own intervals, which overlap.
+    assert hi - lo < 0.5 * (hi_a - lo_a) and lo_b < hi_a
+    # Swapping the models mirrors the difference.
+    assert bootstrap_auc_difference(y, b, a) == pytest.approx((-diff, -hi, -lo))

@@ -268,6 +268,22 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     for name, probe in card.metrics["degradation_probe"].items():
         assert measured["degradation_probe"][name]["video_auc"] == pytest.approx(probe["video_auc"], abs=1e-6)
     assert measured["swap_probe"] == card.metrics.get("swap_probe")
+    scores = measured["video_scores"]
+    assert len(scores["validation"]["ids"]) == card.metrics["videos"]
+    assert len(scores["swap_probe"]["ids"]) == 2 * card.metrics["swap_probe"]["real_clips"]
+
+    # Two cards: each after the first is compared with it clip for clip; a card against itself differs by 0.
+    import shutil
+
+    twin = tmp_path / "twin" / Path(card_path).name
+    twin.parent.mkdir()
+    shutil.copy(card_path, twin)
+    shutil.copy(card.weights_path, twin.parent)
+    out2 = tmp_path / "paired.json"
+    assert main(["validate", str(card_path), str(twin), "--json", str(out2), "--cache", str(cache)]) == 0
+    paired = json.loads(out2.read_text())[str(twin)]["paired_with_first"]
+    assert paired["validation"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
+    assert paired["swap_probe"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
 
 
 def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):

@@ -320,11 +320,12 @@ def degradation_probe(items: list[ValClip], predict, temperature: float, logits:
 
 
 def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: int, crop_margin: float,
-               frames_per_clip: int) -> dict | None:
+               frames_per_clip: int, scored: dict | None = None) -> dict | None:
     """Video AUC and mean video scores of the validation split's real clips against the same frames with
     another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
     not trained on; ``degraded`` repeats it under each fixed degradation of the degradation probe. ``predict``
-    maps uint8 crops to face logits. None with fewer than two real clips."""
+    maps uint8 crops to face logits. None with fewer than two real clips. ``scored``, when given, receives each
+    clip's video score (:func:`clip_scores`) for paired comparisons."""
     from ..evaluate import bootstrap_auc
 
     items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
@@ -332,11 +333,23 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
         return None
     logits = predict(np.concatenate([it.crops for it in items]))
     scores = scores_by_clip(items, logits, temperature)
-    # A real clip and its swapped copy are resampled together (swapped ids are "<real id>~<donor id>").
-    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=[it.id.split("~")[0] for it in items])
+    if scored is not None:
+        scored.update(clip_scores(items, scores))
+    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=swap_pairs(items))
     probe = degradation_probe(items, predict, temperature, logits)
     return {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": sum(1 for it in items if it.label == 0),
             "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
+
+
+def swap_pairs(items) -> list[str]:
+    """The real clip each swap-probe item belongs to (swapped ids are "<real id>~<donor id>"): a real clip and
+    its swapped copy are not independent, so they are resampled together."""
+    return [it.id.split("~")[0] for it in items]
+
+
+def clip_scores(items, scores) -> dict:
+    return {"ids": [it.id for it in items], "labels": [int(it.label) for it in items],
+            "scores": [float(v) for v in scores]}
 
 
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
@@ -373,8 +386,12 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     logits = predict(np.concatenate([it.crops for it in items]))
     out = metrics_from_logits(items, logits, card.temperature, card.threshold)
     out["degradation_probe"] = degradation_probe(items, predict, card.temperature, logits)
+    swapped: dict = {}
     out["swap_probe"] = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
-                                   cfg["val"]["frames_per_clip"])
+                                   cfg["val"]["frames_per_clip"], scored=swapped)
+    # Each clip's score, so two cards on one split can be compared pair for pair (deepscan validate A B).
+    out["video_scores"] = {"validation": clip_scores(items, scores_by_clip(items, logits, card.temperature)),
+                           "swap_probe": swapped or None}
     return out
 
 
