@@ -412,8 +412,7 @@ def _paired_table(measured: dict):
             if not a or not b or a["ids"] != b["ids"]:
                 cells.append("other clips")  # another split: no pairing
                 continue
-            groups = [i.split("~")[0] for i in a["ids"]] if probe == "swap_probe" else None
-            diff, lo, hi = bootstrap_auc_difference(a["labels"], a["scores"], b["scores"], groups=groups)
+            diff, lo, hi = bootstrap_auc_difference(a["labels"], a["scores"], b["scores"], groups=a.get("groups"))
             paired[probe] = {"auc_difference": diff, "ci95": [lo, hi]}
             cells.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         measured[card]["paired_with_first"] = paired

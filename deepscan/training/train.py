@@ -141,7 +141,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # every device's generator
-    # Reproducible on CUDA too: cuDNN's autotuned and nondeterministic convolution algorithms are off.
+    # Nearer to reproducible on CUDA: cuDNN's autotuned and nondeterministic convolution algorithms are off (the
+    # bilinear upsampling's backward still adds atomically there; on the CPU a run repeats bit for bit).
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 
@@ -333,9 +334,10 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
         return None
     logits = predict(np.concatenate([it.crops for it in items]))
     scores = scores_by_clip(items, logits, temperature)
+    pairs = swap_pairs(items)
     if scored is not None:
-        scored.update(clip_scores(items, scores))
-    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=swap_pairs(items))
+        scored.update(clip_scores(items, scores, groups=pairs))
+    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=pairs)
     probe = degradation_probe(items, predict, temperature, logits)
     return {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": sum(1 for it in items if it.label == 0),
             "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
@@ -347,9 +349,11 @@ def swap_pairs(items) -> list[str]:
     return [it.id.split("~")[0] for it in items]
 
 
-def clip_scores(items, scores) -> dict:
-    return {"ids": [it.id for it in items], "labels": [int(it.label) for it in items],
-            "scores": [float(v) for v in scores]}
+def clip_scores(items, scores, groups: list[str] | None = None) -> dict:
+    """Each clip's id, label and video score; ``groups``: clips that must be resampled together."""
+    out = {"ids": [it.id for it in items], "labels": [int(it.label) for it in items],
+           "scores": [float(v) for v in scores]}
+    return out if groups is None else {**out, "groups": list(groups)}
 
 
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
