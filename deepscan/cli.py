@@ -299,9 +299,10 @@ def cmd_eval(args) -> int:
     weights = args.weights + ["-"] * (len(names) - len(args.weights))
     specs = [{"detector": n, "weights": None if w == "-" else w} for n, w in zip(names, weights, strict=False)]
     if args.results:
-        from .evaluate import metrics_from_results
+        from .evaluate import metrics_from_results, pair_with_first
 
         entries = [metrics_from_results(clips, p) for p in args.results]
+        pair_with_first(entries)
         report = {"n_clips": entries[0]["n_clips"], "n_fake": entries[0]["n_fake"], "detectors": entries}
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -312,11 +313,14 @@ def cmd_eval(args) -> int:
     sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
     table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
                   header_style="bold")
-    for col in ("detector", "AUC", "95% CI", "threshold", "accuracy", "TPR", "FPR", "unscored"):
+    for col in ("detector", "AUC", "95% CI", "AUC − first's [paired 95% CI]", "threshold", "accuracy", "TPR",
+                "FPR", "unscored"):
         table.add_column(col)
     for d in report["detectors"]:
-        t = d["at_threshold"]
-        table.add_row(d["detector"], f"{d['auc']:.3f}", f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]",
+        t, pair = d["at_threshold"], d.get("paired_with_first")
+        paired = "—" if pair is None else (f"{pair['auc_difference']:+.3f} "
+                                           f"[{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]")
+        table.add_row(d["detector"], f"{d['auc']:.3f}", f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]", paired,
                       f"{t['threshold']:.3f}", f"{t['accuracy']:.3f}", f"{t['tpr']:.3f}", f"{t['fpr']:.3f}",
                       str(len(d["unscored"])))
     console.print(table)

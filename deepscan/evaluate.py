@@ -124,9 +124,11 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
         auc, lo, hi = bootstrap_auc(ys, ss)
         entry = {"detector": name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
                  "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
-                 "per_source": per_source_table(ys, ss, srcs, scanner.threshold)}
+                 "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
+                 "video_scores": _video_scores([c.path for c in clips], ys, ss)}
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
+    pair_with_first(report["detectors"])
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
@@ -158,9 +160,29 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         ss.append(0.0 if d.get("score") is None else d["score"])
         srcs.append(clip.source)
     auc, lo, hi = bootstrap_auc(ys, ss)
+    scored = [c.path for c in clips if str(c.path.resolve()) in by_path]
     return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), "auc": auc, "auc_ci95": [lo, hi],
             "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
-            "per_source": per_source_table(ys, ss, srcs, threshold)}
+            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": _video_scores(scored, ys, ss)}
+
+
+def _video_scores(paths, labels, scores) -> dict:
+    return {"paths": [str(p) for p in paths], "labels": [int(v) for v in labels],
+            "scores": [float(v) for v in scores]}
+
+
+def pair_with_first(entries: list[dict]) -> None:
+    """Each detector after the first that scored the same clips gets ``paired_with_first``: its AUC minus the
+    first's with a paired bootstrap 95% interval (the same resamples for both: a clip's difficulty cancels)."""
+    if not entries:
+        return
+    first = entries[0]["video_scores"]
+    for entry in entries[1:]:
+        mine = entry["video_scores"]
+        if mine["paths"] != first["paths"]:
+            continue
+        diff, lo, hi = bootstrap_auc_difference(first["labels"], first["scores"], mine["scores"])
+        entry["paired_with_first"] = {"against": entries[0]["detector"], "auc_difference": diff, "ci95": [lo, hi]}
 
 
 def per_source_table(ys, ss, srcs, threshold: float) -> list[dict]:

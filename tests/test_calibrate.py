@@ -155,3 +155,51 @@ def test_paired_auc_difference_cancels_what_the_clips_share():
     assert hi - lo < 0.5 * (hi_a - lo_a) and lo_b < hi_a
     # Swapping the models mirrors the difference.
     assert bootstrap_auc_difference(y, b, a) == pytest.approx((-diff, -hi, -lo))
+
+
+def test_eval_scores_labelled_clips_with_a_roc_and_per_source_table(tmp_path, capsys):
+    """`deepscan eval LABELS`: the sample clips (two fakes, two reals) scanned with the embedded model; AUC and
+    interval, rates at the card's threshold, a row per source, the ROC plot, each clip's score."""
+    from conftest import SAMPLE_CLIPS
+
+    labels = tmp_path / "labels.csv"
+    rows = [f"{p},{'fake' if 'fake' in p.name else 'real'}" for p in sorted(SAMPLE_CLIPS.glob("*.mp4"))]
+    labels.write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "eval"
+    assert main(["eval", str(labels), "--frames", "4", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert (report["n_clips"], report["n_fake"]) == (4, 2)
+    (entry,) = report["detectors"]
+    lo, hi = entry["auc_ci95"]
+    assert 0 <= lo <= entry["auc"] <= hi <= 1 and "paired_with_first" not in entry
+    scores = entry["video_scores"]
+    assert scores["labels"] == [1, 0, 1, 0] and all(0 <= s <= 1 for s in scores["scores"])
+    assert entry["at_threshold"]["tpr"] in (0.0, 0.5, 1.0) and sum(r["n"] for r in entry["per_source"]) == 4
+    assert (out / "roc.png").stat().st_size > 1000
+    assert (out / entry["detector"] / "results.jsonl").is_file()
+    assert "AUC" in capsys.readouterr().out
+
+
+def test_eval_of_earlier_results_pairs_each_detector_with_the_first(tmp_path, capsys):
+    """`deepscan eval LABELS --results A --results B`: no scanning; B is compared with A clip for clip."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 30
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"src/c{i}.mp4\t{'fake' if i % 2 else 'real'}\n" for i in range(n)))
+    y = np.arange(n) % 2
+    hardness = rng.normal(0, 1, n)
+    for name, separation in (("a", 0.6), ("b", 1.5)):
+        score = 1 / (1 + np.exp(-(hardness + separation * y)))
+        lines = [json.dumps({"path": str(tmp_path / f"src/c{i}.mp4"), "score": float(score[i]), "status": "ok",
+                             "model": {"name": name, "threshold": 0.5}}) for i in range(n)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["eval", str(labels), "--results", str(tmp_path / "a.jsonl"), "--results", str(tmp_path / "b.jsonl"),
+                 "--out", str(out)]) == 0
+    first, second = json.loads((out / "metrics.json").read_text())["detectors"]
+    pair = second["paired_with_first"]
+    assert pair["against"] == "a" and pair["auc_difference"] == pytest.approx(second["auc"] - first["auc"])
+    assert 0 < pair["ci95"][0] <= pair["auc_difference"] <= pair["ci95"][1]
+    assert f"{pair['auc_difference']:+.3f}" in capsys.readouterr().out
