@@ -402,7 +402,7 @@ def _paired_table(measured: dict):
     (written into ``measured`` too, as ``paired_with_first``)."""
     from rich.table import Table
 
-    from .evaluate import bootstrap_auc_difference
+    from .evaluate import paired_difference
 
     cards = list(measured)
     first = measured[cards[0]]["video_scores"]
@@ -412,13 +412,12 @@ def _paired_table(measured: dict):
     for card in cards[1:]:
         scores, cells, paired = measured[card]["video_scores"], [], {}
         for probe in ("validation", "swap_probe"):
-            a, b = first.get(probe), scores.get(probe)
-            if not a or not b or a["ids"] != b["ids"]:
+            pair = paired_difference(first.get(probe), scores.get(probe))
+            if pair is None:
                 cells.append("other clips")  # another split: no pairing
                 continue
-            diff, lo, hi = bootstrap_auc_difference(a["labels"], a["scores"], b["scores"], groups=a.get("groups"))
-            paired[probe] = {"auc_difference": diff, "ci95": [lo, hi]}
-            cells.append(f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            paired[probe] = pair
+            cells.append(f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]")
         measured[card]["paired_with_first"] = paired
         table.add_row(card, *cells)
     return table

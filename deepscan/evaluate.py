@@ -125,7 +125,7 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
         entry = {"detector": name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
                  "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
                  "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
-                 "video_scores": _video_scores([c.path for c in clips], ys, ss)}
+                 "video_scores": video_scores([c.path for c in clips], ys, ss)}
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
     pair_with_first(report["detectors"])
@@ -163,26 +163,33 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
     scored = [c.path for c in clips if str(c.path.resolve()) in by_path]
     return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), "auc": auc, "auc_ci95": [lo, hi],
             "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
-            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": _video_scores(scored, ys, ss)}
+            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": video_scores(scored, ys, ss)}
 
 
-def _video_scores(paths, labels, scores) -> dict:
-    return {"paths": [str(p) for p in paths], "labels": [int(v) for v in labels],
-            "scores": [float(v) for v in scores]}
+def video_scores(ids, labels, scores, groups=None) -> dict:
+    """Each clip's id (its path, for scans), label and video score, kept for paired comparisons; ``groups``:
+    clips that must be resampled together."""
+    out = {"ids": [str(i) for i in ids], "labels": [int(v) for v in labels], "scores": [float(v) for v in scores]}
+    return out if groups is None else {**out, "groups": [str(g) for g in groups]}
+
+
+def paired_difference(first: dict | None, other: dict | None) -> dict | None:
+    """``other``'s AUC minus ``first``'s (two :func:`video_scores` records) with a paired bootstrap 95% interval;
+    None unless both scored the same clips."""
+    if not first or not other or first["ids"] != other["ids"]:
+        return None
+    diff, lo, hi = bootstrap_auc_difference(first["labels"], first["scores"], other["scores"],
+                                            groups=first.get("groups"))
+    return {"auc_difference": diff, "ci95": [lo, hi]}
 
 
 def pair_with_first(entries: list[dict]) -> None:
     """Each detector after the first that scored the same clips gets ``paired_with_first``: its AUC minus the
     first's with a paired bootstrap 95% interval (the same resamples for both: a clip's difficulty cancels)."""
-    if not entries:
-        return
-    first = entries[0]["video_scores"]
     for entry in entries[1:]:
-        mine = entry["video_scores"]
-        if mine["paths"] != first["paths"]:
-            continue
-        diff, lo, hi = bootstrap_auc_difference(first["labels"], first["scores"], mine["scores"])
-        entry["paired_with_first"] = {"against": entries[0]["detector"], "auc_difference": diff, "ci95": [lo, hi]}
+        paired = paired_difference(entries[0]["video_scores"], entry["video_scores"])
+        if paired is not None:
+            entry["paired_with_first"] = {"against": entries[0]["detector"], **paired}
 
 
 def per_source_table(ys, ss, srcs, threshold: float) -> list[dict]:

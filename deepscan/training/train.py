@@ -326,8 +326,8 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
     another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
     not trained on; ``degraded`` repeats it under each fixed degradation of the degradation probe. ``predict``
     maps uint8 crops to face logits. None with fewer than two real clips. ``scored``, when given, receives each
-    clip's video score (:func:`clip_scores`) for paired comparisons."""
-    from ..evaluate import bootstrap_auc
+    clip's video score (:func:`deepscan.evaluate.video_scores`) for paired comparisons."""
+    from ..evaluate import bootstrap_auc, video_scores
 
     items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
     if not items:
@@ -336,7 +336,7 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
     scores = scores_by_clip(items, logits, temperature)
     pairs = swap_pairs(items)
     if scored is not None:
-        scored.update(clip_scores(items, scores, groups=pairs))
+        scored.update(video_scores([it.id for it in items], [it.label for it in items], scores, groups=pairs))
     _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=pairs)
     probe = degradation_probe(items, predict, temperature, logits)
     return {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": sum(1 for it in items if it.label == 0),
@@ -347,13 +347,6 @@ def swap_pairs(items) -> list[str]:
     """The real clip each swap-probe item belongs to (swapped ids are "<real id>~<donor id>"): a real clip and
     its swapped copy are not independent, so they are resampled together."""
     return [it.id.split("~")[0] for it in items]
-
-
-def clip_scores(items, scores, groups: list[str] | None = None) -> dict:
-    """Each clip's id, label and video score; ``groups``: clips that must be resampled together."""
-    out = {"ids": [it.id for it in items], "labels": [int(it.label) for it in items],
-           "scores": [float(v) for v in scores]}
-    return out if groups is None else {**out, "groups": list(groups)}
 
 
 def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: int = 32) -> dict:
@@ -369,6 +362,8 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
     import torch
     from safetensors.torch import load_file
+
+    from ..evaluate import video_scores
 
     card = ModelCard.load(card_path)
     card.verify_weights()
@@ -394,7 +389,8 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     out["swap_probe"] = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
                                    cfg["val"]["frames_per_clip"], scored=swapped)
     # Each clip's score, so two cards on one split can be compared pair for pair (deepscan validate A B).
-    out["video_scores"] = {"validation": clip_scores(items, scores_by_clip(items, logits, card.temperature)),
+    out["video_scores"] = {"validation": video_scores([it.id for it in items], [it.label for it in items],
+                                                      scores_by_clip(items, logits, card.temperature)),
                            "swap_probe": swapped or None}
     return out
 
