@@ -321,12 +321,12 @@ def degradation_probe(items: list[ValClip], predict, temperature: float, logits:
 
 
 def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: int, crop_margin: float,
-               frames_per_clip: int, scored: dict | None = None) -> dict | None:
+               frames_per_clip: int) -> tuple[dict, dict] | None:
     """Video AUC and mean video scores of the validation split's real clips against the same frames with
     another of them's face swapped in (``data.swapped_items``): how a model meets a manipulation method it was
     not trained on; ``degraded`` repeats it under each fixed degradation of the degradation probe. ``predict``
-    maps uint8 crops to face logits. None with fewer than two real clips. ``scored``, when given, receives each
-    clip's video score (:func:`deepscan.evaluate.video_scores`) for paired comparisons."""
+    maps uint8 crops to face logits. Returns the metrics and each clip's video score
+    (:func:`deepscan.evaluate.video_scores`, for paired comparisons); None with fewer than two real clips."""
     from ..evaluate import bootstrap_auc, video_scores
 
     items = swapped_items(clips, input_size, crop_margin, frames_per_clip)
@@ -335,12 +335,12 @@ def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: 
     logits = predict(np.concatenate([it.crops for it in items]))
     scores = scores_by_clip(items, logits, temperature)
     pairs = swap_pairs(items)
-    if scored is not None:
-        scored.update(video_scores([it.id for it in items], [it.label for it in items], scores, groups=pairs))
-    _, lo, hi = bootstrap_auc([it.label for it in items], scores, groups=pairs)
+    labels = [it.label for it in items]
+    _, lo, hi = bootstrap_auc(labels, scores, groups=pairs)
     probe = degradation_probe(items, predict, temperature, logits)
-    return {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": sum(1 for it in items if it.label == 0),
-            "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
+    metrics = {**probe.pop("none"), "video_auc_ci95": [lo, hi], "real_clips": labels.count(0),
+               "jpeg_quality": SWAP_PROBE_JPEG, "degraded": probe}
+    return metrics, video_scores([it.id for it in items], labels, scores, groups=pairs)
 
 
 def swap_pairs(items) -> list[str]:
@@ -385,13 +385,13 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     logits = predict(np.concatenate([it.crops for it in items]))
     out = metrics_from_logits(items, logits, card.temperature, card.threshold)
     out["degradation_probe"] = degradation_probe(items, predict, card.temperature, logits)
-    swapped: dict = {}
-    out["swap_probe"] = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
-                                   cfg["val"]["frames_per_clip"], scored=swapped)
+    swap = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
+                      cfg["val"]["frames_per_clip"])
+    out["swap_probe"], swap_scores = swap if swap is not None else (None, None)
     # Each clip's score, so two cards on one split can be compared pair for pair (deepscan validate A B).
     out["video_scores"] = {"validation": video_scores([it.id for it in items], [it.label for it in items],
                                                       scores_by_clip(items, logits, card.temperature)),
-                           "swap_probe": swapped or None}
+                           "swap_probe": swap_scores}
     return out
 
 
@@ -676,7 +676,7 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
     swap = swap_probe(val_clips, predict, card.temperature, cm["input_size"], cm["crop_margin"],
                       cv["frames_per_clip"])
     if swap is not None:
-        card.metrics["swap_probe"] = swap
+        card.metrics["swap_probe"] = swap[0]
 
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
              for k, v in net.state_dict().items()}
