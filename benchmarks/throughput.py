@@ -121,6 +121,21 @@ def variant_run(path: Path, frames: int, repeats: int, options: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def folder_run(folder: Path, frames: int, options: dict) -> dict:
+    """Seconds to scan every clip of ``folder`` in a fresh process with these ScanOptions (models loaded and
+    warmed up on one clip first, outside the timing)."""
+    code = (
+        "import json,sys,time;from pathlib import Path;from deepscan import Scanner;"
+        f"s=Scanner(frames={frames},keep_heatmaps=False,**{options!r});"
+        f"s.scan_video(sorted(Path({str(folder)!r}).iterdir())[0]);t=time.perf_counter();"
+        f"rs=list(s.scan({str(folder)!r}));"
+        "print(json.dumps({'wall_s':time.perf_counter()-t,'videos':len(rs),"
+        "'scores':[round(r.score or 0,6) for r in rs]}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -129,6 +144,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-long", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--levers", action="store_true", help="also time end-to-end with each lever switched off")
+    parser.add_argument("--folder-clips", type=int, default=0,
+                        help="also scan a folder of this many short clips with and without preparing the next "
+                             "video ahead (ScanOptions.prepare_ahead)")
     parser.add_argument("--hwaccel", default="none", help="video decoding for the decode stage and the scans, as "
                                                          "`deepscan scan --hwaccel` (none: on the CPU)")
     args = parser.parse_args(argv)
@@ -221,6 +239,27 @@ def main(argv=None) -> int:
             for label, change in variants.items():
                 r = variant_run(clip, args.frames, args.repeats, {"hwaccel": args.hwaccel, **change})
                 print(f"{label:<44}{r['median_s']:>9.3f}{r['score']:>8.3f}   ({r['precision']})")
+
+        if args.folder_clips:
+            # A folder of short clips is where per-video start-up (hash, probe, provenance, the decoder's first
+            # frames) shows: rounds alternate the two settings, each scan in a fresh process.
+            folder = Path(tmp) / "folder"
+            folder.mkdir()
+            for k in range(args.folder_clips):
+                ffmpeg("-ss", str(k % 7), "-i", str(SOURCE_CLIP), "-t", "3", "-vf", "scale=-2:360",
+                       "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-an", str(folder / f"clip{k:03d}.mp4"))
+            walls: dict[bool, list[float]] = {True: [], False: []}
+            scores = {}
+            for _ in range(args.repeats):
+                for ahead in (True, False):
+                    r = folder_run(folder, args.frames, {"hwaccel": args.hwaccel, "prepare_ahead": ahead})
+                    walls[ahead].append(r["wall_s"])
+                    scores[ahead] = r["scores"]
+            on, off = statistics.median(walls[True]), statistics.median(walls[False])
+            print(f"\nfolder of {args.folder_clips} clips (3 s, 360p, {args.frames} frames each), median of "
+                  f"{args.repeats}: next video prepared ahead {on:.2f} s ({on / args.folder_clips:.3f} s a clip), "
+                  f"one after another {off:.2f} s ({off / args.folder_clips:.3f} s a clip): {off / on:.2f}x; "
+                  f"same scores: {scores[True] == scores[False]}")
 
         if not args.skip_long:
             print(f"\n{'clip':<12}{'wall s':>8}{'peak RSS MB':>13}{'faces':>7}   "

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +76,9 @@ class ScanOptions:
     threshold: float | None = None  # override the model card's decision threshold
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
     provenance: bool = True  # read container tags, edit lists and C2PA into extra["provenance"] (no score change)
+    # Scanning many videos: hash, probe and read the provenance of the next one, and start decoding it, on a
+    # worker thread while this one is screened, so short clips do not each wait for their own start-up.
+    prepare_ahead: bool = True
     c2pa_trust_anchors: str | None = None  # PEM file of C2PA trust anchors (default: $DEEPSCAN_C2PA_TRUST_ANCHORS)
     campaign_buffer_mb: int = 512  # --dedupe: a file's screening frames held while it is hashed, at most
     aggregation: Aggregation = field(default_factory=Aggregation)
@@ -147,7 +150,7 @@ class _Prefetch:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._gen = gen
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="deepscan-decode")
         self._thread.start()
 
     def _run(self):
@@ -180,6 +183,52 @@ class _Prefetch:
             except queue.Empty:
                 pass
         self._thread.join()
+
+
+@dataclass
+class _Prepared:
+    """What a video's screening needs before its first face is detected (:meth:`Scanner._prepare`)."""
+
+    path: Path
+    digest: tuple[str, int] | None = None  # (sha256, size in bytes)
+    info: object = None  # VideoInfo from the probe; None when it failed or was not needed
+    provenance: dict | None = None
+    frames: _Prefetch | None = None  # the decoder, started (prepared ahead of the video's turn)
+    error: Exception | None = None  # raised when the video's turn comes, so it becomes that file's error record
+    seconds: float = 0.0
+    resumed: bool = False  # stopped after the hash: an earlier run's result stands for this file
+
+    def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()
+            self.frames = None
+
+
+class _Lookahead:
+    """Prepares video ``i + 1`` on a worker thread while video ``i`` is screened. ``prepare(i)`` returns a
+    :class:`_Prepared`; preparations never taken (files that were not screened after all) are closed."""
+
+    def __init__(self, prepare, count: int):
+        self._prepare, self._count = prepare, count
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-prepare")
+        self._futures: dict[int, Future] = {}
+
+    def take(self, i: int) -> _Prepared:
+        """Video ``i``'s preparation (waiting for it if need be), with video ``i + 1``'s started behind it.
+        The caller owns the result and closes it."""
+        for j in (i, i + 1):
+            if j < self._count and j not in self._futures:
+                self._futures[j] = self._pool.submit(self._prepare, j)
+        for j in [j for j in self._futures if j < i]:
+            self._futures.pop(j).result().close()
+        return self._futures.pop(i).result()
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            if not future.cancel():
+                future.result().close()
+        self._futures.clear()
+        self._pool.shutdown(wait=True)
 
 
 class Scanner:
@@ -275,22 +324,29 @@ class Scanner:
     def scan_video(self, path, progress=None, sha256: tuple[str, int] | None = None) -> VideoResult:
         """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch;
         ``sha256`` passes an already computed (digest, size) of the file."""
-        path = Path(path)
+        return self._scan_video(Path(path), progress, digest=sha256)
+
+    def _scan_video(self, path: Path, progress=None, prepared: _Prepared | None = None,
+                    digest: tuple[str, int] | None = None) -> VideoResult:
         result = VideoResult(path=str(path), deepscan_version=__version__, started_at=_utc_now(),
                              config=self.options.scoring_config(), config_hash=self.options.config_hash())
         t0 = time.perf_counter()
         try:
             result.model = self.model_info()
             result.environment = self.environment()
-            if sha256:
-                result.sha256, result.size_bytes = sha256
-            self._scan_into(path, result, progress)
+            if prepared is None or prepared.resumed:  # not prepared ahead, or only up to the resume check
+                digest = prepared.digest if prepared is not None else digest
+                prepared = self._prepare(path, digest=digest)
+            self._scan_into(result, prepared, progress)
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
         except Exception as exc:  # noqa: BLE001 - one video's failure must never stop a scan
             result.status, result.verdict = "error", "error"
             result.error = f"internal error ({type(exc).__name__}: {_one_line(exc)})"
             result.extra["traceback"] = traceback.format_exc(limit=8)
+        finally:
+            if prepared is not None:
+                prepared.close()  # a decoder started ahead and never read (an error, a verified copy)
         result.timing["total_s"] = time.perf_counter() - t0
         result.finished_at = _utc_now()
         from . import runtime
@@ -298,20 +354,55 @@ class Scanner:
         runtime.release_memory()
         return result
 
-    def _scan_into(self, path: Path, result: VideoResult, progress=None) -> None:
+    def _decode_options(self) -> dict:
+        opts = self.options
+        return dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
+                    timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
+
+    def _prepare(self, path: Path, digest: tuple[str, int] | None = None, decode: dict | None = None,
+                 previous=None) -> _Prepared:
+        """Check, hash and probe a file and read its provenance; with ``decode`` (:meth:`_decode_options`),
+        start decoding its screening frames too. Never raises: a failure is kept for the file's turn. With
+        ``previous`` (path, digest -> an earlier run's result or None), a file that has one stops at its hash.
+        Runs on the lookahead's thread, so it reads the options and nothing else of the scanner's."""
+        opts = self.options
+        prepared = _Prepared(path, digest=digest)
+        t = time.perf_counter()
+        try:
+            check_input(path)
+            if prepared.digest is None:
+                prepared.digest = file_sha256(path)
+            if previous is not None and previous(path, prepared.digest) is not None:
+                prepared.resumed = True
+                return prepared
+            prepared.info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
+            if opts.provenance:
+                from .provenance import read_provenance
+
+                # What the file claims about its origin, read before any pixel is judged; never changes the score.
+                prepared.provenance = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
+            if decode is not None:
+                prepared.frames = _Prefetch(iter_frames(path, prepared.info, **decode))
+        except Exception as exc:  # noqa: BLE001 - raised again in the file's turn, where it becomes its record
+            prepared.error = exc
+        finally:
+            prepared.seconds = time.perf_counter() - t
+        return prepared
+
+    def _scan_into(self, result: VideoResult, prepared: _Prepared, progress=None) -> None:
         from .faces import Tracker
 
         opts = self.options
-        check_input(path)
-        if result.sha256 is None:
-            result.sha256, result.size_bytes = file_sha256(path)
-        info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
+        path = prepared.path
+        if prepared.digest is not None:
+            result.sha256, result.size_bytes = prepared.digest
+        result.timing["prepare_s"] = prepared.seconds
+        if prepared.error is not None:
+            raise prepared.error
+        info = prepared.info
         result.video = info.to_dict()
         if opts.provenance:
-            from .provenance import read_provenance
-
-            # What the file claims about its origin, read before any pixel is judged; never changes the score.
-            result.extra["provenance"] = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
+            result.extra["provenance"] = prepared.provenance
         card = self.detector.card
         if opts.overlap:  # detection on this thread, classification on the worker: half the threads each
             from . import runtime
@@ -321,8 +412,7 @@ class Scanner:
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
-        decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
-                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
+        decode = self._decode_options()
         hasher = None
         if self._campaign is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher
@@ -342,9 +432,11 @@ class Scanner:
                 source = _batched(held, self.batch_frames)
             else:  # too many frames to hold: screen while decoding, group afterwards (it is screened anyway)
                 source = _batched(_hashed(source, hasher), self.batch_frames)
+            batches = _Prefetch(source)
+        elif prepared.frames is not None:
+            batches, prepared.frames = prepared.frames, None  # decoding since the video before this one's turn
         else:
-            source = iter_frames(path, info, **decode)
-        batches = _Prefetch(source)
+            batches = _Prefetch(iter_frames(path, info, **decode))
         pending = None  # the previous batch's classification, running while this batch is face-detected
         detect_state: dict = {}
 
@@ -512,13 +604,25 @@ class Scanner:
 
             found = [Path(p) for p in screening_order(groups)]
         screened: dict[str, VideoResult] = {}
-        for path in found:
+        ahead = self._lookahead(found, writer, force, evidence,
+                                decodes=lambda p: str(p) not in group_of or str(p) == group_of[str(p)].representative)
+        try:
+            yield from self._scan_listed(found, writer, progress, force, evidence, group_of, screened, ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def _scan_listed(self, found, writer, progress, force, evidence, group_of, screened, ahead):
+        for i, path in enumerate(found):
+            prepared = ahead.take(i) if ahead is not None else None
             g = group_of.get(str(path))
             if g is not None and str(path) != g.representative:
                 from .campaign import apply_group_result
 
                 inherited = apply_group_result(screened.get(g.representative), path, g)
                 if inherited is not None:
+                    if prepared is not None:
+                        prepared.close()
                     if progress:
                         progress.start(path)
                     previous = None
@@ -534,7 +638,7 @@ class Scanner:
                         writer.write(inherited)
                     yield inherited
                     continue
-            result = self._screen_one(path, writer, progress, force, evidence, g)
+            result = self._screen_one(path, writer, progress, force, evidence, g, prepared)
             if g is not None:
                 screened[str(path)] = result
             yield result
@@ -549,10 +653,14 @@ class Scanner:
         tracks = tempfile.TemporaryDirectory(prefix="deepscan-tracks-")
         self._campaign = self._last_campaign = StreamingGroups(spill_dir=tracks.name)
         self._hash_cache = writer.dir / "hashes" if writer else None
+        ahead = self._lookahead(found, writer, force, evidence)
         try:
-            for path in found:
-                yield self._screen_one(path, writer, progress, force, evidence)
+            for i, path in enumerate(found):
+                yield self._screen_one(path, writer, progress, force, evidence,
+                                       prepared=ahead.take(i) if ahead is not None else None)
         finally:
+            if ahead is not None:
+                ahead.close()
             self._campaign = self._hash_cache = None
             tracks.cleanup()
 
@@ -574,28 +682,59 @@ class Scanner:
             campaign.results[str(path)] = previous
         return previous
 
-    def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None) -> VideoResult:
-        if progress:
-            progress.start(path)
-        digest = None
-        if writer and not force:
-            try:
-                check_input(path)  # never hash a FIFO (blocks) or a device (endless)
-                digest = file_sha256(path)
-            except (VideoError, OSError):
-                digest = None
-            previous = (writer.done(digest[0], self.detector.weights_sha256, self.options.config_hash(), path)
-                        if digest else None)
-            if previous is None and digest and self._campaign is not None:
-                previous = writer.done(digest[0], self.detector.weights_sha256,
-                                       self.options.config_hash() + "+campaign", path)
-            if previous is not None and (not evidence or "evidence" in previous.extra
-                                         or (previous.extra.get("campaign") or {}).get("inherited")):
-                previous.resumed = True
-                if self._campaign is not None:
-                    return self._resumed_into_campaign(path, previous)
-                return _campaign_marked(previous, group)
-        result = self.scan_video(path, progress=progress.update if progress else None, sha256=digest)
+    def _previous(self, path: Path, digest: tuple[str, int], writer, evidence: bool) -> VideoResult | None:
+        """An earlier run's result that stands for this file: same content, model and configuration (and its
+        evidence, when evidence is asked for). Called from the lookahead's thread too: the detector is loaded
+        and the campaign set before a scan starts one."""
+        config = self.options.config_hash()
+        previous = writer.done(digest[0], self.detector.weights_sha256, config, path)
+        if previous is None and self._campaign is not None:
+            previous = writer.done(digest[0], self.detector.weights_sha256, config + "+campaign", path)
+        if previous is not None and (not evidence or "evidence" in previous.extra
+                                     or (previous.extra.get("campaign") or {}).get("inherited")):
+            return previous
+        return None
+
+    def _lookahead(self, found: list[Path], writer, force: bool, evidence: bool, decodes=None) -> _Lookahead | None:
+        """A :class:`_Lookahead` over ``found`` (None when off or pointless). Each file is prepared up to the
+        resume check; the decoder is started too unless the scan decodes for its campaign hashes, or
+        ``decodes(path)`` says it will probably not be screened (a copy that will take its group's verdict)."""
+        if not self.options.prepare_ahead or len(found) < 2:
+            return None
+        self.detector  # noqa: B018 - loaded here, on this thread: _previous reads it on the worker
+        decode = self._decode_options() if self._campaign is None else None
+        previous = (lambda path, digest: self._previous(path, digest, writer, evidence)) if writer and not force else None
+
+        def prepare(i: int) -> _Prepared:
+            path = found[i]
+            wanted = decode if decodes is None or decodes(path) else None
+            return self._prepare(path, decode=wanted, previous=previous)
+
+        return _Lookahead(prepare, len(found))
+
+    def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None,
+                    prepared: _Prepared | None = None) -> VideoResult:
+        try:
+            if progress:
+                progress.start(path)
+            digest = prepared.digest if prepared is not None else None
+            if writer and not force:
+                if prepared is None:
+                    try:
+                        check_input(path)  # never hash a FIFO (blocks) or a device (endless)
+                        digest = file_sha256(path)
+                    except (VideoError, OSError):
+                        digest = None
+                previous = self._previous(path, digest, writer, evidence) if digest else None
+                if previous is not None:
+                    previous.resumed = True
+                    if self._campaign is not None:
+                        return self._resumed_into_campaign(path, previous)
+                    return _campaign_marked(previous, group)
+            result, prepared = self._scan_video(path, progress.update if progress else None, prepared, digest), None
+        finally:
+            if prepared is not None:
+                prepared.close()
         inherited = (result.extra.get("campaign") or {}).get("inherited")
         if writer and evidence and not inherited:
             from .evidence import save_evidence

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -255,3 +256,59 @@ def test_batch_sizes_default_by_device():
     assert (scanner.batch_frames, scanner.detector.batch_size) == (8, 16)
     scanner = Scanner(device="cpu", batch_frames=3, batch_faces=5)
     assert (scanner.batch_frames, scanner.detector.batch_size) == (3, 5)
+
+
+def _per_face(results):
+    return [(r.path, r.status, r.error, r.sha256, r.score,
+             [(f.index, [(x.score, x.box) for x in f.faces]) for f in r.frames]) for r in results]
+
+
+def _folder_with_a_broken_file(tmp_path, sample_clip):
+    clips = sorted(SAMPLE_CLIPS.glob("*.mp4"))[:3]
+    for k, clip in enumerate(clips):
+        shutil.copy(clip, tmp_path / f"{2 * k}_{clip.name}")
+    (tmp_path / "1_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500)  # a header, no movie
+    return tmp_path
+
+
+def test_preparing_the_next_video_ahead_changes_no_result(tmp_path, sample_clip):
+    """The next file's hash, probe, provenance and first decoded frames come from the lookahead's thread; the
+    results (and the broken file's error record, in its place) are those of one file after another."""
+    folder = _folder_with_a_broken_file(tmp_path, sample_clip)
+    ahead = list(Scanner(frames=8, keep_heatmaps=False, prepare_ahead=True).scan([folder]))
+    one_by_one = list(Scanner(frames=8, keep_heatmaps=False, prepare_ahead=False).scan([folder]))
+    assert [r.status for r in ahead] == ["ok", "error", "ok", "ok"]
+    assert _per_face(ahead) == _per_face(one_by_one)
+    assert all(r.timing["prepare_s"] >= 0 for r in ahead)
+
+
+def test_a_scan_stopped_early_leaves_no_decoder_running(tmp_path, sample_clip):
+    from badinputs import child_processes
+
+    folder = _folder_with_a_broken_file(tmp_path, sample_clip)
+    # Small batches, many frames: the next file's decoder is still running, held by its full queue.
+    results = Scanner(frames=64, batch_frames=2, keep_heatmaps=False).scan([folder])
+    next(results), next(results)  # the good file after the broken one is being prepared when the caller stops
+    results.close()
+    assert child_processes() == []
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("deepscan-prepare", "deepscan-decode"))]
+
+
+def test_a_resumed_scan_prepares_nothing_beyond_the_hash(tmp_path, sample_clip, monkeypatch):
+    """Files an earlier run finished are neither probed nor decoded ahead: resuming stays a hash per file."""
+    import deepscan.scanner
+
+    (tmp_path / "in").mkdir()
+    folder = _folder_with_a_broken_file(tmp_path / "in", sample_clip)
+    out = tmp_path / "out"
+    first = list(Scanner(frames=8, keep_heatmaps=False).scan([folder], out_dir=out))
+    calls = []
+    for name in ("probe", "iter_frames"):
+        real = getattr(deepscan.scanner, name)
+        monkeypatch.setattr(deepscan.scanner, name, lambda *a, _real=real, _name=name, **k: calls.append(
+            (_name, str(a[0]))) or _real(*a, **k))
+    again = list(Scanner(frames=8, keep_heatmaps=False).scan([folder], out_dir=out))
+    assert [r.resumed for r in again] == [True, False, True, True]  # the broken file is tried again
+    assert {path for _, path in calls} == {first[1].path}
+    assert [(r.path, r.sha256, round(r.score or 0, 4)) for r in again] == [
+        (r.path, r.sha256, round(r.score or 0, 4)) for r in first]
