@@ -49,6 +49,21 @@ def track_score(scores: Sequence[float], agg: Aggregation = Aggregation()) -> fl
     return float(s.mean())
 
 
+def track_scores(samples: np.ndarray, agg: Aggregation = Aggregation()) -> np.ndarray:
+    """:func:`track_score` of each row of ``samples`` (rows of one length): the bootstrap's 500 resamples of a
+    track in one pass instead of 500 calls (equal to within float rounding; tested against it)."""
+    s = np.asarray(samples, dtype=np.float64)
+    n = s.shape[1]
+    fake, real = s > agg.hi, s < agg.lo
+    n_fake, n_real = fake.sum(1), real.sum(1)
+    use_fake = n_fake >= max(agg.min_confident if n >= agg.min_confident else 1, agg.fake_fraction * n)
+    use_real = ~use_fake & (n_real > agg.real_fraction * n)
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows whose branch is not taken may divide by 0
+        out = np.where(use_fake, np.where(fake, s, 0.0).sum(1) / n_fake,
+                       np.where(use_real, np.where(real, s, 0.0).sum(1) / n_real, s.mean(1)))
+    return out
+
+
 def verdict_for(score: float | None, threshold: float, band: float) -> str:
     if score is None:
         return "no_face"
@@ -91,8 +106,7 @@ def score_interval(tracks: list[TrackResult], agg: Aggregation = Aggregation(), 
     if not counted:
         return None
     rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        boots[b] = max(track_score(s[rng.integers(0, len(s), len(s))], agg) for s in counted)
+    draws = [rng.integers(0, len(s), (n_boot, len(s))) for s in counted]
+    boots = np.max([track_scores(s[idx], agg) for s, idx in zip(counted, draws, strict=True)], axis=0)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return float(lo), float(hi)

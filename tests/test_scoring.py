@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from deepscan.results import FaceResult, FrameResult
@@ -81,3 +82,21 @@ def test_score_interval_brackets_the_score_and_is_reproducible():
     steady = frames_from({0: [0.05] * 32})
     _, _, tracks = aggregate(steady, 0.5, 0.1)
     assert score_interval(tracks) == (0.05, 0.05)
+
+
+def test_track_scores_score_each_row_as_track_score_does():
+    """The bootstrap's vectorised scoring takes the same branch (confident fakes, confident reals, plain mean)
+    as track_score on every resample, including short tracks and the branch boundaries."""
+    from deepscan.scoring import track_scores
+
+    rng = np.random.default_rng(1)
+    agg = Aggregation()
+    for n in (1, 2, 3, 5, 8, 10, 32):
+        # Exactly as many confident scores as a branch needs: 9 of 10 real (not > 0.9 n), 4 of 10 fake (0.4 n),
+        # 3 of 5 fake (min_confident).
+        edges = [[0.05] * k + [0.5] * (n - k) for k in range(n + 1)] + [[0.95] * k + [0.5] * (n - k) for k in range(n + 1)]
+        rows = np.concatenate([rng.random((200, n)),
+                               rng.choice([0.05, 0.5, 0.95], (200, n)),
+                               np.array(edges), np.full((1, n), agg.hi), np.full((1, n), agg.lo)])
+        expected = [track_score(r, agg) for r in rows]
+        np.testing.assert_allclose(track_scores(rows, agg), expected, rtol=0, atol=1e-12)
