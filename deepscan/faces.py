@@ -150,9 +150,18 @@ class FaceFinder:
         on_image = [k for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
         if not on_image:
             return torch.zeros((0, 3, side, side), device=device), boxes[:0]
-        crops = [imresample(torch.from_numpy(image[y[k] - 1:ey[k], x[k] - 1:ex[k]].copy())
-                            .to(device).permute(2, 0, 1)[None].float(), (side, side)) for k in on_image]
-        return (torch.cat(crops) - 127.5) * 0.0078125, boxes[on_image]
+        # Cuts of one shape are resampled in one call (most candidates around a face are one size), and
+        # channels-first: area resampling is ~2x slower on the channels-last strides of a permuted HWC array.
+        # Both give the same numbers as one call per cut.
+        by_shape: dict[tuple, list[int]] = {}
+        for j, k in enumerate(on_image):
+            by_shape.setdefault((ey[k] - y[k], ex[k] - x[k]), []).append(j)
+        crops = torch.empty((len(on_image), 3, side, side), device=device)
+        for js in by_shape.values():
+            cuts = np.stack([image[y[k] - 1:ey[k], x[k] - 1:ex[k]] for k in (on_image[j] for j in js)])
+            batch = torch.from_numpy(cuts).to(device).permute(0, 3, 1, 2).contiguous().float()
+            crops[js] = imresample(batch, (side, side))
+        return (crops - 127.5) * 0.0078125, boxes[on_image]
 
 
 def iou(a, b) -> float:

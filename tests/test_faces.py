@@ -54,3 +54,24 @@ def test_face_finder_maps_boxes_to_full_resolution():
     # The half-size detection, mapped back, lands on the same face within a few percent of its size.
     assert np.abs(np.subtract(big_full.box, big_small.box)).max() < 0.15 * big_full.size
     assert big_small.landmarks.shape == (5, 2)
+
+
+def test_follow_crops_equal_one_resampling_per_cut():
+    """FaceFinder._crops resamples cuts of one shape together and channels-first: the same numbers as
+    facenet-pytorch's way, one imresample per cut of the HWC image (boxes partly off the image included)."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import imresample, pad
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    centres = rng.uniform([-30, -30, 16], [350, 270, 150], (12, 3))
+    boxes = torch.tensor([[x - s / 2, y - s / 2, x + s / 2, y + s / 2, 1.0] for x, y, s in centres], dtype=torch.float32)
+    boxes = torch.cat([boxes, boxes + torch.tensor([7.0, 3.0, 7.0, 3.0, 0.0])])  # pairs of one size
+    for side in (24, 48):
+        crops, kept = FaceFinder._crops(image, boxes.clone(), side, "cpu")
+        y, ey, x, ex = pad(boxes.clone(), image.shape[1], image.shape[0])
+        on = [k for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
+        expected = torch.cat([imresample(torch.from_numpy(image[y[k] - 1:ey[k], x[k] - 1:ex[k]].copy())
+                                         .permute(2, 0, 1)[None].float(), (side, side)) for k in on])
+        assert torch.equal(crops, (expected - 127.5) * 0.0078125)
+        assert torch.equal(kept, boxes[on])
