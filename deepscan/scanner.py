@@ -76,8 +76,9 @@ class ScanOptions:
     threshold: float | None = None  # override the model card's decision threshold
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
     provenance: bool = True  # read container tags, edit lists and C2PA into extra["provenance"] (no score change)
-    # Scanning many videos: hash, probe and read the provenance of the next one, and start decoding it, on a
-    # worker thread while this one is screened, so short clips do not each wait for their own start-up.
+    # Scanning many videos: hash, probe and read the provenance of the next one on a worker thread while this
+    # one is screened (a large file's sha256 alone takes ~1 s). Its decoder is not started early: the decode
+    # time limit would run while the video before it is screened.
     prepare_ahead: bool = True
     c2pa_trust_anchors: str | None = None  # PEM file of C2PA trust anchors (default: $DEEPSCAN_C2PA_TRUST_ANCHORS)
     campaign_buffer_mb: int = 512  # --dedupe: a file's screening frames held while it is hashed, at most
@@ -193,20 +194,14 @@ class _Prepared:
     digest: tuple[str, int] | None = None  # (sha256, size in bytes)
     info: object = None  # VideoInfo from the probe; None when it failed or was not needed
     provenance: dict | None = None
-    frames: _Prefetch | None = None  # the decoder, started (prepared ahead of the video's turn)
     error: Exception | None = None  # raised when the video's turn comes, so it becomes that file's error record
     seconds: float = 0.0
     resumed: bool = False  # stopped after the hash: an earlier run's result stands for this file
 
-    def close(self) -> None:
-        if self.frames is not None:
-            self.frames.close()
-            self.frames = None
-
 
 class _Lookahead:
     """Prepares video ``i + 1`` on a worker thread while video ``i`` is screened. ``prepare(i)`` returns a
-    :class:`_Prepared`; preparations never taken (files that were not screened after all) are closed."""
+    :class:`_Prepared`."""
 
     def __init__(self, prepare, count: int):
         self._prepare, self._count = prepare, count
@@ -214,19 +209,17 @@ class _Lookahead:
         self._futures: dict[int, Future] = {}
 
     def take(self, i: int) -> _Prepared:
-        """Video ``i``'s preparation (waiting for it if need be), with video ``i + 1``'s started behind it.
-        The caller owns the result and closes it."""
+        """Video ``i``'s preparation (waiting for it if need be), with video ``i + 1``'s started behind it."""
         for j in (i, i + 1):
             if j < self._count and j not in self._futures:
                 self._futures[j] = self._pool.submit(self._prepare, j)
         for j in [j for j in self._futures if j < i]:
-            self._futures.pop(j).result().close()
+            del self._futures[j]
         return self._futures.pop(i).result()
 
     def close(self) -> None:
         for future in self._futures.values():
-            if not future.cancel():
-                future.result().close()
+            future.cancel()
         self._futures.clear()
         self._pool.shutdown(wait=True)
 
@@ -344,9 +337,6 @@ class Scanner:
             result.status, result.verdict = "error", "error"
             result.error = f"internal error ({type(exc).__name__}: {_one_line(exc)})"
             result.extra["traceback"] = traceback.format_exc(limit=8)
-        finally:
-            if prepared is not None:
-                prepared.close()  # a decoder started ahead and never read (an error, a verified copy)
         result.timing["total_s"] = time.perf_counter() - t0
         result.finished_at = _utc_now()
         from . import runtime
@@ -359,12 +349,11 @@ class Scanner:
         return dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
                     timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
 
-    def _prepare(self, path: Path, digest: tuple[str, int] | None = None, decode: dict | None = None,
-                 previous=None) -> _Prepared:
-        """Check, hash and probe a file and read its provenance; with ``decode`` (:meth:`_decode_options`),
-        start decoding its screening frames too. Never raises: a failure is kept for the file's turn. With
-        ``previous`` (path, digest -> an earlier run's result or None), a file that has one stops at its hash.
-        Runs on the lookahead's thread, so it reads the options and nothing else of the scanner's."""
+    def _prepare(self, path: Path, digest: tuple[str, int] | None = None, previous=None) -> _Prepared:
+        """Check, hash and probe a file and read its provenance. Never raises: a failure is kept for the
+        file's turn. With ``previous`` (path, digest -> an earlier run's result or None), a file that has one
+        stops at its hash. Runs on the lookahead's thread, so it reads the options and nothing else of the
+        scanner's."""
         opts = self.options
         prepared = _Prepared(path, digest=digest)
         t = time.perf_counter()
@@ -381,8 +370,6 @@ class Scanner:
 
                 # What the file claims about its origin, read before any pixel is judged; never changes the score.
                 prepared.provenance = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
-            if decode is not None:
-                prepared.frames = _Prefetch(iter_frames(path, prepared.info, **decode))
         except Exception as exc:  # noqa: BLE001 - raised again in the file's turn, where it becomes its record
             prepared.error = exc
         finally:
@@ -432,11 +419,9 @@ class Scanner:
                 source = _batched(held, self.batch_frames)
             else:  # too many frames to hold: screen while decoding, group afterwards (it is screened anyway)
                 source = _batched(_hashed(source, hasher), self.batch_frames)
-            batches = _Prefetch(source)
-        elif prepared.frames is not None:
-            batches, prepared.frames = prepared.frames, None  # decoding since the video before this one's turn
         else:
-            batches = _Prefetch(iter_frames(path, info, **decode))
+            source = iter_frames(path, info, **decode)
+        batches = _Prefetch(source)
         pending = None  # the previous batch's classification, running while this batch is face-detected
         detect_state: dict = {}
 
@@ -604,8 +589,7 @@ class Scanner:
 
             found = [Path(p) for p in screening_order(groups)]
         screened: dict[str, VideoResult] = {}
-        ahead = self._lookahead(found, writer, force, evidence,
-                                decodes=lambda p: str(p) not in group_of or str(p) == group_of[str(p)].representative)
+        ahead = self._lookahead(found, writer, force, evidence)
         try:
             yield from self._scan_listed(found, writer, progress, force, evidence, group_of, screened, ahead)
         finally:
@@ -621,8 +605,6 @@ class Scanner:
 
                 inherited = apply_group_result(screened.get(g.representative), path, g)
                 if inherited is not None:
-                    if prepared is not None:
-                        prepared.close()
                     if progress:
                         progress.start(path)
                     previous = None
@@ -695,46 +677,34 @@ class Scanner:
             return previous
         return None
 
-    def _lookahead(self, found: list[Path], writer, force: bool, evidence: bool, decodes=None) -> _Lookahead | None:
-        """A :class:`_Lookahead` over ``found`` (None when off or pointless). Each file is prepared up to the
-        resume check; the decoder is started too unless the scan decodes for its campaign hashes, or
-        ``decodes(path)`` says it will probably not be screened (a copy that will take its group's verdict)."""
+    def _lookahead(self, found: list[Path], writer, force: bool, evidence: bool) -> _Lookahead | None:
+        """A :class:`_Lookahead` over ``found`` (None when off or pointless); a file an earlier run finished
+        is prepared only up to its hash."""
         if not self.options.prepare_ahead or len(found) < 2:
             return None
         self.detector  # noqa: B018 - loaded here, on this thread: _previous reads it on the worker
-        decode = self._decode_options() if self._campaign is None else None
         previous = (lambda path, digest: self._previous(path, digest, writer, evidence)) if writer and not force else None
-
-        def prepare(i: int) -> _Prepared:
-            path = found[i]
-            wanted = decode if decodes is None or decodes(path) else None
-            return self._prepare(path, decode=wanted, previous=previous)
-
-        return _Lookahead(prepare, len(found))
+        return _Lookahead(lambda i: self._prepare(found[i], previous=previous), len(found))
 
     def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None,
                     prepared: _Prepared | None = None) -> VideoResult:
-        try:
-            if progress:
-                progress.start(path)
-            digest = prepared.digest if prepared is not None else None
-            if writer and not force:
-                if prepared is None:
-                    try:
-                        check_input(path)  # never hash a FIFO (blocks) or a device (endless)
-                        digest = file_sha256(path)
-                    except (VideoError, OSError):
-                        digest = None
-                previous = self._previous(path, digest, writer, evidence) if digest else None
-                if previous is not None:
-                    previous.resumed = True
-                    if self._campaign is not None:
-                        return self._resumed_into_campaign(path, previous)
-                    return _campaign_marked(previous, group)
-            result, prepared = self._scan_video(path, progress.update if progress else None, prepared, digest), None
-        finally:
-            if prepared is not None:
-                prepared.close()
+        if progress:
+            progress.start(path)
+        digest = prepared.digest if prepared is not None else None
+        if writer and not force:
+            if prepared is None:
+                try:
+                    check_input(path)  # never hash a FIFO (blocks) or a device (endless)
+                    digest = file_sha256(path)
+                except (VideoError, OSError):
+                    digest = None
+            previous = self._previous(path, digest, writer, evidence) if digest else None
+            if previous is not None:
+                previous.resumed = True
+                if self._campaign is not None:
+                    return self._resumed_into_campaign(path, previous)
+                return _campaign_marked(previous, group)
+        result = self._scan_video(path, progress.update if progress else None, prepared, digest)
         inherited = (result.extra.get("campaign") or {}).get("inherited")
         if writer and evidence and not inherited:
             from .evidence import save_evidence

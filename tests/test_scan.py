@@ -272,8 +272,8 @@ def _folder_with_a_broken_file(tmp_path, sample_clip):
 
 
 def test_preparing_the_next_video_ahead_changes_no_result(tmp_path, sample_clip):
-    """The next file's hash, probe, provenance and first decoded frames come from the lookahead's thread; the
-    results (and the broken file's error record, in its place) are those of one file after another."""
+    """The next file's hash, probe and provenance come from the lookahead's thread; the results (and the
+    broken file's error record, in its place) are those of one file after another."""
     folder = _folder_with_a_broken_file(tmp_path, sample_clip)
     ahead = list(Scanner(frames=8, keep_heatmaps=False, prepare_ahead=True).scan([folder]))
     one_by_one = list(Scanner(frames=8, keep_heatmaps=False, prepare_ahead=False).scan([folder]))
@@ -282,11 +282,10 @@ def test_preparing_the_next_video_ahead_changes_no_result(tmp_path, sample_clip)
     assert all(r.timing["prepare_s"] >= 0 for r in ahead)
 
 
-def test_a_scan_stopped_early_leaves_no_decoder_running(tmp_path, sample_clip):
+def test_a_scan_stopped_early_leaves_nothing_running(tmp_path, sample_clip):
     from badinputs import child_processes
 
     folder = _folder_with_a_broken_file(tmp_path, sample_clip)
-    # Small batches, many frames: the next file's decoder is still running, held by its full queue.
     results = Scanner(frames=64, batch_frames=2, keep_heatmaps=False).scan([folder])
     next(results), next(results)  # the good file after the broken one is being prepared when the caller stops
     results.close()
