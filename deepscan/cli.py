@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hwaccel", default="none",
                    help="hardware video decoding: none (default) or an ffmpeg -hwaccel name such as cuda (NVDEC); "
                         "the same frames; falls back to CPU decoding where it fails")
-    s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds allowed to decode one video")
+    s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds one video's scan may wait for its decoder (time spent on its faces does not count)")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                    help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")
     s.add_argument("--max-duration", type=_positive_float, default=MAX_DURATION_S,

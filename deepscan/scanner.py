@@ -69,7 +69,7 @@ class ScanOptions:
     # falls back to CPU decoding where it fails. Off by default: on an H100 with 16 cores NVDEC made 10-s clips
     # slower (0.7 s to decode 16 frames against 0.1 s; a folder of 40 clips 28.9 s against 21.4 s).
     hwaccel: str = "none"
-    timeout_s: float | None = 600.0  # wall-clock limit for decoding one video
+    timeout_s: float | None = 600.0  # limit on the time one video's scan waits for its decoder (ffmpeg)
     max_pixels: int = MAX_PIXELS  # larger frames are refused before decoding (header and decoder both)
     max_duration_s: float | None = MAX_DURATION_S  # longer videos are refused
     keep_heatmaps: bool = True  # keep per-face heatmaps and crops on results (API); never in JSON

@@ -30,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -74,7 +75,7 @@ PLAYLIST_EXTENSIONS = {".m3u8", ".ffconcat", ".mpd"}
 MAX_PIXELS = 8192 * 8192  # per frame, upright; an 8K UHD frame (7680×4320) is about half of this
 MAX_DURATION_S = 4 * 3600.0
 PROBE_TIMEOUT_S = 60.0
-DECODE_TIMEOUT_S = 600.0  # wall-clock for one video's whole frame stream (including time the consumer takes)
+DECODE_TIMEOUT_S = 600.0  # seconds one video's frame stream may keep its reader waiting on ffmpeg
 # Sampling sparser than this takes each sample from the first keyframe at or after its time, and decodes only
 # keyframes: time then grows with the number of samples, not with the video's length.
 KEYFRAME_STEP_S = 4.0
@@ -659,8 +660,9 @@ def iter_frames(
 
     ``n_frames`` spreads N samples evenly over the duration (each at the middle of its slice); ``fps``
     samples at a fixed rate instead. Frames larger than ``max_side`` are downscaled inside ffmpeg.
-    ``timeout_s`` bounds the wall-clock time of the whole stream; past it ffmpeg is killed and reaped and
-    :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
+    ``timeout_s`` bounds the time the stream spends waiting on ffmpeg (not the time its consumer holds a
+    batch: detecting faces in a long video sampled densely can take longer than decoding it); past it
+    ffmpeg is killed and reaped and :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
     probed with when larger) also binds the decoder, so a bitstream larger than its header is refused.
 
     ``hash_fps`` also takes, in the same decode, the frames of a second schedule at that rate (a video
@@ -725,6 +727,27 @@ def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> 
     # No keyframe at or after the first target (or a decoder that keeps none): every frame.
     yield from _or_else(_decode_frames(path, info, keyframes=True, **options),
                         lambda: _decode_frames(path, info, keyframes=False, **options))
+
+
+class _Stopwatch:
+    """Seconds spent between start() and stop() calls, running from creation; read from another thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spent, self._since = 0.0, time.monotonic()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._since is not None:
+                self._spent, self._since = self._spent + time.monotonic() - self._since, None
+
+    def start(self) -> None:
+        with self._lock:
+            self._since = time.monotonic()
+
+    def seconds(self) -> float:
+        with self._lock:
+            return self._spent + (time.monotonic() - self._since if self._since is not None else 0.0)
 
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
@@ -843,15 +866,18 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    timed_out = threading.Event()
+    timed_out, finished = threading.Event(), threading.Event()
+    decoding = _Stopwatch()  # runs while this generator runs, stops while it waits at a ``yield``
     watchdog = None
     if timeout_s:
-        def expire():
-            timed_out.set()
-            proc.kill()  # unblocks the pipe read below; the process is reaped in ``finally``
+        def watch():
+            while not finished.wait(min(0.25, timeout_s / 4)):
+                if decoding.seconds() > timeout_s:
+                    timed_out.set()
+                    proc.kill()  # unblocks the pipe read below; the process is reaped in ``finally``
+                    return
 
-        watchdog = threading.Timer(timeout_s, expire)
-        watchdog.daemon = True
+        watchdog = threading.Thread(target=watch, daemon=True)
         watchdog.start()
     produced = sampled = 0
     batch: list[Frame] = []
@@ -881,12 +907,16 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 sampled += is_sample
             batch.append(Frame(index=index, time_s=round(rel, 6), image=image, sample=is_sample, hashed=is_hash))
             if len(batch) >= batch_size:
+                decoding.stop()
                 yield batch
+                decoding.start()
                 batch = []
         if timed_out.is_set():
             raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
         if batch:
+            decoding.stop()
             yield batch
+            decoding.start()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -906,8 +936,9 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 raise VideoError(_explain_ffmpeg_failure(_scrub("".join(tail), ffmpeg_input(path))))
             raise VideoError("no frames could be decoded")
     finally:
+        finished.set()
         if watchdog:
-            watchdog.cancel()
+            watchdog.join()
         if proc.poll() is None:
             proc.kill()
         proc.wait()  # reaped: no zombie whatever happened above

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from badinputs import Expect, child_processes, face_clip, make_corpus, pattern_clip
-from conftest import shared_dir
+from conftest import SAMPLE_CLIPS, shared_dir
 
 from deepscan import video
 from deepscan.video import VideoError, VideoInfo, check_input, discover, iter_frames, probe
@@ -221,6 +221,8 @@ def test_long_video_streams_in_flat_memory(corpus):
     path = corpus.root / "long_10min_1fps.mp4"
     info = probe(path)
     assert info.duration_s == pytest.approx(600, abs=1)
+    for _ in iter_frames(path, info, n_frames=1):  # first-use imports and caches are not the stream's memory
+        pass
     tracemalloc.start()
     try:
         n = 0
@@ -234,13 +236,36 @@ def test_long_video_streams_in_flat_memory(corpus):
     assert peak < total / 10, f"peak {peak} bytes for {total} bytes of frames"
 
 
-def test_decode_timeout_kills_and_reaps_ffmpeg(corpus):
+def test_decode_timeout_kills_and_reaps_ffmpeg(corpus, monkeypatch):
     path = corpus.root / "long_10min_1fps.mp4"
+    info = probe(path)
+    # A decoder that hangs: ffmpeg is stopped (SIGSTOP) right after it starts, so the reader waits forever.
+    real_popen = subprocess.Popen
+
+    def stalled(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        os.kill(proc.pid, signal.SIGSTOP)
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", stalled)
     t0 = time.monotonic()
     with pytest.raises(VideoError, match=r"decoding took longer than the 1 s limit"):
-        for _ in iter_frames(path, fps=1.0, batch_size=1, timeout_s=1.0):
-            time.sleep(0.05)  # a slow consumer: the limit is wall-clock for the whole stream
+        for _ in iter_frames(path, info, fps=1.0, batch_size=1, timeout_s=1.0):
+            pass
     assert time.monotonic() - t0 < 15
+    assert child_processes() == []
+
+
+def test_decode_timeout_does_not_count_the_consumers_time():
+    """Detecting faces in a long video sampled densely can take longer than decoding it: only the time the
+    stream waits for ffmpeg counts towards the limit, not the time its consumer holds each batch."""
+    path = SAMPLE_CLIPS / "astronaut_real.mp4"
+    t0 = time.monotonic()
+    frames = 0
+    for batch in iter_frames(path, n_frames=8, batch_size=2, timeout_s=1.0):
+        frames += len(batch)
+        time.sleep(0.5)  # a slow consumer: 2 s in all, twice the limit
+    assert frames == 8 and time.monotonic() - t0 >= 2.0
     assert child_processes() == []
 
 
