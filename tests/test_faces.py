@@ -75,3 +75,26 @@ def test_follow_crops_equal_one_resampling_per_cut():
                                          .permute(2, 0, 1)[None].float(), (side, side)) for k in on])
         assert torch.equal(crops, (expected - 127.5) * 0.0078125)
         assert torch.equal(kept, boxes[on])
+
+
+def test_detect_finds_what_facenet_finds_on_its_own_input_layout():
+    """On the CPU the frames go to facenet-pytorch held channels-first in memory (faster there); its
+    detections must be those of the plain HWC arrays, box for box and landmark for landmark."""
+    from deepscan.video import iter_frames
+
+    clips = sorted(SAMPLE_CLIPS.glob("*.mp4"))
+    if not clips:
+        pytest.skip("sample clips not generated")
+    finder = FaceFinder()
+    for clip in clips:
+        images = [f.image for batch in iter_frames(clip, n_frames=6) for f in batch]
+        h, w = images[0].shape[:2]
+        assert max(h, w) <= finder.settings.detect_max_side  # no downscaling: facenet sees these very arrays
+        found = finder.detect(images)
+        boxes, probs, points = finder.mtcnn.detect(np.stack(images), landmarks=True)
+        expected = [finder._kept(b, p, pts, 1.0, w, h) if b is not None else []
+                    for b, p, pts in zip(boxes, probs, points, strict=True)]
+        assert sum(len(f) for f in found) >= len(images)
+        for got, want in zip(found, expected, strict=True):
+            assert [(f.box, f.prob) for f in got] == [(f.box, f.prob) for f in want]
+            assert all(np.array_equal(a.landmarks, b.landmarks) for a, b in zip(got, want, strict=True))
