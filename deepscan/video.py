@@ -14,8 +14,8 @@ Inputs are hostile until proven otherwise (docs/bad_inputs.md lists what was tri
   files. Decoding then forces the demuxer the probe found (``-f``);
 - the frame size is limited twice: by the probe (refused before decoding) and by the decoder itself
   (``-max_pixels``), so a header that lies cannot make ffmpeg allocate a giant frame;
-- durations over a limit are refused, probing has a wall-clock limit and decoding a limit on the time spent waiting for ffmpeg, and the process
-  is always killed and reaped (no zombies; nothing is written to disk);
+- durations over a limit are refused, probing has a wall-clock limit and decoding a limit on the time spent
+  waiting for ffmpeg, and the process is always killed and reaped (no zombies; nothing is written to disk);
 - every failure is a :class:`VideoError` whose message is one line for a person.
 """
 
