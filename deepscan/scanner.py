@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -196,32 +197,7 @@ class _Prepared:
     provenance: dict | None = None
     error: Exception | None = None  # raised when the video's turn comes, so it becomes that file's error record
     seconds: float = 0.0
-    resumed: bool = False  # stopped after the hash: an earlier run's result stands for this file
-
-
-class _Lookahead:
-    """Prepares video ``i + 1`` on a worker thread while video ``i`` is screened. ``prepare(i)`` returns a
-    :class:`_Prepared`."""
-
-    def __init__(self, prepare, count: int):
-        self._prepare, self._count = prepare, count
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-prepare")
-        self._futures: dict[int, Future] = {}
-
-    def take(self, i: int) -> _Prepared:
-        """Video ``i``'s preparation (waiting for it if need be), with video ``i + 1``'s started behind it."""
-        for j in (i, i + 1):
-            if j < self._count and j not in self._futures:
-                self._futures[j] = self._pool.submit(self._prepare, j)
-        for j in [j for j in self._futures if j < i]:
-            del self._futures[j]
-        return self._futures.pop(i).result()
-
-    def close(self) -> None:
-        for future in self._futures.values():
-            future.cancel()
-        self._futures.clear()
-        self._pool.shutdown(wait=True)
+    previous: VideoResult | None = None  # an earlier run's result that stands for this file (then no probe)
 
 
 class Scanner:
@@ -317,20 +293,18 @@ class Scanner:
     def scan_video(self, path, progress=None, sha256: tuple[str, int] | None = None) -> VideoResult:
         """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch;
         ``sha256`` passes an already computed (digest, size) of the file."""
-        return self._scan_video(Path(path), progress, digest=sha256)
+        path = Path(path)
+        return self._scan_video(path, lambda: self._prepare(path, digest=sha256), progress)
 
-    def _scan_video(self, path: Path, progress=None, prepared: _Prepared | None = None,
-                    digest: tuple[str, int] | None = None) -> VideoResult:
+    def _scan_video(self, path: Path, prepare, progress=None) -> VideoResult:
+        """``prepare()`` gives the file's :class:`_Prepared`; a failure in it or after becomes the result."""
         result = VideoResult(path=str(path), deepscan_version=__version__, started_at=_utc_now(),
                              config=self.options.scoring_config(), config_hash=self.options.config_hash())
         t0 = time.perf_counter()
         try:
             result.model = self.model_info()
             result.environment = self.environment()
-            if prepared is None or prepared.resumed:  # not prepared ahead, or only up to the resume check
-                digest = prepared.digest if prepared is not None else digest
-                prepared = self._prepare(path, digest=digest)
-            self._scan_into(result, prepared, progress)
+            self._scan_into(result, prepare(), progress)
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
         except Exception as exc:  # noqa: BLE001 - one video's failure must never stop a scan
@@ -344,16 +318,11 @@ class Scanner:
         runtime.release_memory()
         return result
 
-    def _decode_options(self) -> dict:
-        opts = self.options
-        return dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
-                    timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
-
     def _prepare(self, path: Path, digest: tuple[str, int] | None = None, previous=None) -> _Prepared:
         """Check, hash and probe a file and read its provenance. Never raises: a failure is kept for the
         file's turn. With ``previous`` (path, digest -> an earlier run's result or None), a file that has one
-        stops at its hash. Runs on the lookahead's thread, so it reads the options and nothing else of the
-        scanner's."""
+        stops at its hash (``previous`` holds it). Runs on the preparing thread under ``prepare_ahead``, so it
+        reads the options and nothing else of the scanner's."""
         opts = self.options
         prepared = _Prepared(path, digest=digest)
         t = time.perf_counter()
@@ -361,9 +330,10 @@ class Scanner:
             check_input(path)
             if prepared.digest is None:
                 prepared.digest = file_sha256(path)
-            if previous is not None and previous(path, prepared.digest) is not None:
-                prepared.resumed = True
-                return prepared
+            if previous is not None:
+                prepared.previous = previous(path, prepared.digest)
+                if prepared.previous is not None:
+                    return prepared
             prepared.info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
             if opts.provenance:
                 from .provenance import read_provenance
@@ -399,7 +369,8 @@ class Scanner:
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
-        decode = self._decode_options()
+        decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
+                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
         hasher = None
         if self._campaign is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher
@@ -589,41 +560,33 @@ class Scanner:
 
             found = [Path(p) for p in screening_order(groups)]
         screened: dict[str, VideoResult] = {}
-        ahead = self._lookahead(found, writer, force, evidence)
-        try:
-            yield from self._scan_listed(found, writer, progress, force, evidence, group_of, screened, ahead)
-        finally:
-            if ahead is not None:
-                ahead.close()
+        with closing(self._preparations(found, writer, force, evidence)) as preparations:
+            for path, prepare in preparations:
+                g = group_of.get(str(path))
+                if g is not None and str(path) != g.representative:
+                    from .campaign import apply_group_result
 
-    def _scan_listed(self, found, writer, progress, force, evidence, group_of, screened, ahead):
-        for i, path in enumerate(found):
-            prepared = ahead.take(i) if ahead is not None else None
-            g = group_of.get(str(path))
-            if g is not None and str(path) != g.representative:
-                from .campaign import apply_group_result
-
-                inherited = apply_group_result(screened.get(g.representative), path, g)
-                if inherited is not None:
-                    if progress:
-                        progress.start(path)
-                    previous = None
-                    if writer and not force and inherited.sha256:
-                        # An earlier, interrupted run may have written this copy's line already.
-                        previous = writer.done(inherited.sha256, inherited.model.get("sha256"),
-                                               inherited.config_hash, path)
-                    if previous is not None:
-                        previous.resumed = True
-                        yield previous
+                    inherited = apply_group_result(screened.get(g.representative), path, g)
+                    if inherited is not None:
+                        if progress:
+                            progress.start(path)
+                        previous = None
+                        if writer and not force and inherited.sha256:
+                            # An earlier, interrupted run may have written this copy's line already.
+                            previous = writer.done(inherited.sha256, inherited.model.get("sha256"),
+                                                   inherited.config_hash, path)
+                        if previous is not None:
+                            previous.resumed = True
+                            yield previous
+                            continue
+                        if writer:
+                            writer.write(inherited)
+                        yield inherited
                         continue
-                    if writer:
-                        writer.write(inherited)
-                    yield inherited
-                    continue
-            result = self._screen_one(path, writer, progress, force, evidence, g, prepared)
-            if g is not None:
-                screened[str(path)] = result
-            yield result
+                result = self._screen_one(prepare(), writer, progress, evidence, g)
+                if g is not None:
+                    screened[str(path)] = result
+                yield result
 
     def _scan_streaming(self, found: list[Path], writer, progress, force: bool, evidence: bool):
         """``scan(dedupe=True)``: each file decoded once for its hash and its screening frames, grouped with
@@ -635,14 +598,11 @@ class Scanner:
         tracks = tempfile.TemporaryDirectory(prefix="deepscan-tracks-")
         self._campaign = self._last_campaign = StreamingGroups(spill_dir=tracks.name)
         self._hash_cache = writer.dir / "hashes" if writer else None
-        ahead = self._lookahead(found, writer, force, evidence)
         try:
-            for i, path in enumerate(found):
-                yield self._screen_one(path, writer, progress, force, evidence,
-                                       prepared=ahead.take(i) if ahead is not None else None)
+            with closing(self._preparations(found, writer, force, evidence)) as preparations:
+                for _, prepare in preparations:
+                    yield self._screen_one(prepare(), writer, progress, evidence)
         finally:
-            if ahead is not None:
-                ahead.close()
             self._campaign = self._hash_cache = None
             tracks.cleanup()
 
@@ -666,7 +626,7 @@ class Scanner:
 
     def _previous(self, path: Path, digest: tuple[str, int], writer, evidence: bool) -> VideoResult | None:
         """An earlier run's result that stands for this file: same content, model and configuration (and its
-        evidence, when evidence is asked for). Called from the lookahead's thread too: the detector is loaded
+        evidence, when evidence is asked for). Called from the preparing thread too: the detector is loaded
         and the campaign set before a scan starts one."""
         config = self.options.config_hash()
         previous = writer.done(digest[0], self.detector.weights_sha256, config, path)
@@ -677,34 +637,38 @@ class Scanner:
             return previous
         return None
 
-    def _lookahead(self, found: list[Path], writer, force: bool, evidence: bool) -> _Lookahead | None:
-        """A :class:`_Lookahead` over ``found`` (None when off or pointless); a file an earlier run finished
-        is prepared only up to its hash."""
+    def _preparations(self, found: list[Path], writer, force: bool, evidence: bool) -> Iterator[tuple]:
+        """Each file of ``found`` in order with a call that returns its :class:`_Prepared` (:meth:`_prepare`;
+        a file an earlier run finished stops at its hash). With ``prepare_ahead`` the next file is prepared on
+        a worker thread while the caller screens this one; else each call prepares its file then."""
+        previous = None
+        if writer and not force:
+            def previous(path, digest):
+                return self._previous(path, digest, writer, evidence)
         if not self.options.prepare_ahead or len(found) < 2:
-            return None
+            for path in found:
+                yield path, lambda path=path: self._prepare(path, previous=previous)
+            return
         self.detector  # noqa: B018 - loaded here, on this thread: _previous reads it on the worker
-        previous = (lambda path, digest: self._previous(path, digest, writer, evidence)) if writer and not force else None
-        return _Lookahead(lambda i: self._prepare(found[i], previous=previous), len(found))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-prepare") as pool:
+            upcoming = pool.submit(self._prepare, found[0], previous=previous)
+            for path, after in zip(found, [*found[1:], None], strict=True):
+                current = upcoming
+                if after is not None:
+                    upcoming = pool.submit(self._prepare, after, previous=previous)
+                yield path, current.result
 
-    def _screen_one(self, path: Path, writer, progress, force: bool, evidence: bool, group=None,
-                    prepared: _Prepared | None = None) -> VideoResult:
+    def _screen_one(self, prepared: _Prepared, writer, progress, evidence: bool, group=None) -> VideoResult:
+        path = prepared.path
         if progress:
             progress.start(path)
-        digest = prepared.digest if prepared is not None else None
-        if writer and not force:
-            if prepared is None:
-                try:
-                    check_input(path)  # never hash a FIFO (blocks) or a device (endless)
-                    digest = file_sha256(path)
-                except (VideoError, OSError):
-                    digest = None
-            previous = self._previous(path, digest, writer, evidence) if digest else None
-            if previous is not None:
-                previous.resumed = True
-                if self._campaign is not None:
-                    return self._resumed_into_campaign(path, previous)
-                return _campaign_marked(previous, group)
-        result = self._scan_video(path, progress.update if progress else None, prepared, digest)
+        previous = prepared.previous
+        if previous is not None:
+            previous.resumed = True
+            if self._campaign is not None:
+                return self._resumed_into_campaign(path, previous)
+            return _campaign_marked(previous, group)
+        result = self._scan_video(path, lambda: prepared, progress.update if progress else None)
         inherited = (result.extra.get("campaign") or {}).get("inherited")
         if writer and evidence and not inherited:
             from .evidence import save_evidence

@@ -272,7 +272,7 @@ def _folder_with_a_broken_file(tmp_path, sample_clip):
 
 
 def test_preparing_the_next_video_ahead_changes_no_result(tmp_path, sample_clip):
-    """The next file's hash, probe and provenance come from the lookahead's thread; the results (and the
+    """The next file's hash, probe and provenance come from the preparing thread; the results (and the
     broken file's error record, in its place) are those of one file after another."""
     folder = _folder_with_a_broken_file(tmp_path, sample_clip)
     ahead = list(Scanner(frames=8, keep_heatmaps=False, prepare_ahead=True).scan([folder]))
