@@ -91,6 +91,13 @@ def naive_loop(path: Path, frames: int, detector, settings):
     return scores
 
 
+def fresh_process(code: str) -> dict:
+    """Run ``code`` in a fresh Python process (no thread settings or allocator state carried over) and return
+    the JSON object it prints last."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def long_clip_run(path: Path, frames: int, keyframes: bool | None = None, hwaccel: str = "none") -> dict:
     """Scan one clip in a fresh process and report its wall time and peak RSS."""
     patch = (f"import deepscan.scanner as m;f=m.iter_frames;"
@@ -104,8 +111,7 @@ def long_clip_run(path: Path, frames: int, keyframes: bool | None = None, hwacce
         # process would report this process's peak instead of its own.
         "'peak_rss_mb':int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])/1024}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return fresh_process(code)
 
 
 def variant_run(path: Path, frames: int, repeats: int, options: dict) -> dict:
@@ -117,8 +123,7 @@ def variant_run(path: Path, frames: int, repeats: int, options: dict) -> dict:
         "ts.append(time.perf_counter()-t)\n"
         "print(json.dumps({'median_s':statistics.median(ts),'score':r.score,'precision':s.detector.precision}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return fresh_process(code)
 
 
 def folder_run(folder: Path, frames: int, options: dict) -> dict:
@@ -132,8 +137,7 @@ def folder_run(folder: Path, frames: int, options: dict) -> dict:
         "print(json.dumps({'wall_s':time.perf_counter()-t,'videos':len(rs),"
         "'scores':[round(r.score or 0,6) for r in rs]}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return fresh_process(code)
 
 
 def main(argv=None) -> int:
