@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hwaccel", default="none",
                    help="hardware video decoding: none (default) or an ffmpeg -hwaccel name such as cuda (NVDEC); "
                         "the same frames; falls back to CPU decoding where it fails")
-    s.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds one video's scan may wait for its decoder (time spent on its faces does not count)")
+    s.add_argument("--timeout", type=_positive_float, default=600.0,
+                   help="seconds one video's scan may wait for its decoder (time spent on its faces does not count)")
     s.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
                    help=f"refuse videos with frames larger than this, before decoding (default {MAX_PIXELS})")
     s.add_argument("--max-duration", type=_positive_float, default=MAX_DURATION_S,
@@ -318,8 +319,7 @@ def cmd_eval(args) -> int:
         table.add_column(col)
     for d in report["detectors"]:
         t, pair = d["at_threshold"], d.get("paired_with_first")
-        paired = "—" if pair is None else (f"{pair['auc_difference']:+.3f} "
-                                           f"[{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]")
+        paired = "—" if pair is None else _paired_cell(pair)
         table.add_row(d["detector"], f"{d['auc']:.3f}", f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]", paired,
                       f"{t['threshold']:.3f}", f"{t['accuracy']:.3f}", f"{t['tpr']:.3f}", f"{t['fpr']:.3f}",
                       str(len(d["unscored"])))
@@ -397,6 +397,11 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def _paired_cell(pair: dict) -> str:
+    """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``."""
+    return f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+
+
 def _paired_table(measured: dict):
     """Each card against the first on the same clips: AUC differences with a paired bootstrap 95% interval
     (written into ``measured`` too, as ``paired_with_first``)."""
@@ -417,7 +422,7 @@ def _paired_table(measured: dict):
                 cells.append("other clips")  # another split: no pairing
                 continue
             paired[probe] = pair
-            cells.append(f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]")
+            cells.append(_paired_cell(pair))
         measured[card]["paired_with_first"] = paired
         table.add_row(card, *cells)
     return table

@@ -50,8 +50,7 @@ def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0, groups=None) -> tuple
 
     y, s = np.asarray(y), np.asarray(s)
     stats = [roc_auc_score(y[idx], s[idx]) for idx in _resamples(y, n_boot, seed, groups)]
-    lo, hi = (np.percentile(stats, [2.5, 97.5]) if stats else (float("nan"), float("nan")))
-    return float(roc_auc_score(y, s)), float(lo), float(hi)
+    return float(roc_auc_score(y, s)), *_interval95(stats)
 
 
 def bootstrap_auc_difference(y, s_a, s_b, n_boot: int = 2000, seed: int = 0,
@@ -64,8 +63,15 @@ def bootstrap_auc_difference(y, s_a, s_b, n_boot: int = 2000, seed: int = 0,
     y, s_a, s_b = np.asarray(y), np.asarray(s_a), np.asarray(s_b)
     stats = [roc_auc_score(y[idx], s_b[idx]) - roc_auc_score(y[idx], s_a[idx])
              for idx in _resamples(y, n_boot, seed, groups)]
-    lo, hi = (np.percentile(stats, [2.5, 97.5]) if stats else (float("nan"), float("nan")))
-    return float(roc_auc_score(y, s_b) - roc_auc_score(y, s_a)), float(lo), float(hi)
+    return float(roc_auc_score(y, s_b) - roc_auc_score(y, s_a)), *_interval95(stats)
+
+
+def _interval95(stats) -> tuple[float, float]:
+    """Percentile 95% interval of bootstrap statistics (nan, nan when no resample held both classes)."""
+    if not stats:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _resamples(y: np.ndarray, n_boot: int, seed: int, groups=None):
