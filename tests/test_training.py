@@ -435,3 +435,52 @@ def test_training_with_workers_starts_after_opencv_used_its_thread_pool(cache, t
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((tmp_path / "models").glob("*.json"))
+
+
+def _tiny_bn_net(seed: int = 0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 1))
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights_and_counts_the_batch_once():
+    from deepscan.training.train import sam_second_pass
+
+    x, y = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0., 1.] * 3)
+    rho = 0.05
+
+    def loss_of(net):
+        return torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1), y)
+
+    net = _tiny_bn_net()
+    net.train()
+    loss_of(net).backward()
+    weights = {k: v.clone() for k, v in net.state_dict().items()}  # BN statistics after one batch included
+    grads = [p.grad.clone() for p in net.parameters()]
+    sam_second_pass(net, lambda: (loss_of(net),), rho)
+
+    # Weights (and BatchNorm's running statistics and batch count) are exactly as before the second pass.
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+    # The gradients are those of a copy moved by rho along the normalised first gradient.
+    ref = _tiny_bn_net()
+    ref.load_state_dict(weights)
+    ref.train()
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), grads, strict=True):
+            p.add_(g * rho / norm)
+    loss_of(ref).backward()
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert not all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(net.parameters(), grads, strict=True))
+
+
+def test_tiny_sam_training_run_learns(cache, tmp_path):
+    card_path = train(_write_config(tmp_path, cache, sam_rho=0.05, max_steps=20), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "runs/tiny-sbi/log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 20
+    assert np.mean([e["loss"] for e in log[-2:]]) < np.mean([e["loss"] for e in log[:2]])
+    assert ModelCard.load(card_path).training["config"]["train"]["sam_rho"] == 0.05
+

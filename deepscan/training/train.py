@@ -7,6 +7,7 @@ validates on held-out groups, fits the temperature and the video threshold, and 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -68,6 +69,9 @@ DEFAULTS: dict = {
         "weight_decay": 1e-4,
         "warmup_steps": 50,
         "mask_lambda": 1.0,
+        # Sharpness-aware minimisation (Foret et al. 2021; SBI trains with it): the radius of the weight
+        # perturbation. 0 = plain AdamW. Each step costs two forward/backward passes.
+        "sam_rho": 0.0,
         "p_fake": 0.5,
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
@@ -563,6 +567,15 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
 
+    def losses(x, y, mask, weight):
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
+            device.type, enabled=False)
+        with ctx:
+            logit, mask_logits = net(x)
+        cls_loss = F.binary_cross_entropy_with_logits(logit.float(), y)
+        mask_loss = _masked_bce(mask_logits, mask, weight)
+        return cls_loss + ct["mask_lambda"] * mask_loss, cls_loss, mask_loss
+
     net.train()
     t_last = time.perf_counter()
     window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": t_last, "imgs": 0}
@@ -574,15 +587,11 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             g["lr"] = g["base_lr"] * factor
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y, mask, weight = y.to(device), mask.to(device), weight.to(device)
-        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
-            device.type, enabled=False)
-        with ctx:
-            logit, mask_logits = net(x)
-        cls_loss = F.binary_cross_entropy_with_logits(logit.float(), y)
-        mask_loss = _masked_bce(mask_logits, mask, weight)
-        loss = cls_loss + ct["mask_lambda"] * mask_loss
         optimizer.zero_grad(set_to_none=True)
+        loss, cls_loss, mask_loss = losses(x, y, mask, weight)
         loss.backward()
+        if ct["sam_rho"] > 0:
+            sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
         optimizer.step()
         step += 1
         now = time.perf_counter()
@@ -619,6 +628,41 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     save()
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
                   val_clips)
+
+
+def sam_second_pass(net, loss_fn, rho: float) -> None:
+    """Replace the gradients ``net`` holds (at weights w) by those at w + rho·g/‖g‖, the worst nearby point
+    to first order, and put w back: the optimizer then steps with the sharpness-aware gradient (SAM).
+    ``loss_fn()`` recomputes the batch's losses, the total first.
+
+    The second forward must not count the batch twice in BatchNorm's running statistics (momentum 0 leaves
+    them as they are), or the exported model's statistics would drift from what a plain step keeps."""
+    import torch
+
+    params = [p for p in net.parameters() if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
+        scale = rho / (norm + 1e-12)
+        originals = [p.detach().clone() for p in params]  # (w + e) - e is not w in floating point
+        for p in params:
+            p.add_(p.grad * scale.to(p.grad.dtype))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    tracked = [m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        for p in params:
+            p.grad = None
+        loss_fn()[0].backward()
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, originals, strict=True):
+                p.copy_(w)
+        for m, momentum, count in zip(norms, momenta, tracked, strict=True):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _licence(cfg_model: dict) -> str:
