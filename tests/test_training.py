@@ -221,6 +221,16 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
             load_config(path)
 
 
+@pytest.mark.parametrize("line, message", [("precision = \"fp16\"", "bf16 or fp32"),
+                                           ("precision = \"bfloat16\"", "bf16 or fp32"),
+                                           ("sam_rho = -0.05", "sam_rho")])
+def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
 def test_temperature_and_threshold():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0.0, 2.0, 5000)

@@ -126,6 +126,11 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"input_size must be a multiple of 32 (the backbone's stride), not {size}")
     if not cfg["train"]["max_steps"] and not cfg["train"]["max_minutes"]:
         raise ValueError("set train.max_steps and/or train.max_minutes")
+    # fp16 would need loss scaling (its gradients underflow); a misspelling would silently train in fp32.
+    if cfg["train"]["precision"] not in ("bf16", "fp32"):
+        raise ValueError(f"train.precision must be bf16 or fp32, not {cfg['train']['precision']!r}")
+    if cfg["train"]["sam_rho"] < 0:
+        raise ValueError(f"train.sam_rho must be 0 (off) or positive, not {cfg['train']['sam_rho']}")
     return cfg
 
 
@@ -553,7 +558,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         generator=torch.Generator().manual_seed(cfg["seed"]),
         prefetch_factor=4 if ct["num_workers"] else None,
     )
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ct["precision"])
+    autocast_dtype = torch.bfloat16 if ct["precision"] == "bf16" else None
     bar = None
     if progress:
         from tqdm import tqdm
