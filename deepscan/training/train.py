@@ -558,7 +558,6 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         generator=torch.Generator().manual_seed(cfg["seed"]),
         prefetch_factor=4 if ct["num_workers"] else None,
     )
-    autocast_dtype = torch.bfloat16 if ct["precision"] == "bf16" else None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -573,9 +572,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         })
 
     def losses(x, y, mask, weight):
-        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(
-            device.type, enabled=False)
-        with ctx:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
             logit, mask_logits = net(x)
         cls_loss = F.binary_cross_entropy_with_logits(logit.float(), y)
         mask_loss = _masked_bce(mask_logits, mask, weight)
