@@ -223,7 +223,10 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
 
 @pytest.mark.parametrize("line, message", [("precision = \"fp16\"", "bf16 or fp32"),
                                            ("precision = \"bfloat16\"", "bf16 or fp32"),
-                                           ("sam_rho = -0.05", "sam_rho")])
+                                           ("sam_rho = -0.05", "sam_rho"),
+                                           ("average_from = 1.0", "average_from"),
+                                           ("average_from = -0.5", "average_from"),
+                                           ("average_from = 0.5\nmax_minutes = 30", "no train.max_minutes")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
@@ -337,7 +340,8 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert ModelCard.load(again).sha256 == card.sha256
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("average_from", [0.0, 0.5])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, average_from):
     from safetensors.torch import load_file
 
     import deepscan.training.train as train_module
@@ -345,7 +349,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     # On the CPU: CUDA training is not reproducible bit for bit (the bilinear upsampling's backward adds with
     # atomics; measured on an H100, weights 1e-3 apart after 6 steps), so only the CPU can show that resuming
     # changes nothing. The CUDA generator is checkpointed all the same (dropout there draws from it).
-    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
+    # With weight averaging the crash falls inside the window (steps 3-6), so the average must resume too.
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu",
+            "average_from": average_from}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
     real_save, saves = train_module._save_ckpt, []
@@ -365,6 +371,39 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     wa, wb = load_file(str(ModelCard.load(a).weights_path)), load_file(str(ModelCard.load(b).weights_path))
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+
+
+def test_weight_averaging_exports_the_mean_of_the_window_and_leaves_training_alone(cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import deepscan.training.train as train_module
+
+    over = {"max_steps": 6, "ckpt_every": 1, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
+    plain = ModelCard.load(train(_write_config(tmp_path / "plain", cache, **over), progress=False))
+
+    real_save, states = train_module._save_ckpt, {}
+
+    def keep_each_step(path, state):
+        states[state["step"]] = {k: v.clone() for k, v in state["model"].items()}
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "_save_ckpt", keep_each_step)
+    averaged = ModelCard.load(train(_write_config(tmp_path / "avg", cache, average_from=0.5, **over),
+                                    progress=False))
+    # 0.5 of 6 steps: the weights after steps 3, 4, 5 and 6 enter the average.
+    assert averaged.training["weight_average"] == {"from_step": 3, "snapshots": 4}
+    assert plain.training["weight_average"] is None
+    exported, plain_w = load_file(str(averaged.weights_path)), load_file(str(plain.weights_path))
+    moved = 0
+    for k, w in exported.items():
+        # Training is untouched: the last step's weights are the plain run's, bit for bit.
+        assert torch.equal(states[6][k].float(), plain_w[k]), k
+        if w.is_floating_point():
+            mean = torch.stack([states[s][k].float() for s in (3, 4, 5, 6)]).mean(0)
+            assert torch.allclose(w, mean, atol=1e-6), k
+            moved += not torch.allclose(w, plain_w[k], atol=1e-6)
+    assert moved > 10  # the average is not the last step's weights
+    assert averaged.sha256 != plain.sha256
 
 
 def test_card_round_trip_and_weights_mismatch_is_refused(tiny_run, tmp_path):

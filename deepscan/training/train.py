@@ -72,6 +72,10 @@ DEFAULTS: dict = {
         # Sharpness-aware minimisation (Foret et al. 2021; SBI trains with it): the radius of the weight
         # perturbation. 0 = plain AdamW. Each step costs two forward/backward passes.
         "sam_rho": 0.0,
+        # Dense weight averaging (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021, for unseen domains): from
+        # this fraction of max_steps on, the exported weights are the uniform average of the weights after
+        # every step, BatchNorm statistics included. 0 = off: the last step's weights. Costs no training time.
+        "average_from": 0.0,
         "p_fake": 0.5,
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
@@ -131,7 +135,20 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.precision must be bf16 or fp32, not {cfg['train']['precision']!r}")
     if cfg["train"]["sam_rho"] < 0:
         raise ValueError(f"train.sam_rho must be 0 (off) or positive, not {cfg['train']['sam_rho']}")
+    average_from = cfg["train"]["average_from"]
+    if not 0 <= average_from < 1:
+        raise ValueError(f"train.average_from must be 0 (off) or a fraction of max_steps below 1, not {average_from}")
+    # A time budget could stop the run before the averaging window opens: the export would silently be plain.
+    if average_from and (cfg["train"]["max_minutes"] or not cfg["train"]["max_steps"]):
+        raise ValueError("train.average_from needs train.max_steps and no train.max_minutes")
     return cfg
+
+
+def average_start_step(cfg_train: dict) -> int | None:
+    """The first step whose weights enter the average (None: no averaging)."""
+    if not cfg_train["average_from"]:
+        return None
+    return max(1, math.ceil(cfg_train["average_from"] * cfg_train["max_steps"]))
 
 
 def architecture_for(backbone: str) -> str:
@@ -539,9 +556,20 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         load_pretrained(net)
     net = net.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(net, ct))
+    average_start = average_start_step(ct)
+    averaged = None
+    if average_start is not None:
+        from torch.optim.swa_utils import AveragedModel
+
+        averaged = AveragedModel(net, use_buffers=True)  # only reads net: training itself is unchanged
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if averaged is not None:
+            if "averaged" not in state:
+                raise ValueError(f"{ckpt_path} was written without train.average_from: its average cannot be "
+                                 "rebuilt; train afresh with --no-resume")
+            averaged.load_state_dict(state["averaged"])
         step, elapsed, history = state["step"], state["elapsed_s"], list(state.get("history", []))
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:  # dropout on CUDA draws from the device's generator
@@ -568,6 +596,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         _save_ckpt(ckpt_path, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
             "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
+            **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
 
@@ -596,6 +625,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
         optimizer.step()
         step += 1
+        if averaged is not None and step >= average_start:
+            averaged.update_parameters(net)
         now = time.perf_counter()
         elapsed += now - t_last
         t_last = now
@@ -628,8 +659,12 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if bar is not None:
         bar.close()
     save()
+    weight_average = None
+    if averaged is not None and int(averaged.n_averaged) > 0:
+        weight_average = {"from_step": average_start, "snapshots": int(averaged.n_averaged)}
+        net = averaged.module
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-                  val_clips)
+                  val_clips, weight_average)
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
@@ -681,8 +716,8 @@ def _licence(cfg_model: dict) -> str:
 
 
 def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-           val_clips) -> Path:
-    """Validate, calibrate, and write weights + card."""
+           val_clips, weight_average: dict | None = None) -> Path:
+    """Validate, calibrate, and write weights + card (``net``: the weights to ship, averaged or not)."""
     import torch
     from safetensors.torch import save_file
 
@@ -760,6 +795,8 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         "stopped_by": stopped_by,
         "wall_time_s": round(elapsed, 1),
         "final_loss": history[-1] if history else None,
+        # The exported weights' provenance when they are an average (train.average_from), else None.
+        "weight_average": weight_average,
         "seed": cfg["seed"],
         "init_from": _init_from(cfg["model"]),
         "git_commit": git_commit(),
