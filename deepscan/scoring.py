@@ -4,8 +4,8 @@ Aggregation follows the "confident strategy" that won the DFDC (Seferbekov, 1st 
 many unremarkable frames drown a manipulation that is only visible in part of a clip, and lets a few noisy
 frames push a real clip upwards. For each track, with n face scores:
 
-* if at least ``fake_fraction`` of them (and at least ``min_confident``) are confidently fake (> ``hi``), the
-  track score is the mean of those confident scores;
+* if at least ``fake_fraction`` of them (and at least ``min_confident``; one, in a track shorter than that)
+  are confidently fake (> ``hi``), the track score is the mean of those confident scores;
 * else if more than ``real_fraction`` of them are confidently real (< ``lo``), the mean of those;
 * else the plain mean.
 
@@ -40,18 +40,13 @@ def track_score(scores: Sequence[float], agg: Aggregation = Aggregation()) -> fl
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         raise ValueError("a track without scores")
-    fakes = s[s > agg.hi]
-    if fakes.size >= max(agg.min_confident if s.size >= agg.min_confident else 1, agg.fake_fraction * s.size):
-        return float(fakes.mean())
-    reals = s[s < agg.lo]
-    if reals.size > agg.real_fraction * s.size:
-        return float(reals.mean())
-    return float(s.mean())
+    return float(track_scores(s[None, :], agg)[0])
 
 
 def track_scores(samples: np.ndarray, agg: Aggregation = Aggregation()) -> np.ndarray:
-    """:func:`track_score` of each row of ``samples`` (rows of one length): the bootstrap's 500 resamples of a
-    track in one pass instead of 500 calls (equal to within float rounding; tested against it)."""
+    """The confident strategy (module docstring) for each row of ``samples`` (rows of one length): one track,
+    or the bootstrap's 500 resamples of a track in one pass. :func:`track_score` is its one-row case, so the
+    rule is stated once."""
     s = np.asarray(samples, dtype=np.float64)
     n = s.shape[1]
     fake, real = s > agg.hi, s < agg.lo

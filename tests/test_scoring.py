@@ -84,10 +84,22 @@ def test_score_interval_brackets_the_score_and_is_reproducible():
     assert score_interval(tracks) == (0.05, 0.05)
 
 
-def test_track_scores_score_each_row_as_track_score_does():
-    """The bootstrap's vectorised scoring takes the same branch (confident fakes, confident reals, plain mean)
-    as track_score on every resample, including short tracks and the branch boundaries."""
+def test_track_scores_follow_the_confident_strategy_on_every_row():
+    """The vectorised rule (tracks and the bootstrap's resamples) takes the branch the module docstring states
+    (confident fakes, confident reals, plain mean) on every row, including short tracks and the branch
+    boundaries; the reference below is that statement written out one row at a time."""
     from deepscan.scoring import track_scores
+
+    def confident_strategy(row, agg):
+        fakes = [x for x in row if x > agg.hi]
+        reals = [x for x in row if x < agg.lo]
+        # A track shorter than min_confident needs one confident fake (and the fraction).
+        needed = agg.min_confident if len(row) >= agg.min_confident else 1
+        if len(fakes) >= agg.fake_fraction * len(row) and len(fakes) >= needed:
+            return sum(fakes) / len(fakes)
+        if len(reals) > agg.real_fraction * len(row):
+            return sum(reals) / len(reals)
+        return sum(row) / len(row)
 
     rng = np.random.default_rng(1)
     agg = Aggregation()
@@ -98,5 +110,5 @@ def test_track_scores_score_each_row_as_track_score_does():
         rows = np.concatenate([rng.random((200, n)),
                                rng.choice([0.05, 0.5, 0.95], (200, n)),
                                np.array(edges), np.full((1, n), agg.hi), np.full((1, n), agg.lo)])
-        expected = [track_score(r, agg) for r in rows]
+        expected = [confident_strategy(list(r), agg) for r in rows]
         np.testing.assert_allclose(track_scores(rows, agg), expected, rtol=0, atol=1e-12)
