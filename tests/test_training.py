@@ -226,7 +226,10 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("sam_rho = -0.05", "sam_rho"),
                                            ("average_from = 1.0", "average_from"),
                                            ("average_from = -0.5", "average_from"),
-                                           ("average_from = 0.5\nmax_minutes = 30", "no train.max_minutes")])
+                                           ("average_from = 0.5\nmax_minutes = 30", "no train.max_minutes"),
+                                           ("average_bn_batches = 10", "needs train.average_from"),
+                                           ("average_from = 0.5\naverage_bn_batches = -1", "whole number"),
+                                           ("average_from = 0.5\naverage_bn_batches = 2.5", "whole number")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
@@ -404,6 +407,47 @@ def test_weight_averaging_exports_the_mean_of_the_window_and_leaves_training_alo
             moved += not torch.allclose(w, plain_w[k], atol=1e-6)
     assert moved > 10  # the average is not the last step's weights
     assert averaged.sha256 != plain.sha256
+
+
+def test_recomputed_batchnorm_statistics_are_the_averaged_weights_own(cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from torch.optim.swa_utils import update_bn
+
+    import deepscan.training.train as train_module
+    from deepscan.training.train import _build_net, load_config
+
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu",
+            "average_from": 0.5}
+    kept = ModelCard.load(train(_write_config(tmp_path / "kept", cache, **over), progress=False))
+
+    real_recompute, seen = train_module.recompute_batchnorm, []
+
+    def recording(net, inputs):
+        seen.extend(x.clone() for x in inputs)
+        real_recompute(net, iter(seen))
+
+    monkeypatch.setattr(train_module, "recompute_batchnorm", recording)
+    config = _write_config(tmp_path / "bn", cache, average_bn_batches=3, **over)
+    recomputed = ModelCard.load(train(config, progress=False))
+    assert recomputed.training["weight_average"] == {"from_step": 3, "snapshots": 4, "bn_batches": 3}
+    assert [tuple(x.shape) for x in seen] == [(4, 3, 64, 64)] * 3
+
+    kept_w, new_w = load_file(str(kept.weights_path)), load_file(str(recomputed.weights_path))
+    statistics = {k for k in kept_w if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert statistics
+    for k in kept_w.keys() - statistics:  # the averaged weights themselves are untouched
+        assert torch.equal(kept_w[k], new_w[k]), k
+    # torch's own update_bn, from the kept average, on the same batches, gives the same statistics.
+    reference = _build_net(load_config(config)["model"])
+    reference.load_state_dict(kept_w)
+    update_bn(seen, reference)
+    expected = reference.state_dict()
+    changed = 0
+    for k in statistics:
+        if expected[k].is_floating_point():
+            assert torch.allclose(new_w[k], expected[k], rtol=1e-4, atol=1e-5), k
+            changed += not torch.allclose(new_w[k], kept_w[k], rtol=1e-3, atol=1e-4)
+    assert changed > 0  # the snapshots' mean statistics were not already the average's own
 
 
 def test_card_round_trip_and_weights_mismatch_is_refused(tiny_run, tmp_path):

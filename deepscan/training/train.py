@@ -76,6 +76,10 @@ DEFAULTS: dict = {
         # this fraction of max_steps on, the exported weights are the uniform average of the weights after
         # every step, BatchNorm statistics included. 0 = off: the last step's weights. Costs no training time.
         "average_from": 0.0,
+        # With average_from: recompute the average's BatchNorm statistics on this many fresh training batches
+        # (SWA's update_bn). The mean of the snapshots' running statistics is not the statistics of the
+        # averaged weights' activations. 0 = keep the averaged running statistics.
+        "average_bn_batches": 0,
         "p_fake": 0.5,
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
@@ -141,6 +145,11 @@ def load_config(path, overrides: dict | None = None) -> dict:
     # A time budget could stop the run before the averaging window opens: the export would silently be plain.
     if average_from and (cfg["train"]["max_minutes"] or not cfg["train"]["max_steps"]):
         raise ValueError("train.average_from needs train.max_steps and no train.max_minutes")
+    bn_batches = cfg["train"]["average_bn_batches"]
+    if not isinstance(bn_batches, int) or bn_batches < 0:
+        raise ValueError(f"train.average_bn_batches must be a whole number of batches, not {bn_batches!r}")
+    if bn_batches and not average_from:
+        raise ValueError("train.average_bn_batches recomputes an average's statistics: it needs train.average_from")
     return cfg
 
 
@@ -578,14 +587,20 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     bs = ct["batch_size"]
     max_steps = ct["max_steps"] or 10**9
     budget_s = ct["max_minutes"] * 60.0 if ct["max_minutes"] else math.inf
-    loader = DataLoader(
-        dataset, batch_size=bs, sampler=range(step * bs, max_steps * bs), num_workers=ct["num_workers"],
-        worker_init_fn=_worker_init, drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",
-        # Its own generator: creating the iterator must not draw from the global RNG that dropout uses, or a
-        # resumed run would see different dropout masks from an uninterrupted one.
-        generator=torch.Generator().manual_seed(cfg["seed"]),
-        prefetch_factor=4 if ct["num_workers"] else None,
-    )
+
+    def batches_of(start: int, stop: int):
+        """Training batches ``start`` to ``stop`` (exclusive) of the run's seeded sample sequence."""
+        loader = DataLoader(
+            dataset, batch_size=bs, sampler=range(start * bs, stop * bs), num_workers=ct["num_workers"],
+            worker_init_fn=_worker_init, drop_last=True, persistent_workers=False,
+            pin_memory=device.type == "cuda",
+            # Its own generator: creating the iterator must not draw from the global RNG that dropout uses, or a
+            # resumed run would see different dropout masks from an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg["seed"]),
+            prefetch_factor=4 if ct["num_workers"] else None,
+        )
+        return _start_workers(loader, int(ct["num_threads"]))
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -611,7 +626,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     t_last = time.perf_counter()
     window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": t_last, "imgs": 0}
     stopped_by = "max_steps"
-    batches = _start_workers(loader, int(ct["num_threads"])) if step < max_steps and elapsed < budget_s else []
+    batches = batches_of(step, max_steps) if step < max_steps and elapsed < budget_s else []
     for x, y, mask, weight in batches:
         factor = lr_factor(step, elapsed, ct)
         for g in optimizer.param_groups:
@@ -663,8 +678,42 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if averaged is not None and int(averaged.n_averaged) > 0:
         weight_average = {"from_step": average_start, "snapshots": int(averaged.n_averaged)}
         net = averaged.module
+        if ct["average_bn_batches"]:
+            # Samples after the last training step: drawn like the training ones, never trained on.
+            recompute_batchnorm(net, (x.to(device).contiguous(memory_format=torch.channels_last) for x, *_ in
+                                      batches_of(step, step + ct["average_bn_batches"])))
+            weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
                   val_clips, weight_average)
+
+
+def recompute_batchnorm(net, inputs) -> None:
+    """Set every BatchNorm layer's running statistics to the plain mean over ``inputs`` (batches) of the
+    statistics of ``net``'s own activations, in fp32 as at inference (torch.optim.swa_utils.update_bn, with
+    channels-last inputs). Nothing else in ``net`` changes."""
+    import torch
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = net.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts the same
+    net.eval()  # dropout off: only the statistics are wanted
+    for m in norms:
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                net(x)
+                seen += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(was_training)
+    if norms and not seen:
+        raise ValueError("no batches to recompute the BatchNorm statistics on")
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
