@@ -177,7 +177,8 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # every device's generator
     # Nearer to reproducible on CUDA: cuDNN's autotuned and nondeterministic convolution algorithms are off (the
-    # bilinear upsampling's backward still adds atomically there; on the CPU a run repeats bit for bit).
+    # bilinear upsampling's backward still adds atomically there). On the CPU a run repeats bit for bit on one
+    # machine, not necessarily across machines (session 12: another CPU and libraries, another trajectory).
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 
