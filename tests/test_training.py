@@ -410,23 +410,23 @@ def test_weight_averaging_exports_the_mean_of_the_window_and_leaves_training_alo
 
 
 def test_recomputed_batchnorm_statistics_are_the_averaged_weights_own(cache, tmp_path, monkeypatch):
+    import torch.optim.swa_utils as swa_utils
     from safetensors.torch import load_file
     from torch.optim.swa_utils import update_bn
 
-    import deepscan.training.train as train_module
     from deepscan.training.train import _build_net, load_config
 
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu",
             "average_from": 0.5}
     kept = ModelCard.load(train(_write_config(tmp_path / "kept", cache, **over), progress=False))
 
-    real_recompute, seen = train_module.recompute_batchnorm, []
+    seen = []
 
-    def recording(net, inputs):
+    def recording(inputs, net):
         seen.extend(x.clone() for x in inputs)
-        real_recompute(net, iter(seen))
+        update_bn(iter(seen), net)
 
-    monkeypatch.setattr(train_module, "recompute_batchnorm", recording)
+    monkeypatch.setattr(swa_utils, "update_bn", recording)
     config = _write_config(tmp_path / "bn", cache, average_bn_batches=3, **over)
     recomputed = ModelCard.load(train(config, progress=False))
     assert recomputed.training["weight_average"] == {"from_step": 3, "snapshots": 4, "bn_batches": 3}

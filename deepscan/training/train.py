@@ -680,41 +680,15 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         weight_average = {"from_step": average_start, "snapshots": int(averaged.n_averaged)}
         net = averaged.module
         if ct["average_bn_batches"]:
-            # Samples after the last training step: drawn like the training ones, never trained on.
-            recompute_batchnorm(net, (x.to(device).contiguous(memory_format=torch.channels_last) for x, *_ in
-                                      batches_of(step, step + ct["average_bn_batches"])))
+            from torch.optim.swa_utils import update_bn
+
+            # Samples after the last training step: drawn like the training ones, never trained on. fp32, as at
+            # inference; the running statistics become the plain mean over these batches.
+            update_bn((x.to(device).contiguous(memory_format=torch.channels_last) for x, *_ in
+                       batches_of(step, step + ct["average_bn_batches"])), net)
             weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
                   val_clips, weight_average)
-
-
-def recompute_batchnorm(net, inputs) -> None:
-    """Set every BatchNorm layer's running statistics to the plain mean over ``inputs`` (batches) of the
-    statistics of ``net``'s own activations, in fp32 as at inference (torch.optim.swa_utils.update_bn, with
-    channels-last inputs). Nothing else in ``net`` changes."""
-    import torch
-
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    was_training = net.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: every batch counts the same
-    net.eval()  # dropout off: only the statistics are wanted
-    for m in norms:
-        m.train()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                net(x)
-                seen += 1
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        net.train(was_training)
-    if norms and not seen:
-        raise ValueError("no batches to recompute the BatchNorm statistics on")
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
