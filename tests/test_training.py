@@ -25,6 +25,7 @@ from deepscan.training.data import (  # noqa: E402
     degraded_items,
     load_clips,
     load_index,
+    retone,
     split_clips,
     swapped_items,
 )
@@ -166,6 +167,18 @@ def test_split_is_by_group_and_covers_every_source(cache):
         assert len(train_clips) + len(val_clips) == len(index["clips"])
         assert {c["source"] for c in val_clips} == {"studio", "street", "swaps"}
         assert {c["source"] for c in train_clips} == {"studio", "street", "swaps"}
+
+
+def test_retone_applies_gamma_and_greyscale_and_draws_nothing_when_off():
+    img, _, _ = synthetic_face(np.random.default_rng(4))
+    darker = retone(img, np.random.default_rng(0), Augment(p_gamma=1.0, gamma=(2.0, 2.0)))
+    expected = np.clip(255.0 * (img / 255.0) ** 2.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(darker.astype(int) - expected).max() <= 1 and darker.mean() < img.mean() - 20
+    grey = retone(img, np.random.default_rng(0), Augment(p_grey=1.0))
+    assert grey.shape == img.shape and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    # Off (the default), it returns the crop and leaves the generator where it was, so older configs replay.
+    rng = np.random.default_rng(7)
+    assert retone(img, rng, Augment()) is img and rng.random() == np.random.default_rng(7).random()
 
 
 def test_dataset_is_deterministic_and_labels_masks(cache):

@@ -86,6 +86,12 @@ class Augment:
     carries no label information and the model meets the compression and resampling of real uploads."""
 
     p_colour: float = 0.3
+    colour_strength: float = 0.5  # of sbi.colour_jitter, on the whole frame before any blend
+    # Global tone changes of the finished crop, real and fake alike: other cameras, grading and skin tones than
+    # the training clips'. 0 draws nothing, so configs without them replay their random streams unchanged.
+    p_gamma: float = 0.0
+    gamma: tuple[float, float] = (0.6, 1.6)
+    p_grey: float = 0.0
     p_downscale: float = 0.3
     downscale: tuple[float, float] = (0.35, 1.0)
     p_blur: float = 0.15
@@ -116,6 +122,17 @@ def _down_up(img: np.ndarray, factor: float, up_interpolation: int = cv2.INTER_L
     small = max(8, int(round(s * factor)))
     return cv2.resize(cv2.resize(img, (small, small), interpolation=cv2.INTER_AREA), (s, s),
                       interpolation=up_interpolation)
+
+
+def retone(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Random gamma (log-uniform within ``aug.gamma``) and greyscale of a whole crop."""
+    if aug.p_gamma and rng.random() < aug.p_gamma:
+        lo, hi = np.log(aug.gamma[0]), np.log(aug.gamma[1])
+        lut = np.clip(255.0 * (np.arange(256) / 255.0) ** np.exp(rng.uniform(lo, hi)) + 0.5, 0, 255)
+        img = cv2.LUT(img, lut.astype(np.uint8))
+    if aug.p_grey and rng.random() < aug.p_grey:
+        img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    return img
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
@@ -190,7 +207,7 @@ class SBIDataset:
         k = rng.integers(len(clip.crops))
         img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
         if rng.random() < spec.augment.p_colour:
-            img = colour_jitter(img, rng, strength=0.5)
+            img = colour_jitter(img, rng, strength=spec.augment.colour_strength)
         weight = 1.0
         if use_labelled:
             mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
@@ -202,7 +219,7 @@ class SBIDataset:
         box = jitter_box(box, rng, spec.augment.box_jitter)
         crop = crop_face(img, box, spec.crop_margin, spec.input_size)
         mask = crop_mask(mask, box, spec.crop_margin, spec.input_size)
-        crop = degrade(crop, rng, spec.augment)
+        crop = degrade(retone(crop, rng, spec.augment), rng, spec.augment)
         if rng.random() < spec.augment.p_flip:
             crop, mask = crop[:, ::-1], mask[:, ::-1]
         return np.ascontiguousarray(crop), np.ascontiguousarray(mask), float(fake), weight
