@@ -34,7 +34,7 @@ def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
     before = card_path.read_text()
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) == 0
     after = ModelCard.load(card_path)
-    assert 0.90 < after.threshold <= 0.9000001  # just above the second-highest real: 1 of 20 reals flagged
+    assert after.threshold == pytest.approx(0.90 + 1e-3)  # just above the second-highest real: 1 of 20 flagged
     m = after.metrics["scanner"]
     assert m["fpr_at_threshold"] == pytest.approx(0.05) and m["tpr_at_threshold"] == pytest.approx(0.5)
     assert (m["videos"], m["real_videos"], m["fake_videos"], m["missing"]) == (22, 20, 2, 0)
@@ -66,7 +66,7 @@ def test_calibrate_scanning_itself_uses_the_scores_it_scans(tmp_path, monkeypatc
 
     monkeypatch.setattr(deepscan.scanner.Scanner, "scan_video", fake_scan)
     m = calibrate(card_path, labels)
-    assert 0.90 < m["threshold"] <= 0.9000001 and m["missing"] == 0
+    assert m["threshold"] == pytest.approx(0.90 + 1e-3) and m["missing"] == 0
     assert m["tpr_at_threshold"] == pytest.approx(0.5) and m["scan_config"] == {"frames": 32}
 
 
@@ -98,7 +98,7 @@ def test_a_bf16_threshold_is_fitted_beside_fp32s_and_used_at_bf16(tmp_path, monk
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results), "--precision", "bf16"]) == 0
     after = ModelCard.load(card_path)
     assert after.threshold == card.threshold  # fp32's is untouched
-    assert 0.74 < after.precision_thresholds["bf16"] <= 0.7400001  # second-highest bf16 real: 0.72 + 0.02
+    assert after.precision_thresholds["bf16"] == pytest.approx(0.74 + 1e-3)  # second-highest bf16 real: 0.72 + 0.02
     assert after.metrics["scanner_bf16"]["precision"] == "bf16"
     assert after.threshold_for("bf16") == after.precision_thresholds["bf16"]
     assert after.threshold_for("fp16") == after.threshold

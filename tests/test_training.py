@@ -31,7 +31,13 @@ from deepscan.training.data import (  # noqa: E402
 )
 from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
-from deepscan.training.train import fit_temperature, load_config, train, video_threshold  # noqa: E402
+from deepscan.training.train import (  # noqa: E402
+    THRESHOLD_MARGIN,
+    fit_temperature,
+    load_config,
+    train,
+    video_threshold,
+)
 
 CONTEXT = 320
 
@@ -261,6 +267,11 @@ def test_temperature_and_threshold():
     thr = video_threshold(reals, 0.05)
     assert np.mean(reals >= thr) <= 0.05
     assert np.mean(reals >= thr - 0.011) > 0.05  # and it is the lowest such threshold (up to the grid step)
+    # A margin above the real it must pass: that clip stays real if its score moves by scan-to-scan noise or
+    # was stored rounded; with no margin it is one ulp above.
+    must_pass = np.sort(reals)[-6]
+    assert thr == pytest.approx(must_pass + THRESHOLD_MARGIN) and must_pass + 5e-7 < thr
+    assert video_threshold(reals, 0.05, margin=0.0) == np.nextafter(must_pass, np.inf)
 
 
 def _write_config(tmp: Path, cache: Path, **train_over) -> Path:

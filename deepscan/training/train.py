@@ -275,16 +275,23 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(fine[int(np.argmin([nll(t) for t in fine]))])
 
 
-def video_threshold(real_scores: np.ndarray, max_fpr: float = 0.05) -> float:
-    """Lowest threshold whose false-positive rate on real videos is at most ``max_fpr`` (score >= t is fake)."""
+# How far above the highest real score that must pass a threshold is put. A threshold one ulp above a stored
+# score can sit below that clip's own score on the next scan, flagging a clip it was fitted to pass: results.jsonl
+# rounds scores to 6 decimals, and between two CPUs (issue #3, session 13) a clip's fp32 score moved by 5e-7 and
+# bf16 scores by up to 1.4e-4 (AMX against AVX-512 kernels).
+THRESHOLD_MARGIN = 1e-3
+
+
+def video_threshold(real_scores: np.ndarray, max_fpr: float = 0.05, margin: float = THRESHOLD_MARGIN) -> float:
+    """Lowest threshold, up to ``margin``, whose false-positive rate on real videos is at most ``max_fpr``
+    (score >= t is fake)."""
     real_scores = np.sort(np.asarray(real_scores, np.float64))[::-1]
     if len(real_scores) == 0:
         return 0.5
     allowed = int(math.floor(max_fpr * len(real_scores) + 1e-9))
     if allowed >= len(real_scores):
         return float(real_scores[-1])
-    # Just above the highest real score that must be classed real.
-    return float(min(1.0, np.nextafter(real_scores[allowed], np.inf)))
+    return float(min(1.0, max(real_scores[allowed] + margin, np.nextafter(real_scores[allowed], np.inf))))
 
 
 def scores_by_clip(items: list[ValClip], face_logits: np.ndarray, temperature: float):
