@@ -277,8 +277,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # How far above the highest real score that must pass a threshold is put. A threshold one ulp above a stored
 # score can sit below that clip's own score on the next scan, flagging a clip it was fitted to pass: results.jsonl
-# rounds scores to 6 decimals, and between two CPUs (issue #3, session 13) a clip's fp32 score moved by 5e-7 and
-# bf16 scores by up to 1.4e-4 (AMX against AVX-512 kernels).
+# rounds scores to 6 decimals, and between two CPUs (issue #3, sessions 12-13) a clip's fp32 score moved by 5e-7
+# and a bf16 score by 1.4e-4.
 THRESHOLD_MARGIN = 1e-3
 
 
