@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-follow-faces", dest="follow_faces", action="store_false", help="as for scan")
     e.add_argument("--subset", type=Path,
                    help="model card whose training.validation_files restricts the clips (its held-out split)")
-    e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results")
+    e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results "
+                                            "(clips a detector already scanned there alike are not scanned again)")
+    e.add_argument("--force", action="store_true", help="scan every clip again even if --out holds its result")
     e.add_argument("--results", type=Path, action="append", default=[],
                    help="score an earlier scan's results.jsonl instead of scanning (repeatable)")
 
@@ -310,7 +312,7 @@ def cmd_eval(args) -> int:
             (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     else:
         report = evaluate(clips, specs, frames=args.frames, out_dir=args.out, precision=args.precision,
-                          full_detect_every=args.full_detect_every, follow_faces=args.follow_faces)
+                          full_detect_every=args.full_detect_every, follow_faces=args.follow_faces, force=args.force)
     sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
     table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
                   header_style="bold")
@@ -337,6 +339,11 @@ def cmd_eval(args) -> int:
     if args.out:
         console.print(f"metrics: {args.out / 'metrics.json'}" + ("" if args.results else f", ROC: {args.out / 'roc.png'}"),
                       markup=False)
+        for d in report["detectors"]:
+            if d.get("resumed"):
+                console.print(f"{d['detector']}: {d['resumed']} of {report['n_clips']} clips taken from "
+                              f"{args.out / d['detector'] / 'results.jsonl'}, not scanned again (--force re-does them)",
+                              markup=False)
     return EXIT_OK
 
 

@@ -99,10 +99,33 @@ def rates_at(y, s, threshold: float) -> dict:
             "tpr": tp / n_pos if n_pos else float("nan"), "fpr": fp / n_neg if n_neg else float("nan")}
 
 
+def scan_or_resume(scanner, path: Path, writer=None, force: bool = False):
+    """``scanner``'s result for one clip: taken from ``writer``'s results.jsonl when an earlier run there
+    finished it with the same content, model and settings (marked ``resumed``), else scanned and appended.
+    An interrupted evaluation rerun into the same directory so picks up where it stopped."""
+    from .scanner import file_sha256
+
+    digest = None
+    if writer is not None:
+        try:
+            digest = file_sha256(path)
+        except OSError:  # unreadable: the scan below reports why
+            digest = None
+        previous = scanner.stored_result(writer, path, digest) if digest and not force else None
+        if previous is not None:
+            previous.resumed = True
+            return previous
+    result = scanner.scan_video(path, sha256=digest)
+    if writer is not None:
+        writer.write(result)
+    return result
+
+
 def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32, out_dir: Path | None = None,
-             progress=None, **scan_options) -> dict:
+             progress=None, force: bool = False, **scan_options) -> dict:
     """Scan every clip with every detector (``{"detector": name, "weights": path|None}``) and score them;
-    ``scan_options`` go to :class:`~deepscan.scanner.ScanOptions` (e.g. ``precision``, ``full_detect_every``)."""
+    ``scan_options`` go to :class:`~deepscan.scanner.ScanOptions` (e.g. ``precision``, ``full_detect_every``).
+    With ``out_dir``, clips already scanned there alike are not scanned again unless ``force``."""
     from sklearn.metrics import roc_curve
 
     from .scanner import ResultsWriter, Scanner, ScanOptions
@@ -115,11 +138,10 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
                                       keep_heatmaps=False, **scan_options))
         name = scanner.detector.name
         writer = ResultsWriter(out_dir / name) if out_dir else None
-        ys, ss, srcs, failed = [], [], [], []
+        ys, ss, srcs, failed, resumed = [], [], [], [], 0
         for clip in clips:
-            r = scanner.scan_video(clip.path)
-            if writer:
-                writer.write(r)
+            r = scan_or_resume(scanner, clip.path, writer, force)
+            resumed += r.resumed
             if progress:
                 progress(name, clip, r)
             if r.score is None:  # no face or error: counted as "not flagged" with score 0, and listed
@@ -131,7 +153,7 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
         entry = {"detector": name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
                  "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
                  "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
-                 "video_scores": video_scores([c.path for c in clips], ys, ss)}
+                 "video_scores": video_scores([c.path for c in clips], ys, ss), "resumed": resumed}
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
     pair_with_first(report["detectors"])
@@ -263,11 +285,9 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
                                       precision=precision))
         writer = ResultsWriter(out_dir) if out_dir else None
         for clip in clips:
-            r = scanner.scan_video(clip.path)
+            r = scan_or_resume(scanner, clip.path, writer)
             scores[str(Path(r.path).resolve())] = r.score
             scan_config = scan_config or r.config
-            if writer:
-                writer.write(r)
     else:
         for line in Path(results_path).read_text(encoding="utf-8").splitlines():
             d = json.loads(line)

@@ -629,13 +629,31 @@ class Scanner:
         evidence, when evidence is asked for). Called from the preparing thread too: the detector is loaded
         and the campaign set before a scan starts one."""
         config = self.options.config_hash()
-        previous = writer.done(digest[0], self.detector.weights_sha256, config, path)
+        previous = self.stored_result(writer, path, digest)
         if previous is None and self._campaign is not None:
-            previous = writer.done(digest[0], self.detector.weights_sha256, config + "+campaign", path)
+            previous = self._judged_alike(writer.done(digest[0], self.detector.weights_sha256, config + "+campaign",
+                                                      path))
         if previous is not None and (not evidence or "evidence" in previous.extra
                                      or (previous.extra.get("campaign") or {}).get("inherited")):
             return previous
         return None
+
+    def stored_result(self, writer, path, digest: tuple[str, int]) -> VideoResult | None:
+        """``writer``'s finished result for this file (``digest``: its sha256 and size) if it stands for a scan
+        now: same content, weights and scoring options, judged at the same threshold, band and precision."""
+        return self._judged_alike(writer.done(digest[0], self.detector.weights_sha256, self.options.config_hash(),
+                                              path))
+
+    def _judged_alike(self, previous: VideoResult | None) -> VideoResult | None:
+        # `deepscan calibrate` moves a card's threshold without touching its weights (so their hash, in the
+        # resume key, stays): a result judged at the old threshold must not be handed back as if judged now.
+        if previous is None:
+            return None
+        then, now = previous.model or {}, self.model_info()
+        same = (then.get("precision") == now["precision"] and then.get("uncertain_band") == now["uncertain_band"]
+                and isinstance(then.get("threshold"), (int, float))
+                and abs(then["threshold"] - now["threshold"]) <= 1e-6)
+        return previous if same else None
 
     def _preparations(self, found: list[Path], writer, force: bool, evidence: bool) -> Iterator[tuple]:
         """Each file of ``found`` in order with a call that returns its :class:`_Prepared` (:meth:`_prepare`;

@@ -157,10 +157,13 @@ def test_paired_auc_difference_cancels_what_the_clips_share():
     assert bootstrap_auc_difference(y, b, a) == pytest.approx((-diff, -hi, -lo))
 
 
-def test_eval_scores_labelled_clips_with_a_roc_and_per_source_table(tmp_path, capsys):
+def test_eval_scores_labelled_clips_with_a_roc_and_per_source_table(tmp_path, capsys, monkeypatch):
     """`deepscan eval LABELS`: the sample clips (two fakes, two reals) scanned with the embedded model; AUC and
-    interval, rates at the card's threshold, a row per source, the ROC plot, each clip's score."""
+    interval, rates at the card's threshold, a row per source, the ROC plot, each clip's score. Rerun into
+    the same --out, it scans nothing again."""
     from conftest import SAMPLE_CLIPS
+
+    from deepscan.scanner import Scanner
 
     labels = tmp_path / "labels.csv"
     rows = [f"{p},{'fake' if 'fake' in p.name else 'real'}" for p in sorted(SAMPLE_CLIPS.glob("*.mp4"))]
@@ -178,6 +181,19 @@ def test_eval_scores_labelled_clips_with_a_roc_and_per_source_table(tmp_path, ca
     assert (out / "roc.png").stat().st_size > 1000
     assert (out / entry["detector"] / "results.jsonl").is_file()
     assert "AUC" in capsys.readouterr().out
+
+    # Run again into the same directory (as after an interruption): every clip is taken from its results.jsonl.
+    def no_scanning(*args, **kwargs):
+        raise AssertionError("a clip was scanned again")
+
+    monkeypatch.setattr(Scanner, "scan_video", no_scanning)
+    assert main(["eval", str(labels), "--frames", "4", "--out", str(out)]) == 0
+    (again,) = json.loads((out / "metrics.json").read_text())["detectors"]
+    assert again["resumed"] == 4 and again["auc"] == entry["auc"]
+    assert again["video_scores"]["ids"] == scores["ids"]
+    assert again["video_scores"]["scores"] == pytest.approx(scores["scores"], abs=1e-6)  # results.jsonl's rounding
+    assert len((out / entry["detector"] / "results.jsonl").read_text().splitlines()) == 4
+    assert "4 of 4 clips taken from" in capsys.readouterr().out
 
 
 def test_eval_of_earlier_results_pairs_each_detector_with_the_first(tmp_path, capsys):

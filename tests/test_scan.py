@@ -311,3 +311,29 @@ def test_a_resumed_scan_prepares_nothing_beyond_the_hash(tmp_path, sample_clip, 
     assert {path for _, path in calls} == {first[1].path}
     assert [(r.path, r.sha256, round(r.score or 0, 4)) for r in again] == [
         (r.path, r.sha256, round(r.score or 0, 4)) for r in first]
+
+
+def test_a_result_judged_at_another_threshold_is_screened_again(tmp_path, sample_clip):
+    """`deepscan calibrate` moves a card's threshold and keeps its weights (and their hash): a resumed scan
+    must not hand back verdicts made at the old threshold."""
+    from deepscan.detector import available_models
+
+    shipped = available_models()[DEFAULT_MODEL]
+    card = json.loads(shipped.read_text())
+    shutil.copy(shipped.parent / card["weights"], tmp_path / card["weights"])
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps(card))
+    out = tmp_path / "out"
+    options = {"detector": str(card_path), "frames": 4, "keep_heatmaps": False, "precision": "fp32"}
+    (first,) = Scanner(**options).scan([sample_clip], out_dir=out)
+    (same,) = Scanner(**options).scan([sample_clip], out_dir=out)
+    assert same.resumed and same.score == pytest.approx(first.score, abs=1e-6)
+
+    card["threshold"] = round(first.score - 0.01, 6)  # now the video is at or above it
+    card_path.write_text(json.dumps(card))
+    (again,) = Scanner(**options).scan([sample_clip], out_dir=out)
+    assert not again.resumed
+    assert again.model["threshold"] == card["threshold"] and again.verdict == "fake"
+    assert again.score == pytest.approx(first.score, abs=1e-6)
+    (resumed,) = Scanner(**options).scan([sample_clip], out_dir=out)
+    assert resumed.resumed and resumed.verdict == "fake"
