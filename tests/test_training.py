@@ -209,6 +209,57 @@ def test_dataset_is_deterministic_and_labels_masks(cache):
     assert 4 <= n_fake <= 20
 
 
+def test_paired_items_are_a_real_frame_and_its_fake_augmented_alike():
+    """train.paired: items 2j and 2j+1 are one frame real and self-blended, through the same box jitter, colour,
+    tone, degradation and flip; a labelled swap is paired with its original panel's frame at the same moment."""
+    rng = np.random.default_rng(0)
+    frames = [synthetic_face(rng) for _ in range(3)]
+
+    def clip(name, label, faces, frame_index):
+        return ClipCrops(name, label, "dfl", "m", np.stack([f[0] for f in faces]), np.stack([f[1] for f in faces]),
+                         np.stack([f[2] for f in faces]), f"dfl/{name}.mp4", np.array(frame_index))
+
+    original = clip("A_0__left_original", "real", frames, [10, 20, 30])
+    swapped = [(np.clip(img.astype(int) + 6, 0, 255).astype(np.uint8), box, lm) for img, box, lm in frames[1:]]
+    swap = clip("A_0__right_swapped", "fake", swapped, [20, 30])
+    no_degradation = Augment(p_colour=1.0, p_downscale=0, p_blur=0, p_noise=0, p_jpeg=0, p_blocky=0, p_flip=0.5)
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                      augment=no_degradation, paired=True, real_fake_fraction=0.5)
+    ds = SBIDataset([original], [swap], spec, seed=1)
+    kinds = set()
+    for j in range(12):
+        (real, real_mask, y_real, _), (fake, fake_mask, y_fake, weight) = ds.sample(2 * j), ds.sample(2 * j + 1)
+        assert (y_real, y_fake) == (0.0, 1.0) and real_mask.max() == 0.0
+        if weight == 1.0:  # a self-blend: outside its mask, the very pixels of the real item
+            kinds.add("sbi")
+            outside = fake_mask == 0
+            assert outside.mean() > 0.2 and np.array_equal(real[outside], fake[outside])
+            assert not np.array_equal(real, fake)
+        else:  # the labelled swap beside its original's frame at the same moment (a brighter copy here)
+            kinds.add("labelled")
+            assert np.abs(real.astype(int) - fake.astype(int)).mean() < 12.0
+    assert kinds == {"sbi", "labelled"}
+    # With every degradation on, the pair still shares them: only the blended face differs much.
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                      augment=Augment(p_downscale=1.0, p_noise=1.0, p_jpeg=1.0), paired=True)
+    ds = SBIDataset([original], [], spec, seed=2)
+    unpaired = SBIDataset([original], [], SampleSpec(**{**spec.__dict__, "paired": False}), seed=2)
+    for j in range(6):
+        (real, _, _, _), (fake, mask, _, _) = ds.sample(2 * j), ds.sample(2 * j + 1)
+        far = cv2.dilate((mask > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+        assert np.abs(real[far].astype(int) - fake[far].astype(int)).mean() < 3.0
+    apart = [np.abs(unpaired.sample(2 * j)[0].astype(int) - unpaired.sample(2 * j + 1)[0].astype(int)).mean()
+             for j in range(6)]
+    assert np.mean(apart) > 10.0  # unpaired items are other frames, differently augmented
+
+
+def test_paired_training_needs_an_even_batch(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('name = "x"\n[train]\npaired = true\nbatch_size = 7\nmax_steps = 1\n')
+    with pytest.raises(ValueError, match="paired"):
+        load_config(config)
+
+
 def test_mask_crop_uses_the_image_crop_geometry():
     rng = np.random.default_rng(0)
     img, box, lm = synthetic_face(rng)

@@ -67,12 +67,21 @@ class ClipCrops:
     crops: np.ndarray  # (K, C, C, 3) uint8 context crops
     boxes: np.ndarray  # (K, 4) face boxes in context coordinates
     landmarks: np.ndarray  # (K, 5, 2)
+    file: str = ""  # the clip's path in the manifest
+    frame_index: np.ndarray | None = None  # (K,) the video frame each crop was cut from
 
     @classmethod
     def load(cls, cache_dir, clip: dict) -> ClipCrops:
         with np.load(Path(cache_dir) / clip["npz"]) as z:
+            frames = z["frame_index"].astype(np.int64) if "frame_index" in z.files else None
             return cls(clip["id"], clip["label"], clip.get("source", ""), clip.get("method", ""),
-                       z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32))
+                       z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32),
+                       clip.get("file", ""), frames)
+
+
+def original_of(fake_file: str) -> str | None:
+    """The real panel a DeepFaceLive demo's swapped panel was cut beside (same footage, same moments)."""
+    return fake_file.replace("__right_swapped", "__left_original") if "__right_swapped" in fake_file else None
 
 
 def load_clips(cache_dir, clips: list[dict]) -> list[ClipCrops]:
@@ -178,6 +187,9 @@ class SampleSpec:
     real_fake_mask_weight: float = 0.0  # their mask is only a landmark hull guess: ignore it by default
     sbi_p_sharpen: float | None = None  # see sbi._frequency
     augment: Augment = field(default_factory=Augment)
+    # SBI's batches (Shiohara & Yamasaki 2022): items 2j and 2j+1 are one real frame and its fake, through the
+    # same box jitter, colour, tone, degradation and flip, so nothing but the manipulation tells them apart.
+    paired: bool = False
 
 
 class SBIDataset:
@@ -192,12 +204,16 @@ class SBIDataset:
         if not reals:
             raise ValueError("no real clips to self-blend in the training split")
         self.reals, self.fakes, self.spec, self.seed, self.length = reals, fakes, spec, seed, length
+        by_file = {c.file: c for c in reals if c.file}
+        self._originals = {id(f): by_file.get(original_of(f.file) or "") for f in fakes}
 
     def __len__(self) -> int:
         return self.length
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
         """(input crop uint8 SxSx3, mask float32 SxS in [0, 1], label, mask weight) for index ``i``."""
+        if self.spec.paired:
+            return self._paired_sample(i)
         spec = self.spec
         rng = np.random.default_rng([self.seed, i])
         fake = rng.random() < spec.p_fake
@@ -223,6 +239,51 @@ class SBIDataset:
         if rng.random() < spec.augment.p_flip:
             crop, mask = crop[:, ::-1], mask[:, ::-1]
         return np.ascontiguousarray(crop), np.ascontiguousarray(mask), float(fake), weight
+
+    def _paired_sample(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Item ``2j`` is real, ``2j + 1`` its fake: a self-blend of the same frame, or (a ``real_fake_fraction``
+        of pairs) a labelled swap with its own original panel's frame at the same moment when the cache holds
+        one (else any real frame). Both draw their shared augmentation from one stream seeded by ``j``; the
+        blend draws from its own, so the two stay in step."""
+        spec = self.spec
+        j, fake = divmod(i, 2)
+        rng = np.random.default_rng([self.seed, j])
+        labelled = bool(self.fakes) and rng.random() < spec.real_fake_fraction
+        if labelled:
+            fake_clip = self.fakes[rng.integers(len(self.fakes))]
+            k = int(rng.integers(len(fake_clip.crops)))
+            clip, k = (fake_clip, k) if fake else self._original_frame(fake_clip, k, j)
+        else:
+            clip = self.reals[rng.integers(len(self.reals))]
+            k = int(rng.integers(len(clip.crops)))
+        img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
+        if rng.random() < spec.augment.p_colour:
+            img = colour_jitter(img, rng, strength=spec.augment.colour_strength)
+        weight = 1.0
+        if labelled and fake:
+            mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
+            weight = spec.real_fake_mask_weight
+        elif fake:
+            img, mask = self_blend(img, lms, np.random.default_rng([self.seed, j, 1]), spec.sbi_p_sharpen)
+        else:
+            mask = np.zeros(img.shape[:2], np.float32)
+        box = jitter_box(box, rng, spec.augment.box_jitter)
+        crop = crop_face(img, box, spec.crop_margin, spec.input_size)
+        mask = crop_mask(mask, box, spec.crop_margin, spec.input_size)
+        crop = degrade(retone(crop, rng, spec.augment), rng, spec.augment)
+        if rng.random() < spec.augment.p_flip:
+            crop, mask = crop[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(crop), np.ascontiguousarray(mask), float(fake), weight
+
+    def _original_frame(self, fake_clip: ClipCrops, k: int, j: int) -> tuple[ClipCrops, int]:
+        original = self._originals.get(id(fake_clip))
+        if original is not None and original.frame_index is not None and fake_clip.frame_index is not None:
+            same = np.flatnonzero(original.frame_index == fake_clip.frame_index[k])
+            if len(same):
+                return original, int(same[0])
+        other = np.random.default_rng([self.seed, j, 2])
+        clip = self.reals[other.integers(len(self.reals))]
+        return clip, int(other.integers(len(clip.crops)))
 
     def __getitem__(self, i: int):
         import torch

@@ -81,6 +81,9 @@ DEFAULTS: dict = {
         # averaged weights' activations. 0 = keep the averaged running statistics.
         "average_bn_batches": 0,
         "p_fake": 0.5,
+        # SBI's pairs: each batch is real frames and their fakes side by side, augmented alike (data.SampleSpec).
+        # p_fake is then 0.5 by construction; the batch size must be even.
+        "paired": False,
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
         "real_fake_mask_weight": 0.0,
@@ -150,6 +153,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.average_bn_batches must be a whole number of batches, not {bn_batches!r}")
     if bn_batches and not average_from:
         raise ValueError("train.average_bn_batches recomputes an average's statistics: it needs train.average_from")
+    # A pair split across two batches would meet its other half at other weights; p_fake would be ignored.
+    if cfg["train"]["paired"] and (cfg["train"]["batch_size"] % 2 or cfg["train"]["p_fake"] != 0.5):
+        raise ValueError("train.paired needs an even train.batch_size and train.p_fake 0.5")
     return cfg
 
 
@@ -551,7 +557,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
-        augment=Augment.from_config(cfg["augment"]),
+        augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]),
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
