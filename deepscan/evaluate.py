@@ -110,7 +110,7 @@ def scan_or_resume(scanner, path: Path, writer=None, force: bool = False):
         try:
             digest = file_sha256(path)
         except OSError:  # unreadable: the scan below reports why
-            digest = None
+            pass
         previous = scanner.stored_result(writer, path, digest) if digest and not force else None
         if previous is not None:
             previous.resumed = True

@@ -205,7 +205,7 @@ class SBIDataset:
             raise ValueError("no real clips to self-blend in the training split")
         self.reals, self.fakes, self.spec, self.seed, self.length = reals, fakes, spec, seed, length
         by_file = {c.file: c for c in reals if c.file}
-        self._originals = {id(f): by_file.get(original_of(f.file) or "") for f in fakes}
+        self._originals = {f.file: by_file.get(original_of(f.file) or "") for f in fakes if f.file}
 
     def __len__(self) -> int:
         return self.length
@@ -221,15 +221,22 @@ class SBIDataset:
         pool = self.fakes if use_labelled else self.reals
         clip = pool[rng.integers(len(pool))]  # clip first, then frame: long clips do not dominate
         k = rng.integers(len(clip.crops))
+        return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng)
+
+    def _render(self, clip: ClipCrops, k: int, rng: np.random.Generator, fake: bool, labelled: bool,
+                blend_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Frame ``k`` of ``clip`` as a training item: colour, then the fake's blend (``blend_rng``) or labelled
+        mask, box jitter, crop, tone, degradation and flip, all but the blend drawn from ``rng``."""
+        spec = self.spec
         img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
         if rng.random() < spec.augment.p_colour:
             img = colour_jitter(img, rng, strength=spec.augment.colour_strength)
         weight = 1.0
-        if use_labelled:
+        if labelled and fake:
             mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
             weight = spec.real_fake_mask_weight
         elif fake:
-            img, mask = self_blend(img, lms, rng, spec.sbi_p_sharpen)
+            img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
         box = jitter_box(box, rng, spec.augment.box_jitter)
@@ -256,27 +263,10 @@ class SBIDataset:
         else:
             clip = self.reals[rng.integers(len(self.reals))]
             k = int(rng.integers(len(clip.crops)))
-        img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
-        if rng.random() < spec.augment.p_colour:
-            img = colour_jitter(img, rng, strength=spec.augment.colour_strength)
-        weight = 1.0
-        if labelled and fake:
-            mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
-            weight = spec.real_fake_mask_weight
-        elif fake:
-            img, mask = self_blend(img, lms, np.random.default_rng([self.seed, j, 1]), spec.sbi_p_sharpen)
-        else:
-            mask = np.zeros(img.shape[:2], np.float32)
-        box = jitter_box(box, rng, spec.augment.box_jitter)
-        crop = crop_face(img, box, spec.crop_margin, spec.input_size)
-        mask = crop_mask(mask, box, spec.crop_margin, spec.input_size)
-        crop = degrade(retone(crop, rng, spec.augment), rng, spec.augment)
-        if rng.random() < spec.augment.p_flip:
-            crop, mask = crop[:, ::-1], mask[:, ::-1]
-        return np.ascontiguousarray(crop), np.ascontiguousarray(mask), float(fake), weight
+        return self._render(clip, k, rng, bool(fake), labelled, blend_rng=np.random.default_rng([self.seed, j, 1]))
 
     def _original_frame(self, fake_clip: ClipCrops, k: int, j: int) -> tuple[ClipCrops, int]:
-        original = self._originals.get(id(fake_clip))
+        original = self._originals.get(fake_clip.file)
         if original is not None and original.frame_index is not None and fake_clip.frame_index is not None:
             same = np.flatnonzero(original.frame_index == fake_clip.frame_index[k])
             if len(same):
