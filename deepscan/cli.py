@@ -374,9 +374,10 @@ def cmd_validate(args) -> int:
 
     console = make_console()
     table = Table(title="validation crops, video AUC (mean real score); swap probe: AUC [95% CI, pairs resampled]; "
-                        "swap probe degraded: the same four degradations in order")
+                        "swap probe degraded: the same four degradations in order; box probe: mean |score "
+                        "change| when the face box moves 5% or is scaled 7-8%")
     probes = ("none", *PROBE_DEGRADATIONS)
-    for col in ("card", *probes, "swap probe", "swap probe degraded"):
+    for col in ("card", *probes, "swap probe", "swap probe degraded", "box probe"):
         table.add_column(col, justify="left" if col == "card" else "right")
     measured = {}
     for card in args.cards:
@@ -395,6 +396,7 @@ def cmd_validate(args) -> int:
             lo, hi = swap["video_auc_ci95"]
             cells += [f"{swap['video_auc']:.3f} [{lo:.2f}, {hi:.2f}]",
                       " / ".join(f"{swap['degraded'][p]['video_auc']:.3f}" for p in probes[1:])]
+        cells.append(f"{m['box_probe']['mean_abs_score_change']:.3f}")
         table.add_row(str(card), *cells)
     console.print(table)
     if len(measured) > 1:

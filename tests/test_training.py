@@ -16,15 +16,18 @@ from deepscan.crops import crop_face  # noqa: E402
 from deepscan.detector import WeightsMismatch, load_detector  # noqa: E402
 from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.training.data import (  # noqa: E402
+    BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
     Augment,
     ClipCrops,
     SampleSpec,
     SBIDataset,
     ValClip,
+    box_moved_items,
     degraded_items,
     load_clips,
     load_index,
+    moved_box,
     retone,
     split_clips,
     swapped_items,
@@ -33,6 +36,7 @@ from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
 from deepscan.training.train import (  # noqa: E402
     THRESHOLD_MARGIN,
+    box_probe,
     fit_temperature,
     load_config,
     train,
@@ -347,6 +351,33 @@ def tiny_run(cache, tmp_path_factory):
     return tmp, config, train(config, progress=False)
 
 
+def test_box_probe_measures_how_far_a_score_follows_the_face_box():
+    assert moved_box(np.array([10.0, 20.0, 30.0, 60.0]), 0.05, -0.05, 1.0).tolist() == pytest.approx([11, 18, 31, 58])
+    assert moved_box(np.array([10.0, 20.0, 30.0, 60.0]), 0.0, 0.0, 1.1).tolist() == pytest.approx([9, 18, 31, 62])
+    rng = np.random.default_rng(3)
+    faces = [synthetic_face(rng) for _ in range(4)]
+    clips = [ClipCrops(i, label, "src", "m", np.stack([f[0] for f in faces]), np.stack([f[1] for f in faces]),
+                       np.stack([f[2] for f in faces])) for i, label in (("r", "real"), ("f", "fake"), ("u", "unknown"))]
+    moved = box_moved_items(clips, 64, 0.25, 4, BOX_PROBE_MOVES["right_5pct"])
+    assert [(it.id, it.crops.shape) for it in moved] == [("r", (4, 64, 64, 3)), ("f", (4, 64, 64, 3))]
+
+    def by_content(crops):  # a "model" that reads where the face sits in its crop: left half against right half
+        x = crops.astype(np.float64).mean(-1)
+        return (x[:, :, :32].mean((1, 2)) - x[:, :, 32:].mean((1, 2))) / 10
+
+    def blind(crops):  # one that ignores its input
+        return np.zeros(len(crops))
+
+    from deepscan.training.data import val_items
+
+    crops = np.concatenate([it.crops for it in val_items(clips, 64, 0.25, 4)])
+    moving = box_probe(clips, by_content, 1.0, 64, 0.25, 4, by_content(crops))
+    assert set(moving["by_move"]) == set(BOX_PROBE_MOVES)
+    assert moving["by_move"]["right_5pct"] > 0.001 and moving["mean_abs_score_change"] > 0.001
+    still = box_probe(clips, blind, 1.0, 64, 0.25, 4, blind(crops))
+    assert still["mean_abs_score_change"] == 0.0
+
+
 def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tiny_run, tmp_path):
     from deepscan.cli import main
 
@@ -359,6 +390,8 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     for name, probe in card.metrics["degradation_probe"].items():
         assert measured["degradation_probe"][name]["video_auc"] == pytest.approx(probe["video_auc"], abs=1e-6)
     assert measured["swap_probe"] == card.metrics.get("swap_probe")
+    assert set(measured["box_probe"]["by_move"]) == set(BOX_PROBE_MOVES)
+    assert measured["box_probe"]["mean_abs_score_change"] > 0  # a trained network's score moves with its crop
     scores = measured["video_scores"]
     assert len(scores["validation"]["ids"]) == card.metrics["videos"]
     assert len(scores["swap_probe"]["ids"]) == 2 * card.metrics["swap_probe"]["real_clips"]

@@ -21,6 +21,7 @@ import numpy as np
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from .data import (
+    BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
     REAL_LABELS,
     SWAP_PROBE_JPEG,
@@ -29,6 +30,7 @@ from .data import (
     SampleSpec,
     SBIDataset,
     ValClip,
+    box_moved_items,
     degraded_items,
     load_clips,
     load_index,
@@ -369,6 +371,22 @@ def degradation_probe(items: list[ValClip], predict, temperature: float, logits:
     return out
 
 
+def box_probe(clips: list[ClipCrops], predict, temperature: float, input_size: int, crop_margin: float,
+              frames_per_clip: int, logits: np.ndarray) -> dict:
+    """Mean absolute change of a face's score (after temperature) when its box moves as MTCNN's boxes do
+    between searches (``data.BOX_PROBE_MOVES``), over the validation crops whose own face ``logits`` are
+    given. A model whose scores follow the box judges the same face differently at the default and at a full
+    search."""
+    base = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
+    by_move = {}
+    for name, move in BOX_PROBE_MOVES.items():
+        moved = box_moved_items(clips, input_size, crop_margin, frames_per_clip, move)
+        scores = 1.0 / (1.0 + np.exp(-predict(np.concatenate([it.crops for it in moved])).astype(np.float64)
+                                     / temperature))
+        by_move[name] = float(np.abs(scores - base).mean())
+    return {"mean_abs_score_change": float(np.mean(list(by_move.values()))), "by_move": by_move}
+
+
 def swap_probe(clips: list[ClipCrops], predict, temperature: float, input_size: int, crop_margin: float,
                frames_per_clip: int) -> tuple[dict, dict] | None:
     """Video AUC and mean video scores of the validation split's real clips against the same frames with
@@ -434,6 +452,8 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     logits = predict(np.concatenate([it.crops for it in items]))
     out = metrics_from_logits(items, logits, card.temperature, card.threshold)
     out["degradation_probe"] = degradation_probe(items, predict, card.temperature, logits)
+    out["box_probe"] = box_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
+                                 cfg["val"]["frames_per_clip"], logits)
     swap = swap_probe(clips, predict, card.temperature, card.input_size, card.crop_margin,
                       cfg["val"]["frames_per_clip"])
     out["swap_probe"], swap_scores = swap if swap is not None else (None, None)
