@@ -162,12 +162,8 @@ def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
 
 
 def jitter_box(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    w, h = x2 - x1, y2 - y1
-    dx, dy = rng.uniform(-amount, amount, 2) * (w, h)
-    scale = 1.0 + rng.uniform(-amount, amount)
-    cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
-    return np.array([cx - w * scale / 2, cy - h * scale / 2, cx + w * scale / 2, cy + h * scale / 2], np.float32)
+    dx, dy = rng.uniform(-amount, amount, 2)
+    return moved_box(box, dx, dy, 1.0 + rng.uniform(-amount, amount))
 
 
 # Fixed moves of the face box (centre shift as a fraction of its width/height, scale) that MTCNN's own boxes
