@@ -23,7 +23,6 @@ from deepscan.training.data import (  # noqa: E402
     SampleSpec,
     SBIDataset,
     ValClip,
-    box_moved_items,
     degraded_items,
     load_clips,
     load_index,
@@ -31,6 +30,7 @@ from deepscan.training.data import (  # noqa: E402
     retone,
     split_clips,
     swapped_items,
+    val_items,
 )
 from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
@@ -358,7 +358,7 @@ def test_box_probe_measures_how_far_a_score_follows_the_face_box():
     faces = [synthetic_face(rng) for _ in range(4)]
     clips = [ClipCrops(i, label, "src", "m", np.stack([f[0] for f in faces]), np.stack([f[1] for f in faces]),
                        np.stack([f[2] for f in faces])) for i, label in (("r", "real"), ("f", "fake"), ("u", "unknown"))]
-    moved = box_moved_items(clips, 64, 0.25, 4, BOX_PROBE_MOVES["right_5pct"])
+    moved = val_items(clips, 64, 0.25, 4, move=BOX_PROBE_MOVES["right_5pct"])
     assert [(it.id, it.crops.shape) for it in moved] == [("r", (4, 64, 64, 3)), ("f", (4, 64, 64, 3))]
 
     def by_content(crops):  # a "model" that reads where the face sits in its crop: left half against right half
@@ -367,8 +367,6 @@ def test_box_probe_measures_how_far_a_score_follows_the_face_box():
 
     def blind(crops):  # one that ignores its input
         return np.zeros(len(crops))
-
-    from deepscan.training.data import val_items
 
     crops = np.concatenate([it.crops for it in val_items(clips, 64, 0.25, 4)])
     moving = box_probe(clips, by_content, 1.0, 64, 0.25, 4, by_content(crops))

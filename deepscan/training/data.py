@@ -181,19 +181,6 @@ def moved_box(box, dx: float, dy: float, scale: float) -> np.ndarray:
     return np.array([cx - w * scale / 2, cy - h * scale / 2, cx + w * scale / 2, cy + h * scale / 2], np.float32)
 
 
-def box_moved_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int,
-                    move: tuple[float, float, float]) -> list[ValClip]:
-    """:func:`val_items` with every face box moved by ``move`` (one of ``BOX_PROBE_MOVES``)."""
-    items = []
-    for c in clips:
-        if c.label not in ("real", "fake"):
-            continue
-        crops = np.stack([crop_face(c.crops[k], moved_box(c.boxes[k], *move), crop_margin, input_size)
-                          for k in val_frame_indices(len(c.crops), frames_per_clip)])
-        items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
-    return items
-
-
 def crop_mask(mask: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     """Cut a float mask exactly like its image: through :func:`crop_face`, as a 3-channel float image."""
     return crop_face(np.repeat(mask[..., None], 3, axis=2), box, margin, size)[..., 0]
@@ -323,13 +310,16 @@ def val_frame_indices(n_crops: int, frames_per_clip: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_crops - 1, min(frames_per_clip, n_crops)).round().astype(int))
 
 
-def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int) -> list[ValClip]:
-    """Validation crops of labelled clips (unknown excluded), frames evenly spaced, cut as at inference."""
+def val_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int,
+              move: tuple[float, float, float] | None = None) -> list[ValClip]:
+    """Validation crops of labelled clips (unknown excluded), frames evenly spaced, cut as at inference; with
+    ``move`` (one of ``BOX_PROBE_MOVES``), through every face box moved by it (:func:`moved_box`)."""
     items = []
     for c in clips:
         if c.label not in ("real", "fake"):
             continue
-        crops = np.stack([crop_face(c.crops[k], c.boxes[k], crop_margin, input_size)
+        crops = np.stack([crop_face(c.crops[k], c.boxes[k] if move is None else moved_box(c.boxes[k], *move),
+                                    crop_margin, input_size)
                           for k in val_frame_indices(len(c.crops), frames_per_clip)])
         items.append(ValClip(c.id, int(c.label == "fake"), c.source, c.method, crops))
     return items

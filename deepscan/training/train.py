@@ -30,7 +30,6 @@ from .data import (
     SampleSpec,
     SBIDataset,
     ValClip,
-    box_moved_items,
     degraded_items,
     load_clips,
     load_index,
@@ -377,13 +376,12 @@ def box_probe(clips: list[ClipCrops], predict, temperature: float, input_size: i
     between searches (``data.BOX_PROBE_MOVES``), over the validation crops whose own face ``logits`` are
     given. A model whose scores follow the box judges the same face differently at the default and at a full
     search."""
-    base = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
+    base = _sigmoid(logits / temperature)
     by_move = {}
     for name, move in BOX_PROBE_MOVES.items():
-        moved = box_moved_items(clips, input_size, crop_margin, frames_per_clip, move)
-        scores = 1.0 / (1.0 + np.exp(-predict(np.concatenate([it.crops for it in moved])).astype(np.float64)
-                                     / temperature))
-        by_move[name] = float(np.abs(scores - base).mean())
+        moved = val_items(clips, input_size, crop_margin, frames_per_clip, move=move)
+        by_move[name] = float(np.abs(_sigmoid(predict(np.concatenate([it.crops for it in moved])) / temperature)
+                                     - base).mean())
     return {"mean_abs_score_change": float(np.mean(list(by_move.values()))), "by_move": by_move}
 
 
