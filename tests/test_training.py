@@ -17,6 +17,7 @@ from deepscan.detector import WeightsMismatch, load_detector  # noqa: E402
 from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.training.data import (  # noqa: E402
     BOX_PROBE_MOVES,
+    CUTOUT_PARTS,
     PROBE_DEGRADATIONS,
     Augment,
     ClipCrops,
@@ -24,6 +25,7 @@ from deepscan.training.data import (  # noqa: E402
     SBIDataset,
     ValClip,
     degraded_items,
+    face_part_cutout,
     load_clips,
     load_index,
     moved_box,
@@ -189,6 +191,47 @@ def test_retone_applies_gamma_and_greyscale_and_draws_nothing_when_off():
     # Off (the default), it returns the crop and leaves the generator where it was, so older configs replay.
     rng = np.random.default_rng(7)
     assert retone(img, rng, Augment()) is img and rng.random() == np.random.default_rng(7).random()
+
+
+def test_face_part_cutout_blanks_one_part_and_its_mask_and_draws_nothing_when_off():
+    img, box, lm = synthetic_face(np.random.default_rng(5))
+    img = np.maximum(img, 1)  # no black pixels of its own: black marks exactly what was blanked
+    mask = np.ones(img.shape[:2], np.float32)
+    seen = set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        out, out_mask = face_part_cutout(img, mask, lm, rng, Augment(p_cutout=1.0))
+        blank = (out == 0).all(axis=2)
+        assert np.array_equal(blank, out_mask == 0) and np.array_equal(out[~blank], img[~blank])
+        x1, y1, x2, y2 = box
+        area = (x2 - x1) * (y2 - y1)
+        assert 0.01 * area < blank.sum() < 0.7 * area  # a part, never the whole face
+        ys, xs = np.nonzero(blank)
+        centre = np.array([xs.mean(), ys.mean()])
+        near = {"eyes": (lm[0] + lm[1]) / 2, "nose": lm[2], "mouth": (lm[3] + lm[4]) / 2}
+        nearest = min(near, key=lambda k: np.linalg.norm(centre - near[k]))
+        iod = np.linalg.norm(lm[1] - lm[0])
+        if np.linalg.norm(centre - near[nearest]) < 0.1 * iod:
+            seen.add(nearest)
+        else:  # a half face: centred off the nose's vertical axis, to one side
+            assert abs(centre[0] - lm[2][0]) > 0.2 * iod
+            seen.add("left" if centre[0] < lm[2][0] else "right")
+    assert seen == {"eyes", "nose", "mouth", "left", "right"} and len(CUTOUT_PARTS) == 4
+    rng = np.random.default_rng(7)
+    out, out_mask = face_part_cutout(img, mask, lm, rng, Augment())
+    assert out is img and out_mask is mask and rng.random() == np.random.default_rng(7).random()
+    # In the dataset: every item, real or self-blend, has a blanked part, with the fake's mask zero there.
+    clip = ClipCrops("c", "real", "s", "m", img[None], np.asarray(box, np.float32)[None], lm[None])
+    plain = Augment(p_cutout=1.0, p_colour=0, p_downscale=0, p_blur=0, p_noise=0, p_jpeg=0, p_blocky=0)
+    ds = SBIDataset([clip], [], SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                           mask_size=8, augment=plain), seed=0)
+    labels = set()
+    for i in range(16):
+        crop, crop_mask, label, _ = ds.sample(i)
+        blank = (crop == 0).all(axis=2)
+        assert blank.mean() > 0.02 and (crop_mask[blank] < 0.05).mean() > 0.95
+        labels.add(label)
+    assert labels == {0.0, 1.0}
 
 
 def test_dataset_is_deterministic_and_labels_masks(cache):

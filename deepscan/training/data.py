@@ -18,7 +18,7 @@ import numpy as np
 
 from ..crops import crop_face, normalise
 from .faceswap import swap_face
-from .sbi import colour_jitter, landmark_mask, self_blend
+from .sbi import colour_jitter, face_axes, face_outline, landmark_mask, self_blend
 
 REAL_LABELS = ("real", "unknown")
 
@@ -113,6 +113,9 @@ class Augment:
     blocky_quality: tuple[int, int] = (8, 25)
     p_flip: float = 0.5
     box_jitter: float = 0.04  # face-box shift/scale jitter (fraction of box size): MTCNN boxes jitter too
+    # Face-part cutout (Seferbekov, DFDC 1st place): blank the eyes, nose, mouth or one half of the face, real
+    # and fake alike, so no single region decides the score. 0 draws nothing (older configs replay unchanged).
+    p_cutout: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> Augment:
@@ -159,6 +162,38 @@ def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
     elif rng.random() < aug.p_jpeg:
         img = _jpeg(img, rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
     return np.ascontiguousarray(img)
+
+
+CUTOUT_PARTS = ("eyes", "nose", "mouth", "half")
+
+
+def face_part_cutout(img: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+                     aug: Augment) -> tuple[np.ndarray, np.ndarray]:
+    """With probability ``aug.p_cutout``, black out one face part (``CUTOUT_PARTS``) of a context crop. Blanked
+    pixels carry no trace of a blend, so the manipulation mask is zeroed there; the label is kept (a blend
+    always reaches beyond any one part)."""
+    if not aug.p_cutout or rng.random() >= aug.p_cutout:
+        return img, mask
+    lm = np.asarray(landmarks, np.float64)
+    _, right, down, iod, emd = face_axes(lm)
+    part = CUTOUT_PARTS[rng.integers(len(CUTOUT_PARTS))]
+    keep = np.ones(img.shape[:2], np.uint8)
+    if part == "half":
+        # The face outline cut along its vertical axis through the nose: one cheek, eye and mouth corner.
+        outline = face_outline(lm, "face")
+        side = (outline - lm[2]) @ right
+        half = outline[side <= 0] if rng.random() < 0.5 else outline[side >= 0]
+        axis = np.array([lm[2] - down * 2.0 * emd, lm[2] + down * 2.0 * emd])
+        cv2.fillConvexPoly(keep, np.round(cv2.convexHull(np.concatenate([half, axis]).astype(np.float32)))
+                           .astype(np.int32), 0)
+    else:
+        centre = {"eyes": (lm[0] + lm[1]) / 2, "nose": lm[2], "mouth": (lm[3] + lm[4]) / 2}[part]
+        half_w = {"eyes": 0.9, "nose": 0.35, "mouth": 0.6}[part] * iod * rng.uniform(0.8, 1.2)
+        half_h = {"eyes": 0.3, "nose": 0.35, "mouth": 0.3}[part] * iod * rng.uniform(0.8, 1.2)
+        corners = centre + np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
+        corners = centre + (corners - centre) @ np.stack([right, down])  # turned with the face
+        cv2.fillConvexPoly(keep, np.round(corners).astype(np.int32), 0)
+    return img * keep[..., None], mask * keep
 
 
 def jitter_box(box: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
@@ -237,7 +272,8 @@ class SBIDataset:
     def _render(self, clip: ClipCrops, k: int, rng: np.random.Generator, fake: bool, labelled: bool,
                 blend_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Frame ``k`` of ``clip`` as a training item: colour, then the fake's blend (``blend_rng``) or labelled
-        mask, box jitter, crop, tone, degradation and flip, all but the blend drawn from ``rng``."""
+        mask, face-part cutout, box jitter, crop, tone, degradation and flip, all but the blend drawn from
+        ``rng``."""
         spec = self.spec
         img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
         if rng.random() < spec.augment.p_colour:
@@ -250,6 +286,7 @@ class SBIDataset:
             img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
+        img, mask = face_part_cutout(img, mask, lms, rng, spec.augment)
         box = jitter_box(box, rng, spec.augment.box_jitter)
         crop = crop_face(img, box, spec.crop_margin, spec.input_size)
         mask = crop_mask(mask, box, spec.crop_margin, spec.input_size)

@@ -17,7 +17,7 @@ import numpy as np
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)  # SBI's dynamic blend: full-strength blends twice as likely
 
 
-def _face_frame(landmarks: np.ndarray):
+def face_axes(landmarks: np.ndarray):
     """Eye centre, unit "right" and "down" axes of the face, inter-ocular distance and eye-mouth distance."""
     lm = np.asarray(landmarks, np.float64)
     eyes = (lm[0] + lm[1]) / 2.0
@@ -38,7 +38,7 @@ def face_outline(landmarks: np.ndarray, kind: str = "face", scale_w: float = 1.0
     ``face``: forehead to chin, cheek to cheek (the usual swap region); ``inner``: brows to below the mouth;
     ``lower``: from the nose down to the chin (mouth-driven reenactment region).
     """
-    eyes, right, down, iod, emd = _face_frame(landmarks)
+    eyes, right, down, iod, emd = face_axes(landmarks)
     # Proportions of a frontal face in units of the eye-mouth distance (emd) and inter-ocular distance (iod).
     if kind == "face":
         top, bottom, half_w = -0.75 * emd, 1.75 * emd, 1.05 * iod
@@ -83,7 +83,7 @@ def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid:
 
 def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Soft blending mask in [0, 1] (before the blend ratio): random region, deformation and edge softness."""
-    _, _, _, iod, emd = _face_frame(landmarks)
+    _, _, _, iod, emd = face_axes(landmarks)
     kind = rng.choice(["face", "face", "inner", "lower"])
     mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15))
     face = max(iod, emd)
@@ -152,7 +152,7 @@ def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | Non
 def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Small scale and translation of the source about the face centre (SBI: ±3 % shift, 0.95-1.05 scale)."""
     h, w = img.shape[:2]
-    eyes, _, down, _, emd = _face_frame(landmarks)
+    eyes, _, down, _, emd = face_axes(landmarks)
     centre = eyes + down * 0.5 * emd
     face = 2.5 * emd
     scale = rng.uniform(0.95, 1.05)
