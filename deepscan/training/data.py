@@ -165,6 +165,8 @@ def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
 
 
 CUTOUT_PARTS = ("eyes", "nose", "mouth", "half")
+# Half width and half height of each rectangular part, in inter-ocular distances (each drawn x0.8-1.2).
+_CUTOUT_HALF_SIZE = {"eyes": (0.9, 0.3), "nose": (0.35, 0.35), "mouth": (0.6, 0.3)}
 
 
 def face_part_cutout(img: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
@@ -175,24 +177,22 @@ def face_part_cutout(img: np.ndarray, mask: np.ndarray, landmarks: np.ndarray, r
     if not aug.p_cutout or rng.random() >= aug.p_cutout:
         return img, mask
     lm = np.asarray(landmarks, np.float64)
-    _, right, down, iod, emd = face_axes(lm)
+    eyes, right, down, iod, emd = face_axes(lm)
     part = CUTOUT_PARTS[rng.integers(len(CUTOUT_PARTS))]
-    keep = np.ones(img.shape[:2], np.uint8)
     if part == "half":
         # The face outline cut along its vertical axis through the nose: one cheek, eye and mouth corner.
         outline = face_outline(lm, "face")
         side = (outline - lm[2]) @ right
         half = outline[side <= 0] if rng.random() < 0.5 else outline[side >= 0]
         axis = np.array([lm[2] - down * 2.0 * emd, lm[2] + down * 2.0 * emd])
-        cv2.fillConvexPoly(keep, np.round(cv2.convexHull(np.concatenate([half, axis]).astype(np.float32)))
-                           .astype(np.int32), 0)
+        polygon = cv2.convexHull(np.concatenate([half, axis]).astype(np.float32))
     else:
-        centre = {"eyes": (lm[0] + lm[1]) / 2, "nose": lm[2], "mouth": (lm[3] + lm[4]) / 2}[part]
-        half_w = {"eyes": 0.9, "nose": 0.35, "mouth": 0.6}[part] * iod * rng.uniform(0.8, 1.2)
-        half_h = {"eyes": 0.3, "nose": 0.35, "mouth": 0.3}[part] * iod * rng.uniform(0.8, 1.2)
-        corners = centre + np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])
-        corners = centre + (corners - centre) @ np.stack([right, down])  # turned with the face
-        cv2.fillConvexPoly(keep, np.round(corners).astype(np.int32), 0)
+        centre = {"eyes": eyes, "nose": lm[2], "mouth": (lm[3] + lm[4]) / 2}[part]
+        w, h = (size * iod * rng.uniform(0.8, 1.2) for size in _CUTOUT_HALF_SIZE[part])
+        # The rectangle turned with the face.
+        polygon = centre + np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) @ np.stack([right, down])
+    keep = np.ones(img.shape[:2], np.uint8)
+    cv2.fillConvexPoly(keep, np.round(polygon).astype(np.int32), 0)
     return img * keep[..., None], mask * keep
 
 
