@@ -726,3 +726,25 @@ def test_tiny_sam_training_run_learns(cache, tmp_path):
     assert np.mean([e["loss"] for e in log[-2:]]) < np.mean([e["loss"] for e in log[:2]])
     assert ModelCard.load(card_path).training["config"]["train"]["sam_rho"] == 0.05
 
+
+
+def test_frozen_early_stages_keep_their_imagenet_weights_and_batchnorm_statistics():
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    net = SBINet(freeze_stages=2).train()
+    b = net.backbone
+    frozen = [b.conv_stem, b.bn1, b.blocks[0], b.blocks[1]]
+    assert all(not m.training for m in frozen) and b.blocks[2].training
+    before = {name: t.clone() for name, t in net.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    logit, mask = net(torch.randn(4, 3, 96, 96))
+    (logit.sum() + mask.mean()).backward()
+    optimizer.step()
+    after = net.state_dict()
+    frozen_names = [n for n in before if n.startswith(("backbone.conv_stem", "backbone.bn1", "backbone.blocks.0.",
+                                                       "backbone.blocks.1."))]
+    assert frozen_names and any("running_mean" in n for n in frozen_names)
+    assert all(torch.equal(before[n], after[n]) for n in frozen_names)  # weights and running statistics alike
+    assert not torch.equal(before["backbone.blocks.2.0.conv_pw.weight"], after["backbone.blocks.2.0.conv_pw.weight"])
+    assert not torch.equal(before["backbone.blocks.2.0.bn1.running_mean"], after["backbone.blocks.2.0.bn1.running_mean"])
