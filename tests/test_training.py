@@ -372,14 +372,15 @@ def test_temperature_and_threshold():
     assert video_threshold(reals, 0.05, margin=0.0) == np.nextafter(must_pass, np.inf)
 
 
-def _write_config(tmp: Path, cache: Path, **train_over) -> Path:
+def _write_config(tmp: Path, cache: Path, model_over: dict | None = None, **train_over) -> Path:
     train_cfg = {"batch_size": 8, "max_steps": 30, "warmup_steps": 5, "lr": 3e-3, "backbone_lr": 1e-3,
                  "num_workers": 0, "ckpt_every": 20, "log_every": 5, "precision": "fp32", "num_threads": 1}
     train_cfg.update(train_over)
     lines = ['name = "tiny-sbi"', f'cache_dir = "{cache}"', f'runs_dir = "{tmp / "runs"}"',
              f'models_dir = "{tmp / "models"}"', "seed = 1",
-             "[model]", "input_size = 64", "pretrained = false", "[train]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in train_cfg.items()]
+             "[model]", "input_size = 64", "pretrained = false"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (model_over or {}).items()]
+    lines += ["[train]"] + [f"{k} = {json.dumps(v)}" for k, v in train_cfg.items()]
     lines += ["[val]", "val_fraction = 0.3", "frames_per_clip = 4"]
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "tiny.toml"
@@ -749,3 +750,38 @@ def test_frozen_early_stages_keep_their_imagenet_weights_and_batchnorm_statistic
     assert all(torch.equal(t, frozen_after[key]) for key, t in frozen_before.items())
     for changed in ((0, "0.conv_pw.weight"), (0, "0.bn1.running_mean")):
         assert not torch.equal(trained_before[changed], trained_after[changed])
+
+
+def test_stochastic_depth_acts_only_in_training_and_leaves_inference_unchanged():
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    plain = SBINet(dropout=0.0, drop_path_rate=0.0)  # no dropout either: nothing else draws at random
+    dropping = SBINet(dropout=0.0, drop_path_rate=0.5)
+    dropping.load_state_dict(plain.state_dict())  # stochastic depth adds no weights
+    x = torch.randn(8, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(dropping.eval()(x)[0], plain.eval()(x)[0])
+    dropping.train()
+    torch.manual_seed(1)
+    first = dropping(x)[0]
+    dropping.load_state_dict(plain.state_dict())  # undo the BatchNorm statistics' update
+    torch.manual_seed(2)
+    second = dropping(x)[0]
+    assert not torch.allclose(first, second)  # blocks skipped per sample, differently per draw
+    plain.train()
+    torch.manual_seed(1)
+    plain_first = plain(x)[0]
+    torch.manual_seed(2)
+    assert torch.allclose(plain(x)[0], plain_first, atol=1e-5)  # BatchNorm's batch statistics are the same
+
+
+def test_a_run_with_stochastic_depth_exports_a_card_that_loads_and_scores_deterministically(cache, tmp_path):
+    card_path = train(_write_config(tmp_path, cache, model_over={"drop_path_rate": 0.2}, max_steps=10),
+                      progress=False)
+    card = ModelCard.load(card_path)
+    assert card.extra["net"]["drop_path_rate"] == 0.2
+    detector = load_detector(str(card_path), device="cpu", precision="fp32")
+    clips = load_clips(cache, load_index(cache)["clips"][:2])
+    crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
+    assert np.array_equal(detector.predict(crops).probs, detector.predict(crops).probs)

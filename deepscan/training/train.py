@@ -60,6 +60,9 @@ DEFAULTS: dict = {
         "mask_channels": 64,
         "mask_stride": 8,
         "freeze_stages": 0,
+        # Stochastic depth in the backbone (Huang et al. 2016; EfficientNet trains with 0.2): each residual
+        # block is skipped for a whole sample with a probability rising linearly to this rate. 0 = off.
+        "drop_path_rate": 0.0,
     },
     "train": {
         "batch_size": 16,
@@ -527,7 +530,8 @@ def _build_net(cfg_model: dict):
 
 
 def _net_kwargs(cfg_model: dict) -> dict:
-    return {k: cfg_model[k] for k in ("backbone", "dropout", "mask_channels", "mask_stride", "freeze_stages")}
+    keys = ("backbone", "dropout", "mask_channels", "mask_stride", "freeze_stages", "drop_path_rate")
+    return {k: cfg_model[k] for k in keys}
 
 
 def _masked_bce(mask_logits, mask_target, weight):

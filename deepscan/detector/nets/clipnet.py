@@ -38,7 +38,8 @@ class CLIPNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "vit_base_patch16_clip_quickgelu_224", dropout: float = 0.1,
-                 mask_channels: int = 64, mask_stride: int = 16, freeze_stages: int = 10):
+                 mask_channels: int = 64, mask_stride: int = 16, freeze_stages: int = 10,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         import timm
 
@@ -46,7 +47,7 @@ class CLIPNet(nn.Module):
             raise ValueError("a ViT-B/16 mask head predicts one value per 16x16 patch: mask_stride must be 16")
         self.backbone_name = backbone
         self.mask_stride = mask_stride
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate)
         width = self.backbone.num_features
         self.mask_head = nn.Sequential(nn.Linear(width, mask_channels), nn.GELU(), nn.Linear(mask_channels, 1))
         self.dropout = nn.Dropout(dropout)

@@ -32,13 +32,15 @@ class SBINet(nn.Module):
     """EfficientNet-Lite backbone → (fake logit (N,), mask logits (N, 1, H/stride, W/stride))."""
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
-                 mask_stride: int = 8, freeze_stages: int = 0):
+                 mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0):
         super().__init__()
         import timm
 
         self.backbone_name = backbone
         self.mask_stride = mask_stride
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
+        # Stochastic depth (timm's rate rises linearly with block depth): only active in training mode.
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="",
+                                          drop_path_rate=drop_path_rate)
         # Stage indices whose outputs feed the mask head, found from timm's feature_info, not hard-coded.
         reduction_to_stage = {f["reduction"]: int(f["module"].split(".")[1]) for f in self.backbone.feature_info}
         channels = {f["reduction"]: f["num_chs"] for f in self.backbone.feature_info}
@@ -239,7 +241,8 @@ def load_sbinet(card, weights_path):
         raise ValueError(f"unknown SBI architecture {card.architecture!r}")
     kwargs = dict((card.extra or {}).get("net", {}))
     kwargs["backbone"] = archs[card.architecture]  # the architecture string is authoritative
-    kwargs.pop("freeze_stages", None)  # a training-time choice; the weights are complete either way
+    for training_only in ("freeze_stages", "drop_path_rate"):  # the weights are complete either way
+        kwargs.pop(training_only, None)
     net = build_sbi_net(**kwargs)
     state = load_file(str(weights_path))
     own = net.state_dict()
