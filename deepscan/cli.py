@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a detector from a TOML config")
     t.add_argument("config", type=Path)
     t.add_argument("--no-resume", action="store_true", help="start over instead of resuming the last checkpoint")
+    t.add_argument("--precision", choices=("bf16", "fp32"),
+                   help="override train.precision (bf16 autocast is emulated, and far slower, on CPUs without bf16 "
+                        "instructions)")
     return parser
 
 
@@ -440,7 +443,8 @@ def _paired_table(measured: dict):
 def cmd_train(args) -> int:
     from .training.train import train
 
-    train(args.config, resume=not args.no_resume)
+    overrides = {"train": {"precision": args.precision}} if args.precision else None
+    train(args.config, resume=not args.no_resume, overrides=overrides)
     return EXIT_OK
 
 

@@ -785,3 +785,31 @@ def test_a_run_with_stochastic_depth_exports_a_card_that_loads_and_scores_determ
     clips = load_clips(cache, load_index(cache)["clips"][:2])
     crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
     assert np.array_equal(detector.predict(crops).probs, detector.predict(crops).probs)
+
+
+def test_bf16_training_on_a_cpu_without_bf16_instructions_is_warned_about_and_can_be_overridden(cache, tmp_path,
+                                                                                                 monkeypatch):
+    from deepscan import cli
+    from deepscan.training.train import emulated_bf16_warning
+
+    assert "--precision fp32" in emulated_bf16_warning("bf16", "cpu", native_bf16=False)
+    assert emulated_bf16_warning("bf16", "cpu", native_bf16=True) is None
+    assert emulated_bf16_warning("bf16", "cuda", native_bf16=False) is None
+    assert emulated_bf16_warning("fp32", "cpu", native_bf16=False) is None
+
+    class StopBeforeData(Exception):
+        pass
+
+    def stop(*args):
+        raise StopBeforeData
+
+    monkeypatch.setattr("deepscan.detector.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("deepscan.training.train.load_index", stop)  # the warning comes before any work
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions"), pytest.raises(StopBeforeData):
+        train(_write_config(tmp_path, cache, precision="bf16"), progress=False)
+
+    calls = []
+    monkeypatch.setattr("deepscan.training.train.train", lambda config, **kw: calls.append(kw))
+    assert cli.main(["train", "run.toml", "--precision", "fp32"]) == 0
+    assert cli.main(["train", "run.toml"]) == 0
+    assert [c["overrides"] for c in calls] == [{"train": {"precision": "fp32"}}, None]
