@@ -813,3 +813,46 @@ def test_bf16_training_on_a_cpu_without_bf16_instructions_is_warned_about_and_ca
     assert cli.main(["train", "run.toml", "--precision", "fp32"]) == 0
     assert cli.main(["train", "run.toml"]) == 0
     assert [c["overrides"] for c in calls] == [{"train": {"precision": "fp32"}}, None]
+
+
+def test_resuming_records_a_changed_precision_and_refuses_a_changed_recipe(cache, tmp_path, monkeypatch):
+    import deepscan.training.train as train_module
+
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
+    config = _write_config(tmp_path, cache, **over)
+    real_save = train_module._save_ckpt
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+
+    # Another recipe (learning rate, frozen stages) would mix two trainings in one set of weights.
+    with pytest.raises(ValueError, match=r"train\.lr: 0\.003 -> 0\.01.*--no-resume"):
+        train(_write_config(tmp_path, cache, **{**over, "lr": 1e-2}), progress=False)
+    with pytest.raises(ValueError, match=r"model\.freeze_stages"):
+        train(_write_config(tmp_path, cache, model_over={"freeze_stages": 1}, **over), progress=False)
+
+    # How it runs may change on resume (a faster precision, say); the card says from which step.
+    monkeypatch.setattr("deepscan.detector.cpu_has_native_bf16", lambda: True)  # its warning is not the subject
+    config = _write_config(tmp_path, cache, **over)  # the refused configs were written over it
+    card = ModelCard.load(train(config, progress=False, overrides={"train": {"precision": "bf16", "log_every": 1}}))
+    assert card.training["steps"] == 6
+    assert card.training["resumed_with_changes"] == [
+        {"step": 3, "changes": {"train.log_every": [5, 1], "train.precision": ["fp32", "bf16"]}}]
+    assert card.training["config"]["train"]["precision"] == "bf16"
+
+
+def test_config_changes_on_resume_ignore_options_only_one_side_has():
+    from deepscan.training.train import config_changes_on_resume
+
+    saved = {"seed": 1, "model": {"dropout": 0.2}, "train": {"precision": "bf16", "retired": 1}}
+    current = {"seed": 1, "model": {"dropout": 0.2, "drop_path_rate": 0.0}, "train": {"precision": "fp32"}}
+    assert config_changes_on_resume(saved, current) == {"train.precision": ["bf16", "fp32"]}
+    assert config_changes_on_resume(current, current) == {}
+    with pytest.raises(ValueError, match="seed: 1 -> 2"):
+        config_changes_on_resume(saved, {**current, "seed": 2})

@@ -508,6 +508,42 @@ def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# What a resumed run may change: how it runs and where it stops, not what it learns from. Each such change is
+# recorded in the card (training.resumed_with_changes), since precision or a moved max_steps still alters the
+# trajectory from that step on.
+RESUMABLE_CHANGES = frozenset({
+    "name", "cache_dir", "runs_dir", "models_dir", "train.precision", "train.device", "train.num_threads",
+    "train.num_workers", "train.ckpt_every", "train.log_every", "train.max_steps", "train.max_minutes",
+})
+
+
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
+    """Settings that differ between a checkpoint's config and this run's, as ``{key: [saved, current]}``.
+
+    Raises ``ValueError`` when any of them changes what the run learns (anything outside
+    :data:`RESUMABLE_CHANGES`): the weights would mix two recipes under one card. Keys only one side has are
+    left out: an option added since the checkpoint defaults to the old behaviour, and a removed one cannot be
+    honoured either way."""
+    old, new = _flatten(saved), _flatten(current)
+    changes = {k: [old[k], new[k]] for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+    refused = [k for k in changes if k not in RESUMABLE_CHANGES]
+    if refused:
+        listed = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+        raise ValueError(f"the checkpoint was trained with other settings ({listed}); resuming would mix two "
+                         "recipes in one set of weights. Restore them, or start afresh with --no-resume")
+    return changes
+
+
 def _save_ckpt(path: Path, state: dict) -> None:
     import torch
 
@@ -597,8 +633,16 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, resumes = 0, 0.0, [], []
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume and ckpt_path.exists() else None
+    if state is not None:  # before any state is loaded: another recipe's optimizer would not even fit
+        try:
+            changes = config_changes_on_resume(json.loads(state["config"]), cfg)
+        except ValueError as err:
+            raise ValueError(f"{ckpt_path}: {err}") from None
+        resumes = list(state.get("resumes", []))
+        if changes:
+            resumes.append({"step": state["step"], "changes": changes})
     if state is None and cm.get("init_from"):
         # A second stage starts from an earlier stage's exported weights (checked against its card's sha256).
         from safetensors.torch import load_file
@@ -661,6 +705,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         _save_ckpt(ckpt_path, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
             "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
+            "resumes": resumes,
             **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
@@ -737,7 +782,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                        batches_of(step, step + ct["average_bn_batches"])), net)
             weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-                  val_clips, weight_average)
+                  val_clips, weight_average, resumes)
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
@@ -789,7 +834,7 @@ def _licence(cfg_model: dict) -> str:
 
 
 def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-           val_clips, weight_average: dict | None = None) -> Path:
+           val_clips, weight_average: dict | None = None, resumes: list | None = None) -> Path:
     """Validate, calibrate, and write weights + card (``net``: the weights to ship, averaged or not)."""
     import torch
     from safetensors.torch import save_file
@@ -870,6 +915,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         "final_loss": history[-1] if history else None,
         # The exported weights' provenance when they are an average (train.average_from), else None.
         "weight_average": weight_average,
+        # Settings changed when the run was resumed ({"step", "changes": {key: [before, after]}}); "config" above
+        # holds only the last of them.
+        "resumed_with_changes": resumes or [],
         "seed": cfg["seed"],
         "init_from": _init_from(cfg["model"]),
         "git_commit": git_commit(),
