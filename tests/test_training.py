@@ -35,7 +35,7 @@ from deepscan.training.data import (  # noqa: E402
     val_items,
 )
 from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
-from deepscan.training.sbi import self_blend  # noqa: E402
+from deepscan.training.sbi import cross_blend, landmark_misfit, self_blend  # noqa: E402
 from deepscan.training.train import (  # noqa: E402
     THRESHOLD_MARGIN,
     box_probe,
@@ -304,6 +304,68 @@ def test_paired_training_needs_an_even_batch(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('name = "x"\n[train]\npaired = true\nbatch_size = 7\nmax_steps = 1\n')
     with pytest.raises(ValueError, match="paired"):
+        load_config(config)
+
+
+def test_cross_blend_pastes_another_face_only_inside_its_mask():
+    """Face X-ray's blended images: the donor's face, aligned by its landmarks, replaces the target's only where
+    the mask says, so the mask is the ground truth of the change, as for a self-blend."""
+    marked = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        img, _, lm = synthetic_face(rng)
+        # Another person: another skin tone, face placed elsewhere and scaled (the alignment must undo that).
+        donor, _, donor_lm = synthetic_face(rng, skin=(90, 200, 90), jitter=30.0)
+        nx, ny = donor_lm[2].astype(int)
+        cv2.rectangle(donor, (nx - 8, ny - 8), (nx + 8, ny + 8), (255, 255, 255), -1)  # a mark only it has
+        blended, mask = cross_blend(img, lm, donor, donor_lm, rng, p_sharpen=0.5)
+        assert blended.shape == img.shape and blended.dtype == np.uint8 and mask.dtype == np.float32
+        changed = np.any(blended != img, axis=2)
+        assert changed.any() and not (changed & (mask == 0)).any() and not (changed & (mask < 1 / 512)).any()
+        ys, xs = np.nonzero(mask > 0)
+        assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
+        # Aligned by the landmarks, the donor's nose (and its mark) lands on the target's nose.
+        x, y = lm[2].astype(int)
+        if mask[y, x] >= 0.75:
+            assert blended[y, x].astype(int).sum() > img[y, x].astype(int).sum() + 120
+            marked += 1
+    assert marked >= 3
+
+
+def test_landmark_misfit_is_zero_for_a_similar_pose_and_grows_with_a_turned_head():
+    _, _, lm = synthetic_face(np.random.default_rng(0))
+    centre = lm.mean(axis=0)
+    moved = (lm - centre) @ np.array([[0.0, 1.0], [-1.0, 0.0]]) * 1.7 + centre + 40  # rotated, scaled, shifted
+    assert landmark_misfit(lm, moved.astype(np.float32)) < 1e-3
+    turned = lm.copy()
+    turned[2, 0] += 0.4 * (lm[1, 0] - lm[0, 0])  # the nose off the eyes' middle: a head turned aside
+    assert landmark_misfit(lm, turned) > 0.05
+
+
+def test_cross_blend_donors_are_other_people(cache):
+    index = load_index(cache)
+    reals = load_clips(cache, [c for c in index["clips"] if c["label"] != "fake"])
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8, p_cross=1.0)
+    ds = SBIDataset(reals, [], spec, seed=0)
+    rng = np.random.default_rng(0)
+    for clip in reals:
+        for _ in range(5):
+            crop, lms = ds._donor(clip, 0, rng)
+            owner = [c for c in reals if any(np.array_equal(crop, x) for x in c.crops)]
+            assert owner and all(c.id != clip.id for c in owner)
+    # With one person only there is no donor: the fake falls back to a self-blend.
+    alone = SBIDataset(reals[:1], [], spec, seed=0)
+    assert alone._donor(reals[0], 0, rng) is None
+    fakes = [alone.sample(i) for i in range(12)]
+    assert any(label for _, _, label, _ in fakes)
+    assert all(mask.max() > 0.2 for _, mask, label, _ in fakes if label)
+
+
+@pytest.mark.parametrize("body", ["p_cross = 1.5\n", "p_cross = 0.3\npaired = true\n"])
+def test_cross_blend_share_is_checked(tmp_path, body):
+    config = tmp_path / "c.toml"
+    config.write_text('name = "x"\n[train]\nmax_steps = 1\n' + body)
+    with pytest.raises(ValueError, match="p_cross"):
         load_config(config)
 
 

@@ -17,8 +17,17 @@ import cv2
 import numpy as np
 
 from ..crops import crop_face, normalise
+from .cache import identity_group
 from .faceswap import swap_face
-from .sbi import colour_jitter, face_axes, face_outline, landmark_mask, self_blend
+from .sbi import (
+    colour_jitter,
+    cross_blend,
+    face_axes,
+    face_outline,
+    landmark_mask,
+    landmark_misfit,
+    self_blend,
+)
 
 REAL_LABELS = ("real", "unknown")
 
@@ -236,6 +245,14 @@ class SampleSpec:
     # SBI's batches (Shiohara & Yamasaki 2022): items 2j and 2j+1 are one real frame and its fake, through the
     # same box jitter, colour, tone, degradation and flip, so nothing but the manipulation tells them apart.
     paired: bool = False
+    # Face X-ray's blended images (Li et al. 2020): this share of the self-blends takes its face from another
+    # person's training clip instead (sbi.cross_blend), a swap's misfit of identity and pose besides the blend.
+    # Not in paired batches. 0 draws nothing, so configs without it replay their random streams unchanged.
+    p_cross: float = 0.0
+
+
+# Donor frames drawn per cross-blend; the one whose landmarks fit the target's pose best is blended in.
+CROSS_CANDIDATES = 8
 
 
 class SBIDataset:
@@ -252,6 +269,9 @@ class SBIDataset:
         self.reals, self.fakes, self.spec, self.seed, self.length = reals, fakes, spec, seed, length
         by_file = {c.file: c for c in reals if c.file}
         self._originals = {f.file: by_file.get(original_of(f.file) or "") for f in fakes if f.file}
+        groups = [identity_group(c.file) if c.file else c.id for c in reals]
+        self._donors = {g: [j for j, other in enumerate(groups) if other != g] for g in groups}
+        self._group_of = {c.id: g for c, g in zip(reals, groups, strict=True)}
 
     def __len__(self) -> int:
         return self.length
@@ -267,13 +287,32 @@ class SBIDataset:
         pool = self.fakes if use_labelled else self.reals
         clip = pool[rng.integers(len(pool))]  # clip first, then frame: long clips do not dominate
         k = rng.integers(len(clip.crops))
-        return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng)
+        donor = None
+        if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
+            donor = self._donor(clip, k, rng)
+        return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng, donor=donor)
+
+    def _donor(self, clip: ClipCrops, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """(context crop, landmarks) of another person's frame for a cross-blend into frame ``k`` of ``clip``:
+        of ``CROSS_CANDIDATES`` random ones, the best fit to its pose. None when every real clip is this person."""
+        others = self._donors.get(self._group_of.get(clip.id, clip.id), [])
+        if not others:
+            return None
+        best, best_misfit = None, float("inf")
+        for _ in range(CROSS_CANDIDATES):
+            donor = self.reals[others[rng.integers(len(others))]]
+            d = int(rng.integers(len(donor.crops)))
+            misfit = landmark_misfit(clip.landmarks[k], donor.landmarks[d])
+            if misfit < best_misfit:
+                best, best_misfit = (donor.crops[d], donor.landmarks[d]), misfit
+        return best
 
     def _render(self, clip: ClipCrops, k: int, rng: np.random.Generator, fake: bool, labelled: bool,
-                blend_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Frame ``k`` of ``clip`` as a training item: colour, then the fake's blend (``blend_rng``) or labelled
-        mask, face-part cutout, box jitter, crop, tone, degradation and flip, all but the blend drawn from
-        ``rng``."""
+                blend_rng: np.random.Generator, donor: tuple[np.ndarray, np.ndarray] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Frame ``k`` of ``clip`` as a training item: colour, then the fake's blend (``blend_rng``; another
+        person's face when ``donor`` is given) or labelled mask, face-part cutout, box jitter, crop, tone,
+        degradation and flip, all but the blend drawn from ``rng``."""
         spec = self.spec
         img, box, lms = clip.crops[k], clip.boxes[k], clip.landmarks[k]
         if rng.random() < spec.augment.p_colour:
@@ -282,6 +321,8 @@ class SBIDataset:
         if labelled and fake:
             mask = cv2.GaussianBlur(landmark_mask(img.shape, lms, "face"), (0, 0), sigmaX=3.0)
             weight = spec.real_fake_mask_weight
+        elif fake and donor is not None:
+            img, mask = cross_blend(img, lms, donor[0], donor[1], blend_rng, spec.sbi_p_sharpen)
         elif fake:
             img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen)
         else:

@@ -92,6 +92,8 @@ DEFAULTS: dict = {
         "use_real_fakes": False,
         "real_fake_fraction": 0.3,
         "real_fake_mask_weight": 0.0,
+        # Share of the self-blends that take another person's face (Face X-ray's blended images; data.SampleSpec).
+        "p_cross": 0.0,
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
@@ -161,6 +163,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
     # A pair split across two batches would meet its other half at other weights; p_fake would be ignored.
     if cfg["train"]["paired"] and (cfg["train"]["batch_size"] % 2 or cfg["train"]["p_fake"] != 0.5):
         raise ValueError("train.paired needs an even train.batch_size and train.p_fake 0.5")
+    p_cross = cfg["train"]["p_cross"]
+    if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
+        raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
+                         + (" with train.paired" if cfg["train"]["paired"] else ""))
     return cfg
 
 
@@ -629,7 +635,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
-        augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]),
+        augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
