@@ -514,6 +514,25 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     assert paired["swap_probe"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
 
 
+def test_validate_accepts_a_card_trained_before_later_options_existed(cache, tiny_run, tmp_path):
+    from deepscan.cli import main
+
+    _, _, card_path = tiny_run
+    card = ModelCard.load(card_path)
+    old = json.loads(Path(card_path).read_text())
+    for section, key in (("model", "drop_path_rate"), ("train", "p_cross")):
+        old["training"]["config"][section].pop(key, None)
+    aged = tmp_path / "aged" / Path(card_path).name
+    aged.parent.mkdir()
+    aged.write_text(json.dumps(old))
+    import shutil
+
+    shutil.copy(card.weights_path, aged.parent)
+    out = tmp_path / "validate.json"
+    assert main(["validate", str(aged), "--cache", str(cache), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[str(aged)]["video_auc"] == pytest.approx(card.metrics["video_auc"], abs=1e-6)
+
+
 def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     tmp, config, card_path = tiny_run
     log = [json.loads(line) for line in (tmp / "runs/tiny-sbi/log.jsonl").read_text().splitlines()]

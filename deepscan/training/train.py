@@ -442,7 +442,9 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
 
     card = ModelCard.load(card_path)
     card.verify_weights()
-    cfg = card.training["config"]
+    # A card trained before an option existed has no key for it; the option's default is the behaviour it
+    # was trained with (new options default to off).
+    cfg = _merge(DEFAULTS, card.training["config"])
     index = load_index(cache_dir)
     wanted = set(card.training["validation_files"])
     clips = load_clips(cache_dir, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
