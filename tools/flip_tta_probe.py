@@ -22,31 +22,11 @@ def main() -> None:
     parser.add_argument("--cache", default="cache/crops")
     args = parser.parse_args()
 
-    import torch
-    from safetensors.torch import load_file
+    from deepscan.training.train import load_card_validation, metrics_from_logits, predict_logits, swap_probe
 
-    from deepscan.detector.card import ModelCard
-    from deepscan.training.data import load_clips, load_index, val_items
-    from deepscan.training.train import (
-        DEFAULTS,
-        _build_net,
-        _merge,
-        metrics_from_logits,
-        predict_logits,
-        swap_probe,
-    )
-
-    card = ModelCard.load(args.card)
-    card.verify_weights()
-    cfg = _merge(DEFAULTS, card.training["config"])
-    index = load_index(args.cache)
-    wanted = set(card.training["validation_files"])
-    clips = load_clips(args.cache, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
-    frames = cfg["val"]["frames_per_clip"]
-    items = val_items(clips, card.input_size, card.crop_margin, frames)
-    net = _build_net(cfg["model"])
-    net.load_state_dict(load_file(str(card.weights_path)), strict=True)
-    net = net.to(memory_format=torch.channels_last)
+    loaded = load_card_validation(args.card, args.cache)
+    card, clips, items, net = loaded.card, loaded.clips, loaded.items, loaded.net
+    frames = loaded.config["val"]["frames_per_clip"]
 
     def plain(crops):
         return predict_logits(net, card, crops, 32)

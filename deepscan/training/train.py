@@ -7,6 +7,7 @@ validates on held-out groups, fits the temperature and the video threshold, and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -431,14 +432,23 @@ def evaluate_crops(net, card: ModelCard, val_items: list[ValClip], batch_size: i
     return metrics_from_logits(val_items, logits, card.temperature, card.threshold)
 
 
-def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> dict:
-    """Re-measure an exported model on its own validation split of the crop cache, as its training run did:
-    the card's validation metrics (at the card's temperature and threshold), the degradation probe and the
-    swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
+@dataclasses.dataclass
+class CardValidation:
+    """An exported model loaded beside its own validation split of the crop cache."""
+
+    card: ModelCard
+    config: dict  # the card's training config over DEFAULTS
+    clips: list  # the split's labelled clips (ClipCrops)
+    items: list  # their validation crops, cut as at inference (ValClip)
+    net: object  # channels-last, on the training run's device
+
+
+def load_card_validation(card_path, cache_dir="cache/crops") -> CardValidation:
+    """Load a card's network (weights checked first) and its validation split, as its training run saw them."""
     import torch
     from safetensors.torch import load_file
 
-    from ..evaluate import video_scores
+    from ..detector import select_device
 
     card = ModelCard.load(card_path)
     card.verify_weights()
@@ -452,9 +462,18 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
     net = _build_net(cfg["model"])
     net.load_state_dict(load_file(str(card.weights_path)), strict=True)
     # On the device and in the memory layout the training run measured with: the same convolution kernels.
-    from ..detector import select_device
-
     net = net.to(select_device(cfg["train"]["device"])).to(memory_format=torch.channels_last)
+    return CardValidation(card, cfg, clips, items, net)
+
+
+def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> dict:
+    """Re-measure an exported model on its own validation split of the crop cache, as its training run did:
+    the card's validation metrics (at the card's temperature and threshold), the degradation probe and the
+    swap probe. For comparing runs exported before a probe existed; the weights are checked first."""
+    from ..evaluate import video_scores
+
+    loaded = load_card_validation(card_path, cache_dir)
+    card, cfg, clips, items, net = loaded.card, loaded.config, loaded.clips, loaded.items, loaded.net
 
     def predict(crops):
         return predict_logits(net, card, crops, batch_size)
