@@ -31,6 +31,7 @@ from deepscan.training.data import (  # noqa: E402
     moved_box,
     retone,
     split_clips,
+    subsample_groups,
     swapped_items,
     val_items,
 )
@@ -179,6 +180,24 @@ def test_split_is_by_group_and_covers_every_source(cache):
         assert len(train_clips) + len(val_clips) == len(index["clips"])
         assert {c["source"] for c in val_clips} == {"studio", "street", "swaps"}
         assert {c["source"] for c in train_clips} == {"studio", "street", "swaps"}
+
+
+def test_group_subsample_keeps_whole_groups_of_every_source_and_nests():
+    meta = [{"source": src, "group": f"{src}:{g}", "label": lab, "file": f"{src}/{g}_{lab}.mp4"}
+            for src, n in (("swaps", 16), ("street", 3), ("studio", 1)) for g in range(n) for lab in ("real", "fake")]
+    half = subsample_groups(meta, 0.5, seed=0)
+    groups = {c["group"] for c in half}
+    # Whole groups: a kept identity keeps its real and its fake clip.
+    assert len(half) == 2 * len(groups)
+    # Half of each source's groups (rounded), never none: the sources and methods stay those of the full run.
+    by_source = {src: sum(g.startswith(src + ":") for g in groups) for src in ("swaps", "street", "studio")}
+    assert by_source == {"swaps": 8, "street": 2, "studio": 1}
+    # A smaller share keeps a subset of a larger one's groups; another seed draws other groups.
+    assert {c["group"] for c in subsample_groups(meta, 0.25, seed=0)} < groups
+    assert {c["group"] for c in subsample_groups(meta, 0.5, seed=1)} != groups
+    assert subsample_groups(meta, 1.0) == meta
+    with pytest.raises(ValueError):
+        subsample_groups(meta, 0.0)
 
 
 def test_retone_applies_gamma_and_greyscale_and_draws_nothing_when_off():
@@ -408,7 +427,9 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("average_from = 0.5\nmax_minutes = 30", "no train.max_minutes"),
                                            ("average_bn_batches = 10", "needs train.average_from"),
                                            ("average_from = 0.5\naverage_bn_batches = -1", "whole number"),
-                                           ("average_from = 0.5\naverage_bn_batches = 2.5", "whole number")])
+                                           ("average_from = 0.5\naverage_bn_batches = 2.5", "whole number"),
+                                           ("group_fraction = 0.0", "group_fraction"),
+                                           ("group_fraction = 1.5", "group_fraction")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')

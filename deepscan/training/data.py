@@ -65,6 +65,27 @@ def split_clips(index: dict, val_fraction: float, seed: int = 0) -> tuple[list[d
     return train, val
 
 
+def subsample_groups(train_meta: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """Keep ``fraction`` of the training groups (identities/source videos) of every source, at least one each.
+
+    For learning curves: fewer identities of the same sources, so a run on the subset differs from the full run
+    in how many people it saw, not in which sources or methods. Within a source, the groups with the lowest hash
+    of (seed, group) stay; a larger fraction keeps a superset of a smaller one's groups.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the share of training groups kept must be in (0, 1], not {fraction!r}")
+    if fraction == 1.0:
+        return list(train_meta)
+    groups_by_source: dict[str, set[str]] = {}
+    for c in train_meta:
+        groups_by_source.setdefault(c["source"], set()).add(c["group"])
+    kept: set[str] = set()
+    for groups in groups_by_source.values():
+        ranked = sorted(groups, key=lambda g: _group_hash(f"subsample:{g}", seed))
+        kept.update(ranked[:max(1, round(fraction * len(ranked)))])
+    return [c for c in train_meta if c["group"] in kept]
+
+
 @dataclass
 class ClipCrops:
     """One clip's cached context crops."""

@@ -36,6 +36,7 @@ from .data import (
     load_clips,
     load_index,
     split_clips,
+    subsample_groups,
     swapped_items,
     val_items,
 )
@@ -95,6 +96,9 @@ DEFAULTS: dict = {
         "real_fake_mask_weight": 0.0,
         # Share of the self-blends that take another person's face (Face X-ray's blended images; data.SampleSpec).
         "p_cross": 0.0,
+        # Share of each source's training groups (identities/source videos) kept, for learning curves
+        # (data.subsample_groups). 1 = all. The validation split is unchanged.
+        "group_fraction": 1.0,
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
@@ -164,6 +168,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
     # A pair split across two batches would meet its other half at other weights; p_fake would be ignored.
     if cfg["train"]["paired"] and (cfg["train"]["batch_size"] % 2 or cfg["train"]["p_fake"] != 0.5):
         raise ValueError("train.paired needs an even train.batch_size and train.p_fake 0.5")
+    if not 0.0 < cfg["train"]["group_fraction"] <= 1.0:
+        raise ValueError(f"train.group_fraction is a share in (0, 1] of the training groups, "
+                         f"not {cfg['train']['group_fraction']!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -643,6 +650,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     index = load_index(cache_dir)
     split_seed = cfg["seed"] if cv["split_seed"] is None else cv["split_seed"]
     train_meta, val_meta = split_clips(index, cv["val_fraction"], split_seed)
+    train_meta = subsample_groups(train_meta, ct["group_fraction"], split_seed)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
