@@ -429,7 +429,9 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("average_from = 0.5\naverage_bn_batches = -1", "whole number"),
                                            ("average_from = 0.5\naverage_bn_batches = 2.5", "whole number"),
                                            ("group_fraction = 0.0", "group_fraction"),
-                                           ("group_fraction = 1.5", "group_fraction")])
+                                           ("group_fraction = 1.5", "group_fraction"),
+                                           ("group_seed = 1.5", "group_seed"),
+                                           ("group_seed = true", "group_seed")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
@@ -566,6 +568,9 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert card.input_size == 64 and card.crop_margin == 0.25
     assert card.face_detector.min_prob == 0.9
     assert card.training["steps"] == 30 and card.training["manifest_sha256"] == "0" * 64
+    groups = {c["id"]: c["group"] for c in load_index(cache)["clips"]}
+    val_groups = {groups[i] for i in card.training["val_clip_ids"]}
+    assert card.training["train_groups"] and not set(card.training["train_groups"]) & val_groups
     assert card.metrics["videos"] >= 2 and card.temperature > 0
     probe = card.metrics["degradation_probe"]
     assert set(probe) == {"none", *PROBE_DEGRADATIONS}

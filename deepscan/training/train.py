@@ -99,6 +99,9 @@ DEFAULTS: dict = {
         # Share of each source's training groups (identities/source videos) kept, for learning curves
         # (data.subsample_groups). 1 = all. The validation split is unchanged.
         "group_fraction": 1.0,
+        # Which groups a share below 1 keeps: None draws them with the split seed; another value draws another
+        # subset of the same size (a second point of a learning curve that is not the same people again).
+        "group_seed": None,
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
@@ -171,6 +174,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if not 0.0 < cfg["train"]["group_fraction"] <= 1.0:
         raise ValueError(f"train.group_fraction is a share in (0, 1] of the training groups, "
                          f"not {cfg['train']['group_fraction']!r}")
+    group_seed = cfg["train"]["group_seed"]
+    if group_seed is not None and (isinstance(group_seed, bool) or not isinstance(group_seed, int)):
+        raise ValueError(f"train.group_seed is a whole number (or absent: the split seed), not {group_seed!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -650,7 +656,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     index = load_index(cache_dir)
     split_seed = cfg["seed"] if cv["split_seed"] is None else cv["split_seed"]
     train_meta, val_meta = split_clips(index, cv["val_fraction"], split_seed)
-    train_meta = subsample_groups(train_meta, ct["group_fraction"], split_seed)
+    group_seed = split_seed if ct["group_seed"] is None else ct["group_seed"]
+    train_meta = subsample_groups(train_meta, ct["group_fraction"], group_seed)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -942,6 +949,8 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
             "val": int(sum(len(it.crops) for it in items)),
         },
         "val_clip_ids": [c["id"] for c in val_meta],
+        # The identities/source videos trained on: with train.group_fraction below 1, which people the run saw.
+        "train_groups": sorted({c["group"] for c in train_meta}),
         "validation_files": [c["file"] for c in val_meta],
         "steps": step,
         "samples_seen": step * cfg["train"]["batch_size"],
