@@ -26,6 +26,7 @@ from deepscan.training.data import (  # noqa: E402
     ValClip,
     degraded_items,
     face_part_cutout,
+    fake_clip_weights,
     load_clips,
     load_index,
     moved_box,
@@ -275,6 +276,33 @@ def test_dataset_is_deterministic_and_labels_masks(cache):
     assert 4 <= n_fake <= 20
 
 
+def test_labelled_fakes_are_drawn_clip_by_clip_or_balanced_across_methods(cache):
+    from dataclasses import replace
+
+    index = load_index(cache)
+    reals = load_clips(cache, [c for c in index["clips"] if c["label"] != "fake"])
+    swap = load_clips(cache, [c for c in index["clips"] if c["label"] == "fake"])
+    # Three clips of one method, one of another: 3:1 clip by clip, 1:1 method by method.
+    fakes = [replace(swap[i % 2], id=f"swap-{i}", method="swap") for i in range(3)]
+    fakes.append(replace(swap[0], id="talk", method="talking head"))
+    assert np.allclose(fake_clip_weights(fakes, 0.0), 0.25)
+    assert np.allclose(fake_clip_weights(fakes, 1.0), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    half = fake_clip_weights(fakes, 0.5)
+    assert np.isclose(half[3] / half[0], 3 ** 0.5) and np.isclose(half.sum(), 1.0)
+
+    def draws(balance, n=4000):
+        spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                          fake_method_balance=balance)
+        ds, rng = SBIDataset(reals, fakes, spec, seed=0), np.random.default_rng(7)
+        return [ds._labelled_fake(rng).id for _ in range(n)]
+
+    # Balance 0 draws exactly as before the option existed (older configs replay their samples).
+    before = np.random.default_rng(7)
+    assert draws(0.0, 50) == [fakes[before.integers(4)].id for _ in range(50)]
+    assert abs(draws(0.0).count("talk") / 4000 - 0.25) < 0.03
+    assert abs(draws(1.0).count("talk") / 4000 - 0.5) < 0.03
+
+
 def test_paired_items_are_a_real_frame_and_its_fake_augmented_alike():
     """train.paired: items 2j and 2j+1 are one frame real and self-blended, through the same box jitter, colour,
     tone, degradation and flip; a labelled swap is paired with its original panel's frame at the same moment."""
@@ -431,7 +459,10 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("group_fraction = 0.0", "group_fraction"),
                                            ("group_fraction = 1.5", "group_fraction"),
                                            ("group_seed = 1.5", "group_seed"),
-                                           ("group_seed = true", "group_seed")])
+                                           ("group_seed = true", "group_seed"),
+                                           ("fake_method_balance = 1.5", "fake_method_balance"),
+                                           ("fake_method_balance = -0.5", "fake_method_balance"),
+                                           ("fake_method_balance = true", "fake_method_balance")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')

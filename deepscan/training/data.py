@@ -270,6 +270,19 @@ class SampleSpec:
     # person's training clip instead (sbi.cross_blend), a swap's misfit of identity and pose besides the blend.
     # Not in paired batches. 0 draws nothing, so configs without it replay their random streams unchanged.
     p_cross: float = 0.0
+    # How labelled fakes are drawn: a clip of method m with weight n_m ** -fake_method_balance, where n_m counts
+    # the training fakes of m. 0 = every clip alike (the method with most clips dominates: 38 DeepFaceLive swaps
+    # against 3 SadTalker talking heads); 1 = every method alike. 0 draws as before, so older configs replay.
+    fake_method_balance: float = 0.0
+
+
+def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
+    """Probabilities of drawing each labelled fake clip: ``n_m ** -balance`` for a clip of a method with ``n_m``
+    clips, normalised. Methods are told apart by the manifest's ``method`` column (its source when empty)."""
+    methods = [c.method or c.source for c in fakes]
+    counts = {m: methods.count(m) for m in set(methods)}
+    w = np.array([counts[m] ** -float(balance) for m in methods])
+    return w / w.sum()
 
 
 # Donor frames drawn per cross-blend; the one whose landmarks fit the target's pose best is blended in.
@@ -293,6 +306,12 @@ class SBIDataset:
         groups = [identity_group(c.file) if c.file else c.id for c in reals]
         self._donors = {g: [j for j, other in enumerate(groups) if other != g] for g in groups}
         self._group_of = {c.id: g for c, g in zip(reals, groups, strict=True)}
+        self._fake_weights = fake_clip_weights(fakes, spec.fake_method_balance) if fakes else None
+
+    def _labelled_fake(self, rng: np.random.Generator) -> ClipCrops:
+        if not self.spec.fake_method_balance:
+            return self.fakes[rng.integers(len(self.fakes))]
+        return self.fakes[rng.choice(len(self.fakes), p=self._fake_weights)]
 
     def __len__(self) -> int:
         return self.length
@@ -305,8 +324,8 @@ class SBIDataset:
         rng = np.random.default_rng([self.seed, i])
         fake = rng.random() < spec.p_fake
         use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
-        pool = self.fakes if use_labelled else self.reals
-        clip = pool[rng.integers(len(pool))]  # clip first, then frame: long clips do not dominate
+        # Clip first, then frame: long clips do not dominate.
+        clip = self._labelled_fake(rng) if use_labelled else self.reals[rng.integers(len(self.reals))]
         k = rng.integers(len(clip.crops))
         donor = None
         if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
@@ -367,7 +386,7 @@ class SBIDataset:
         rng = np.random.default_rng([self.seed, j])
         labelled = bool(self.fakes) and rng.random() < spec.real_fake_fraction
         if labelled:
-            fake_clip = self.fakes[rng.integers(len(self.fakes))]
+            fake_clip = self._labelled_fake(rng)
             k = int(rng.integers(len(fake_clip.crops)))
             clip, k = (fake_clip, k) if fake else self._original_frame(fake_clip, k, j)
         else:

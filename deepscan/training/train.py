@@ -96,6 +96,9 @@ DEFAULTS: dict = {
         "real_fake_mask_weight": 0.0,
         # Share of the self-blends that take another person's face (Face X-ray's blended images; data.SampleSpec).
         "p_cross": 0.0,
+        # How the labelled fakes are drawn across methods: 0 = clip by clip, 1 = method by method
+        # (data.fake_clip_weights).
+        "fake_method_balance": 0.0,
         # Share of each source's training groups (identities/source videos) kept, for learning curves
         # (data.subsample_groups). 1 = all. The validation split is unchanged.
         "group_fraction": 1.0,
@@ -177,6 +180,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
     group_seed = cfg["train"]["group_seed"]
     if group_seed is not None and (isinstance(group_seed, bool) or not isinstance(group_seed, int)):
         raise ValueError(f"train.group_seed is a whole number (or absent: the split seed), not {group_seed!r}")
+    balance = cfg["train"]["fake_method_balance"]
+    if isinstance(balance, bool) or not isinstance(balance, int | float) or not 0.0 <= balance <= 1.0:
+        raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -672,6 +678,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
+        fake_method_balance=ct["fake_method_balance"],
     )
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
