@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
     """Probabilities of drawing each labelled fake clip: ``n_m ** -balance`` for a clip of a method with ``n_m``
     clips, normalised. Methods are told apart by the manifest's ``method`` column (its source when empty)."""
     methods = [c.method or c.source for c in fakes]
-    counts = {m: methods.count(m) for m in set(methods)}
+    counts = Counter(methods)
     w = np.array([counts[m] ** -float(balance) for m in methods])
     return w / w.sum()
 
