@@ -1,4 +1,4 @@
-"""Command line: ``deepscan scan|probe|models|cache|train|calibrate|eval``. A thin layer over :class:`Scanner`.
+"""Command line: ``deepscan scan|probe|models|cache|landmarks|train|calibrate|eval``. A thin layer over :class:`Scanner`.
 
 Exit status of ``scan``: 1 if any video was judged fake; otherwise 2 if any input failed or the command was
 misused; otherwise 0.
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", type=Path)
     c.add_argument("out", type=Path)
     c.add_argument("--frames", type=_positive_int, default=32)
+
+    lm = sub.add_parser("landmarks", help="add dlib's 68-point landmarks to a crop cache (extra 'landmarks'), for "
+                                          "self-blends shaped like SBI's (train.sbi_dense_landmarks)")
+    lm.add_argument("cache", type=Path)
+    lm.add_argument("--predictor", type=Path, default=None,
+                    help="dlib's shape_predictor_68_face_landmarks.dat (default: Debian libdlib-data's)")
 
     e = sub.add_parser("eval", help="video-level ROC AUC and rates of detectors on labelled clips")
     e.add_argument("labels", type=Path, help="TSV/CSV with path,label columns, or a MANIFEST.tsv")
@@ -283,6 +289,14 @@ def cmd_cache(args) -> int:
     return EXIT_OK
 
 
+def cmd_landmarks(args) -> int:
+    from .training.landmarks68 import DEFAULT_PREDICTOR, add_dense_landmarks
+
+    done = add_dense_landmarks(args.cache, args.predictor or DEFAULT_PREDICTOR)
+    print(f"68 points fitted on {done['fitted']} of {done['frames']} cached faces → {args.cache}")
+    return EXIT_OK
+
+
 def cmd_eval(args) -> int:
     from rich.table import Table
 
@@ -449,7 +463,7 @@ def cmd_train(args) -> int:
 
 
 COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report": cmd_report, "cache": cmd_cache,
-            "train": cmd_train, "validate": cmd_validate,
+            "landmarks": cmd_landmarks, "train": cmd_train, "validate": cmd_validate,
             "calibrate": cmd_calibrate,
             "eval": cmd_eval}
 

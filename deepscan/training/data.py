@@ -100,14 +100,25 @@ class ClipCrops:
     landmarks: np.ndarray  # (K, 5, 2)
     file: str = ""  # the clip's path in the manifest
     frame_index: np.ndarray | None = None  # (K,) the video frame each crop was cut from
+    dense_landmarks: np.ndarray | None = None  # (K, 68, 2) dlib's points, NaN where none fitted (landmarks68)
 
     @classmethod
     def load(cls, cache_dir, clip: dict) -> ClipCrops:
+        from .landmarks68 import sidecar_path
+
+        dense_path = sidecar_path(cache_dir, clip)
+        dense = np.load(dense_path) if dense_path.exists() else None
         with np.load(Path(cache_dir) / clip["npz"]) as z:
             frames = z["frame_index"].astype(np.int64) if "frame_index" in z.files else None
             return cls(clip["id"], clip["label"], clip.get("source", ""), clip.get("method", ""),
                        z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32),
-                       clip.get("file", ""), frames)
+                       clip.get("file", ""), frames, dense)
+
+    def dense_at(self, k: int) -> np.ndarray | None:
+        """Frame ``k``'s 68 points, or None when the cache has none for it."""
+        if self.dense_landmarks is None or not np.isfinite(self.dense_landmarks[k]).all():
+            return None
+        return self.dense_landmarks[k]
 
 
 def original_of(fake_file: str) -> str | None:
@@ -275,6 +286,9 @@ class SampleSpec:
     # the training fakes of m. 0 = every clip alike (the method with most clips dominates: 38 DeepFaceLive swaps
     # against 3 SadTalker talking heads); 1 = every method alike. 0 draws as before, so older configs replay.
     fake_method_balance: float = 0.0
+    # Self-blends shaped by the face's 68 dlib points where the cache holds them (landmarks68), as SBI's masks
+    # are, instead of the outline extrapolated from five. The masks' random draws are the same either way.
+    dense_landmarks: bool = False
 
 
 def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
@@ -365,7 +379,8 @@ class SBIDataset:
         elif fake and donor is not None:
             img, mask = cross_blend(img, lms, donor[0], donor[1], blend_rng, spec.sbi_p_sharpen)
         elif fake:
-            img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen)
+            img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen,
+                                   dense=clip.dense_at(k) if spec.dense_landmarks else None)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
         img, mask = face_part_cutout(img, mask, lms, rng, spec.augment)

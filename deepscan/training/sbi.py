@@ -5,8 +5,9 @@ of the "source" copy are perturbed, and it is pasted back through a soft face-sh
 the generic traces of face swapping (blending boundary, colour mismatch, resampling, landmark misalignment)
 without identity or generator artefacts, which is what lets an SBI detector generalise to unseen methods.
 
-SBI builds its masks from 68/81 dlib landmarks; here only MTCNN's five points exist (eyes, nose, mouth
-corners), so forehead, jaw and chin are extrapolated from the eye-mouth geometry.
+SBI builds its masks from 68/81 dlib landmarks. MTCNN gives five points (eyes, nose, mouth corners), from which
+forehead, jaw and chin are extrapolated by the eye-mouth geometry; where the crop cache also holds dlib's 68
+points (:mod:`.landmarks68`), a mask can follow the face's own outline instead (``dense``).
 """
 
 from __future__ import annotations
@@ -60,13 +61,42 @@ def face_outline(landmarks: np.ndarray, kind: str = "face", scale_w: float = 1.0
     return centre + np.outer(x, right) + np.outer(y, down)
 
 
+def dense_outline(dense: np.ndarray, kind: str = "face", scale_w: float = 1.0, scale_h: float = 1.0) -> np.ndarray:
+    """Points (n, 2) of a face region in dlib's 68-point layout, whose hull is the region (as SBI's masks).
+
+    ``face``: jaw, brows and the forehead above them (SBI's 81-point layout adds the forehead; here the brows
+    are raised by 0.45 eye-mouth distances, to the top of :func:`face_outline`'s face); ``inner``: brows, eyes,
+    nose and mouth; ``lower``: cheek to cheek from the nose down to the chin. Scaled about the region's centre
+    along the face's own axes.
+    """
+    from .landmarks68 import five_of_68
+
+    p = np.asarray(dense, np.float64)
+    _, right, down, _, emd = face_axes(five_of_68(p))
+    if kind == "face":
+        points = np.concatenate([p, p[17:27] - down * 0.45 * emd])
+    elif kind == "inner":
+        points = p[17:68]
+    elif kind == "lower":
+        points = np.concatenate([p[2:15], p[29:36], p[48:68]])
+    else:
+        raise ValueError(kind)
+    centre = points.mean(axis=0)
+    rel = points - centre
+    return centre + np.outer(rel @ right * scale_w, right) + np.outer(rel @ down * scale_h, down)
+
+
 def landmark_mask(shape, landmarks: np.ndarray, kind: str = "face", scale_w: float = 1.0,
-                  scale_h: float = 1.0) -> np.ndarray:
-    """Hard {0, 1} float32 mask of :func:`face_outline` plus the convex hull of the landmarks themselves."""
+                  scale_h: float = 1.0, dense: np.ndarray | None = None) -> np.ndarray:
+    """Hard {0, 1} float32 mask of :func:`face_outline` plus the convex hull of the landmarks themselves, or with
+    ``dense`` (68 points) the hull of :func:`dense_outline`."""
     h, w = shape[:2]
     mask = np.zeros((h, w), np.uint8)
-    poly = face_outline(landmarks, kind, scale_w, scale_h)
-    hull = cv2.convexHull(np.concatenate([poly, np.asarray(landmarks, np.float64)]).astype(np.float32))
+    if dense is not None:
+        poly = dense_outline(dense, kind, scale_w, scale_h)
+    else:
+        poly = np.concatenate([face_outline(landmarks, kind, scale_w, scale_h), np.asarray(landmarks, np.float64)])
+    hull = cv2.convexHull(poly.astype(np.float32))
     cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
     return mask.astype(np.float32)
 
@@ -81,11 +111,12 @@ def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid:
     return cv2.remap(mask, xs + amplitude * dx, ys + amplitude * dy, cv2.INTER_LINEAR, borderValue=0)
 
 
-def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Soft blending mask in [0, 1] (before the blend ratio): random region, deformation and edge softness."""
+def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator, dense: np.ndarray | None = None) -> np.ndarray:
+    """Soft blending mask in [0, 1] (before the blend ratio): random region, deformation and edge softness; the
+    region follows the 68 points of ``dense`` when given (the same random draws either way)."""
     _, _, _, iod, emd = face_axes(landmarks)
     kind = rng.choice(["face", "face", "inner", "lower"])
-    mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15))
+    mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15), dense)
     face = max(iod, emd)
     if rng.random() < 0.7:
         mask = _elastic(mask, rng, amplitude=rng.uniform(0.05, 0.2) * face)
@@ -162,8 +193,9 @@ def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> n
 
 
 def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-               p_sharpen: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Blend a perturbed copy of ``img`` back into it through a random face mask.
+               p_sharpen: float | None = None, dense: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a perturbed copy of ``img`` back into it through a random face mask (shaped by the 68 points of
+    ``dense`` when given).
 
     Returns the blended uint8 image and the effective per-pixel blend weight (float32 HxW in [0, 1]): pixels
     with weight 0 are exactly those of ``img``, so the weight map is the ground-truth manipulation mask.
@@ -176,7 +208,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     if rng.random() < 0.8:
         source = _frequency(source, rng, p_sharpen)
     source = _warp(source, landmarks, rng)
-    mask = random_mask(img.shape, landmarks, rng) * float(rng.choice(BLEND_RATIOS))
+    mask = random_mask(img.shape, landmarks, rng, dense) * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]
     blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
     blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

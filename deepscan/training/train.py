@@ -99,6 +99,9 @@ DEFAULTS: dict = {
         # How the labelled fakes are drawn across methods: 0 = clip by clip, 1 = method by method
         # (data.fake_clip_weights).
         "fake_method_balance": 0.0,
+        # Shape the self-blends' masks by dlib's 68 points where the crop cache holds them (`deepscan landmarks
+        # CACHE` first; data.SampleSpec.dense_landmarks), else by the outline extrapolated from MTCNN's five.
+        "sbi_dense_landmarks": False,
         # Share of each source's training groups (identities/source videos) kept, for learning curves
         # (data.subsample_groups). 1 = all. The validation split is unchanged.
         "group_fraction": 1.0,
@@ -183,6 +186,8 @@ def load_config(path, overrides: dict | None = None) -> dict:
     balance = cfg["train"]["fake_method_balance"]
     if isinstance(balance, bool) or not isinstance(balance, int | float) or not 0.0 <= balance <= 1.0:
         raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
+    if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
+        raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -678,8 +683,11 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
-        fake_method_balance=ct["fake_method_balance"],
+        fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
     )
+    if spec.dense_landmarks and not any(c.dense_landmarks is not None for c in reals):
+        raise ValueError(f"train.sbi_dense_landmarks: the crop cache {cache_dir} has no 68-point landmarks; "
+                         f"run `deepscan landmarks {cache_dir}` first")
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
     step, elapsed, history, resumes = 0, 0.0, [], []
@@ -954,6 +962,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
             "train_real": int(sum(len(c.crops) for c in reals)),
             "train_fake": int(sum(len(c.crops) for c in fakes)),
             "val": int(sum(len(it.crops) for it in items)),
+            # Training reals' frames whose self-blends could follow 68 points (train.sbi_dense_landmarks).
+            "train_real_dense_landmarks": int(sum(sum(c.dense_at(k) is not None for k in range(len(c.crops)))
+                                                  for c in reals)),
         },
         "val_clip_ids": [c["id"] for c in val_meta],
         # The identities/source videos trained on: with train.group_fraction below 1, which people the run saw.

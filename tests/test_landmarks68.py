@@ -1,0 +1,157 @@
+"""68-point landmarks in the crop cache and self-blends shaped by them (train.sbi_dense_landmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from test_training import CONTEXT, _write_config, make_cache, synthetic_face  # noqa: E402
+
+from deepscan.detector.card import ModelCard  # noqa: E402
+from deepscan.training.data import load_clips, load_index  # noqa: E402
+from deepscan.training.landmarks68 import DEFAULT_PREDICTOR, disagreement, five_of_68, sidecar_path  # noqa: E402
+from deepscan.training.sbi import landmark_mask, random_mask, self_blend  # noqa: E402
+from deepscan.training.train import load_config, train  # noqa: E402
+
+
+def layout68(five: np.ndarray, half: float = CONTEXT / 4) -> np.ndarray:
+    """dlib's 68-point layout drawn around five MTCNN-style points (those of ``synthetic_face``): jaw, brows, nose,
+    eyes and mouth, placed so that :func:`five_of_68` reads the five points back exactly."""
+    left_eye, right_eye, nose, mouth_l, mouth_r = (np.asarray(p, np.float64) for p in five)
+    cx, cy = (left_eye[0] + right_eye[0]) / 2, nose[1] - 0.15 * half
+    t = np.pi - np.pi * np.arange(17) / 16  # from the left ear down round the chin to the right ear
+    jaw = np.stack([cx + 0.8 * half * np.cos(t), cy - 0.1 * half + 0.95 * half * np.sin(t)], 1)
+    brows = np.stack([np.r_[np.linspace(-0.55, -0.15, 5), np.linspace(0.15, 0.55, 5)] * half + cx,
+                      np.full(10, cy - 0.4 * half)], 1)
+    bridge = np.stack([np.full(4, nose[0]), np.linspace(cy - 0.2 * half, nose[1], 4)], 1)
+    nostrils = np.stack([nose[0] + np.linspace(-0.12, 0.12, 5) * half, np.full(5, nose[1] + 0.07 * half)], 1)
+    ring = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    eyes = [c + 0.1 * half * np.stack([np.cos(ring), np.sin(ring)], 1) for c in (left_eye, right_eye)]
+    mouth_c, mouth_w = (mouth_l + mouth_r) / 2, np.linalg.norm(mouth_r - mouth_l) / 2
+    outer_t, inner_t = np.pi - 2 * np.pi * np.arange(12) / 12, np.pi - 2 * np.pi * np.arange(8) / 8
+    outer = mouth_c + np.stack([mouth_w * np.cos(outer_t), 0.1 * half * np.sin(outer_t)], 1)
+    inner = mouth_c + np.stack([0.7 * mouth_w * np.cos(inner_t), 0.05 * half * np.sin(inner_t)], 1)
+    return np.concatenate([jaw, brows, bridge, nostrils, *eyes, outer, inner]).astype(np.float32)
+
+
+def test_five_of_68_reads_mtcnns_points_back_and_disagreement_is_in_eye_distances():
+    _, _, five = synthetic_face(np.random.default_rng(0))
+    points = layout68(five)
+    assert points.shape == (68, 2)
+    assert np.allclose(five_of_68(points), five, atol=1e-3)
+    assert disagreement(points, five) < 1e-4
+    iod = np.linalg.norm(five[1] - five[0])
+    assert disagreement(points + [0.1 * iod, 0.0], five) == pytest.approx(0.1, abs=1e-4)
+
+
+def test_dense_masks_follow_the_68_points_and_their_regions():
+    img, _, five = synthetic_face(np.random.default_rng(1))
+    points = layout68(five)
+    face = landmark_mask(img.shape, five, "face", dense=points)
+    inner = landmark_mask(img.shape, five, "inner", dense=points)
+    lower = landmark_mask(img.shape, five, "lower", dense=points)
+
+    def inside(mask, p):
+        return mask[int(round(p[1])), int(round(p[0]))] > 0
+
+    assert all(inside(face, p) for p in points[[0, 8, 16, 19, 24, 30]])  # jaw, chin, brows, nose
+    forehead = (points[19] + points[24]) / 2 - [0, 0.3 * (points[8][1] - points[27][1])]
+    assert inside(face, forehead)
+    assert inside(inner, points[19]) and not inside(inner, points[8])  # brows to mouth, not the chin
+    assert inside(lower, points[8]) and not inside(lower, points[38])  # chin, not the eyes
+    # A jaw that is not where the five points suggest (a turned head) moves the mask with it.
+    turned = points.copy()
+    turned[:17, 0] += 0.3 * (points[16, 0] - points[0, 0])
+    moved = landmark_mask(img.shape, five, "face", dense=turned)
+    assert not np.array_equal(moved, face)
+    assert inside(moved, turned[16]) and not inside(moved, points[0] + [2.0, 0.0])
+
+
+def test_self_blend_with_68_points_marks_the_changed_pixels_and_draws_the_same_randomness():
+    for seed in range(8):
+        img, _, five = synthetic_face(np.random.default_rng(seed))
+        points = layout68(five)
+        rng_dense, rng_five = np.random.default_rng(seed), np.random.default_rng(seed)
+        blended, mask = self_blend(img, five, rng_dense, dense=points)
+        self_blend(img, five, rng_five)
+        assert rng_dense.random() == rng_five.random()  # an option that changes shapes, not the random stream
+        changed = np.any(blended != img, axis=2)
+        assert changed.any() and not (changed & (mask == 0)).any()
+        plain = random_mask(img.shape, five, np.random.default_rng(seed))
+        dense = random_mask(img.shape, five, np.random.default_rng(seed), dense=points)
+        assert not np.array_equal(plain, dense)
+
+
+def _add_sidecars(cache: Path, fitted_every: int = 2) -> None:
+    """68 points for every cached frame, NaN on all but every ``fitted_every``-th."""
+    for clip in load_index(cache)["clips"]:
+        with np.load(cache / clip["npz"]) as z:
+            fives = z["landmarks"]
+        points = np.stack([layout68(f) for f in fives])
+        points[np.arange(len(points)) % fitted_every != 0] = np.nan
+        np.save(sidecar_path(cache, clip), points)
+
+
+def test_the_cache_loads_68_points_and_a_frame_without_them_falls_back(tmp_path):
+    cache = make_cache(tmp_path, frames=4)
+    clip_meta = load_index(cache)["clips"][0]
+    assert load_clips(cache, [clip_meta])[0].dense_landmarks is None
+    _add_sidecars(cache)
+    clip = load_clips(cache, [clip_meta])[0]
+    assert clip.dense_landmarks.shape == (4, 68, 2)
+    assert clip.dense_at(0) is not None and clip.dense_at(1) is None
+
+
+def test_a_run_with_dense_landmarks_needs_them_and_its_card_counts_them(tmp_path):
+    cache = make_cache(tmp_path / "c", frames=4)
+    config = _write_config(tmp_path / "run", cache, max_steps=4, sbi_dense_landmarks=True)
+    with pytest.raises(ValueError, match="deepscan landmarks"):
+        train(config, progress=False)
+    _add_sidecars(cache, fitted_every=2)
+    card = ModelCard.load(train(config, progress=False))
+    assert card.training["config"]["train"]["sbi_dense_landmarks"] is True
+    train_reals = card.training["crops"]["train_real"]
+    assert train_reals and card.training["crops"]["train_real_dense_landmarks"] == train_reals // 2
+
+
+def test_the_option_must_be_a_boolean(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[train]\nmax_steps = 5\nsbi_dense_landmarks = 1\n')
+    with pytest.raises(ValueError, match="sbi_dense_landmarks is true or false"):
+        load_config(path)
+
+
+@pytest.mark.skipif(not DEFAULT_PREDICTOR.is_file(), reason="dlib's shape predictor (Debian libdlib-data) absent")
+def test_dlib_fits_68_points_that_agree_with_mtcnn_on_a_real_face(tmp_path):
+    pytest.importorskip("dlib")
+    from deepscan.training.cache import build_cache
+    from deepscan.training.landmarks68 import add_dense_landmarks
+
+    shared = Path(os.environ.get("DEEPSCAN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    manifest = shared / "data/clips/MANIFEST.tsv"
+    if not manifest.is_file():
+        pytest.skip("../shared clips absent")
+    lines = manifest.read_text().splitlines()
+    one = tmp_path / "MANIFEST.tsv"
+    katie = [line for line in lines if line.startswith("hdtf_via_sadtalker/WDA_KatieHill")]
+    one.write_text("\n".join([lines[0], *katie]))
+    (tmp_path / "hdtf_via_sadtalker").symlink_to(manifest.parent / "hdtf_via_sadtalker")
+    build_cache(one, tmp_path / "crops", frames_per_clip=4, progress=False)
+    done = add_dense_landmarks(tmp_path / "crops", progress=False)
+    assert done["frames"] == 4 and done["fitted"] >= 3
+    index = json.loads((tmp_path / "crops/index.json").read_text())
+    assert index["dense_landmarks"]["fitted"] == done["fitted"]
+    clip = load_clips(tmp_path / "crops", index["clips"])[0]
+    for k in range(len(clip.crops)):
+        points = clip.dense_at(k)
+        if points is None:
+            continue
+        assert disagreement(points, clip.landmarks[k]) < 0.15
+        mouth = (clip.landmarks[k][3] + clip.landmarks[k][4]) / 2
+        assert points[8][1] > mouth[1]  # the chin sits below the mouth
