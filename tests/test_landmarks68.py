@@ -118,6 +118,7 @@ def test_a_run_with_dense_landmarks_needs_them_and_its_card_counts_them(tmp_path
     assert card.training["config"]["train"]["sbi_dense_landmarks"] is True
     train_reals = card.training["crops"]["train_real"]
     assert train_reals and card.training["crops"]["train_real_dense_landmarks"] == train_reals // 2
+    assert card.training["dense_landmarks"] is None  # the synthetic cache's index names no predictor
 
 
 def test_the_option_must_be_a_boolean(tmp_path):

@@ -966,6 +966,8 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
             "train_real_dense_landmarks": int(sum(sum(c.dense_at(k) is not None for k in range(len(c.crops)))
                                                   for c in reals)),
         },
+        # Which shape predictor fitted the 68 points the self-blends followed (train.sbi_dense_landmarks).
+        "dense_landmarks": index.get("dense_landmarks") if cfg["train"]["sbi_dense_landmarks"] else None,
         "val_clip_ids": [c["id"] for c in val_meta],
         # The identities/source videos trained on: with train.group_fraction below 1, which people the run saw.
         "train_groups": sorted({c["group"] for c in train_meta}),
