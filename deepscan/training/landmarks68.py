@@ -21,7 +21,9 @@ import numpy as np
 
 DEFAULT_PREDICTOR = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat")
 # 68 points whose eyes, nose tip and mouth corners sit further than this (in inter-ocular distances, mean of the
-# five) from MTCNN's are a failed fit: on 80 cached frames the median distance was 0.04, the 99th percentile 0.07.
+# five) from MTCNN's are a failed fit: on 80 cached frames fitted in dlib's own (HOG) boxes the median distance
+# was 0.04 and the 99th percentile 0.07; in MTCNN's boxes 0.04 and 0.26. On the 149 shared clips 4,876 of 4,985
+# cached faces pass.
 MAX_DISAGREEMENT = 0.15
 
 
