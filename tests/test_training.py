@@ -122,6 +122,35 @@ def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen):
         assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
 
 
+def test_video_coding_loses_more_with_crf_and_size_and_repeats_exactly():
+    pytest.importorskip("av")
+    from deepscan.training.data import video_code
+
+    img, _, _ = synthetic_face(np.random.default_rng(5))
+    crop = np.ascontiguousarray(img[48:272, 48:272])
+    error = {(crf, scale): float(np.abs(video_code(crop, crf, scale, (2, -1)).astype(int) - crop).mean())
+             for crf in (20, 30, 40) for scale in (1.0, 0.5)}
+    assert video_code(crop, 30, 0.5, (2, -1)).shape == crop.shape
+    assert error[(20, 1.0)] < error[(30, 1.0)] < error[(40, 1.0)]
+    assert error[(30, 1.0)] < error[(30, 0.5)]
+    assert np.array_equal(video_code(crop, 30, 0.7, (1, 1)), video_code(crop, 30, 0.7, (1, 1)))
+
+
+def test_degrade_codes_video_in_place_of_jpeg_with_the_drawn_settings():
+    pytest.importorskip("av")
+    from deepscan.training.data import Augment, degrade, video_code
+
+    img, _, _ = synthetic_face(np.random.default_rng(6))
+    crop = np.ascontiguousarray(img[48:272, 48:272])
+    aug = Augment(p_downscale=0.0, p_blur=0.0, p_noise=0.0, p_video=1.0, video_crf=(28, 34), video_scale=(0.5, 0.9))
+    out = degrade(crop, np.random.default_rng(7), aug)
+    replay = np.random.default_rng(7)
+    replay.random(), replay.random(), replay.random(), replay.random()  # downscale, blur, noise, video draws
+    crf, scale = int(replay.integers(28, 35)), replay.uniform(0.5, 0.9)
+    shift = tuple(int(v) for v in replay.integers(-3, 4, 2))
+    assert np.array_equal(out, video_code(crop, crf, scale, shift))
+
+
 def test_probe_degradations_lose_detail_and_keep_the_clips():
     img, _, _ = synthetic_face(np.random.default_rng(3))
     crop = np.ascontiguousarray(img[:224, :224])

@@ -153,6 +153,12 @@ class Augment:
     jpeg_quality: tuple[int, int] = (30, 95)
     p_blocky: float = 0.1  # H.264-like 8x8 blockiness of low-bitrate video, via very low JPEG quality
     blocky_quality: tuple[int, int] = (8, 25)
+    # Video coding of the crop (H.264 by libx264 through PyAV, the `train` extra) at a random size and CRF, as a
+    # P-frame after a slightly shifted copy of itself, in place of the JPEG: the codec platforms re-encode
+    # uploads with, applied at the face's own resolution before it is resized to the input. 0 draws nothing.
+    p_video: float = 0.0
+    video_crf: tuple[int, int] = (23, 40)
+    video_scale: tuple[float, float] = (0.35, 1.0)
     p_flip: float = 0.5
     box_jitter: float = 0.04  # face-box shift/scale jitter (fraction of box size): MTCNN boxes jitter too
     # Face-part cutout (Seferbekov, DFDC 1st place): blank the eyes, nose, mouth or one half of the face, real
@@ -168,6 +174,34 @@ class Augment:
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else img
+
+
+def video_code(img: np.ndarray, crf: int, scale: float = 1.0, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """``img`` resized by ``scale`` (to even sides), coded by libx264 at ``crf`` as the P-frame that follows a copy
+    of itself moved by ``shift`` pixels (so the coder spends its bits on a motion-compensated residual, as in most
+    frames of a video), decoded, and resized back."""
+    import io
+
+    import av
+
+    h, w = img.shape[:2]
+    sh, sw = max(16, int(round(h * scale / 2)) * 2), max(16, int(round(w * scale / 2)) * 2)
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA) if (sh, sw) != (h, w) else img
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = sw, sh, "yuv420p"
+        # One thread and no lookahead: the same bytes on every run, and no second core taken from training.
+        stream.options = {"crf": str(int(crf)), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
+        for frame in (np.roll(small, shift, axis=(0, 1)), small):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf, "r", format="h264") as coded:
+        decoded = [f.to_ndarray(format="rgb24") for f in coded.decode(video=0)][-1]
+    return cv2.resize(decoded, (w, h), interpolation=cv2.INTER_LINEAR) if (sh, sw) != (h, w) else decoded
 
 
 def _down_up(img: np.ndarray, factor: float, up_interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -190,7 +224,7 @@ def retone(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarra
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
-    """Random resampling, blur, noise and compression of a model-input crop."""
+    """Random resampling, blur, noise and compression (video coding, or JPEG) of a model-input crop."""
     if rng.random() < aug.p_downscale:
         f = rng.uniform(*aug.downscale)
         img = _down_up(img, f, cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
@@ -199,7 +233,10 @@ def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarr
     if rng.random() < aug.p_noise:
         noise = rng.normal(0.0, rng.uniform(*aug.noise_sigma), img.shape)
         img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    if rng.random() < aug.p_blocky:
+    if aug.p_video and rng.random() < aug.p_video:
+        crf = int(rng.integers(aug.video_crf[0], aug.video_crf[1] + 1))
+        img = video_code(img, crf, rng.uniform(*aug.video_scale), tuple(int(v) for v in rng.integers(-3, 4, 2)))
+    elif rng.random() < aug.p_blocky:
         img = _jpeg(img, rng.integers(aug.blocky_quality[0], aug.blocky_quality[1] + 1))
     elif rng.random() < aug.p_jpeg:
         img = _jpeg(img, rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
