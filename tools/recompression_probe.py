@@ -12,7 +12,8 @@ Conditions (libx264, yuv420p, no audio, the ``medium`` preset; ``half``: width a
 ``crf23`` (a careful re-upload), ``crf30`` (a messenger's), ``crf36`` (a heavily squeezed copy) and
 ``crf30-half``. For each card and condition it prints the video AUC with its bootstrap 95% interval, the paired
 difference against the originals (same clips, the copy's score in place of the original's) and the mean video
-score of the real and the fake clips; ``OUT/probe.json`` keeps them. Copies and scans are kept under ``OUT``
+score of the real and the fake clips, and for each further card its paired difference from the first card on the
+same copies; ``OUT/probe.json`` keeps them. Copies and scans are kept under ``OUT``
 (never in the repository) and reused by a second run.
 """
 
@@ -99,7 +100,7 @@ def main() -> None:
                                      args.out / name, crf, scale)
         roots[name] = (copy_manifest, copy_manifest.parent)
 
-    results = {}
+    results, first_scores = {}, {}
     for card in args.cards:
         per_condition, base = {}, None
         for name, (manifest, root) in roots.items():
@@ -120,8 +121,15 @@ def main() -> None:
                                    "vs_original_ci95": [dlo, dhi], "mean_real": float(s[y == 0].mean()),
                                    "mean_fake": float(s[y == 1].mean()), "n_clips": len(keys), "n_fake": int(y.sum())}
             r = per_condition[name]
-            print(f"{card.stem:<44} {name:<11} AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]  vs original {diff:+.3f} "
-                  f"[{dlo:+.3f}, {dhi:+.3f}]  mean real {r['mean_real']:.3f} fake {r['mean_fake']:.3f}", flush=True)
+            line = (f"{card.stem:<44} {name:<11} AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]  vs original {diff:+.3f} "
+                    f"[{dlo:+.3f}, {dhi:+.3f}]  mean real {r['mean_real']:.3f} fake {r['mean_fake']:.3f}")
+            if card == args.cards[0]:
+                first_scores[name] = s
+            else:  # the same copies scored by the first card: a paired comparison of the two detectors
+                fdiff, flo, fhi = bootstrap_auc_difference(y, first_scores[name], s)
+                r["vs_first_card"], r["vs_first_card_ci95"] = fdiff, [flo, fhi]
+                line += f"  vs {args.cards[0].stem} {fdiff:+.3f} [{flo:+.3f}, {fhi:+.3f}]"
+            print(line, flush=True)
         results[str(card)] = per_condition
     (args.out / "probe.json").write_text(json.dumps({"conditions": {k: CONDITIONS[k] for k in args.conditions},
                                                      "results": results}, indent=2))
