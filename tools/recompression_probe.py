@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.evaluate import bootstrap_auc, bootstrap_auc_difference, evaluate, read_labels  # noqa: E402
+from deepscan.training.cache import read_manifest  # noqa: E402
 from deepscan.video import ffmpeg_exe  # noqa: E402
 
 CONDITIONS = {  # name -> (CRF, scale filter or None)
@@ -59,14 +60,13 @@ def reencode(src: Path, dst: Path, crf: int, scale: str | None) -> None:
 
 def write_copies(manifest: Path, files: list[str], out: Path, crf: int, scale: str | None) -> Path:
     """Re-encode ``files`` (paths relative to the manifest) under ``out`` and write ``out/MANIFEST.tsv`` for them."""
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        fields, rows = reader.fieldnames, [r for r in reader if r["file"] in set(files)]
+    wanted = set(files)
+    rows = [r for r in read_manifest(manifest) if r["file"] in wanted]
     for row in rows:
         reencode(manifest.parent / row["file"], out / row["file"], crf, scale)
     copy_manifest = out / "MANIFEST.tsv"
     with open(copy_manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, delimiter="\t")
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     return copy_manifest
@@ -93,11 +93,13 @@ def main() -> None:
     originals = read_labels(args.manifest, set(files))
     if not originals:
         sys.exit(f"no labelled held-out clips of {args.cards[0]} in {args.manifest}")
+    label_of = {str(c.path.relative_to(args.manifest.parent)): c.label for c in originals}
+    keys = sorted(label_of)
+    y = np.array([label_of[k] for k in keys])
     roots = {"original": (args.manifest, args.manifest.parent)}
     for name in args.conditions:
         crf, scale = CONDITIONS[name]
-        copy_manifest = write_copies(args.manifest, [str(c.path.relative_to(args.manifest.parent)) for c in originals],
-                                     args.out / name, crf, scale)
+        copy_manifest = write_copies(args.manifest, keys, args.out / name, crf, scale)
         roots[name] = (copy_manifest, copy_manifest.parent)
 
     results, first_scores = {}, {}
@@ -108,15 +110,10 @@ def main() -> None:
             report = evaluate(clips, [{"detector": str(card)}], out_dir=args.out / "scans" / name,
                               precision=args.precision)
             by_file = scores_by_file(report, root)
-            if base is None:
-                base = by_file
-            keys = sorted(base)
-            y = np.array([next(c.label for c in originals if str(c.path.relative_to(args.manifest.parent)) == k)
-                          for k in keys])
             s = np.array([by_file[k] for k in keys])
-            s0 = np.array([base[k] for k in keys])
+            base = s if base is None else base  # the originals come first
             auc, lo, hi = bootstrap_auc(y, s)
-            diff, dlo, dhi = bootstrap_auc_difference(y, s0, s)
+            diff, dlo, dhi = bootstrap_auc_difference(y, base, s)
             per_condition[name] = {"auc": auc, "auc_ci95": [lo, hi], "vs_original": diff,
                                    "vs_original_ci95": [dlo, dhi], "mean_real": float(s[y == 0].mean()),
                                    "mean_fake": float(s[y == 1].mean()), "n_clips": len(keys), "n_fake": int(y.sum())}

@@ -20,6 +20,7 @@ import numpy as np
 from ..crops import crop_face, normalise
 from .cache import identity_group
 from .faceswap import swap_face
+from .landmarks68 import sidecar_path
 from .sbi import (
     colour_jitter,
     cross_blend,
@@ -104,8 +105,6 @@ class ClipCrops:
 
     @classmethod
     def load(cls, cache_dir, clip: dict) -> ClipCrops:
-        from .landmarks68 import sidecar_path
-
         dense_path = sidecar_path(cache_dir, clip)
         dense = np.load(dense_path) if dense_path.exists() else None
         with np.load(Path(cache_dir) / clip["npz"]) as z:

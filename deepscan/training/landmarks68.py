@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sbi import face_axes
+
 DEFAULT_PREDICTOR = Path("/usr/share/dlib/shape_predictor_68_face_landmarks.dat")
 # 68 points whose eyes, nose tip and mouth corners sit further than this (in inter-ocular distances, mean of the
 # five) from MTCNN's are a failed fit: on 80 cached frames fitted in dlib's own (HOG) boxes the median distance
@@ -36,7 +38,7 @@ def five_of_68(points: np.ndarray) -> np.ndarray:
 def disagreement(points68: np.ndarray, five: np.ndarray) -> float:
     """Mean distance of :func:`five_of_68` from ``five``, in ``five``'s inter-ocular distances."""
     five = np.asarray(five, np.float64)
-    iod = max(float(np.linalg.norm(five[1] - five[0])), 1.0)
+    _, _, _, iod, _ = face_axes(five)
     return float(np.linalg.norm(five_of_68(points68) - five, axis=1).mean() / iod)
 
 
