@@ -128,6 +128,30 @@ def test_the_option_must_be_a_boolean(tmp_path):
         load_config(path)
 
 
+def test_rebuilding_the_cache_keeps_the_landmark_summary_only_while_every_sidecar_matches(tmp_path):
+    from deepscan.training.cache import build_cache
+
+    clips = Path(__file__).resolve().parents[1] / "sample_clips"
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("file\tlabel\n" + "".join(f"sample/{n}\treal\n" for n in ("astronaut_real.mp4",
+                                                                                   "carphone_real.mp4")))
+    (tmp_path / "sample").symlink_to(clips)
+    cache = tmp_path / "crops"
+    index = build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert "dense_landmarks" not in index and all(c["n_crops"] for c in index["clips"])
+    for clip in index["clips"]:
+        np.save(sidecar_path(cache, clip), np.full((clip["n_crops"], 68, 2), np.nan, np.float32))
+    summary = {"predictor": "p.dat", "frames": sum(c["n_crops"] for c in index["clips"]), "fitted": 0}
+    (cache / "index.json").write_text(json.dumps({**index, "dense_landmarks": summary}))
+
+    assert build_cache(manifest, cache, frames_per_clip=2, progress=False)["dense_landmarks"] == summary
+    assert json.loads((cache / "index.json").read_text())["dense_landmarks"] == summary
+    assert build_cache(manifest, cache, frames_per_clip=2, limit=1, progress=False).get("dense_landmarks") is None
+    (cache / "index.json").write_text(json.dumps({**index, "dense_landmarks": summary}))
+    sidecar_path(cache, index["clips"][1]).unlink()
+    assert "dense_landmarks" not in build_cache(manifest, cache, frames_per_clip=2, progress=False)
+
+
 @pytest.mark.skipif(not DEFAULT_PREDICTOR.is_file(), reason="dlib's shape predictor (Debian libdlib-data) absent")
 def test_dlib_fits_68_points_that_agree_with_mtcnn_on_a_real_face(tmp_path):
     pytest.importorskip("dlib")

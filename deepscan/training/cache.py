@@ -18,6 +18,7 @@ import numpy as np
 
 from ..crops import crop_face, square_box
 from ..detector.card import FaceDetectorSettings
+from .landmarks68 import sidecar_path
 
 # Clips whose names carry a person: the same person must never sit on both sides of a split.
 _IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking": "obama"}
@@ -65,6 +66,8 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     clips_dir = manifest.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_manifest(manifest)[:limit]
+    index_path = out_dir / "index.json"
+    previous = json.loads(index_path.read_text()) if index_path.is_file() else None
     finder = FaceFinder(settings)
     index = {"context_margin": context_margin, "context_size": context_size, "frames_per_clip": frames_per_clip,
              "face_detector": asdict(settings),
@@ -103,5 +106,23 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
             index["clips"].append(entry)
             bar.advance(task)
     index["build_seconds"] = round(time.time() - t0, 1)
-    (out_dir / "index.json").write_text(json.dumps(index, indent=1))
+    if _dense_landmarks_still_apply(out_dir, previous, index["clips"]):
+        index["dense_landmarks"] = previous["dense_landmarks"]
+    tmp = index_path.with_suffix(".tmp.json")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(index_path)
     return index
+
+
+def _dense_landmarks_still_apply(out_dir: Path, previous: dict | None, clips: list[dict]) -> bool:
+    """The summary that ``deepscan landmarks`` wrote (predictor, counts) describes a rebuilt index only when the
+    clips are the same and every one still has a sidecar of one point set per cached face."""
+    if not previous or "dense_landmarks" not in previous:
+        return False
+    if [c["id"] for c in previous.get("clips", [])] != [c["id"] for c in clips]:
+        return False
+    for clip in clips:
+        path = sidecar_path(out_dir, clip)
+        if not path.is_file() or len(np.load(path, mmap_mode="r")) != clip["n_crops"]:
+            return False
+    return True
