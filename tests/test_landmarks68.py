@@ -152,6 +152,42 @@ def test_rebuilding_the_cache_keeps_the_landmark_summary_only_while_every_sideca
     assert "dense_landmarks" not in build_cache(manifest, cache, frames_per_clip=2, progress=False)
 
 
+def test_a_stale_sidecar_is_refused_on_loading_and_refitted_while_fitting_ones_are_kept(tmp_path, monkeypatch):
+    from deepscan.training import landmarks68
+
+    cache = make_cache(tmp_path, frames=4)
+    _add_sidecars(cache, fitted_every=1)
+    clips = load_index(cache)["clips"]
+    stale, kept = clips[0], clips[1]
+    np.save(sidecar_path(cache, stale), np.load(sidecar_path(cache, stale))[:3])  # as if re-cached with 4 faces
+    with pytest.raises(ValueError, match="re-cached"):
+        load_clips(cache, [stale])
+    assert not landmarks68.sidecar_fits(cache, stale) and landmarks68.sidecar_fits(cache, kept)
+    assert landmarks68.sidecar_fits(cache, {**kept, "n_crops": 4}) and not landmarks68.sidecar_fits(
+        cache, {**kept, "n_crops": 5})
+
+    fitted_boxes = []
+    predictor = tmp_path / "predictor.dat"
+    predictor.write_bytes(b"stand-in")
+
+    class StandIn:  # dlib's fit replaced by the synthetic layout, so the refit runs without dlib
+        def __init__(self, path):
+            self.predictor_path = Path(path)
+
+        def __call__(self, image, box, five):
+            fitted_boxes.append(tuple(box))
+            return layout68(five)
+
+    monkeypatch.setattr(landmarks68, "DenseLandmarker", StandIn)
+    kept_before = sidecar_path(cache, kept).stat().st_mtime_ns
+    done = landmarks68.add_dense_landmarks(cache, predictor, progress=False)
+    assert len(fitted_boxes) == 4  # only the stale clip's four faces were fitted again
+    assert sidecar_path(cache, kept).stat().st_mtime_ns == kept_before
+    refitted = load_clips(cache, [stale])[0]
+    assert refitted.dense_landmarks.shape == (4, 68, 2) and all(refitted.dense_at(k) is not None for k in range(4))
+    assert done["frames"] == done["fitted"] == 4 * len(clips)
+
+
 @pytest.mark.skipif(not DEFAULT_PREDICTOR.is_file(), reason="dlib's shape predictor (Debian libdlib-data) absent")
 def test_dlib_fits_68_points_that_agree_with_mtcnn_on_a_real_face(tmp_path):
     pytest.importorskip("dlib")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..crops import crop_face, square_box
 from ..detector.card import FaceDetectorSettings
-from .landmarks68 import sidecar_path
+from .landmarks68 import sidecar_fits
 
 # Clips whose names carry a person: the same person must never sit on both sides of a split.
 _IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking": "obama"}
@@ -121,8 +121,4 @@ def _dense_landmarks_still_apply(out_dir: Path, previous: dict | None, clips: li
         return False
     if [c["id"] for c in previous.get("clips", [])] != [c["id"] for c in clips]:
         return False
-    for clip in clips:
-        path = sidecar_path(out_dir, clip)
-        if not path.is_file() or len(np.load(path, mmap_mode="r")) != clip["n_crops"]:
-            return False
-    return True
+    return all(sidecar_fits(out_dir, clip) for clip in clips)

@@ -109,6 +109,9 @@ class ClipCrops:
         dense = np.load(dense_path) if dense_path.exists() else None
         with np.load(Path(cache_dir) / clip["npz"]) as z:
             frames = z["frame_index"].astype(np.int64) if "frame_index" in z.files else None
+            if dense is not None and len(dense) != len(z["crops"]):
+                raise ValueError(f"{dense_path}: {len(dense)} faces' 68 points for {len(z['crops'])} cached faces "
+                                 f"(the clip was re-cached): run deepscan landmarks {cache_dir} to refit them")
             return cls(clip["id"], clip["label"], clip.get("source", ""), clip.get("method", ""),
                        z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32),
                        clip.get("file", ""), frames, dense)

@@ -46,6 +46,20 @@ def sidecar_path(cache_dir, clip: dict) -> Path:
     return Path(cache_dir) / (Path(clip["npz"]).stem + ".lm68.npy")
 
 
+def sidecar_fits(cache_dir, clip: dict, n_crops: int | None = None) -> bool:
+    """Whether ``clip`` has a sidecar of one point set per cached face. A clip re-cached with another face count
+    keeps its old sidecar until refitted, and its points would then belong to other frames."""
+    path = sidecar_path(cache_dir, clip)
+    if not path.is_file():
+        return False
+    if n_crops is None:
+        n_crops = clip.get("n_crops")
+    if n_crops is None:
+        with np.load(Path(cache_dir) / clip["npz"]) as z:
+            n_crops = len(z["boxes"])
+    return len(np.load(path, mmap_mode="r")) == n_crops
+
+
 class DenseLandmarker:
     """dlib's HOG face detector and 68-point shape predictor, checked against MTCNN's five points."""
 
@@ -85,7 +99,8 @@ class DenseLandmarker:
 
 
 def add_dense_landmarks(cache_dir, predictor_path=DEFAULT_PREDICTOR, progress: bool = True) -> dict:
-    """Write a ``.lm68.npy`` beside every cached clip that lacks one; return counts for the cache's index."""
+    """Write a ``.lm68.npy`` beside every cached clip that lacks one, or whose one no longer matches its crops
+    (:func:`sidecar_fits`); return counts for the cache's index."""
     from rich.progress import Progress
 
     cache_dir = Path(cache_dir)
@@ -97,7 +112,7 @@ def add_dense_landmarks(cache_dir, predictor_path=DEFAULT_PREDICTOR, progress: b
         task = bar.add_task("68-point landmarks", total=len(index["clips"]))
         for clip in index["clips"]:
             target = sidecar_path(cache_dir, clip)
-            if not target.exists():
+            if not sidecar_fits(cache_dir, clip):
                 with np.load(cache_dir / clip["npz"]) as z:
                     crops, boxes, fives = z["crops"], z["boxes"], z["landmarks"]
                 points = np.full((len(crops), 68, 2), np.nan, np.float32)
