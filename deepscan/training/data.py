@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,11 @@ class ClipCrops:
         with np.load(Path(cache_dir) / clip["npz"]) as z:
             frames = z["frame_index"].astype(np.int64) if "frame_index" in z.files else None
             if dense is not None and len(dense) != len(z["crops"]):
-                raise ValueError(f"{dense_path}: {len(dense)} faces' 68 points for {len(z['crops'])} cached faces "
-                                 f"(the clip was re-cached): run deepscan landmarks {cache_dir} to refit them")
+                # Points of another caching would land on other frames; runs without them must still train.
+                warnings.warn(f"{dense_path}: {len(dense)} faces' 68 points for {len(z['crops'])} cached faces (the "
+                              f"clip was re-cached), not used: run `deepscan landmarks {cache_dir}` to refit them",
+                              stacklevel=2)
+                dense = None
             return cls(clip["id"], clip["label"], clip.get("source", ""), clip.get("method", ""),
                        z["crops"], z["boxes"].astype(np.float32), z["landmarks"].astype(np.float32),
                        clip.get("file", ""), frames, dense)
