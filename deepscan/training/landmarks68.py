@@ -46,15 +46,14 @@ def sidecar_path(cache_dir, clip: dict) -> Path:
     return Path(cache_dir) / (Path(clip["npz"]).stem + ".lm68.npy")
 
 
-def sidecar_fits(cache_dir, clip: dict, n_crops: int | None = None) -> bool:
+def sidecar_fits(cache_dir, clip: dict) -> bool:
     """Whether ``clip`` has a sidecar of one point set per cached face. A clip re-cached with another face count
     keeps its old sidecar until refitted, and its points would then belong to other frames."""
     path = sidecar_path(cache_dir, clip)
     if not path.is_file():
         return False
-    if n_crops is None:
-        n_crops = clip.get("n_crops")
-    if n_crops is None:
+    n_crops = clip.get("n_crops")
+    if n_crops is None:  # an index without crop counts: read them from the clip itself
         with np.load(Path(cache_dir) / clip["npz"]) as z:
             n_crops = len(z["boxes"])
     return len(np.load(path, mmap_mode="r")) == n_crops
