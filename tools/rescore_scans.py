@@ -7,15 +7,17 @@ Run from the repository root::
     python tools/rescore_scans.py ../shared/data/clips/MANIFEST.tsv runs/eval-*/*/results.jsonl
 
 Face scores: ``score`` (the scanner's), ``peak`` (the mask head's maximum), and their ``mean``, ``max`` and
-geometric mean ``geo``. Pooling of a track's scores: ``confident`` (the scanner's, :func:`deepscan.scoring.
-track_score`), plain ``mean``, ``median``, ``logit_mean`` and ``top_quarter`` (mean of the highest quarter).
-A video's score is the maximum over its counted tracks, as in :func:`deepscan.scoring.aggregate`. Offline only.
+geometric mean ``geo``. Poolings of a track's scores in place of the scanner's confident strategy
+(:func:`deepscan.scoring.track_score`): plain ``mean``, ``median``, ``logit_mean`` and ``top_quarter`` (mean of the
+highest quarter). Tracks, the tracks counted and the video score come from :func:`deepscan.scoring.aggregate`, as in
+a scan. Offline only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +35,13 @@ FACE_SCORES = {
     "max": max,
     "geo": lambda s, p: (s * p) ** 0.5,
 }
-
-
-def poolings():
-    from deepscan.scoring import track_score
-
-    return {"confident": track_score, "mean": np.mean, "median": np.median, "logit_mean": _logit_mean,
-            "top_quarter": lambda s: float(np.mean(sorted(s)[-max(1, len(s) // 4):]))}
-
-
-def video_tracks(record: dict) -> list[list[tuple[float, float]]]:
-    """(score, peak) of every face of each counted track of one scanned video."""
-    counted = {t["id"] for t in record["tracks"] if t["counted"]}
-    per_track: dict[int, list[tuple[float, float]]] = {}
-    for frame in record["frames"]:
-        for face in frame["faces"]:
-            if face["track"] in counted:
-                per_track.setdefault(face["track"], []).append((face["score"], face["heat_peak"]))
-    return list(per_track.values())
+# In place of the scanner's confident strategy (the face:score column).
+POOLINGS = {
+    "mean": np.mean,
+    "median": np.median,
+    "logit_mean": _logit_mean,
+    "top_quarter": lambda s: float(np.mean(sorted(s)[-max(1, len(s) // 4):])),
+}
 
 
 def main() -> None:
@@ -62,26 +53,34 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from deepscan.evaluate import read_labels
+    from deepscan.results import VideoResult
+    from deepscan.scoring import aggregate
+
+    def scored(frames, face_score):
+        """The video score and tracks that the scanner's aggregation gives with each face rescored."""
+        rescored = [replace(f, faces=[replace(x, score=face_score(x.score, x.heat_peak)) for x in f.faces])
+                    for f in frames]
+        score, _, tracks = aggregate(rescored, threshold=0.5, band=0.0)  # threshold and band set only verdicts
+        return score, tracks
 
     labels = {str(c.path.resolve()): c.label for c in read_labels(args.labels)}
-    pools = poolings()
-    header = ["run", *(f"face:{k}" for k in FACE_SCORES), *(f"pool:{k}" for k in pools if k != "confident")]
-    print("\t".join(header))
+    print("\t".join(["run", *(f"face:{k}" for k in FACE_SCORES), *(f"pool:{k}" for k in POOLINGS)]))
     for path in args.results:
-        y, by_face, by_pool = [], {k: [] for k in FACE_SCORES}, {k: [] for k in pools}
+        y, by_face, by_pool = [], {k: [] for k in FACE_SCORES}, {k: [] for k in POOLINGS}
         for line in path.read_text().splitlines():
-            record = json.loads(line)
-            key = str(Path(record["path"]).resolve())
-            if record["status"] != "ok" or key not in labels:
+            result = VideoResult.from_dict(json.loads(line))
+            key = str(Path(result.path).resolve())
+            if result.status != "ok" or key not in labels:
                 continue
-            tracks = video_tracks(record)
             y.append(labels[key])
-            for name, fuse in FACE_SCORES.items():
-                by_face[name].append(max(pools["confident"]([fuse(s, p) for s, p in t]) for t in tracks))
-            for name, pool in pools.items():
-                by_pool[name].append(max(pool([s for s, _ in t]) for t in tracks))
-        aucs = [roc_auc_score(y, by_face[k]) for k in FACE_SCORES]
-        aucs += [roc_auc_score(y, by_pool[k]) for k in pools if k != "confident"]
+            for name, face_score in FACE_SCORES.items():
+                score, tracks = scored(result.frames, face_score)
+                by_face[name].append(score)
+                if name == "score":  # the scanner's own tracks, pooled other ways below
+                    counted = [t for t in tracks if t.counted]
+            for name, pool in POOLINGS.items():
+                by_pool[name].append(max(pool(t.scores) for t in counted))
+        aucs = [roc_auc_score(y, by_face[k]) for k in FACE_SCORES] + [roc_auc_score(y, by_pool[k]) for k in POOLINGS]
         print("\t".join([path.parent.name, *(f"{a:.3f}" for a in aucs)]))
 
 
