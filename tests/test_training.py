@@ -103,12 +103,12 @@ def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.mark.parametrize("p_sharpen", [None, 0.5])
-def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen):
+@pytest.mark.parametrize("p_sharpen,p_smooth", [(None, 0.0), (0.5, 0.0), (0.5, 0.5)])
+def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen, p_smooth):
     for seed in range(12):
         rng = np.random.default_rng(seed)
         img, _, lm = synthetic_face(rng)
-        blended, mask = self_blend(img, lm, rng, p_sharpen)
+        blended, mask = self_blend(img, lm, rng, p_sharpen, p_smooth=p_smooth)
         assert blended.shape == img.shape and blended.dtype == np.uint8
         assert mask.shape == img.shape[:2] and mask.dtype == np.float32
         assert 0.0 <= mask.min() and mask.max() <= 1.0
@@ -120,6 +120,36 @@ def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen):
         # The mask sits on the face: its weighted centre is near the landmarks' centre.
         ys, xs = np.nonzero(mask > 0)
         assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
+
+
+def test_edge_preserving_smoothing_removes_texture_and_keeps_edges():
+    from deepscan.training.sbi import _frequency
+
+    rng = np.random.default_rng(0)
+    # A step between two flat tones (a lip or brow edge) under fine noise (skin texture).
+    img = np.full((96, 96, 3), 60.0)
+    img[:, 48:] = 190.0
+    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    for seed in range(8):
+        out = _frequency(img, np.random.default_rng(seed), p_sharpen=0.5, p_smooth=1.0).astype(float)
+        assert out[10:86, 8:40].std() < 0.6 * img[10:86, 8:40].std()
+        edge_before = img[:, 49:52].mean() - img[:, 44:47].mean()
+        assert out[:, 49:52].mean() - out[:, 44:47].mean() > 0.95 * edge_before
+        assert (out[:, 48:50].mean() - out[:, 46:48].mean()) > 0.9 * (img[:, 48:50].mean() - img[:, 46:48].mean())
+
+
+def test_no_smoothing_share_draws_nothing_so_older_recipes_replay():
+    from deepscan.training.sbi import _frequency
+
+    img, _, lm = synthetic_face(np.random.default_rng(3))
+    for seed in range(6):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        a, mask_a = self_blend(img, lm, rng_a, 0.5)
+        b, mask_b = self_blend(img, lm, rng_b, 0.5, p_smooth=0.0)
+        assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
+        assert rng_a.random() == rng_b.random()
+    assert np.array_equal(_frequency(img, np.random.default_rng(1), 0.5),
+                          _frequency(img, np.random.default_rng(1), 0.5, p_smooth=0.0))
 
 
 def test_video_coding_loses_more_with_crf_and_size_and_repeats_exactly():

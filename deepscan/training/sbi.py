@@ -158,12 +158,19 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, force: bool = False
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | None = None) -> np.ndarray:
+def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | None = None,
+               p_smooth: float = 0.0) -> np.ndarray:
     """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip.
 
     ``p_sharpen=None`` picks the four uniformly (the recipe of the shipped weights), so three of four blended
     faces are softer than their surroundings; a larger share of sharpening makes a soft face no sign of a fake.
+    ``p_smooth`` of the changes are instead an edge-preserving smoothing (bilateral filter): the skin's fine
+    texture gone while the eyes, brows and lips keep their edges, as faces look after a face restorer or a
+    generator. A Gaussian blur softens those edges too; this leaves texture as the only difference. At 0 it
+    draws nothing, so recipes without it replay their random streams unchanged.
     """
+    if p_smooth and rng.random() < p_smooth:
+        return cv2.bilateralFilter(img, 0, sigmaColor=rng.uniform(15, 45), sigmaSpace=rng.uniform(1.5, 4.0))
     choice = rng.integers(4) if p_sharpen is None else (0 if rng.random() < p_sharpen else 1 + rng.integers(3))
     if choice == 0:
         blur = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.8, 1.6))
@@ -193,7 +200,8 @@ def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> n
 
 
 def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-               p_sharpen: float | None = None, dense: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               p_sharpen: float | None = None, dense: np.ndarray | None = None,
+               p_smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend a perturbed copy of ``img`` back into it through a random face mask (shaped by the 68 points of
     ``dense`` when given).
 
@@ -206,7 +214,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     # covers both directions of mismatch without changing the background.
     source = colour_jitter(img, rng, force=True)
     if rng.random() < 0.8:
-        source = _frequency(source, rng, p_sharpen)
+        source = _frequency(source, rng, p_sharpen, p_smooth)
     source = _warp(source, landmarks, rng)
     mask = random_mask(img.shape, landmarks, rng, dense) * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]
@@ -228,7 +236,8 @@ def landmark_misfit(target_lms: np.ndarray, donor_lms: np.ndarray) -> float:
 
 
 def cross_blend(img: np.ndarray, landmarks: np.ndarray, donor: np.ndarray, donor_landmarks: np.ndarray,
-                rng: np.random.Generator, p_sharpen: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator, p_sharpen: float | None = None,
+                p_smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend another person's face into ``img`` (Face X-ray's blended images, Li et al. CVPR 2020): the donor
     aligned by a landmark similarity transform, colour-matched to the target inside the mask 7 times in 10
     (else left as it is, a colour mismatch), its frequency content changed 8 in 10, pasted through the same
@@ -244,14 +253,14 @@ def cross_blend(img: np.ndarray, landmarks: np.ndarray, donor: np.ndarray, donor
     matrix, _ = cv2.estimateAffinePartial2D(donor_landmarks.astype(np.float32), landmarks.astype(np.float32),
                                             method=cv2.LMEDS)
     if matrix is None:  # degenerate landmarks: no alignment, fall back to the face itself
-        return self_blend(img, landmarks, rng, p_sharpen)
+        return self_blend(img, landmarks, rng, p_sharpen, p_smooth=p_smooth)
     source = cv2.warpAffine(np.ascontiguousarray(donor), matrix, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REFLECT101)
     mask = random_mask(img.shape, landmarks, rng)
     if rng.random() < 0.7 and (mask > 0.5).any():
         source = match_colour(source, img, mask)
     if rng.random() < 0.8:
-        source = _frequency(source, rng, p_sharpen)
+        source = _frequency(source, rng, p_sharpen, p_smooth)
     mask = mask * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]
     blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)

@@ -109,6 +109,8 @@ DEFAULTS: dict = {
         # subset of the same size (a second point of a learning curve that is not the same people again).
         "group_seed": None,
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
+        # Share of the self-blends' frequency changes that are an edge-preserving smoothing instead (sbi._frequency).
+        "sbi_p_smooth": 0.0,
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -188,6 +190,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
+    p_smooth = cfg["train"]["sbi_p_smooth"]
+    if isinstance(p_smooth, bool) or not isinstance(p_smooth, int | float) or not 0.0 <= p_smooth <= 1.0:
+        raise ValueError(f"train.sbi_p_smooth is a share in [0, 1], not {p_smooth!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -682,6 +687,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
+        sbi_p_smooth=ct["sbi_p_smooth"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
     )
