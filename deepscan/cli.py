@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="build the training face-crop cache from a clips MANIFEST.tsv")
     c.add_argument("manifest", type=Path)
     c.add_argument("out", type=Path)
-    c.add_argument("--frames", type=_positive_int, default=32)
+    c.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly over each clip (default 32)")
 
     lm = sub.add_parser("landmarks", help="add dlib's 68-point landmarks to a crop cache (extra 'landmarks'), for "
                                           "self-blends shaped like SBI's (train.sbi_dense_landmarks)")
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector name or card path; repeat to compare (default: the embedded model)")
     e.add_argument("--weights", action="append", default=[],
                    help="weights for the --detector at the same position (use '-' for the default)")
-    e.add_argument("--frames", type=_positive_int, default=32)
+    e.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly, as for scan (default 32)")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="detector precision, as for scan")
     e.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N", help="as for scan")
