@@ -152,6 +152,47 @@ def test_no_smoothing_share_draws_nothing_so_older_recipes_replay():
                           _frequency(img, np.random.default_rng(1), 0.5, p_smooth=0.0))
 
 
+def test_blend_boundary_is_the_transition_band_whatever_the_blend_ratio():
+    from deepscan.training.sbi import blend_boundary
+
+    # A disc with a linear ramp from 1 (radius < 20) to 0 (radius > 30).
+    yy, xx = np.mgrid[:96, :96]
+    radius = np.hypot(xx - 48, yy - 48)
+    ramp = np.clip((30 - radius) / 10, 0, 1).astype(np.float32)
+    for ratio in (1.0, 0.5, 0.25):
+        band = blend_boundary(ramp * ratio)
+        assert band.dtype == np.float32 and 0.0 <= band.min() and band.max() <= 1.0
+        assert band[radius < 19].max() == 0.0 and band[radius > 31].max() == 0.0  # inside and outside
+        assert band[np.abs(radius - 25) < 0.5].min() > 0.95  # halfway through the transition
+    assert not blend_boundary(np.zeros((8, 8), np.float32)).any()
+
+
+def test_boundary_target_marks_where_a_self_blend_meets_the_original():
+    img, box, lm = synthetic_face(np.random.default_rng(4))
+    clip = ClipCrops("c", "real", "s", "m", img[None], np.asarray(box, np.float32)[None], lm[None])
+    plain = Augment(p_colour=0, p_downscale=0, p_blur=0, p_noise=0, p_jpeg=0, p_blocky=0)
+    spec = dict(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=16, augment=plain)
+    region = SBIDataset([clip], [], SampleSpec(**spec), seed=0)
+    boundary = SBIDataset([clip], [], SampleSpec(**spec, mask_target="boundary"), seed=0)
+    n_fake = 0
+    for i in range(16):
+        x_r, y_r, m_r, _ = region[i]
+        x_b, y_b, m_b, _ = boundary[i]
+        # The same draws: only the target differs.
+        assert torch.equal(x_r, x_b) and float(y_r) == float(y_b)
+        if not float(y_r):
+            assert not m_b.any()
+            continue
+        n_fake += 1
+        peak = m_r.max()
+        inside, outside = m_r >= 0.98 * peak, m_r == 0
+        assert m_b.max() > 0.5  # the band
+        assert m_b[outside].max() == 0.0
+        if inside.sum() > 4:
+            assert m_b[inside].mean() < 0.25 * m_b.max()  # deep inside the blend: little boundary
+    assert n_fake >= 4
+
+
 def test_video_coding_loses_more_with_crf_and_size_and_repeats_exactly():
     pytest.importorskip("av")
     from deepscan.training.data import video_code
@@ -521,7 +562,8 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("group_seed = true", "group_seed"),
                                            ("fake_method_balance = 1.5", "fake_method_balance"),
                                            ("fake_method_balance = -0.5", "fake_method_balance"),
-                                           ("fake_method_balance = true", "fake_method_balance")])
+                                           ("fake_method_balance = true", "fake_method_balance"),
+                                           ("mask_target = \"xray\"", "mask_target")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')

@@ -23,6 +23,7 @@ from .cache import identity_group
 from .faceswap import swap_face
 from .landmarks68 import sidecar_path
 from .sbi import (
+    blend_boundary,
     colour_jitter,
     cross_blend,
     face_axes,
@@ -333,6 +334,9 @@ class SampleSpec:
     # Self-blends shaped by the face's 68 dlib points where the cache holds them (landmarks68), as SBI's masks
     # are, instead of the outline extrapolated from five. The masks' random draws are the same either way.
     dense_landmarks: bool = False
+    # What the mask head learns: "region", the blend weight map (the shipped recipe), or "boundary", Face X-ray's
+    # band where the blend weight crosses from 0 to its peak (sbi.blend_boundary).
+    mask_target: str = "region"
 
 
 def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
@@ -470,6 +474,8 @@ class SBIDataset:
         import torch
 
         crop, mask, label, weight = self.sample(int(i))
+        if self.spec.mask_target == "boundary":
+            mask = blend_boundary(mask)  # at the crop's resolution, where the transition is wider than a pixel
         x = normalise(crop, self.spec.mean, self.spec.std)[0]
         m = cv2.resize(mask, (self.spec.mask_size, self.spec.mask_size), interpolation=cv2.INTER_AREA)
         return (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1))[None],

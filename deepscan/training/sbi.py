@@ -134,6 +134,17 @@ def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator, dense: n
     return np.clip(mask, 0.0, 1.0)
 
 
+def blend_boundary(mask: np.ndarray) -> np.ndarray:
+    """Face X-ray's target (Li et al., CVPR 2020): ``4 M (1 - M)`` of a soft blending mask ``M`` scaled to peak 1,
+    so it is 1 halfway through the mask's transition and 0 both deep inside and outside it, whatever the blend
+    ratio. A model asked for it must find where two images meet, not what the inside looks like."""
+    peak = float(mask.max())
+    if peak <= 0.0:
+        return np.zeros_like(mask, dtype=np.float32)
+    m = mask.astype(np.float32) / peak
+    return np.clip(4.0 * m * (1.0 - m), 0.0, 1.0)
+
+
 def colour_jitter(img: np.ndarray, rng: np.random.Generator, force: bool = False, strength: float = 1.0) -> np.ndarray:
     """RGB shift, hue/saturation/value shift and brightness-contrast, each applied with probability 0.5.
 

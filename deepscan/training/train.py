@@ -111,6 +111,8 @@ DEFAULTS: dict = {
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         # Share of the self-blends' frequency changes that are an edge-preserving smoothing instead (sbi._frequency).
         "sbi_p_smooth": 0.0,
+        # The mask head's target: "region" (the blend weight map) or "boundary" (Face X-ray's, data.SampleSpec).
+        "mask_target": "region",
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -193,6 +195,8 @@ def load_config(path, overrides: dict | None = None) -> dict:
     p_smooth = cfg["train"]["sbi_p_smooth"]
     if isinstance(p_smooth, bool) or not isinstance(p_smooth, int | float) or not 0.0 <= p_smooth <= 1.0:
         raise ValueError(f"train.sbi_p_smooth is a share in [0, 1], not {p_smooth!r}")
+    if cfg["train"]["mask_target"] not in ("region", "boundary"):
+        raise ValueError(f"train.mask_target is \"region\" or \"boundary\", not {cfg['train']['mask_target']!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -687,7 +691,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
-        sbi_p_smooth=ct["sbi_p_smooth"],
+        sbi_p_smooth=ct["sbi_p_smooth"], mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
     )
@@ -917,7 +921,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         weights=weights_path.name, sha256=None,
         licence=_licence(cm),
         heatmap="mask_head", face_detector=FaceDetectorSettings(**fd_cfg), description=cfg["description"],
-        extra={"net": _net_kwargs(cm), "video_aggregation": "scoring.track_score (confident strategy)", "context_margin": index.get("context_margin")},
+        extra={"net": _net_kwargs(cm), "video_aggregation": "scoring.track_score (confident strategy)", "context_margin": index.get("context_margin"),
+               # What the heatmap shows: the blend region, or the band where a blend meets the original.
+               "mask_target": cfg["train"]["mask_target"]},
     )
 
     net.eval()
