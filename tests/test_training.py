@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from deepscan.crops import crop_face  # noqa: E402
+from deepscan.crops import crop_face, normalise  # noqa: E402
 from deepscan.detector import WeightsMismatch, load_detector  # noqa: E402
 from deepscan.detector.card import ModelCard  # noqa: E402
 from deepscan.training.data import (  # noqa: E402
@@ -563,7 +563,8 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("fake_method_balance = 1.5", "fake_method_balance"),
                                            ("fake_method_balance = -0.5", "fake_method_balance"),
                                            ("fake_method_balance = true", "fake_method_balance"),
-                                           ("mask_target = \"xray\"", "mask_target")])
+                                           ("mask_target = \"xray\"", "mask_target"),
+                                           ("mask_target = \"both\"", "mask_outputs")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
@@ -965,6 +966,41 @@ def test_tiny_sam_training_run_learns(cache, tmp_path):
     assert log[-1]["step"] == 20
     assert np.mean([e["loss"] for e in log[-2:]]) < np.mean([e["loss"] for e in log[:2]])
     assert ModelCard.load(card_path).training["config"]["train"]["sam_rho"] == 0.05
+
+
+def test_a_second_mask_map_leaves_the_first_as_a_one_map_net_of_the_same_seed():
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    one = SBINet(mask_channels=16).eval()
+    torch.manual_seed(0)
+    two = SBINet(mask_channels=16, mask_outputs=2).eval()
+    shared = {k: v for k, v in two.state_dict().items() if not k.startswith("boundary_head.")}
+    assert shared.keys() == one.state_dict().keys()
+    assert all(torch.equal(v, one.state_dict()[k]) for k, v in shared.items())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        (logit_1, mask_1), (logit_2, mask_2) = one(x), two(x)
+    assert mask_1.shape == (2, 1, 12, 12) and mask_2.shape == (2, 2, 12, 12)
+    assert torch.equal(logit_1, logit_2) and torch.allclose(mask_1[:, 0], mask_2[:, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="mask_outputs"):
+        SBINet(mask_outputs=3)
+
+
+def test_tiny_run_on_both_mask_targets_exports_a_detector_with_the_region_as_heatmap(cache, tmp_path):
+    config = _write_config(tmp_path, cache, {"mask_outputs": 2}, mask_target="both", max_steps=10)
+    card = ModelCard.load(train(config, progress=False))
+    assert card.extra["net"]["mask_outputs"] == 2 and card.extra["mask_target"] == "both"
+    det = load_detector(str(card.path), precision="fp32")
+    clips = load_clips(cache, load_index(cache)["clips"][:2])
+    crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
+    out = det.predict(crops)
+    assert out.heatmaps.shape == (2, 64, 64) and np.all((out.probs >= 0) & (out.probs <= 1))
+    with torch.no_grad():
+        _, mask_logits = det.net(normalise(crops, card.mean, card.std).to(det.device))
+    region = torch.nn.functional.interpolate(torch.sigmoid(mask_logits[:, :1]), size=(64, 64), mode="bilinear",
+                                             align_corners=False)[:, 0]
+    assert np.allclose(out.heatmaps, region.numpy(), atol=1e-5)
 
 
 def test_frozen_early_stages_keep_their_imagenet_weights_and_batchnorm_statistics():

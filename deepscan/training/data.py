@@ -334,8 +334,8 @@ class SampleSpec:
     # Self-blends shaped by the face's 68 dlib points where the cache holds them (landmarks68), as SBI's masks
     # are, instead of the outline extrapolated from five. The masks' random draws are the same either way.
     dense_landmarks: bool = False
-    # What the mask head learns: "region", the blend weight map (the shipped recipe), or "boundary", Face X-ray's
-    # band where the blend weight crosses from 0 to its peak (sbi.blend_boundary).
+    # What the mask head learns: "region", the blend weight map (the shipped recipe), "boundary", Face X-ray's
+    # band where the blend weight crosses from 0 to its peak (sbi.blend_boundary), or "both" as two channels.
     mask_target: str = "region"
 
 
@@ -474,11 +474,13 @@ class SBIDataset:
         import torch
 
         crop, mask, label, weight = self.sample(int(i))
-        if self.spec.mask_target == "boundary":
-            mask = blend_boundary(mask)  # at the crop's resolution, where the transition is wider than a pixel
+        # The boundary is taken at the crop's resolution, where the transition is wider than a pixel.
+        maps = {"region": [mask], "boundary": [blend_boundary(mask)],
+                "both": [mask, blend_boundary(mask)]}[self.spec.mask_target]
         x = normalise(crop, self.spec.mean, self.spec.std)[0]
-        m = cv2.resize(mask, (self.spec.mask_size, self.spec.mask_size), interpolation=cv2.INTER_AREA)
-        return (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1))[None],
+        size = (self.spec.mask_size, self.spec.mask_size)
+        m = np.stack([cv2.resize(a, size, interpolation=cv2.INTER_AREA) for a in maps])
+        return (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1)),
                 torch.tensor(weight, dtype=torch.float32))
 
 

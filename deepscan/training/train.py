@@ -66,6 +66,8 @@ DEFAULTS: dict = {
         # Stochastic depth in the backbone (Huang et al. 2016; EfficientNet trains with 0.2): each residual
         # block is skipped for a whole sample with a probability rising linearly to this rate. 0 = off.
         "drop_path_rate": 0.0,
+        # Maps the mask head predicts: 1, or 2 (region and boundary) with train.mask_target "both".
+        "mask_outputs": 1,
     },
     "train": {
         "batch_size": 16,
@@ -111,7 +113,8 @@ DEFAULTS: dict = {
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         # Share of the self-blends' frequency changes that are an edge-preserving smoothing instead (sbi._frequency).
         "sbi_p_smooth": 0.0,
-        # The mask head's target: "region" (the blend weight map) or "boundary" (Face X-ray's, data.SampleSpec).
+        # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
+        # maps (data.SampleSpec; "both" gives the net a second output, model.mask_outputs = 2, set here).
         "mask_target": "region",
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
@@ -195,8 +198,12 @@ def load_config(path, overrides: dict | None = None) -> dict:
     p_smooth = cfg["train"]["sbi_p_smooth"]
     if isinstance(p_smooth, bool) or not isinstance(p_smooth, int | float) or not 0.0 <= p_smooth <= 1.0:
         raise ValueError(f"train.sbi_p_smooth is a share in [0, 1], not {p_smooth!r}")
-    if cfg["train"]["mask_target"] not in ("region", "boundary"):
-        raise ValueError(f"train.mask_target is \"region\" or \"boundary\", not {cfg['train']['mask_target']!r}")
+    if cfg["train"]["mask_target"] not in ("region", "boundary", "both"):
+        raise ValueError(f"train.mask_target is \"region\", \"boundary\" or \"both\", not "
+                         f"{cfg['train']['mask_target']!r}")
+    if cfg["model"]["mask_outputs"] != (2 if cfg["train"]["mask_target"] == "both" else 1):
+        raise ValueError(f"model.mask_outputs is 2 exactly when train.mask_target is \"both\", not "
+                         f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -628,14 +635,17 @@ def _build_net(cfg_model: dict):
 
 def _net_kwargs(cfg_model: dict) -> dict:
     keys = ("backbone", "dropout", "mask_channels", "mask_stride", "freeze_stages", "drop_path_rate")
-    return {k: cfg_model[k] for k in keys}
+    kwargs = {k: cfg_model[k] for k in keys}
+    if cfg_model.get("mask_outputs", 1) != 1:  # only then, so cards of one-map nets (and CLIPNet) are unchanged
+        kwargs["mask_outputs"] = cfg_model["mask_outputs"]
+    return kwargs
 
 
 def _masked_bce(mask_logits, mask_target, weight):
     import torch.nn.functional as F
 
     per_pixel = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_target, reduction="none")
-    per_sample = per_pixel.mean(dim=(1, 2, 3))
+    per_sample = per_pixel.mean(dim=(2, 3)).sum(dim=1)  # each map weighs as a one-map head's would
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 

@@ -32,7 +32,7 @@ class SBINet(nn.Module):
     """EfficientNet-Lite backbone → (fake logit (N,), mask logits (N, 1, H/stride, W/stride))."""
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
-                 mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0):
+                 mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0, mask_outputs: int = 1):
         super().__init__()
         import timm
 
@@ -61,6 +61,11 @@ class SBINet(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.num_features, 1)
+        if mask_outputs not in (1, 2):
+            raise ValueError(f"mask_outputs is 1 (blend region) or 2 (region and boundary), not {mask_outputs}")
+        # A second map (the blend boundary, channel 1) from the same fused features; made last, so every other
+        # weight starts as in a one-map net of the same seed. Channel 0 stays the heatmap.
+        self.boundary_head = nn.Conv2d(mask_channels, 1, 1) if mask_outputs == 2 else None
         self.freeze_stages = freeze_stages
         self._freeze(freeze_stages)
 
@@ -106,8 +111,10 @@ class SBINet(nn.Module):
             if fused is not None:
                 lat = lat + F.interpolate(fused, size=lat.shape[-2:], mode="bilinear", align_corners=False)
             fused = lat
-        mask_logits = self.fuse(fused)
-        return logit, mask_logits
+        if self.boundary_head is None:
+            return logit, self.fuse(fused)
+        hidden = self.fuse[:-1](fused)
+        return logit, torch.cat([self.fuse[-1](hidden), self.boundary_head(hidden)], dim=1)
 
 
 def imagenet_weights_file(backbone: str = "tf_efficientnet_lite0") -> Path:
