@@ -474,9 +474,10 @@ class SBIDataset:
         import torch
 
         crop, mask, label, weight = self.sample(int(i))
-        # The boundary is taken at the crop's resolution, where the transition is wider than a pixel.
-        maps = {"region": [mask], "boundary": [blend_boundary(mask)],
-                "both": [mask, blend_boundary(mask)]}[self.spec.mask_target]
+        target = self.spec.mask_target
+        maps = [mask] if target in ("region", "both") else []
+        if target in ("boundary", "both"):  # at the crop's resolution, where the transition is wider than a pixel
+            maps.append(blend_boundary(mask))
         x = normalise(crop, self.spec.mean, self.spec.std)[0]
         size = (self.spec.mask_size, self.spec.mask_size)
         m = np.stack([cv2.resize(a, size, interpolation=cv2.INTER_AREA) for a in maps])
