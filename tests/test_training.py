@@ -43,6 +43,7 @@ from deepscan.training.train import (  # noqa: E402
     box_probe,
     fit_temperature,
     load_config,
+    smoothed_labels,
     train,
     video_threshold,
 )
@@ -564,12 +565,28 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("fake_method_balance = -0.5", "fake_method_balance"),
                                            ("fake_method_balance = true", "fake_method_balance"),
                                            ("mask_target = \"xray\"", "mask_target"),
-                                           ("mask_target = \"both\"", "mask_outputs")])
+                                           ("mask_target = \"both\"", "mask_outputs"),
+                                           ("label_smoothing = 1.0", "label_smoothing"),
+                                           ("label_smoothing = -0.1", "label_smoothing"),
+                                           ("label_smoothing = true", "label_smoothing")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
     with pytest.raises(ValueError, match=message):
         load_config(path)
+
+
+def test_label_smoothing_moves_targets_toward_one_half_and_zero_leaves_them():
+    import torch
+
+    labels = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    assert torch.equal(smoothed_labels(labels, 0.0), labels)
+    assert torch.allclose(smoothed_labels(labels, 0.1), torch.tensor([0.05, 0.95, 0.95, 0.05]))
+    # The smoothed loss is smallest at the smoothed target's logit, not at an infinitely confident one.
+    logits = torch.linspace(-6, 6, 1201)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, smoothed_labels(torch.ones_like(logits), 0.1), reduction="none")
+    assert abs(float(torch.sigmoid(logits[loss.argmin()])) - 0.95) < 0.005
 
 
 def test_temperature_and_threshold():

@@ -116,6 +116,9 @@ DEFAULTS: dict = {
         # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
         # maps (data.SampleSpec; "both" gives the net a second output, model.mask_outputs = 2, set here).
         "mask_target": "region",
+        # The classifier's targets pulled toward 1/2 by this much (0 fake -> eps/2, 1 -> 1 - eps/2): a self-blend
+        # with a faint change or a seam outside the crop is no surer a fake than its label can say.
+        "label_smoothing": 0.0,
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -204,6 +207,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if cfg["model"]["mask_outputs"] != (2 if cfg["train"]["mask_target"] == "both" else 1):
         raise ValueError(f"model.mask_outputs is 2 exactly when train.mask_target is \"both\", not "
                          f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
+    eps = cfg["train"]["label_smoothing"]
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 <= eps < 1.0:
+        raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
@@ -641,6 +647,11 @@ def _net_kwargs(cfg_model: dict) -> dict:
     return kwargs
 
 
+def smoothed_labels(labels, eps: float):
+    """Binary targets moved toward 1/2 by ``eps``: 0 -> eps/2, 1 -> 1 - eps/2 (at 0, the labels unchanged)."""
+    return labels * (1.0 - eps) + 0.5 * eps
+
+
 def _masked_bce(mask_logits, mask_target, weight):
     import torch.nn.functional as F
 
@@ -790,7 +801,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     def losses(x, y, mask, weight):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
             logit, mask_logits = net(x)
-        cls_loss = F.binary_cross_entropy_with_logits(logit.float(), y)
+        cls_loss = F.binary_cross_entropy_with_logits(logit.float(), smoothed_labels(y, ct["label_smoothing"]))
         mask_loss = _masked_bce(mask_logits, mask, weight)
         return cls_loss + ct["mask_lambda"] * mask_loss, cls_loss, mask_loss
 
