@@ -2,10 +2,11 @@
 
 Draws self-blends of training reals as the shipped recipe does (``sbi.self_blend``), takes Face X-ray's blend
 boundary of each mask (``sbi.blend_boundary``: 1 halfway through the transition, 0 inside and outside) and sums
-it inside the square crop each margin cuts (``crops.square_box``). Run from the repository root, after
-``deepscan cache``::
+it inside the square crop each margin cuts (``crops.square_box``). The faces are the real clips outside the card's
+validation split (its recorded validation files). Run from the repository root, after ``deepscan cache``::
 
-    python tools/seam_coverage.py [--cache cache/crops] [--blends 300] [--margins 0.25 0.5 0.75]
+    python tools/seam_coverage.py [models/deepscan-sbi-lite0.json] [--cache cache/crops] [--blends 300]
+        [--margins 0.25 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("card", nargs="?", default="models/deepscan-sbi-lite0.json")
     parser.add_argument("--cache", default="cache/crops")
     parser.add_argument("--blends", type=int, default=300)
     parser.add_argument("--margins", type=float, nargs="+", default=[0.25, 0.5, 0.75])
@@ -24,11 +26,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from deepscan.crops import square_box
-    from deepscan.training.data import load_clips, load_index, split_clips
+    from deepscan.detector.card import ModelCard
+    from deepscan.training.data import REAL_LABELS, load_clips, load_index
     from deepscan.training.sbi import blend_boundary, self_blend
 
-    train_meta, _ = split_clips(load_index(args.cache), 0.35, 0)
-    clips = load_clips(args.cache, [c for c in train_meta if c.get("label") != "fake"])
+    held_out = set(ModelCard.load(args.card).training["validation_files"])
+    index = load_index(args.cache)
+    clips = load_clips(args.cache, [c for c in index["clips"] if c["file"] not in held_out and c["label"] in REAL_LABELS])
+    side = index["context_size"]  # every context crop is this square, so one pixel grid serves every blend
+    ys, xs = np.mgrid[:side, :side]
     rng = np.random.default_rng(args.seed)
     inside = {m: [] for m in args.margins}
     for _ in range(args.blends):
@@ -39,7 +45,6 @@ def main() -> None:
         total = float(seam.sum())
         if total <= 0.0:
             continue
-        ys, xs = np.mgrid[: seam.shape[0], : seam.shape[1]]
         for margin in args.margins:
             x1, y1, x2, y2 = square_box(clip.boxes[k], margin)
             kept = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
