@@ -194,12 +194,12 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if group_seed is not None and (isinstance(group_seed, bool) or not isinstance(group_seed, int)):
         raise ValueError(f"train.group_seed is a whole number (or absent: the split seed), not {group_seed!r}")
     balance = cfg["train"]["fake_method_balance"]
-    if isinstance(balance, bool) or not isinstance(balance, int | float) or not 0.0 <= balance <= 1.0:
+    if not _is_number(balance) or not 0.0 <= balance <= 1.0:
         raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
     p_smooth = cfg["train"]["sbi_p_smooth"]
-    if isinstance(p_smooth, bool) or not isinstance(p_smooth, int | float) or not 0.0 <= p_smooth <= 1.0:
+    if not _is_number(p_smooth) or not 0.0 <= p_smooth <= 1.0:
         raise ValueError(f"train.sbi_p_smooth is a share in [0, 1], not {p_smooth!r}")
     if cfg["train"]["mask_target"] not in ("region", "boundary", "both"):
         raise ValueError(f"train.mask_target is \"region\", \"boundary\" or \"both\", not "
@@ -208,13 +208,18 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"model.mask_outputs is 2 exactly when train.mask_target is \"both\", not "
                          f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
     eps = cfg["train"]["label_smoothing"]
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0.0 <= eps < 1.0:
+    if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
                          + (" with train.paired" if cfg["train"]["paired"] else ""))
     return cfg
+
+
+def _is_number(value) -> bool:
+    """An int or float from TOML, not a boolean (which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def average_start_step(cfg_train: dict) -> int | None:
