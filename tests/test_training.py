@@ -1148,3 +1148,43 @@ def test_config_changes_on_resume_ignore_options_only_one_side_has():
     assert config_changes_on_resume(current, current) == {}
     with pytest.raises(ValueError, match="seed: 1 -> 2"):
         config_changes_on_resume(saved, {**current, "seed": 2})
+
+
+def test_gem_pooling_spans_the_mean_and_the_maximum_and_adds_only_its_exponent():
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    mean_net = SBINet(dropout=0.0)
+    torch.manual_seed(0)
+    gem_net = SBINet(dropout=0.0, pool="gem")
+    own, gem = mean_net.state_dict(), gem_net.state_dict()
+    assert set(gem) - set(own) == {"gem_p"} and float(gem["gem_p"]) == 3.0
+    assert all(torch.equal(own[k], gem[k]) for k in own)  # the exponent is made without a random draw
+    feats = torch.rand(2, 1280, 7, 7) * 6.0  # after the head's ReLU6
+    feats[1] = 0.5
+    feats[1, :, 3, 3] = 6.0  # one hot cell in a flat map, as a small blend would leave
+    with torch.no_grad():
+        gem_net.gem_p.fill_(1.0)
+        assert torch.allclose(gem_net._pooled(feats), feats.mean(dim=(2, 3)), atol=1e-5)
+        gem_net.gem_p.fill_(8.0)  # the clamp's top: close to the maximum, far above the mean
+        pooled = gem_net._pooled(feats)
+        assert (pooled <= feats.amax(dim=(2, 3)) + 1e-4).all()
+        assert (pooled[1] > 3.0).all() and (feats[1].mean(dim=(1, 2)) < 0.7).all()  # (6^8 / 49)^(1/8) = 3.69
+    with pytest.raises(ValueError, match="pool"):
+        SBINet(pool="max")
+
+
+def test_a_gem_pooled_run_learns_its_exponent_and_its_card_loads_the_same_net(cache, tmp_path):
+    card_path = train(_write_config(tmp_path, cache, model_over={"pool": "gem"}, max_steps=10), progress=False)
+    card = ModelCard.load(card_path)
+    assert card.extra["net"]["pool"] == "gem"
+    from safetensors.torch import load_file
+
+    assert float(load_file(str(card.weights_path))["gem_p"]) != 3.0  # trained, not left at its start
+    detector = load_detector(str(card_path), device="cpu", precision="fp32")
+    assert detector.net.gem_p is not None
+    clips = load_clips(cache, load_index(cache)["clips"][:2])
+    crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
+    assert np.array_equal(detector.predict(crops).probs, detector.predict(crops).probs)
+    with pytest.raises(ValueError, match="model.pool"):
+        load_config(_write_config(tmp_path, cache, model_over={"pool": "max"}, max_steps=10))

@@ -68,6 +68,9 @@ DEFAULTS: dict = {
         "drop_path_rate": 0.0,
         # Maps the mask head predicts: 1, or 2 (region and boundary) with train.mask_target "both".
         "mask_outputs": 1,
+        # How the classifier pools the last feature map: "mean" (the shipped nets), or "gem" (generalised mean
+        # with a learnt exponent, SBINet only).
+        "pool": "mean",
     },
     "train": {
         "batch_size": 16,
@@ -207,6 +210,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if cfg["model"]["mask_outputs"] != (2 if cfg["train"]["mask_target"] == "both" else 1):
         raise ValueError(f"model.mask_outputs is 2 exactly when train.mask_target is \"both\", not "
                          f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
+    if cfg["model"]["pool"] not in ("mean", "gem"):
+        raise ValueError(f"model.pool is \"mean\" or \"gem\", not {cfg['model']['pool']!r}")
+    if cfg["model"]["pool"] != "mean" and "clip" in cfg["model"]["backbone"]:
+        raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
@@ -649,6 +656,8 @@ def _net_kwargs(cfg_model: dict) -> dict:
     kwargs = {k: cfg_model[k] for k in keys}
     if cfg_model.get("mask_outputs", 1) != 1:  # only then, so cards of one-map nets (and CLIPNet) are unchanged
         kwargs["mask_outputs"] = cfg_model["mask_outputs"]
+    if cfg_model.get("pool", "mean") != "mean":  # likewise: cards of mean-pooled nets are unchanged
+        kwargs["pool"] = cfg_model["pool"]
     return kwargs
 
 

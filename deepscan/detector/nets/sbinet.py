@@ -32,7 +32,8 @@ class SBINet(nn.Module):
     """EfficientNet-Lite backbone → (fake logit (N,), mask logits (N, 1, H/stride, W/stride))."""
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
-                 mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0, mask_outputs: int = 1):
+                 mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0, mask_outputs: int = 1,
+                 pool: str = "mean"):
         super().__init__()
         import timm
 
@@ -61,6 +62,13 @@ class SBINet(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.num_features, 1)
+        if pool not in ("mean", "gem"):
+            raise ValueError(f"pool is \"mean\" or \"gem\", not {pool!r}")
+        # Generalised-mean pooling (Radenović et al. 2018) with a learnt exponent, starting at 3: between the
+        # mean (p = 1) and the maximum (p -> inf), so a blend covering a few of the 7x7 cells is not averaged
+        # away by the rest of the crop. Made without a random draw, so every other weight starts as with "mean".
+        self.pool = pool
+        self.gem_p = nn.Parameter(torch.tensor(3.0)) if pool == "gem" else None
         if mask_outputs not in (1, 2):
             raise ValueError(f"mask_outputs is 1 (blend region) or 2 (region and boundary), not {mask_outputs}")
         # A second map (the blend boundary, channel 1) from the same fused features; made last, so every other
@@ -93,6 +101,14 @@ class SBINet(nn.Module):
             module.eval()  # frozen BatchNorm keeps its ImageNet statistics
         return self
 
+    def _pooled(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.gem_p is None:
+            return feats.mean(dim=(2, 3))
+        # In fp32: a cube of bf16 activations loses the small ones the mean is made of. The features are after
+        # the head's ReLU6, so the clamp only keeps the root's argument away from 0.
+        p = self.gem_p.float().clamp(1.0, 8.0)
+        return feats.float().clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p).to(feats.dtype)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.backbone
         x = b.bn1(b.conv_stem(x))
@@ -102,7 +118,7 @@ class SBINet(nn.Module):
             if i in self.tap_stages:
                 taps[self.tap_stages[i]] = x
         feats = b.bn2(b.conv_head(x))
-        logit = self.classifier(self.dropout(feats.mean(dim=(2, 3)))).reshape(-1)
+        logit = self.classifier(self.dropout(self._pooled(feats))).reshape(-1)
 
         # Top-down fusion: coarse (semantic) maps upsampled and summed into the finer ones.
         fused = None
