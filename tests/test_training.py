@@ -1180,11 +1180,16 @@ def test_a_gem_pooled_run_learns_its_exponent_and_its_card_loads_the_same_net(ca
     assert card.extra["net"]["pool"] == "gem"
     from safetensors.torch import load_file
 
-    assert float(load_file(str(card.weights_path))["gem_p"]) != 3.0  # trained, not left at its start
+    learnt = float(load_file(str(card.weights_path))["gem_p"])
+    assert learnt != 3.0  # trained, not left at its start
     detector = load_detector(str(card_path), device="cpu", precision="fp32")
-    assert detector.net.gem_p is not None
+    assert float(detector.net.gem_p) == learnt
     clips = load_clips(cache, load_index(cache)["clips"][:2])
     crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
     assert np.array_equal(detector.predict(crops).probs, detector.predict(crops).probs)
     with pytest.raises(ValueError, match="model.pool"):
         load_config(_write_config(tmp_path, cache, model_over={"pool": "max"}, max_steps=10))
+    with pytest.raises(ValueError, match="CLS token"):
+        load_config(_write_config(tmp_path, cache, model_over={"pool": "gem",
+                                                               "backbone": "vit_base_patch16_clip_quickgelu_224"},
+                                  max_steps=10))

@@ -212,8 +212,11 @@ def load_config(path, overrides: dict | None = None) -> dict:
                          f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
     if cfg["model"]["pool"] not in ("mean", "gem"):
         raise ValueError(f"model.pool is \"mean\" or \"gem\", not {cfg['model']['pool']!r}")
-    if cfg["model"]["pool"] != "mean" and "clip" in cfg["model"]["backbone"]:
-        raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
+    if cfg["model"]["pool"] != "mean":
+        from ..detector.nets.clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
+
+        if cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
+            raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")

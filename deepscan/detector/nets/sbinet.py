@@ -67,7 +67,6 @@ class SBINet(nn.Module):
         # Generalised-mean pooling (Radenović et al. 2018) with a learnt exponent, starting at 3: between the
         # mean (p = 1) and the maximum (p -> inf), so a blend covering a few of the 7x7 cells is not averaged
         # away by the rest of the crop. Made without a random draw, so every other weight starts as with "mean".
-        self.pool = pool
         self.gem_p = nn.Parameter(torch.tensor(3.0)) if pool == "gem" else None
         if mask_outputs not in (1, 2):
             raise ValueError(f"mask_outputs is 1 (blend region) or 2 (region and boundary), not {mask_outputs}")
