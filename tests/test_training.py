@@ -104,12 +104,13 @@ def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.mark.parametrize("p_sharpen,p_smooth", [(None, 0.0), (0.5, 0.0), (0.5, 0.5)])
-def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen, p_smooth):
+@pytest.mark.parametrize("p_sharpen,p_smooth,p_flow", [(None, 0.0, 0.0), (0.5, 0.0, 0.0), (0.5, 0.5, 0.0),
+                                                         (0.5, 0.0, 1.0)])
+def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen, p_smooth, p_flow):
     for seed in range(12):
         rng = np.random.default_rng(seed)
         img, _, lm = synthetic_face(rng)
-        blended, mask = self_blend(img, lm, rng, p_sharpen, p_smooth=p_smooth)
+        blended, mask = self_blend(img, lm, rng, p_sharpen, p_smooth=p_smooth, p_flow=p_flow)
         assert blended.shape == img.shape and blended.dtype == np.uint8
         assert mask.shape == img.shape[:2] and mask.dtype == np.float32
         assert 0.0 <= mask.min() and mask.max() <= 1.0
@@ -146,11 +147,46 @@ def test_no_smoothing_share_draws_nothing_so_older_recipes_replay():
     for seed in range(6):
         rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
         a, mask_a = self_blend(img, lm, rng_a, 0.5)
-        b, mask_b = self_blend(img, lm, rng_b, 0.5, p_smooth=0.0)
+        b, mask_b = self_blend(img, lm, rng_b, 0.5, p_smooth=0.0, p_flow=0.0)
         assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
         assert rng_a.random() == rng_b.random()
     assert np.array_equal(_frequency(img, np.random.default_rng(1), 0.5),
                           _frequency(img, np.random.default_rng(1), 0.5, p_smooth=0.0))
+
+
+def test_flow_bends_the_face_smoothly_by_a_few_percent_of_its_size():
+    from deepscan.training.sbi import _flow, face_axes
+
+    _, _, lm = synthetic_face(np.random.default_rng(7))
+    _, _, _, iod, emd = face_axes(lm)
+    # An image whose channels are its own x and y coordinates: what _flow returns is where each pixel came from.
+    ys, xs = np.mgrid[:CONTEXT, :CONTEXT].astype(np.float32)
+    coords = np.dstack([xs, ys, np.zeros_like(xs)])
+    inner = (slice(16, CONTEXT - 16),) * 2  # away from the reflected border
+    for seed in range(8):
+        moved = _flow(coords, lm, np.random.default_rng(seed))
+        shift = moved[..., :2] - coords[..., :2]
+        largest = np.abs(shift[inner]).max()
+        assert 0.2 < largest <= 0.06 * max(iod, emd) * 1.3 + 0.5  # cubic upsampling overshoots a little
+        # Smooth: neighbouring pixels move almost alike, so shapes bend rather than break up.
+        assert np.abs(np.diff(shift[inner], axis=0)).max() < 0.25
+        assert np.abs(np.diff(shift[inner], axis=1)).max() < 0.25
+        # Not rigid: the displacement varies across the face (a translation would leave it constant).
+        assert shift[inner].std(axis=(0, 1)).max() > 0.05 * largest
+
+
+def test_the_flow_share_is_the_share_of_self_blends_whose_source_is_bent(monkeypatch):
+    from deepscan.training import sbi
+
+    calls = []
+    real_flow = sbi._flow
+    monkeypatch.setattr(sbi, "_flow", lambda img, lms, rng: calls.append(1) or real_flow(img, lms, rng))
+    img, _, lm = synthetic_face(np.random.default_rng(8))
+    for p_flow, low, high in [(0.0, 0, 0), (1.0, 40, 40), (0.5, 12, 28)]:
+        calls.clear()
+        for seed in range(40):
+            self_blend(img, lm, np.random.default_rng(seed), 0.5, p_flow=p_flow)
+        assert low <= len(calls) <= high, (p_flow, len(calls))
 
 
 def test_blend_boundary_is_the_transition_band_whatever_the_blend_ratio():
@@ -568,7 +604,9 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("mask_target = \"both\"", "mask_outputs"),
                                            ("label_smoothing = 1.0", "label_smoothing"),
                                            ("label_smoothing = -0.1", "label_smoothing"),
-                                           ("label_smoothing = true", "label_smoothing")])
+                                           ("label_smoothing = true", "label_smoothing"),
+                                           ("sbi_p_flow = 1.5", "sbi_p_flow"),
+                                           ("sbi_p_flow = true", "sbi_p_flow")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')

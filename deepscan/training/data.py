@@ -319,6 +319,7 @@ class SampleSpec:
     real_fake_mask_weight: float = 0.0  # their mask is only a landmark hull guess: ignore it by default
     sbi_p_sharpen: float | None = None  # see sbi._frequency
     sbi_p_smooth: float = 0.0  # share of the self-blends' frequency changes that are edge-preserving (sbi._frequency)
+    sbi_p_flow: float = 0.0  # share of the self-blends whose source is also bent non-rigidly (sbi._flow)
     augment: Augment = field(default_factory=Augment)
     # SBI's batches (Shiohara & Yamasaki 2022): items 2j and 2j+1 are one real frame and its fake, through the
     # same box jitter, colour, tone, degradation and flip, so nothing but the manipulation tells them apart.
@@ -430,7 +431,7 @@ class SBIDataset:
         elif fake:
             img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen,
                                    dense=clip.dense_at(k) if spec.dense_landmarks else None,
-                                   p_smooth=spec.sbi_p_smooth)
+                                   p_smooth=spec.sbi_p_smooth, p_flow=spec.sbi_p_flow)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
         img, mask = face_part_cutout(img, mask, lms, rng, spec.augment)

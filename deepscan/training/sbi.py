@@ -101,14 +101,22 @@ def landmark_mask(shape, landmarks: np.ndarray, kind: str = "face", scale_w: flo
     return mask.astype(np.float32)
 
 
-def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid: int = 6) -> np.ndarray:
-    """Warp a mask by a smooth random displacement field (coarse noise upsampled), so outlines are not convex."""
-    h, w = mask.shape
+def _smooth_displacement(shape, rng: np.random.Generator, amplitude: float,
+                         grid: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps of a smooth random displacement field (coarse noise upsampled) of at most about
+    ``amplitude`` pixels along each axis."""
+    h, w = shape[:2]
     dx = cv2.resize(rng.uniform(-1, 1, (grid, grid)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     dy = cv2.resize(rng.uniform(-1, 1, (grid, grid)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     amplitude = np.float32(amplitude)
-    return cv2.remap(mask, xs + amplitude * dx, ys + amplitude * dy, cv2.INTER_LINEAR, borderValue=0)
+    return xs + amplitude * dx, ys + amplitude * dy
+
+
+def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid: int = 6) -> np.ndarray:
+    """Warp a mask by a smooth random displacement field, so outlines are not convex."""
+    map_x, map_y = _smooth_displacement(mask.shape, rng, amplitude, grid)
+    return cv2.remap(mask, map_x, map_y, cv2.INTER_LINEAR, borderValue=0)
 
 
 def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator, dense: np.ndarray | None = None) -> np.ndarray:
@@ -210,9 +218,20 @@ def _warp(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> n
     return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
+def _flow(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bend the source's features by a smooth non-rigid displacement (2-6 % of the face's size, on a 4x4 to
+    8x8 grid of control points over the crop): an eye, a lip line or a jaw a little out of shape, as a face
+    reenactment or talking-head generator leaves when it moves a face by a dense motion field. ``_warp``'s
+    change is rigid, so it only shows at the blend's edge; this one shows inside the face too."""
+    _, _, _, iod, emd = face_axes(landmarks)
+    amplitude = rng.uniform(0.02, 0.06) * max(iod, emd)
+    map_x, map_y = _smooth_displacement(img.shape, rng, amplitude, grid=int(rng.integers(4, 9)))
+    return cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
 def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                p_sharpen: float | None = None, dense: np.ndarray | None = None,
-               p_smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               p_smooth: float = 0.0, p_flow: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend a perturbed copy of ``img`` back into it through a random face mask (shaped by the 68 points of
     ``dense`` when given).
 
@@ -227,6 +246,9 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     if rng.random() < 0.8:
         source = _frequency(source, rng, p_sharpen, p_smooth)
     source = _warp(source, landmarks, rng)
+    # At 0 it draws nothing, so recipes without it replay their random streams unchanged.
+    if p_flow and rng.random() < p_flow:
+        source = _flow(source, landmarks, rng)
     mask = random_mask(img.shape, landmarks, rng, dense) * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]
     blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)

@@ -116,6 +116,9 @@ DEFAULTS: dict = {
         "sbi_p_sharpen": None,  # share of self-blends whose source is sharpened; None: 1 in 4 (sbi._frequency)
         # Share of the self-blends' frequency changes that are an edge-preserving smoothing instead (sbi._frequency).
         "sbi_p_smooth": 0.0,
+        # Share of the self-blends whose source is also bent by a smooth non-rigid displacement inside the face,
+        # as a talking-head generator's motion field bends it (sbi._flow). 0 = off.
+        "sbi_p_flow": 0.0,
         # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
         # maps (data.SampleSpec; "both" gives the net a second output, model.mask_outputs = 2, set here).
         "mask_target": "region",
@@ -201,9 +204,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
-    p_smooth = cfg["train"]["sbi_p_smooth"]
-    if not _is_number(p_smooth) or not 0.0 <= p_smooth <= 1.0:
-        raise ValueError(f"train.sbi_p_smooth is a share in [0, 1], not {p_smooth!r}")
+    for key in ("sbi_p_smooth", "sbi_p_flow"):
+        share = cfg["train"][key]
+        if not _is_number(share) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"train.{key} is a share in [0, 1], not {share!r}")
     if cfg["train"]["mask_target"] not in ("region", "boundary", "both"):
         raise ValueError(f"train.mask_target is \"region\", \"boundary\" or \"both\", not "
                          f"{cfg['train']['mask_target']!r}")
@@ -730,7 +734,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
-        sbi_p_smooth=ct["sbi_p_smooth"], mask_target=ct["mask_target"],
+        sbi_p_smooth=ct["sbi_p_smooth"], sbi_p_flow=ct["sbi_p_flow"], mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
     )
