@@ -233,7 +233,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                p_sharpen: float | None = None, dense: np.ndarray | None = None,
                p_smooth: float = 0.0, p_flow: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend a perturbed copy of ``img`` back into it through a random face mask (shaped by the 68 points of
-    ``dense`` when given).
+    ``dense`` when given); ``p_flow`` of the copies are also bent non-rigidly (:func:`_flow`).
 
     Returns the blended uint8 image and the effective per-pixel blend weight (float32 HxW in [0, 1]): pixels
     with weight 0 are exactly those of ``img``, so the weight map is the ground-truth manipulation mask.
