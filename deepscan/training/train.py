@@ -637,6 +637,12 @@ def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
     return changes
 
 
+def _write_log(path: Path, entries: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    os.replace(tmp, path)
+
+
 def _save_ckpt(path: Path, state: dict) -> None:
     import torch
 
@@ -787,6 +793,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:  # dropout on CUDA draws from the device's generator
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+    # The log holds the entries of the weights it continues: a fresh run (--no-resume too) starts it empty, a
+    # resumed one from the checkpoint's history, without what was logged after that checkpoint before the stop.
+    _write_log(run_dir / "log.jsonl", history)
 
     bs = ct["batch_size"]
     max_steps = ct["max_steps"] or 10**9
