@@ -33,7 +33,8 @@ def asset_key(result: VideoResult) -> str:
     return "p" + hashlib.sha256(result.path.encode("utf-8", "surrogateescape")).hexdigest()[:15]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step: a reader or a crash never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -154,7 +155,7 @@ def save_evidence(result: VideoResult, out_dir: Path, top_k: int = 4) -> dict:
     evidence["dir"] = rel_dir
 
     def write(name: str, data: bytes) -> str:
-        _write_atomic(asset_dir / name, data)
+        write_atomic(asset_dir / name, data)
         return f"{rel_dir}/{name}"
 
     threshold = result.model.get("threshold")

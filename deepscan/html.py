@@ -14,13 +14,13 @@ import csv
 import hashlib
 import io
 import json
-import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from . import __version__
+from .evidence import write_atomic
 from .report import VERDICT_MEANING
 from .results import VERDICTS
 
@@ -49,16 +49,6 @@ def read_results(path: Path) -> tuple[list[dict], int]:
                 continue
             latest[d["path"]] = d
     return list(latest.values()), bad
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _asset(out_dir: Path, rel) -> str | None:
@@ -277,8 +267,8 @@ def build_report(out_dir: Path) -> Path:
     """Render ``out_dir/report.html``, ``videos.csv`` and ``frames.csv`` from ``out_dir/results.jsonl``."""
     out_dir = Path(out_dir)
     results, bad_lines = read_results(out_dir / "results.jsonl")
-    _write_atomic_text(out_dir / "videos.csv", _csv_text(VIDEO_COLUMNS, video_rows(results)))
-    _write_atomic_text(out_dir / "frames.csv", _csv_text(FRAME_COLUMNS, frame_rows(results)))
+    write_atomic(out_dir / "videos.csv", _csv_text(VIDEO_COLUMNS, video_rows(results)).encode("utf-8"))
+    write_atomic(out_dir / "frames.csv", _csv_text(FRAME_COLUMNS, frame_rows(results)).encode("utf-8"))
     report = out_dir / "report.html"
-    _write_atomic_text(report, render_report(results, out_dir, bad_lines))
+    write_atomic(report, render_report(results, out_dir, bad_lines).encode("utf-8"))
     return report

@@ -824,9 +824,12 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
 def test_a_resumed_runs_log_is_the_uninterrupted_runs_and_a_fresh_start_clears_it(cache, tmp_path, monkeypatch):
     import deepscan.training.train as train_module
 
+    def logged_steps(path: Path) -> list[int]:
+        return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
     over = {"max_steps": 6, "ckpt_every": 3, "log_every": 1, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
     train(_write_config(tmp_path / "a", cache, **over), progress=False)
-    uninterrupted = [json.loads(line)["step"] for line in (tmp_path / "a/runs/tiny-sbi/log.jsonl").open()]
+    uninterrupted = logged_steps(tmp_path / "a/runs/tiny-sbi/log.jsonl")
     assert uninterrupted == [1, 2, 3, 4, 5, 6]
 
     real_factor = train_module.lr_factor
@@ -841,16 +844,16 @@ def test_a_resumed_runs_log_is_the_uninterrupted_runs_and_a_fresh_start_clears_i
     monkeypatch.setattr(train_module, "lr_factor", stop_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, progress=False)
-    assert [json.loads(line)["step"] for line in log_b.open()] == [1, 2, 3, 4, 5]
+    assert logged_steps(log_b) == [1, 2, 3, 4, 5]
     monkeypatch.setattr(train_module, "lr_factor", real_factor)
     train(cfg_b, progress=False)
-    assert [json.loads(line)["step"] for line in log_b.open()] == uninterrupted
+    assert logged_steps(log_b) == uninterrupted
 
     # Starting over in the same run folder does not append to the old run's log.
     monkeypatch.setattr(train_module, "lr_factor", stop_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_b, resume=False, progress=False)
-    assert [json.loads(line)["step"] for line in log_b.open()] == [1, 2, 3, 4, 5]
+    assert logged_steps(log_b) == [1, 2, 3, 4, 5]
 
 
 def test_weight_averaging_exports_the_mean_of_the_window_and_leaves_training_alone(cache, tmp_path, monkeypatch):

@@ -638,9 +638,9 @@ def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
 
 
 def _write_log(path: Path, entries: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    os.replace(tmp, path)
+    from ..evidence import write_atomic
+
+    write_atomic(path, "".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
