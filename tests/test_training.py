@@ -1266,3 +1266,53 @@ def test_a_gem_pooled_run_learns_its_exponent_and_its_card_loads_the_same_net(ca
         load_config(_write_config(tmp_path, cache, model_over={"pool": "gem",
                                                                "backbone": "vit_base_patch16_clip_quickgelu_224"},
                                   max_steps=10))
+
+
+def test_the_classifier_reading_the_mask_features_adds_only_its_own_layer_and_sees_a_local_trace():
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    plain = SBINet(dropout=0.0).eval()
+    torch.manual_seed(0)
+    multi = SBINet(dropout=0.0, classify_mask_features=True).eval()
+    own, both = plain.state_dict(), multi.state_dict()
+    assert set(both) - set(own) == {"mask_classifier.weight", "mask_classifier.bias"}
+    assert all(torch.equal(own[k], both[k]) for k in own)  # made last: every other weight starts the same
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        plain_logit, plain_mask = plain(x)
+        multi.mask_classifier.weight.zero_()
+        multi.mask_classifier.bias.fill_(0.5)
+        multi_logit, multi_mask = multi(x)
+        assert torch.allclose(multi_logit, plain_logit + 0.5, atol=1e-5) and torch.equal(multi_mask, plain_mask)
+        # The maximum half of its input: a change confined to one patch of the crop moves it.
+        multi.mask_classifier.weight.zero_()
+        multi.mask_classifier.weight[0, multi.mask_classifier.in_features // 2:] = 1.0
+        patched = x.clone()
+        patched[:, :, 40:56, 40:56] += 3.0
+        assert not torch.allclose(multi(patched)[0], multi_logit)
+    # The class loss alone reaches the mask head's layers through it (they learn from both losses).
+    multi.train()
+    multi(x)[0].sum().backward()
+    assert multi.mask_classifier.weight.grad.abs().sum() > 0
+    assert multi.lateral["8"].weight.grad.abs().sum() > 0
+
+
+def test_a_run_whose_classifier_reads_the_mask_features_saves_that_layer_and_its_card_loads_it(cache, tmp_path):
+    card_path = train(_write_config(tmp_path, cache, model_over={"classify_mask_features": True}, max_steps=10),
+                      progress=False)
+    card = ModelCard.load(card_path)
+    assert card.extra["net"]["classify_mask_features"] is True
+    from safetensors.torch import load_file
+
+    saved = load_file(str(card.weights_path))
+    detector = load_detector(str(card_path), device="cpu", precision="fp32")
+    assert torch.equal(detector.net.mask_classifier.weight.detach(), saved["mask_classifier.weight"])
+    clips = load_clips(cache, load_index(cache)["clips"][:2])
+    crops = np.stack([crop_face(c.crops[0], c.boxes[0], card.crop_margin, card.input_size) for c in clips])
+    assert np.array_equal(detector.predict(crops).probs, detector.predict(crops).probs)
+    for bad, match in (({"classify_mask_features": 1}, "true or false"),
+                       ({"classify_mask_features": True, "backbone": "vit_base_patch16_clip_quickgelu_224"},
+                        "EfficientNet-Lite option")):
+        with pytest.raises(ValueError, match=match):
+            load_config(_write_config(tmp_path, cache, model_over=bad, max_steps=10))

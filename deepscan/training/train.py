@@ -71,6 +71,8 @@ DEFAULTS: dict = {
         # How the classifier pools the last feature map: "mean" (the shipped nets), or "gem" (generalised mean
         # with a learnt exponent, SBINet only).
         "pool": "mean",
+        # Whether the classifier also reads the mask head's pooled features (SBINet only; see SBINet).
+        "classify_mask_features": False,
     },
     "train": {
         "batch_size": 16,
@@ -222,6 +224,11 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"model.pool is one of {POOLS}, not {cfg['model']['pool']!r}")
     if cfg["model"]["pool"] != "mean" and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
         raise ValueError("model.pool \"gem\" is an EfficientNet-Lite option; the CLIP net reads its CLS token")
+    if not isinstance(cfg["model"]["classify_mask_features"], bool):
+        raise ValueError(f"model.classify_mask_features is true or false, not "
+                         f"{cfg['model']['classify_mask_features']!r}")
+    if cfg["model"]["classify_mask_features"] and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
+        raise ValueError("model.classify_mask_features is an EfficientNet-Lite option")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
@@ -672,6 +679,8 @@ def _net_kwargs(cfg_model: dict) -> dict:
         kwargs["mask_outputs"] = cfg_model["mask_outputs"]
     if cfg_model.get("pool", "mean") != "mean":  # likewise: cards of mean-pooled nets are unchanged
         kwargs["pool"] = cfg_model["pool"]
+    if cfg_model.get("classify_mask_features", False):  # likewise
+        kwargs["classify_mask_features"] = True
     return kwargs
 
 

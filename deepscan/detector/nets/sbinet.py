@@ -36,7 +36,7 @@ class SBINet(nn.Module):
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
                  mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0, mask_outputs: int = 1,
-                 pool: str = "mean"):
+                 pool: str = "mean", classify_mask_features: bool = False):
         super().__init__()
         import timm
 
@@ -76,6 +76,11 @@ class SBINet(nn.Module):
         # A second map (the blend boundary, channel 1) from the same fused features; made last, so every other
         # weight starts as in a one-map net of the same seed. Channel 0 stays the heatmap.
         self.boundary_head = nn.Conv2d(mask_channels, 1, 1) if mask_outputs == 2 else None
+        # The classifier may also read the mask head's fused stride-8 features, pooled by their mean and their
+        # maximum: the last stage's features are mostly semantic (who, what pose), while a blend's traces are
+        # local and low-level, which the mask head's features are trained to find. Made last, as above; its
+        # logit is added to the main classifier's (a linear layer on the concatenated features).
+        self.mask_classifier = nn.Linear(2 * mask_channels, 1) if classify_mask_features else None
         self.freeze_stages = freeze_stages
         self._freeze(freeze_stages)
 
@@ -129,9 +134,12 @@ class SBINet(nn.Module):
             if fused is not None:
                 lat = lat + F.interpolate(fused, size=lat.shape[-2:], mode="bilinear", align_corners=False)
             fused = lat
-        if self.boundary_head is None:
-            return logit, self.fuse(fused)
         hidden = self.fuse[:-1](fused)
+        if self.mask_classifier is not None:
+            mask_pooled = torch.cat([hidden.mean(dim=(2, 3)), hidden.amax(dim=(2, 3))], dim=1)
+            logit = logit + self.mask_classifier(self.dropout(mask_pooled)).reshape(-1)
+        if self.boundary_head is None:
+            return logit, self.fuse[-1](hidden)
         return logit, torch.cat([self.fuse[-1](hidden), self.boundary_head(hidden)], dim=1)
 
 
