@@ -587,6 +587,8 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
 @pytest.mark.parametrize("line, message", [("precision = \"fp16\"", "bf16 or fp32"),
                                            ("precision = \"bfloat16\"", "bf16 or fp32"),
                                            ("sam_rho = -0.05", "sam_rho"),
+                                           ("l2sp = -1.0", "l2sp"),
+                                           ("l2sp = \"yes\"", "l2sp"),
                                            ("average_from = 1.0", "average_from"),
                                            ("average_from = -0.5", "average_from"),
                                            ("average_from = 0.5\nmax_minutes = 30", "no train.max_minutes"),
@@ -788,8 +790,8 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert ModelCard.load(again).sha256 == card.sha256
 
 
-@pytest.mark.parametrize("average_from", [0.0, 0.5])
-def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, average_from):
+@pytest.mark.parametrize("recipe", [{"average_from": 0.0}, {"average_from": 0.5}, {"l2sp": 50.0}])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, recipe):
     from safetensors.torch import load_file
 
     import deepscan.training.train as train_module
@@ -797,9 +799,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     # On the CPU: CUDA training is not reproducible bit for bit (the bilinear upsampling's backward adds with
     # atomics; measured on an H100, weights 1e-3 apart after 6 steps), so only the CPU can show that resuming
     # changes nothing. The CUDA generator is checkpointed all the same (dropout there draws from it).
-    # With weight averaging the crash falls inside the window (steps 3-6), so the average must resume too.
-    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu",
-            "average_from": average_from}
+    # With weight averaging the crash falls inside the window (steps 3-6), so the average must resume too; with
+    # L2-SP, the pull toward the start weights must resume toward the same start.
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu", **recipe}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
     real_save, saves = train_module._save_ckpt, []
@@ -1316,3 +1318,19 @@ def test_a_run_whose_classifier_reads_the_mask_features_saves_that_layer_and_its
                         "EfficientNet-Lite option")):
         with pytest.raises(ValueError, match=match):
             load_config(_write_config(tmp_path, cache, model_over=bad, max_steps=10))
+
+
+def test_l2sp_pulls_the_backbone_toward_the_weights_it_started_from(cache, tmp_path):
+    def run(name, l2sp):  # the checkpoint: the last step's weights in full precision (exports may be fp16)
+        train(_write_config(tmp_path / name, cache, max_steps=8, ckpt_every=8, l2sp=l2sp), progress=False)
+        return torch.load(tmp_path / name / "runs" / "tiny-sbi" / "ckpt.pt", weights_only=True)
+
+    free, held = run("free", 0.0), run("held", 1e9)  # 1e9: a pull of 1, back to the start after every update
+    assert "l2sp_anchors" not in free
+    keys = [k for k, v in held["model"].items() if k.startswith("backbone.") and v.ndim > 1]
+    starts = held["l2sp_anchors"]
+    assert len(starts) == len(keys)
+    assert all(torch.equal(held["model"][k], start) for k, start in zip(keys, starts, strict=True))
+    # The same seed starts both runs from the same weights; without the pull they move.
+    assert all(not torch.equal(free["model"][k], start) for k, start in zip(keys, starts, strict=True))
+    assert not torch.equal(held["model"]["classifier.weight"], free["model"]["classifier.weight"])

@@ -86,6 +86,10 @@ DEFAULTS: dict = {
         # Sharpness-aware minimisation (Foret et al. 2021; SBI trains with it): the radius of the weight
         # perturbation. 0 = plain AdamW. Each step costs two forward/backward passes.
         "sam_rho": 0.0,
+        # L2-SP (Li et al. 2018), decoupled as AdamW's weight decay is: each step pulls the backbone's weights
+        # toward the weights training started from (ImageNet, or init_from) by lr x this, in place of the decay
+        # toward zero, so fine-tuning keeps more of the generic features. 0 = off (plain weight decay).
+        "l2sp": 0.0,
         # Dense weight averaging (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021, for unseen domains): from
         # this fraction of max_steps on, the exported weights are the uniform average of the weights after
         # every step, BatchNorm statistics included. 0 = off: the last step's weights. Costs no training time.
@@ -181,6 +185,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.precision must be bf16 or fp32, not {cfg['train']['precision']!r}")
     if cfg["train"]["sam_rho"] < 0:
         raise ValueError(f"train.sam_rho must be 0 (off) or positive, not {cfg['train']['sam_rho']}")
+    l2sp = cfg["train"]["l2sp"]
+    if not _is_number(l2sp) or l2sp < 0:
+        raise ValueError(f"train.l2sp must be 0 (off) or positive, not {l2sp!r}")
     average_from = cfg["train"]["average_from"]
     if not 0 <= average_from < 1:
         raise ValueError(f"train.average_from must be 0 (off) or a fraction of max_steps below 1, not {average_from}")
@@ -580,8 +587,10 @@ def _param_groups(net, cfg_train: dict) -> list[dict]:
         else:
             (head_no if no_decay else head_decay).append(p)
     wd, lr, blr = cfg_train["weight_decay"], cfg_train["lr"], cfg_train["backbone_lr"]
+    l2sp = cfg_train.get("l2sp", 0.0)
     groups = [
-        {"params": backbone_decay, "lr": blr, "weight_decay": wd},
+        # With L2-SP these weights decay toward their start instead (l2sp_pull), not toward zero as well.
+        {"params": backbone_decay, "lr": blr, "weight_decay": 0.0 if l2sp else wd, "l2sp": l2sp},
         {"params": backbone_no, "lr": blr, "weight_decay": 0.0},
         {"params": head_decay, "lr": lr, "weight_decay": wd},
         {"params": head_no, "lr": lr, "weight_decay": 0.0},
@@ -589,6 +598,20 @@ def _param_groups(net, cfg_train: dict) -> list[dict]:
     for g in groups:
         g["base_lr"] = g["lr"]
     return [g for g in groups if g["params"]]
+
+
+def l2sp_pull(optimizer, anchors: list) -> None:
+    """Move each L2-SP weight toward its start by its group's current lr x ``l2sp`` (after the AdamW step, as
+    AdamW's own decay is decoupled from the gradient's scaling)."""
+    import torch
+
+    group = next((g for g in optimizer.param_groups if g.get("l2sp")), None)
+    if group is None:
+        return
+    with torch.no_grad():
+        pull = min(1.0, group["lr"] * group["l2sp"])
+        for p, start in zip(group["params"], anchors, strict=True):
+            p.lerp_(start, pull)
 
 
 def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
@@ -784,6 +807,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         load_pretrained(net)
     net = net.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(_param_groups(net, ct))
+    # L2-SP's anchors: the start weights of the group it pulls (checkpointed, since a resumed run starts from
+    # the checkpoint and could not otherwise rebuild a random or init_from start).
+    anchors = [p.detach().clone() for g in optimizer.param_groups if g.get("l2sp") for p in g["params"]]
     average_start = average_start_step(ct)
     averaged = None
     if average_start is not None:
@@ -793,6 +819,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if anchors:
+            anchors = [a.to(device) for a in state["l2sp_anchors"]]
         if averaged is not None:
             if "averaged" not in state:
                 raise ValueError(f"{ckpt_path} was written without train.average_from: its average cannot be "
@@ -834,6 +862,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
             "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
             "resumes": resumes,
+            **({"l2sp_anchors": anchors} if anchors else {}),
             **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
@@ -862,6 +891,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         if ct["sam_rho"] > 0:
             sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
         optimizer.step()
+        if anchors:
+            l2sp_pull(optimizer, anchors)
         step += 1
         if averaged is not None and step >= average_start:
             averaged.update_parameters(net)
