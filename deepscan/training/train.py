@@ -587,7 +587,7 @@ def _param_groups(net, cfg_train: dict) -> list[dict]:
         else:
             (head_no if no_decay else head_decay).append(p)
     wd, lr, blr = cfg_train["weight_decay"], cfg_train["lr"], cfg_train["backbone_lr"]
-    l2sp = cfg_train.get("l2sp", 0.0)
+    l2sp = cfg_train["l2sp"]
     groups = [
         # With L2-SP these weights decay toward their start instead (l2sp_pull), not toward zero as well.
         {"params": backbone_decay, "lr": blr, "weight_decay": 0.0 if l2sp else wd, "l2sp": l2sp},
@@ -605,9 +605,8 @@ def l2sp_pull(optimizer, anchors: list) -> None:
     AdamW's own decay is decoupled from the gradient's scaling)."""
     import torch
 
-    group = next((g for g in optimizer.param_groups if g.get("l2sp")), None)
-    if group is None:
-        return
+    # Looked up here, not kept: loading a checkpoint's optimizer state replaces the group dicts.
+    group = next(g for g in optimizer.param_groups if g.get("l2sp"))
     with torch.no_grad():
         pull = min(1.0, group["lr"] * group["l2sp"])
         for p, start in zip(group["params"], anchors, strict=True):
