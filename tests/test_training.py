@@ -1334,3 +1334,64 @@ def test_l2sp_pulls_the_backbone_toward_the_weights_it_started_from(cache, tmp_p
     # The same seed starts both runs from the same weights; without the pull they move.
     assert all(not torch.equal(free["model"][k], start) for k, start in zip(keys, starts, strict=True))
     assert not torch.equal(held["model"]["classifier.weight"], free["model"]["classifier.weight"])
+
+
+def test_the_patch_consistency_loss_rewards_embeddings_that_part_where_the_blend_does():
+    from deepscan.training.train import consistency_loss
+
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[1, :, :, 4:] = 1.0  # sample 1: its right half blended; sample 0 real
+    weight = torch.ones(2)
+    inside = torch.zeros(2, 4, 4, 4)
+    inside[:, 0] = 1.0  # every patch the same direction
+    split = inside.clone()
+    split[1, 0, :, 2:] = -1.0  # sample 1's right-half patches opposite its left: similarity (cos + 1) / 2 = 0
+    alike, parted = consistency_loss(inside, mask, weight), consistency_loss(split, mask, weight)
+    assert parted < 0.01 < alike  # one embedding for both sources is wrong only for the blended sample
+    assert consistency_loss(split, mask, torch.tensor([1.0, 0.0])) < 0.01  # the real one alone: all alike
+    # A sample of weight 0 (a labelled fake's hull guess) counts for nothing.
+    assert torch.isclose(consistency_loss(inside, mask, torch.tensor([1.0, 0.0])), consistency_loss(split, mask, torch.tensor([1.0, 0.0])))
+
+
+def test_a_run_with_the_consistency_loss_trains_its_embeddings_and_its_card_loads_them(cache, tmp_path):
+    from deepscan.detector.nets.sbinet import SBINet
+
+    torch.manual_seed(0)
+    plain = SBINet(dropout=0.0).eval()
+    torch.manual_seed(0)
+    embedded = SBINet(dropout=0.0, consistency_channels=8).eval()
+    own, both = plain.state_dict(), embedded.state_dict()
+    assert set(both) - set(own) == {"consistency_proj.weight", "consistency_proj.bias"}
+    assert all(torch.equal(own[k], both[k]) for k in own)  # made last: every other weight starts the same
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logit, masks, patches = embedded(x, with_patches=True)
+        assert torch.equal(logit, plain(x)[0]) and patches.shape == (2, 8, 4, 4)
+    with pytest.raises(ValueError, match="no consistency embeddings"):
+        plain(x, with_patches=True)
+    from deepscan.training.train import consistency_loss
+
+    embedded.train()
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1.0
+    consistency_loss(embedded(x, with_patches=True)[2], mask, torch.ones(2)).backward()
+    assert embedded.consistency_proj.weight.grad.abs().sum() > 0  # it reaches the embeddings and the backbone
+    assert embedded.backbone.blocks[3][0].conv_pw.weight.grad.abs().sum() > 0
+
+    config = _write_config(tmp_path, cache, model_over={"consistency_channels": 8}, max_steps=6, ckpt_every=6,
+                           consistency_lambda=1.0)
+    card_path = train(config, progress=False)
+    card = ModelCard.load(card_path)
+    assert card.extra["net"]["consistency_channels"] == 8
+    from safetensors.torch import load_file
+
+    detector = load_detector(str(card_path), device="cpu", precision="fp32")
+    saved = load_file(str(card.weights_path))
+    assert torch.equal(detector.net.consistency_proj.weight.detach(), saved["consistency_proj.weight"])
+    for model_over, train_over, match in (({"consistency_channels": 8}, {}, "go together"),
+                                          ({}, {"consistency_lambda": 1.0}, "go together"),
+                                          ({"consistency_channels": 8}, {"consistency_lambda": -1.0}, "positive"),
+                                          ({"consistency_channels": 8},
+                                           {"consistency_lambda": 1.0, "mask_target": "boundary"}, "blend region")):
+        with pytest.raises(ValueError, match=match):
+            load_config(_write_config(tmp_path, cache, model_over=model_over, max_steps=10, **train_over))

@@ -73,6 +73,8 @@ DEFAULTS: dict = {
         "pool": "mean",
         # Whether the classifier also reads the mask head's pooled features (SBINet only; see SBINet).
         "classify_mask_features": False,
+        # Channels of the stride-16 patch embeddings that train.consistency_lambda trains (SBINet only). 0 = none.
+        "consistency_channels": 0,
     },
     "train": {
         "batch_size": 16,
@@ -131,6 +133,11 @@ DEFAULTS: dict = {
         # The classifier's targets pulled toward 1/2 by this much (0 fake -> eps/2, 1 -> 1 - eps/2): a self-blend
         # with a faint change or a seam outside the crop is no surer a fake than its label can say.
         "label_smoothing": 0.0,
+        # Weight of the patch-consistency loss (PCL, Zhao et al., ICCV 2021; consistency_loss): the cosine
+        # similarity of two patches' embeddings is trained toward 1 - |difference of their blend weights|, so
+        # the backbone's mid-level features tell the blended face's source from its surroundings'. Needs
+        # model.consistency_channels. 0 = off.
+        "consistency_lambda": 0.0,
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -236,6 +243,17 @@ def load_config(path, overrides: dict | None = None) -> dict:
                          f"{cfg['model']['classify_mask_features']!r}")
     if cfg["model"]["classify_mask_features"] and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
         raise ValueError("model.classify_mask_features is an EfficientNet-Lite option")
+    lam, channels = cfg["train"]["consistency_lambda"], cfg["model"]["consistency_channels"]
+    if not _is_number(lam) or lam < 0:
+        raise ValueError(f"train.consistency_lambda must be 0 (off) or positive, not {lam!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 0:
+        raise ValueError(f"model.consistency_channels is a whole number, not {channels!r}")
+    if bool(lam) != bool(channels):
+        raise ValueError("train.consistency_lambda and model.consistency_channels go together: set both or neither")
+    if channels and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
+        raise ValueError("model.consistency_channels is an EfficientNet-Lite option")
+    if lam and cfg["train"]["mask_target"] == "boundary":  # its targets are read from the blend region's map
+        raise ValueError("train.consistency_lambda needs the blend region among the mask targets, not \"boundary\" alone")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
@@ -703,6 +721,8 @@ def _net_kwargs(cfg_model: dict) -> dict:
         kwargs["pool"] = cfg_model["pool"]
     if cfg_model.get("classify_mask_features", False):  # likewise
         kwargs["classify_mask_features"] = True
+    if cfg_model.get("consistency_channels", 0):  # likewise
+        kwargs["consistency_channels"] = cfg_model["consistency_channels"]
     return kwargs
 
 
@@ -716,6 +736,21 @@ def _masked_bce(mask_logits, mask_target, weight):
 
     per_pixel = F.binary_cross_entropy_with_logits(mask_logits.float(), mask_target, reduction="none")
     per_sample = per_pixel.mean(dim=(2, 3)).sum(dim=1)  # each map weighs as a one-map head's would
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def consistency_loss(patches, mask, weight):
+    """PCL's loss: each pair of patches' cosine similarity, mapped to [0, 1], against 1 - |m_i - m_j|, where m
+    is the share of the patch inside the blend (from the mask target's first map, the blend region); a real
+    face's patches are all alike. Samples weigh as in the mask loss (labelled fakes' hull guesses: 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    blend = F.adaptive_avg_pool2d(mask[:, :1].float(), patches.shape[-2:]).flatten(1)  # (N, P)
+    target = 1.0 - (blend[:, :, None] - blend[:, None, :]).abs()
+    unit = F.normalize(patches.float().flatten(2), dim=1)  # (N, C, P)
+    similarity = ((torch.einsum("ncp,ncq->npq", unit, unit) + 1.0) / 2.0).clamp(1e-6, 1.0 - 1e-6)
+    per_sample = F.binary_cross_entropy(similarity, target, reduction="none").mean(dim=(1, 2))
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
@@ -868,10 +903,16 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
     def losses(x, y, mask, weight):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
-            logit, mask_logits = net(x)
+            if ct["consistency_lambda"]:
+                logit, mask_logits, patches = net(x, with_patches=True)
+            else:
+                logit, mask_logits = net(x)
         cls_loss = F.binary_cross_entropy_with_logits(logit.float(), smoothed_labels(y, ct["label_smoothing"]))
         mask_loss = _masked_bce(mask_logits, mask, weight)
-        return cls_loss + ct["mask_lambda"] * mask_loss, cls_loss, mask_loss
+        total = cls_loss + ct["mask_lambda"] * mask_loss
+        if ct["consistency_lambda"]:
+            total = total + ct["consistency_lambda"] * consistency_loss(patches, mask, weight)
+        return total, cls_loss, mask_loss
 
     net.train()
     t_last = time.perf_counter()

@@ -36,7 +36,7 @@ class SBINet(nn.Module):
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", dropout: float = 0.2, mask_channels: int = 64,
                  mask_stride: int = 8, freeze_stages: int = 0, drop_path_rate: float = 0.0, mask_outputs: int = 1,
-                 pool: str = "mean", classify_mask_features: bool = False):
+                 pool: str = "mean", classify_mask_features: bool = False, consistency_channels: int = 0):
         super().__init__()
         import timm
 
@@ -81,6 +81,13 @@ class SBINet(nn.Module):
         # local and low-level, which the mask head's features are trained to find. Made last, as above; its
         # logit is added to the main classifier's (a linear layer on the concatenated features).
         self.mask_classifier = nn.Linear(2 * mask_channels, 1) if classify_mask_features else None
+        # Patch embeddings of the stride-16 stage for a training-only loss (PCL, Zhao et al., ICCV 2021): patches
+        # of one source should embed alike, patches inside and outside a blend apart (training.train's
+        # consistency_loss). Made last, as above; the scores and heatmaps never read it.
+        if consistency_channels and 16 not in self.tap_reductions:
+            raise ValueError("consistency_channels needs the stride-16 stage: mask_stride 8 or 16")
+        self.consistency_proj = (nn.Conv2d(channels[16], consistency_channels, 1)
+                                 if consistency_channels else None)
         self.freeze_stages = freeze_stages
         self._freeze(freeze_stages)
 
@@ -116,7 +123,8 @@ class SBINet(nn.Module):
         p = self.gem_p.float().clamp(1.0, 8.0)
         return feats.float().clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p).to(feats.dtype)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_patches: bool = False):
+        """(fake logit, mask logits), and with ``with_patches`` the consistency patch embeddings third."""
         b = self.backbone
         x = b.bn1(b.conv_stem(x))
         taps: dict[int, torch.Tensor] = {}
@@ -139,8 +147,14 @@ class SBINet(nn.Module):
             mask_pooled = torch.cat([hidden.mean(dim=(2, 3)), hidden.amax(dim=(2, 3))], dim=1)
             logit = logit + self.mask_classifier(self.dropout(mask_pooled)).reshape(-1)
         if self.boundary_head is None:
-            return logit, self.fuse[-1](hidden)
-        return logit, torch.cat([self.fuse[-1](hidden), self.boundary_head(hidden)], dim=1)
+            masks = self.fuse[-1](hidden)
+        else:
+            masks = torch.cat([self.fuse[-1](hidden), self.boundary_head(hidden)], dim=1)
+        if not with_patches:
+            return logit, masks
+        if self.consistency_proj is None:
+            raise ValueError("this net has no consistency embeddings (consistency_channels 0)")
+        return logit, masks, self.consistency_proj(taps[16])
 
 
 def imagenet_weights_file(backbone: str = "tf_efficientnet_lite0") -> Path:
