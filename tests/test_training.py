@@ -1383,6 +1383,8 @@ def test_a_run_with_the_consistency_loss_trains_its_embeddings_and_its_card_load
     card_path = train(config, progress=False)
     card = ModelCard.load(card_path)
     assert card.extra["net"]["consistency_channels"] == 8
+    logged = [json.loads(line) for line in (tmp_path / "runs" / "tiny-sbi" / "log.jsonl").read_text().splitlines()]
+    assert logged and all(0.0 < e["consistency_loss"] < e["loss"] for e in logged)
     from safetensors.torch import load_file
 
     detector = load_detector(str(card_path), device="cpu", precision="fp32")

@@ -910,13 +910,14 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         cls_loss = F.binary_cross_entropy_with_logits(logit.float(), smoothed_labels(y, ct["label_smoothing"]))
         mask_loss = _masked_bce(mask_logits, mask, weight)
         total = cls_loss + ct["mask_lambda"] * mask_loss
-        if ct["consistency_lambda"]:
-            total = total + ct["consistency_lambda"] * consistency_loss(patches, mask, weight)
-        return total, cls_loss, mask_loss
+        if not ct["consistency_lambda"]:
+            return total, cls_loss, mask_loss, None
+        pcl_loss = consistency_loss(patches, mask, weight)
+        return total + ct["consistency_lambda"] * pcl_loss, cls_loss, mask_loss, pcl_loss
 
     net.train()
     t_last = time.perf_counter()
-    window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": t_last, "imgs": 0}
+    window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": t_last, "imgs": 0}
     stopped_by = "max_steps"
     batches = batches_of(step, max_steps) if step < max_steps and elapsed < budget_s else []
     for x, y, mask, weight in batches:
@@ -926,7 +927,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y, mask, weight = y.to(device), mask.to(device), weight.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss, cls_loss, mask_loss = losses(x, y, mask, weight)
+        loss, cls_loss, mask_loss, pcl_loss = losses(x, y, mask, weight)
         loss.backward()
         if ct["sam_rho"] > 0:
             sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
@@ -942,6 +943,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         window["loss"] += loss.item()
         window["cls"] += cls_loss.item()
         window["mask"] += mask_loss.item()
+        window["pcl"] += pcl_loss.item() if pcl_loss is not None else 0.0
         window["n"] += 1
         window["imgs"] += len(x)
         if step % ct["log_every"] == 0 or step == max_steps:
@@ -949,13 +951,15 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             entry = {"step": step, "loss": window["loss"] / window["n"], "cls_loss": window["cls"] / window["n"],
                      "mask_loss": window["mask"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
                      "img_per_s": rate, "elapsed_s": elapsed}
+            if ct["consistency_lambda"]:
+                entry["consistency_loss"] = window["pcl"] / window["n"]
             history.append(entry)
             with open(run_dir / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
             if bar is not None:
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", cls=f"{entry['cls_loss']:.3f}",
                                 mask=f"{entry['mask_loss']:.3f}", ips=f"{rate:.1f}")
-            window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "n": 0, "t0": now, "imgs": 0}
+            window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": now, "imgs": 0}
         if bar is not None:
             bar.update(1)
         if step % ct["ckpt_every"] == 0:
