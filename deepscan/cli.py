@@ -391,7 +391,7 @@ def cmd_validate(args) -> int:
 
     console = make_console()
     table = Table(title="validation crops, video AUC (mean real score); swap probe: AUC [95% CI, pairs resampled]; "
-                        "swap probe degraded: the same four degradations in order; box probe: mean |score "
+                        "swap probe degraded: the same degradations in order; box probe: mean |score "
                         "change| when the face box moves 5% or is scaled 7-8%")
     probes = ("none", *PROBE_DEGRADATIONS)
     for col in ("card", *probes, "swap probe", "swap probe degraded", "box probe"):

@@ -24,6 +24,7 @@ from deepscan.training.data import (  # noqa: E402
     SampleSpec,
     SBIDataset,
     ValClip,
+    degrade,
     degraded_items,
     face_part_cutout,
     fake_clip_weights,
@@ -274,6 +275,28 @@ def test_probe_degradations_lose_detail_and_keep_the_clips():
         assert not np.array_equal(probe.crops, items[0].crops)
     half, quarter = (degraded_items(items, n)[0].crops[0] for n in ("downscale_0.5", "downscale_0.25"))
     assert detail(quarter) < detail(half) < detail(crop)
+    sharpened, smoothed = (degraded_items(items, n)[0].crops[0] for n in ("sharpen_0.7", "bilateral_30"))
+    assert detail(smoothed) < detail(crop) < detail(sharpened)
+
+
+def test_whole_crop_sharpening_and_smoothing_are_drawn_only_when_asked_for():
+    img, _, _ = synthetic_face(np.random.default_rng(3))
+    crop = np.ascontiguousarray(img[:224, :224])
+    # Every other degradation off: what is left is the sharpening or smoothing.
+    still = {"p_downscale": 0.0, "p_blur": 0.0, "p_noise": 0.0, "p_jpeg": 0.0, "p_blocky": 0.0}
+
+    def detail(x):
+        return float(np.abs(np.diff(x.astype(np.float32), axis=1)).mean())
+
+    def run(**over):
+        rng = np.random.default_rng(0)
+        return degrade(crop, rng, Augment(**still, **over)), rng.random()
+
+    plain, plain_next = run()
+    assert np.array_equal(plain, crop)
+    assert run(p_sharpen=0.0, p_smooth=0.0)[1] == plain_next  # off draws nothing: older recipes replay
+    assert run(p_sharpen=1e-9)[1] != plain_next  # (on, it draws even when it does not sharpen)
+    assert detail(run(p_sharpen=1.0)[0]) > detail(crop) > detail(run(p_smooth=1.0)[0])
 
 
 def test_face_swap_changes_only_the_face_ellipse():

@@ -31,6 +31,7 @@ from .sbi import (
     landmark_mask,
     landmark_misfit,
     self_blend,
+    unsharp,
 )
 
 REAL_LABELS = ("real", "unknown")
@@ -150,6 +151,15 @@ class Augment:
     p_gamma: float = 0.0
     gamma: tuple[float, float] = (0.6, 1.6)
     p_grey: float = 0.0
+    # Whole-crop sharpening (unsharp mask) or edge-preserving smoothing (bilateral filter, a beauty filter's
+    # skin), real and fake alike: cameras, apps and platforms apply both, and the self-blends' sources are
+    # sharpened or softened inside the blend only, so without these a model can read the crop's overall
+    # sharpness as the label (session 35: the shipped model's validation crops all sharpened score lower, all
+    # smoothed higher). 0 draws nothing (older configs replay unchanged).
+    p_sharpen: float = 0.0
+    sharpen_amount: tuple[float, float] = (0.3, 1.2)
+    p_smooth: float = 0.0
+    smooth_sigma_colour: tuple[float, float] = (15.0, 45.0)
     p_downscale: float = 0.3
     downscale: tuple[float, float] = (0.35, 1.0)
     p_blur: float = 0.15
@@ -231,7 +241,13 @@ def retone(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarra
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
-    """Random resampling, blur, noise and compression (video coding, or JPEG) of a model-input crop."""
+    """Random sharpening or smoothing, resampling, blur, noise and compression (video coding, or JPEG) of a
+    model-input crop."""
+    if aug.p_sharpen and rng.random() < aug.p_sharpen:
+        img = unsharp(img, rng.uniform(0.8, 1.6), rng.uniform(*aug.sharpen_amount))
+    elif aug.p_smooth and rng.random() < aug.p_smooth:
+        img = cv2.bilateralFilter(img, 0, sigmaColor=rng.uniform(*aug.smooth_sigma_colour),
+                                  sigmaSpace=rng.uniform(1.5, 4.0))
     if rng.random() < aug.p_downscale:
         f = rng.uniform(*aug.downscale)
         img = _down_up(img, f, cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
@@ -522,6 +538,10 @@ PROBE_DEGRADATIONS = {
     "downscale_0.25": lambda img: _down_up(img, 0.25),
     "blur_1.5": lambda img: cv2.GaussianBlur(img, (0, 0), sigmaX=1.5),
     "jpeg_30": lambda img: _jpeg(img, 30),
+    # Processing rather than loss of detail (session 35): a model that reads overall sharpness as the label
+    # scores every sharpened crop as more real and every smoothed one as more fake.
+    "sharpen_0.7": lambda img: unsharp(img, 1.2, 0.7),
+    "bilateral_30": lambda img: cv2.bilateralFilter(img, 0, sigmaColor=30, sigmaSpace=2.5),
 }
 
 

@@ -177,6 +177,11 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator, force: bool = False
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def unsharp(img: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """Unsharp mask: ``img`` plus ``amount`` times its difference from a Gaussian blur of ``sigma``."""
+    return cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigmaX=sigma), -amount, 0)
+
+
 def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | None = None,
                p_smooth: float = 0.0) -> np.ndarray:
     """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip.
@@ -192,9 +197,7 @@ def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | Non
         return cv2.bilateralFilter(img, 0, sigmaColor=rng.uniform(15, 45), sigmaSpace=rng.uniform(1.5, 4.0))
     choice = rng.integers(4) if p_sharpen is None else (0 if rng.random() < p_sharpen else 1 + rng.integers(3))
     if choice == 0:
-        blur = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.8, 1.6))
-        amount = rng.uniform(0.3, 1.0)
-        return cv2.addWeighted(img, 1 + amount, blur, -amount, 0)
+        return unsharp(img, rng.uniform(0.8, 1.6), rng.uniform(0.3, 1.0))
     if choice == 1:
         return cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
     if choice == 2:
