@@ -915,9 +915,12 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         pcl_loss = consistency_loss(patches, mask, weight)
         return total + ct["consistency_lambda"] * pcl_loss, cls_loss, mask_loss, pcl_loss
 
+    def fresh_window(t0: float) -> dict:  # the sums behind one log entry
+        return {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": t0, "imgs": 0}
+
     net.train()
     t_last = time.perf_counter()
-    window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": t_last, "imgs": 0}
+    window = fresh_window(t_last)
     stopped_by = "max_steps"
     batches = batches_of(step, max_steps) if step < max_steps and elapsed < budget_s else []
     for x, y, mask, weight in batches:
@@ -959,7 +962,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             if bar is not None:
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", cls=f"{entry['cls_loss']:.3f}",
                                 mask=f"{entry['mask_loss']:.3f}", ips=f"{rate:.1f}")
-            window = {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": now, "imgs": 0}
+            window = fresh_window(now)
         if bar is not None:
             bar.update(1)
         if step % ct["ckpt_every"] == 0:
