@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -631,7 +632,11 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("label_smoothing = -0.1", "label_smoothing"),
                                            ("label_smoothing = true", "label_smoothing"),
                                            ("sbi_p_flow = 1.5", "sbi_p_flow"),
-                                           ("sbi_p_flow = true", "sbi_p_flow")])
+                                           ("sbi_p_flow = true", "sbi_p_flow"),
+                                           ("head_only_steps = -1", "whole number"),
+                                           ("head_only_steps = 2.5", "whole number"),
+                                           ("head_only_steps = 5", "max_steps above it"),
+                                           ("head_only_steps = 2\nmax_minutes = 30", "no train.max_minutes")])
 def test_a_training_setting_it_cannot_honour_is_refused(tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f'name = "x"\n[train]\nmax_steps = 5\n{line}\n')
@@ -813,7 +818,8 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert ModelCard.load(again).sha256 == card.sha256
 
 
-@pytest.mark.parametrize("recipe", [{"average_from": 0.0}, {"average_from": 0.5}, {"l2sp": 50.0}])
+@pytest.mark.parametrize("recipe", [{"average_from": 0.0}, {"average_from": 0.5}, {"l2sp": 50.0},
+                                    {"head_only_steps": 4}])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, recipe):
     from safetensors.torch import load_file
 
@@ -823,7 +829,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     # atomics; measured on an H100, weights 1e-3 apart after 6 steps), so only the CPU can show that resuming
     # changes nothing. The CUDA generator is checkpointed all the same (dropout there draws from it).
     # With weight averaging the crash falls inside the window (steps 3-6), so the average must resume too; with
-    # L2-SP, the pull toward the start weights must resume toward the same start.
+    # L2-SP, the pull toward the start weights must resume toward the same start; with LP-FT, inside the heads'
+    # probing phase, so the resumed run must probe, then fine-tune, as the uninterrupted one did.
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu", **recipe}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
@@ -912,6 +919,41 @@ def test_weight_averaging_exports_the_mean_of_the_window_and_leaves_training_alo
             moved += not torch.allclose(w, plain_w[k], atol=1e-6)
     assert moved > 10  # the average is not the last step's weights
     assert averaged.sha256 != plain.sha256
+
+
+def test_lp_ft_trains_only_the_heads_first_then_everything_on_a_fresh_schedule(cache, tmp_path, monkeypatch):
+    import deepscan.training.train as train_module
+
+    sched = {"warmup_steps": 2, "max_steps": 10, "max_minutes": 0, "head_only_steps": 4}
+    # Probing warms up and holds; fine-tuning warms up again and decays over the 6 steps left to 0.02.
+    assert [round(train_module.lr_factor(s, 0.0, sched), 3) for s in (0, 1, 3, 4, 5)] == [0.5, 1.0, 1.0, 0.5, 1.0]
+    assert train_module.lr_factor(9, 0.0, sched) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+
+    real_save, states = train_module._save_ckpt, {}
+
+    def keep_each_step(path, state):
+        states[state["step"]] = {k: v.clone() for k, v in state["model"].items()}
+        real_save(path, state)
+
+    monkeypatch.setattr(train_module, "_save_ckpt", keep_each_step)
+    over = {"max_steps": 6, "ckpt_every": 1, "batch_size": 4, "warmup_steps": 2, "device": "cpu",
+            "head_only_steps": 3}
+    card = ModelCard.load(train(_write_config(tmp_path / "lpft", cache, {"freeze_stages": 1}, **over),
+                                progress=False))
+    assert card.training["config"]["train"]["head_only_steps"] == 3
+
+    def moved(a: int, b: int, prefix: str) -> set[str]:
+        return {k for k in states[a] if k.startswith(prefix) and states[a][k].is_floating_point()
+                and not torch.equal(states[a][k], states[b][k])}
+
+    # Steps 1-3 probe: no backbone weight or BatchNorm statistic moves, while the heads train.
+    assert moved(1, 3, "backbone.") == set()
+    assert moved(1, 3, "classifier.") and moved(1, 3, "fuse.")
+    # Steps 4-6 fine-tune the backbone (its BatchNorm statistics too), but not the frozen stem and first stage.
+    tuned = moved(3, 6, "backbone.")
+    assert any(k.startswith("backbone.blocks.3.") and "running_mean" in k for k in tuned)
+    assert any(k.startswith("backbone.conv_head.") for k in tuned)
+    assert not any(k.startswith(("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.")) for k in tuned)
 
 
 def test_recomputed_batchnorm_statistics_are_the_averaged_weights_own(cache, tmp_path, monkeypatch):

@@ -138,6 +138,12 @@ DEFAULTS: dict = {
         # the backbone's mid-level features tell the blended face's source from its surroundings'. Needs
         # model.consistency_channels. 0 = off.
         "consistency_lambda": 0.0,
+        # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
+        # heads train, on the backbone's ImageNet features (its BatchNorm statistics kept too); then the whole net
+        # fine-tunes as usual, with its own warm-up and cosine decay over the max_steps - head_only_steps left.
+        # Fine-tuning from a random head distorts the pretrained features more, which cost out-of-distribution
+        # accuracy there. 0 = off. Counted in max_steps.
+        "head_only_steps": 0,
         "precision": "bf16",  # autocast dtype for training: bf16 or fp32
         "num_threads": 2,
         "num_workers": 1,
@@ -201,6 +207,12 @@ def load_config(path, overrides: dict | None = None) -> dict:
     # A time budget could stop the run before the averaging window opens: the export would silently be plain.
     if average_from and (cfg["train"]["max_minutes"] or not cfg["train"]["max_steps"]):
         raise ValueError("train.average_from needs train.max_steps and no train.max_minutes")
+    head_only = cfg["train"]["head_only_steps"]
+    if isinstance(head_only, bool) or not isinstance(head_only, int) or head_only < 0:
+        raise ValueError(f"train.head_only_steps must be a whole number of steps, not {head_only!r}")
+    # Both phases are scheduled in steps: a time budget could end the run while only the heads had trained.
+    if head_only and (cfg["train"]["max_minutes"] or not head_only < cfg["train"]["max_steps"]):
+        raise ValueError("train.head_only_steps needs train.max_steps above it and no train.max_minutes")
     bn_batches = cfg["train"]["average_bn_batches"]
     if not isinstance(bn_batches, int) or bn_batches < 0:
         raise ValueError(f"train.average_bn_batches must be a whole number of batches, not {bn_batches!r}")
@@ -635,14 +647,19 @@ def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
     """Linear warm-up, then cosine decay over training progress.
 
     Progress is the larger of the step and time fractions of the budget, so a run limited by minutes still
-    ends at a low learning rate. With only ``max_steps`` set the schedule (and the run) is reproducible.
+    ends at a low learning rate. With only ``max_steps`` set the schedule (and the run) is reproducible. With
+    ``head_only_steps`` the heads' probing phase warms up and then holds; fine-tuning starts its own schedule.
     """
     warm = cfg_train["warmup_steps"]
+    head_only = cfg_train.get("head_only_steps") or 0
+    if step < head_only:
+        return min(1.0, (step + 1) / warm)
+    step -= head_only
     if step < warm:
         return (step + 1) / warm
     progress = 0.0
     if cfg_train["max_steps"]:
-        progress = max(progress, (step - warm) / max(1, cfg_train["max_steps"] - warm))
+        progress = max(progress, (step - warm) / max(1, cfg_train["max_steps"] - head_only - warm))
     if cfg_train["max_minutes"]:
         progress = max(progress, elapsed_s / (cfg_train["max_minutes"] * 60.0))
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -918,7 +935,20 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     def fresh_window(t0: float) -> dict:  # the sums behind one log entry
         return {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": t0, "imgs": 0}
 
-    net.train()
+    # LP-FT's probing phase: the backbone's trainable weights get no gradient (AdamW skips them, decay too) and
+    # its BatchNorm layers run in eval mode; both are restored when fine-tuning starts.
+    head_only = ct["head_only_steps"]
+    probed = [p for n, p in net.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+
+    def enter_phase(at_step: int) -> None:
+        probing = at_step < head_only
+        for p in probed:
+            p.requires_grad_(not probing)
+        net.train()
+        if probing:
+            net.backbone.eval()
+
+    enter_phase(step)
     t_last = time.perf_counter()
     window = fresh_window(t_last)
     stopped_by = "max_steps"
@@ -938,6 +968,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         if anchors:
             l2sp_pull(optimizer, anchors)
         step += 1
+        if step == head_only:
+            enter_phase(step)
         if averaged is not None and step >= average_start:
             averaged.update_parameters(net)
         now = time.perf_counter()
