@@ -139,7 +139,7 @@ DEFAULTS: dict = {
         # model.consistency_channels. 0 = off.
         "consistency_lambda": 0.0,
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
-        # heads train, on the backbone's ImageNet features (its BatchNorm statistics kept too); then the whole net
+        # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
         # fine-tunes as usual, with its own warm-up and cosine decay over the max_steps - head_only_steps left.
         # Fine-tuning from a random head distorts the pretrained features more, which cost out-of-distribution
         # accuracy there. 0 = off. Counted in max_steps.
