@@ -651,7 +651,7 @@ def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
     ``head_only_steps`` the heads' probing phase warms up and then holds; fine-tuning starts its own schedule.
     """
     warm = cfg_train["warmup_steps"]
-    head_only = cfg_train.get("head_only_steps") or 0
+    head_only = cfg_train["head_only_steps"]
     if step < head_only:
         return min(1.0, (step + 1) / warm)
     step -= head_only
@@ -938,7 +938,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     # LP-FT's probing phase: the backbone's trainable weights get no gradient (AdamW skips them, decay too) and
     # its BatchNorm layers run in eval mode; both are restored when fine-tuning starts.
     head_only = ct["head_only_steps"]
-    probed = [p for n, p in net.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    probed = [p for p in net.backbone.parameters() if p.requires_grad]
 
     def enter_phase(at_step: int) -> None:
         probing = at_step < head_only
