@@ -126,6 +126,39 @@ def test_self_blend_mask_marks_exactly_the_changed_pixels(p_sharpen, p_smooth, p
         assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
 
 
+def test_paste_box_masks_are_upright_rectangles_with_their_seams_inside_the_detector_crop():
+    from deepscan.crops import square_box
+    from deepscan.training.sbi import paste_box_mask
+
+    kinds = set()
+    for seed in range(40):
+        img, box, lm = synthetic_face(np.random.default_rng(seed))
+        mask = paste_box_mask(img.shape, lm, np.random.default_rng(seed))
+        ys, xs = np.nonzero(mask)
+        # Upright and filled: the support is its own bounding box.
+        assert mask.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        # Every kind covers the mouth and runs wider than the eyes, as a re-rendered crop does.
+        for x, y in lm[3:]:
+            assert mask[int(y), int(x)] == 1.0
+        assert xs.min() < lm[0, 0] - 10 and xs.max() > lm[1, 0] + 10
+        # The top and side seams lie inside what the detector sees (the bottom may run past the chin).
+        x1, y1, x2, _ = square_box(box, 0.25)
+        assert xs.min() >= x1 and xs.max() <= x2 and ys.min() >= y1
+        kinds.add("head" if ys.min() < lm[:2, 1].min() else "lower")
+    assert kinds == {"head", "lower"}
+
+
+def test_a_self_blend_through_a_paste_box_changes_only_pixels_inside_it():
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        img, _, lm = synthetic_face(rng)
+        blended, mask = self_blend(img, lm, rng, 0.5, p_box=1.0)
+        changed = np.any(blended != img, axis=2)
+        assert changed.any()
+        assert not (changed & (mask == 0)).any()
+        assert not (changed & (mask < 1 / 512)).any()
+
+
 def test_edge_preserving_smoothing_removes_texture_and_keeps_edges():
     from deepscan.training.sbi import _frequency
 
@@ -149,7 +182,7 @@ def test_no_smoothing_share_draws_nothing_so_older_recipes_replay():
     for seed in range(6):
         rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
         a, mask_a = self_blend(img, lm, rng_a, 0.5)
-        b, mask_b = self_blend(img, lm, rng_b, 0.5, p_smooth=0.0, p_flow=0.0)
+        b, mask_b = self_blend(img, lm, rng_b, 0.5, p_smooth=0.0, p_flow=0.0, p_box=0.0)
         assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
         assert rng_a.random() == rng_b.random()
     assert np.array_equal(_frequency(img, np.random.default_rng(1), 0.5),
@@ -633,6 +666,8 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("label_smoothing = true", "label_smoothing"),
                                            ("sbi_p_flow = 1.5", "sbi_p_flow"),
                                            ("sbi_p_flow = true", "sbi_p_flow"),
+                                           ("sbi_p_box = -0.1", "sbi_p_box"),
+                                           ("sbi_p_box = true", "sbi_p_box"),
                                            ("head_only_steps = -1", "whole number"),
                                            ("head_only_steps = 2.5", "whole number"),
                                            ("head_only_steps = 5", "max_steps above it"),

@@ -336,6 +336,7 @@ class SampleSpec:
     sbi_p_sharpen: float | None = None  # see sbi._frequency
     sbi_p_smooth: float = 0.0  # share of the self-blends' frequency changes that are edge-preserving (sbi._frequency)
     sbi_p_flow: float = 0.0  # share of the self-blends whose source is also bent non-rigidly (sbi._flow)
+    sbi_p_box: float = 0.0  # share of the blends pasted through an upright rectangle (sbi.paste_box_mask)
     augment: Augment = field(default_factory=Augment)
     # SBI's batches (Shiohara & Yamasaki 2022): items 2j and 2j+1 are one real frame and its fake, through the
     # same box jitter, colour, tone, degradation and flip, so nothing but the manipulation tells them apart.
@@ -443,11 +444,11 @@ class SBIDataset:
             weight = spec.real_fake_mask_weight
         elif fake and donor is not None:
             img, mask = cross_blend(img, lms, donor[0], donor[1], blend_rng, spec.sbi_p_sharpen,
-                                    p_smooth=spec.sbi_p_smooth)
+                                    p_smooth=spec.sbi_p_smooth, p_box=spec.sbi_p_box)
         elif fake:
             img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen,
                                    dense=clip.dense_at(k) if spec.dense_landmarks else None,
-                                   p_smooth=spec.sbi_p_smooth, p_flow=spec.sbi_p_flow)
+                                   p_smooth=spec.sbi_p_smooth, p_flow=spec.sbi_p_flow, p_box=spec.sbi_p_box)
         else:
             mask = np.zeros(img.shape[:2], np.float32)
         img, mask = face_part_cutout(img, mask, lms, rng, spec.augment)

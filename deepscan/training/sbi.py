@@ -101,6 +101,28 @@ def landmark_mask(shape, landmarks: np.ndarray, kind: str = "face", scale_w: flo
     return mask.astype(np.float32)
 
 
+def paste_box_mask(shape, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hard {0, 1} float32 mask of an upright rectangle about the face, as talking-head, lip-sync and reenactment
+    tools paste back the crop they re-rendered (SadTalker, Wav2Lip, face-vid2vid): "head", a box around the whole
+    face with some hair and background; "lower", from below the eyes to below the chin (the lip-sync region).
+    Sized in the face's own units, so it stays inside the detector's crop (box plus 25 % margin a side)."""
+    eyes, _, _, iod, emd = face_axes(landmarks)
+    face = max(iod, emd)
+    # Edges in face units from the eyes' midpoint: above it (up), below it (down) and to each side (half_w).
+    if rng.random() < 0.5:
+        half_w, up = rng.uniform(1.1, 1.45) * face, rng.uniform(0.8, 1.2) * face
+    else:
+        half_w, up = rng.uniform(0.95, 1.3) * face, -rng.uniform(0.2, 0.5) * face
+    down = rng.uniform(1.5, 2.0) * face
+    shift = rng.uniform(-0.08, 0.08, 2) * face  # tools centre their crop on a detector's box, not on the landmarks
+    x0, x1 = eyes[0] + shift[0] - half_w, eyes[0] + shift[0] + half_w
+    y0, y1 = eyes[1] + shift[1] - up, eyes[1] + shift[1] + down
+    h, w = shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    mask[max(0, int(round(y0))):max(0, int(round(y1))), max(0, int(round(x0))):max(0, int(round(x1)))] = 1.0
+    return mask
+
+
 def _smooth_displacement(shape, rng: np.random.Generator, amplitude: float,
                          grid: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """``cv2.remap`` maps of a smooth random displacement field (coarse noise upsampled) of at most about
@@ -119,15 +141,21 @@ def _elastic(mask: np.ndarray, rng: np.random.Generator, amplitude: float, grid:
     return cv2.remap(mask, map_x, map_y, cv2.INTER_LINEAR, borderValue=0)
 
 
-def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator, dense: np.ndarray | None = None) -> np.ndarray:
+def random_mask(shape, landmarks: np.ndarray, rng: np.random.Generator, dense: np.ndarray | None = None,
+                p_box: float = 0.0) -> np.ndarray:
     """Soft blending mask in [0, 1] (before the blend ratio): random region, deformation and edge softness; the
-    region follows the 68 points of ``dense`` when given (the same random draws either way)."""
+    region follows the 68 points of ``dense`` when given (the same random draws either way). ``p_box`` of the
+    masks are instead a pasted-back rectangle (:func:`paste_box_mask`), whose straight edges are not deformed."""
     _, _, _, iod, emd = face_axes(landmarks)
-    kind = rng.choice(["face", "face", "inner", "lower"])
-    mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15), dense)
     face = max(iod, emd)
-    if rng.random() < 0.7:
-        mask = _elastic(mask, rng, amplitude=rng.uniform(0.05, 0.2) * face)
+    # At 0 it draws nothing, so recipes without it replay their random streams unchanged.
+    if p_box and rng.random() < p_box:
+        mask = paste_box_mask(shape, landmarks, rng)
+    else:
+        kind = rng.choice(["face", "face", "inner", "lower"])
+        mask = landmark_mask(shape, landmarks, kind, rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.15), dense)
+        if rng.random() < 0.7:
+            mask = _elastic(mask, rng, amplitude=rng.uniform(0.05, 0.2) * face)
     k = int(round(rng.uniform(0.05, 0.2) * face)) * 2 + 1
     if rng.random() < 0.5:
         mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -234,9 +262,10 @@ def _flow(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> n
 
 def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
                p_sharpen: float | None = None, dense: np.ndarray | None = None,
-               p_smooth: float = 0.0, p_flow: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               p_smooth: float = 0.0, p_flow: float = 0.0, p_box: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend a perturbed copy of ``img`` back into it through a random face mask (shaped by the 68 points of
-    ``dense`` when given); ``p_flow`` of the copies are also bent non-rigidly (:func:`_flow`).
+    ``dense`` when given, or ``p_box`` of the time a pasted-back rectangle); ``p_flow`` of the copies are also
+    bent non-rigidly (:func:`_flow`).
 
     Returns the blended uint8 image and the effective per-pixel blend weight (float32 HxW in [0, 1]): pixels
     with weight 0 are exactly those of ``img``, so the weight map is the ground-truth manipulation mask.
@@ -252,7 +281,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     # At 0 it draws nothing, so recipes without it replay their random streams unchanged.
     if p_flow and rng.random() < p_flow:
         source = _flow(source, landmarks, rng)
-    mask = random_mask(img.shape, landmarks, rng, dense) * float(rng.choice(BLEND_RATIOS))
+    mask = random_mask(img.shape, landmarks, rng, dense, p_box) * float(rng.choice(BLEND_RATIOS))
     m = mask[..., None]
     blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
     blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -273,7 +302,7 @@ def landmark_misfit(target_lms: np.ndarray, donor_lms: np.ndarray) -> float:
 
 def cross_blend(img: np.ndarray, landmarks: np.ndarray, donor: np.ndarray, donor_landmarks: np.ndarray,
                 rng: np.random.Generator, p_sharpen: float | None = None,
-                p_smooth: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                p_smooth: float = 0.0, p_box: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Blend another person's face into ``img`` (Face X-ray's blended images, Li et al. CVPR 2020): the donor
     aligned by a landmark similarity transform, colour-matched to the target inside the mask 7 times in 10
     (else left as it is, a colour mismatch), its frequency content changed 8 in 10, pasted through the same
@@ -289,10 +318,10 @@ def cross_blend(img: np.ndarray, landmarks: np.ndarray, donor: np.ndarray, donor
     matrix, _ = cv2.estimateAffinePartial2D(donor_landmarks.astype(np.float32), landmarks.astype(np.float32),
                                             method=cv2.LMEDS)
     if matrix is None:  # degenerate landmarks: no alignment, fall back to the face itself
-        return self_blend(img, landmarks, rng, p_sharpen, p_smooth=p_smooth)
+        return self_blend(img, landmarks, rng, p_sharpen, p_smooth=p_smooth, p_box=p_box)
     source = cv2.warpAffine(np.ascontiguousarray(donor), matrix, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REFLECT101)
-    mask = random_mask(img.shape, landmarks, rng)
+    mask = random_mask(img.shape, landmarks, rng, p_box=p_box)
     if rng.random() < 0.7 and (mask > 0.5).any():
         source = match_colour(source, img, mask)
     if rng.random() < 0.8:

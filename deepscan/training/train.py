@@ -127,6 +127,9 @@ DEFAULTS: dict = {
         # Share of the self-blends whose source is also bent by a smooth non-rigid displacement inside the face,
         # as a talking-head generator's motion field bends it (sbi._flow). 0 = off.
         "sbi_p_flow": 0.0,
+        # Share of the blends pasted through an upright rectangle about the face instead of a face-shaped mask, as
+        # talking-head, lip-sync and reenactment tools paste back the crop they re-rendered (sbi.paste_box_mask).
+        "sbi_p_box": 0.0,
         # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
         # maps (data.SampleSpec; "both" gives the net a second output, model.mask_outputs = 2, set here).
         "mask_target": "region",
@@ -232,7 +235,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
-    for key in ("sbi_p_smooth", "sbi_p_flow"):
+    for key in ("sbi_p_smooth", "sbi_p_flow", "sbi_p_box"):
         share = cfg["train"][key]
         if not _is_number(share) or not 0.0 <= share <= 1.0:
             raise ValueError(f"train.{key} is a share in [0, 1], not {share!r}")
@@ -823,7 +826,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_size=mask_size, p_fake=ct["p_fake"],
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
-        sbi_p_smooth=ct["sbi_p_smooth"], sbi_p_flow=ct["sbi_p_flow"], mask_target=ct["mask_target"],
+        sbi_p_smooth=ct["sbi_p_smooth"], sbi_p_flow=ct["sbi_p_flow"], sbi_p_box=ct["sbi_p_box"],
+        mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
     )
