@@ -104,8 +104,9 @@ def landmark_mask(shape, landmarks: np.ndarray, kind: str = "face", scale_w: flo
 def paste_box_mask(shape, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hard {0, 1} float32 mask of an upright rectangle about the face, as talking-head, lip-sync and reenactment
     tools paste back the crop they re-rendered (SadTalker, Wav2Lip, face-vid2vid): "head", a box around the whole
-    face with some hair and background; "lower", from below the eyes to below the chin (the lip-sync region).
-    Sized in the face's own units, so it stays inside the detector's crop (box plus 25 % margin a side)."""
+    face with some hair and background; "lower", from the nose to below the chin (the lip-sync region). Sized in
+    the face's own units, so its top and side seams fall inside the detector's crop (the face box widened by a
+    quarter); the bottom one may run below it."""
     eyes, _, _, iod, emd = face_axes(landmarks)
     face = max(iod, emd)
     # Edges in face units from the eyes' midpoint: above it (up), below it (down) and to each side (half_w).
