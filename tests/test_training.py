@@ -1487,3 +1487,47 @@ def test_a_run_with_the_consistency_loss_trains_its_embeddings_and_its_card_load
                                            {"consistency_lambda": 1.0, "mask_target": "boundary"}, "blend region")):
         with pytest.raises(ValueError, match=match):
             load_config(_write_config(tmp_path, cache, model_over=model_over, max_steps=10, **train_over))
+
+
+def test_two_views_share_the_sample_and_differ_in_augmentation():
+    """train.view_consistency's views (data.SampleSpec.two_views): items 2j and 2j+1 are one clip, frame, label
+    and blend, through independent augmentation; with augmentation off they are the same image."""
+    rng = np.random.default_rng(0)
+    frames = [synthetic_face(rng) for _ in range(3)]
+    original = ClipCrops("A", "real", "dfl", "m", np.stack([f[0] for f in frames]), np.stack([f[1] for f in frames]),
+                         np.stack([f[2] for f in frames]), "dfl/A.mp4", np.arange(3))
+    still = Augment(p_colour=0, p_downscale=0, p_blur=0, p_noise=0, p_jpeg=0, p_blocky=0, p_flip=0,
+                    p_gamma=0, p_grey=0, box_jitter=0.0)
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                      augment=still, two_views=True)
+    ds = SBIDataset([original], [], spec, seed=3)
+    labels = set()
+    for j in range(8):
+        (a, mask_a, y_a, _), (b, mask_b, y_b, _) = ds.sample(2 * j), ds.sample(2 * j + 1)
+        labels.add(y_a)
+        assert y_a == y_b and np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
+    assert labels == {0.0, 1.0}
+    spec = SampleSpec(**{**spec.__dict__, "augment": Augment(p_colour=1.0, p_downscale=1.0, p_jpeg=1.0)})
+    ds = SBIDataset([original], [], spec, seed=3)
+    apart = []
+    for j in range(8):
+        (a, mask_a, y_a, _), (b, mask_b, y_b, _) = ds.sample(2 * j), ds.sample(2 * j + 1)
+        assert y_a == y_b and (mask_a.max() > 0) == (mask_b.max() > 0)
+        apart.append(np.abs(a.astype(int) - b.astype(int)).mean())
+    assert min(apart) > 1.0
+
+
+def test_view_consistency_trains_and_logs_the_cosine_distance(cache, tmp_path):
+    from deepscan.training.train import view_consistency_loss
+
+    same = torch.rand(4, 16)
+    assert view_consistency_loss(same.repeat_interleave(2, dim=0)).item() == pytest.approx(0.0, abs=1e-6)
+    opposite = torch.stack([torch.ones(16), -torch.ones(16)])
+    assert view_consistency_loss(opposite).item() == pytest.approx(2.0)
+    config = _write_config(tmp_path, cache, max_steps=6, ckpt_every=6, view_consistency=1.0)
+    train(config, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "runs" / "tiny-sbi" / "log.jsonl").read_text().splitlines()]
+    assert logged and all(0.0 < e["view_loss"] < e["loss"] for e in logged)
+    for over in ({"batch_size": 7}, {"paired": True}, {"view_consistency": -1.0}):
+        with pytest.raises(ValueError, match="view_consistency"):
+            load_config(_write_config(tmp_path, cache, max_steps=10, **{"view_consistency": 1.0, **over}))

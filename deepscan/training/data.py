@@ -355,6 +355,10 @@ class SampleSpec:
     # What the mask head learns: "region", the blend weight map (the shipped recipe), "boundary", Face X-ray's
     # band where the blend weight crosses from 0 to its peak (sbi.blend_boundary), or "both" as two channels.
     mask_target: str = "region"
+    # CORE's views (Ni et al., CVPRW 2022): items 2j and 2j+1 are one sample (clip, frame, label, blend) seen
+    # through two independent draws of colour, cutout, box jitter, tone, degradation and flip, so training can
+    # ask that both embed alike (train.view_consistency). Not with paired batches.
+    two_views: bool = False
 
 
 def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
@@ -401,6 +405,8 @@ class SBIDataset:
         """(input crop uint8 SxSx3, mask float32 SxS in [0, 1], label, mask weight) for index ``i``."""
         if self.spec.paired:
             return self._paired_sample(i)
+        if self.spec.two_views:
+            return self._view_sample(i)
         spec = self.spec
         rng = np.random.default_rng([self.seed, i])
         fake = rng.random() < spec.p_fake
@@ -477,6 +483,22 @@ class SBIDataset:
             clip = self.reals[rng.integers(len(self.reals))]
             k = int(rng.integers(len(clip.crops)))
         return self._render(clip, k, rng, bool(fake), labelled, blend_rng=np.random.default_rng([self.seed, j, 1]))
+
+    def _view_sample(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Item ``2j + v`` is view ``v`` of sample ``j``: what is drawn and how it is blended come from streams
+        seeded by ``j`` alone, its augmentation from one seeded by ``j`` and ``v``."""
+        spec = self.spec
+        j, view = divmod(i, 2)
+        rng = np.random.default_rng([self.seed, j])
+        fake = rng.random() < spec.p_fake
+        use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
+        clip = self._labelled_fake(rng) if use_labelled else self.reals[rng.integers(len(self.reals))]
+        k = rng.integers(len(clip.crops))
+        donor = None
+        if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
+            donor = self._donor(clip, k, rng)
+        return self._render(clip, k, np.random.default_rng([self.seed, j, 2, view]), fake, use_labelled,
+                            blend_rng=np.random.default_rng([self.seed, j, 1]), donor=donor)
 
     def _original_frame(self, fake_clip: ClipCrops, k: int, j: int) -> tuple[ClipCrops, int]:
         original = self._originals.get(fake_clip.file)

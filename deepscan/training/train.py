@@ -141,6 +141,11 @@ DEFAULTS: dict = {
         # the backbone's mid-level features tell the blended face's source from its surroundings'. Needs
         # model.consistency_channels. 0 = off.
         "consistency_lambda": 0.0,
+        # Weight of CORE's view consistency (Ni et al., CVPRW 2022; view_consistency_loss): each batch holds pairs
+        # of views of one sample, differently augmented (data.SampleSpec.two_views), and the cosine distance of
+        # their pooled features is added to the loss, so what the classifier reads does not follow colour, tone,
+        # compression or framing. A batch of B then holds B/2 samples (same images a step). 0 = off.
+        "view_consistency": 0.0,
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
         # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
         # fine-tunes as usual, with its own warm-up and cosine decay over the max_steps - head_only_steps left.
@@ -269,6 +274,14 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError("model.consistency_channels is an EfficientNet-Lite option")
     if lam and cfg["train"]["mask_target"] == "boundary":  # its targets are read from the blend region's map
         raise ValueError("train.consistency_lambda needs the blend region among the mask targets, not \"boundary\" alone")
+    views = cfg["train"]["view_consistency"]
+    if not _is_number(views) or views < 0:
+        raise ValueError(f"train.view_consistency must be 0 (off) or positive, not {views!r}")
+    # Both views of a sample must meet in one batch; paired batches and PCL's patches are other layouts/outputs.
+    if views and (cfg["train"]["batch_size"] % 2 or cfg["train"]["paired"] or lam
+                  or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values()):
+        raise ValueError("train.view_consistency needs an even train.batch_size, an EfficientNet-Lite backbone, "
+                         "and neither train.paired nor train.consistency_lambda")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
@@ -774,6 +787,15 @@ def consistency_loss(patches, mask, weight):
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def view_consistency_loss(embedding):
+    """CORE's consistency: mean cosine distance between the pooled features of items 2j and 2j+1, two views of
+    one sample (data.SampleSpec.two_views)."""
+    import torch.nn.functional as F
+
+    a, b = embedding[0::2].float(), embedding[1::2].float()
+    return (1.0 - F.cosine_similarity(a, b, dim=1)).mean()
+
+
 def emulated_bf16_warning(precision: str, device_type: str, native_bf16: bool) -> str | None:
     """Why a run is about to be very slow, or None: bf16 autocast on a CPU without bf16 instructions."""
     if precision != "bf16" or device_type != "cpu" or native_bf16:
@@ -830,6 +852,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
+        two_views=bool(ct["view_consistency"]),
     )
     if spec.dense_landmarks and not any(c.dense_landmarks is not None for c in reals):
         raise ValueError(f"train.sbi_dense_landmarks: the crop cache {cache_dir} has no 68-point landmarks; "
@@ -926,18 +949,23 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
             if ct["consistency_lambda"]:
                 logit, mask_logits, patches = net(x, with_patches=True)
+            elif ct["view_consistency"]:
+                logit, mask_logits, embedding = net(x, with_embedding=True)
             else:
                 logit, mask_logits = net(x)
         cls_loss = F.binary_cross_entropy_with_logits(logit.float(), smoothed_labels(y, ct["label_smoothing"]))
         mask_loss = _masked_bce(mask_logits, mask, weight)
         total = cls_loss + ct["mask_lambda"] * mask_loss
+        if ct["view_consistency"]:
+            view_loss = view_consistency_loss(embedding)
+            return total + ct["view_consistency"] * view_loss, cls_loss, mask_loss, view_loss
         if not ct["consistency_lambda"]:
             return total, cls_loss, mask_loss, None
         pcl_loss = consistency_loss(patches, mask, weight)
         return total + ct["consistency_lambda"] * pcl_loss, cls_loss, mask_loss, pcl_loss
 
     def fresh_window(t0: float) -> dict:  # the sums behind one log entry
-        return {"loss": 0.0, "cls": 0.0, "mask": 0.0, "pcl": 0.0, "n": 0, "t0": t0, "imgs": 0}
+        return {"loss": 0.0, "cls": 0.0, "mask": 0.0, "aux": 0.0, "n": 0, "t0": t0, "imgs": 0}
 
     # LP-FT's probing phase: the backbone's trainable weights get no gradient (AdamW skips them, decay too) and
     # its BatchNorm layers run in eval mode; both are restored when fine-tuning starts.
@@ -964,7 +992,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y, mask, weight = y.to(device), mask.to(device), weight.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss, cls_loss, mask_loss, pcl_loss = losses(x, y, mask, weight)
+        loss, cls_loss, mask_loss, aux_loss = losses(x, y, mask, weight)
         loss.backward()
         if ct["sam_rho"] > 0:
             sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
@@ -982,7 +1010,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         window["loss"] += loss.item()
         window["cls"] += cls_loss.item()
         window["mask"] += mask_loss.item()
-        window["pcl"] += pcl_loss.item() if pcl_loss is not None else 0.0
+        window["aux"] += aux_loss.item() if aux_loss is not None else 0.0
         window["n"] += 1
         window["imgs"] += len(x)
         if step % ct["log_every"] == 0 or step == max_steps:
@@ -991,7 +1019,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                      "mask_loss": window["mask"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
                      "img_per_s": rate, "elapsed_s": elapsed}
             if ct["consistency_lambda"]:
-                entry["consistency_loss"] = window["pcl"] / window["n"]
+                entry["consistency_loss"] = window["aux"] / window["n"]
+            if ct["view_consistency"]:
+                entry["view_loss"] = window["aux"] / window["n"]
             history.append(entry)
             with open(run_dir / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")

@@ -123,8 +123,11 @@ class SBINet(nn.Module):
         p = self.gem_p.float().clamp(1.0, 8.0)
         return feats.float().clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p).to(feats.dtype)
 
-    def forward(self, x: torch.Tensor, with_patches: bool = False):
-        """(fake logit, mask logits), and with ``with_patches`` the consistency patch embeddings third."""
+    def forward(self, x: torch.Tensor, with_patches: bool = False, with_embedding: bool = False):
+        """(fake logit, mask logits), and third with ``with_patches`` the consistency patch embeddings, with
+        ``with_embedding`` the pooled features the classifier reads (before its dropout)."""
+        if with_patches and with_embedding:
+            raise ValueError("with_patches or with_embedding, not both")
         b = self.backbone
         x = b.bn1(b.conv_stem(x))
         taps: dict[int, torch.Tensor] = {}
@@ -133,7 +136,8 @@ class SBINet(nn.Module):
             if i in self.tap_stages:
                 taps[self.tap_stages[i]] = x
         feats = b.bn2(b.conv_head(x))
-        logit = self.classifier(self.dropout(self._pooled(feats))).reshape(-1)
+        embedding = self._pooled(feats)
+        logit = self.classifier(self.dropout(embedding)).reshape(-1)
 
         # Top-down fusion: coarse (semantic) maps upsampled and summed into the finer ones.
         fused = None
@@ -150,6 +154,8 @@ class SBINet(nn.Module):
             masks = self.fuse[-1](hidden)
         else:
             masks = torch.cat([self.fuse[-1](hidden), self.boundary_head(hidden)], dim=1)
+        if with_embedding:
+            return logit, masks, embedding
         if not with_patches:
             return logit, masks
         if self.consistency_proj is None:
