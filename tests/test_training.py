@@ -1517,17 +1517,23 @@ def test_two_views_share_the_sample_and_differ_in_augmentation():
     assert min(apart) > 1.0
 
 
-def test_view_consistency_trains_and_logs_the_cosine_distance(cache, tmp_path):
-    from deepscan.training.train import view_consistency_loss
+@pytest.mark.parametrize("on", ["features", "prediction"])
+def test_view_consistency_trains_and_logs_its_loss(cache, tmp_path, on):
+    from deepscan.training.train import view_consistency_loss, view_prediction_loss
 
     same = torch.rand(4, 16)
     assert view_consistency_loss(same.repeat_interleave(2, dim=0)).item() == pytest.approx(0.0, abs=1e-6)
     opposite = torch.stack([torch.ones(16), -torch.ones(16)])
     assert view_consistency_loss(opposite).item() == pytest.approx(2.0)
-    config = _write_config(tmp_path, cache, max_steps=6, ckpt_every=6, view_consistency=1.0)
+    logits = torch.tensor([0.3, -1.2, 2.0, 2.0])
+    p, q = torch.sigmoid(logits[0]), torch.sigmoid(logits[1])
+    jeffreys = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))  # KL(p||q) ...
+    jeffreys = jeffreys + q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))  # ... + KL(q||p)
+    assert view_prediction_loss(logits).item() == pytest.approx(jeffreys.item() / 2, rel=1e-5)  # pair 2 agrees
+    config = _write_config(tmp_path, cache, max_steps=6, ckpt_every=6, view_consistency=1.0, view_consistency_on=on)
     train(config, progress=False)
     logged = [json.loads(line) for line in (tmp_path / "runs" / "tiny-sbi" / "log.jsonl").read_text().splitlines()]
     assert logged and all(0.0 < e["view_loss"] < e["loss"] for e in logged)
-    for over in ({"batch_size": 7}, {"paired": True}, {"view_consistency": -1.0}):
+    for over in ({"batch_size": 7}, {"paired": True}, {"view_consistency": -1.0}, {"view_consistency_on": "logits"}):
         with pytest.raises(ValueError, match="view_consistency"):
             load_config(_write_config(tmp_path, cache, max_steps=10, **{"view_consistency": 1.0, **over}))

@@ -146,6 +146,11 @@ DEFAULTS: dict = {
         # their pooled features is added to the loss, so what the classifier reads does not follow colour, tone,
         # compression or framing. A batch of B then holds B/2 samples (same images a step). 0 = off.
         "view_consistency": 0.0,
+        # What the two views must agree on: "features", CORE's cosine distance of the pooled features, or
+        # "prediction", the symmetric KL divergence of their two fake probabilities (as R-Drop and UDA do), in
+        # nats like the classification loss. Session 42: "features" is met by a component every face shares
+        # (collapse) more than by invariance of what the classifier reads.
+        "view_consistency_on": "features",
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
         # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
         # fine-tunes as usual, with its own warm-up and cosine decay over the max_steps - head_only_steps left.
@@ -277,6 +282,9 @@ def load_config(path, overrides: dict | None = None) -> dict:
     views = cfg["train"]["view_consistency"]
     if not _is_number(views) or views < 0:
         raise ValueError(f"train.view_consistency must be 0 (off) or positive, not {views!r}")
+    if cfg["train"]["view_consistency_on"] not in VIEW_CONSISTENCY_ON:
+        raise ValueError(f"train.view_consistency_on is one of {VIEW_CONSISTENCY_ON}, not "
+                         f"{cfg['train']['view_consistency_on']!r}")
     # Both views of a sample must meet in one batch; paired batches and PCL's patches are other layouts/outputs.
     if views and (cfg["train"]["batch_size"] % 2 or cfg["train"]["paired"] or lam
                   or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values()):
@@ -787,6 +795,9 @@ def consistency_loss(patches, mask, weight):
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+VIEW_CONSISTENCY_ON = ("features", "prediction")
+
+
 def view_consistency_loss(embedding):
     """CORE's consistency: mean cosine distance between the pooled features of items 2j and 2j+1, two views of
     one sample (data.SampleSpec.two_views)."""
@@ -794,6 +805,15 @@ def view_consistency_loss(embedding):
 
     a, b = embedding[0::2].float(), embedding[1::2].float()
     return (1.0 - F.cosine_similarity(a, b, dim=1)).mean()
+
+
+def view_prediction_loss(logit):
+    """Symmetric KL divergence between the Bernoulli predictions of items 2j and 2j+1 (two views of one sample):
+    KL(a||b) + KL(b||a) = (p_a - p_b) * (z_a - z_b) for probabilities p = sigmoid(z), averaged over the pairs."""
+    import torch
+
+    a, b = logit[0::2].float(), logit[1::2].float()
+    return ((torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)).mean()
 
 
 def emulated_bf16_warning(precision: str, device_type: str, native_bf16: bool) -> str | None:
@@ -949,7 +969,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
             if ct["consistency_lambda"]:
                 logit, mask_logits, patches = net(x, with_patches=True)
-            elif ct["view_consistency"]:
+            elif ct["view_consistency"] and ct["view_consistency_on"] == "features":
                 logit, mask_logits, embedding = net(x, with_embedding=True)
             else:
                 logit, mask_logits = net(x)
@@ -957,7 +977,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_loss = _masked_bce(mask_logits, mask, weight)
         total = cls_loss + ct["mask_lambda"] * mask_loss
         if ct["view_consistency"]:
-            view_loss = view_consistency_loss(embedding)
+            view_loss = (view_consistency_loss(embedding) if ct["view_consistency_on"] == "features"
+                         else view_prediction_loss(logit))
             return total + ct["view_consistency"] * view_loss, cls_loss, mask_loss, view_loss
         if not ct["consistency_lambda"]:
             return total, cls_loss, mask_loss, None
