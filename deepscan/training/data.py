@@ -407,8 +407,13 @@ class SBIDataset:
             return self._paired_sample(i)
         if self.spec.two_views:
             return self._view_sample(i)
-        spec = self.spec
         rng = np.random.default_rng([self.seed, i])
+        fake, use_labelled, clip, k, donor = self._draw(rng)
+        return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng, donor=donor)
+
+    def _draw(self, rng: np.random.Generator):
+        """What an unpaired item shows: (fake?, a labelled fake?, clip, frame, cross-blend donor or None)."""
+        spec = self.spec
         fake = rng.random() < spec.p_fake
         use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
         # Clip first, then frame: long clips do not dominate.
@@ -417,7 +422,7 @@ class SBIDataset:
         donor = None
         if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
             donor = self._donor(clip, k, rng)
-        return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng, donor=donor)
+        return fake, use_labelled, clip, k, donor
 
     def _donor(self, clip: ClipCrops, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
         """(context crop, landmarks) of another person's frame for a cross-blend into frame ``k`` of ``clip``:
@@ -487,16 +492,8 @@ class SBIDataset:
     def _view_sample(self, i: int) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Item ``2j + v`` is view ``v`` of sample ``j``: what is drawn and how it is blended come from streams
         seeded by ``j`` alone, its augmentation from one seeded by ``j`` and ``v``."""
-        spec = self.spec
         j, view = divmod(i, 2)
-        rng = np.random.default_rng([self.seed, j])
-        fake = rng.random() < spec.p_fake
-        use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
-        clip = self._labelled_fake(rng) if use_labelled else self.reals[rng.integers(len(self.reals))]
-        k = rng.integers(len(clip.crops))
-        donor = None
-        if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
-            donor = self._donor(clip, k, rng)
+        fake, use_labelled, clip, k, donor = self._draw(np.random.default_rng([self.seed, j]))
         return self._render(clip, k, np.random.default_rng([self.seed, j, 2, view]), fake, use_labelled,
                             blend_rng=np.random.default_rng([self.seed, j, 1]), donor=donor)
 
