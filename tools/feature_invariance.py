@@ -7,7 +7,7 @@ Run from the repository root, after ``deepscan cache``::
     python tools/feature_invariance.py CARD [CARD ...] [--frames 2]
 
 For each card: the share of the features' energy along their mean direction and the mean pairwise cosine of the
-crops' features (near 1: collapsed), then for three of ``deepscan validate``'s degradations the mean cosine distance
+crops' features (near 1: collapsed) and the spread of their logits (a smaller one shrinks every change), then for three of ``deepscan validate``'s degradations the mean cosine distance
 between each crop's features and its degraded copy's, and the mean absolute change of the logit.
 """
 
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         unit = F.normalize(feats, dim=1)
         shared = (unit @ F.normalize(feats.mean(0), dim=0)).pow(2).mean().item()
         print(f"{card}: {len(crops)} crops, energy along the mean direction {shared:.3f}, "
-              f"mean pairwise cosine {(unit @ unit.T).mean().item():.3f}")
+              f"mean pairwise cosine {(unit @ unit.T).mean().item():.3f}, logit sd {logits.std().item():.2f}")
         for name in DEGRADATIONS:
             degrade = PROBE_DEGRADATIONS[name]
             feats_d, logits_d = features_and_logits(net, np.stack([degrade(c) for c in crops]),
