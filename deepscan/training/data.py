@@ -357,7 +357,7 @@ class SampleSpec:
     mask_target: str = "region"
     # CORE's views (Ni et al., CVPRW 2022): items 2j and 2j+1 are one sample (clip, frame, label, blend) seen
     # through two independent draws of colour, cutout, box jitter, tone, degradation and flip, so training can
-    # ask that both embed alike (train.view_consistency). Not with paired batches.
+    # ask that the two agree (train.view_consistency). Not with paired batches.
     two_views: bool = False
 
 

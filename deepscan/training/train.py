@@ -141,10 +141,11 @@ DEFAULTS: dict = {
         # the backbone's mid-level features tell the blended face's source from its surroundings'. Needs
         # model.consistency_channels. 0 = off.
         "consistency_lambda": 0.0,
-        # Weight of CORE's view consistency (Ni et al., CVPRW 2022; view_consistency_loss): each batch holds pairs
-        # of views of one sample, differently augmented (data.SampleSpec.two_views), and the cosine distance of
-        # their pooled features is added to the loss, so what the classifier reads does not follow colour, tone,
-        # compression or framing. A batch of B then holds B/2 samples (same images a step). 0 = off.
+        # Weight of a two-view consistency term (CORE, Ni et al., CVPRW 2022): each batch holds pairs of views of
+        # one sample, differently augmented (data.SampleSpec.two_views), and a term asking the two to agree
+        # (view_consistency_on) is added to the loss, so that the score does not follow colour, tone, compression
+        # or framing. A batch of B then holds B/2 samples (same images a step). 0 = off (session 42: both terms
+        # scored lower on the footage, the crops and the swap probe; docs/detector-experiments.md).
         "view_consistency": 0.0,
         # What the two views must agree on: "features", CORE's cosine distance of the pooled features, or
         # "prediction", the symmetric KL divergence of their two fake probabilities (as R-Drop and UDA do), in
