@@ -1530,6 +1530,18 @@ def test_view_consistency_trains_and_logs_its_loss(cache, tmp_path, on):
     jeffreys = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))  # KL(p||q) ...
     jeffreys = jeffreys + q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))  # ... + KL(q||p)
     assert view_prediction_loss(logits).item() == pytest.approx(jeffreys.item() / 2, rel=1e-5)  # pair 2 agrees
+    if on == "features":  # what the term reads, as tools/feature_invariance.py reads it
+        from types import SimpleNamespace
+
+        from deepscan.detector.nets.sbinet import SBINet
+        from deepscan.training.train import predict_logits
+
+        net = SBINet(dropout=0.0)
+        crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+        card = SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3)
+        logits, embeddings = predict_logits(net, card, crops, batch_size=2, with_embedding=True)
+        assert np.array_equal(logits, predict_logits(net, card, crops, batch_size=2))
+        assert embeddings.shape == (3, net.backbone.num_features)
     config = _write_config(tmp_path, cache, max_steps=6, ckpt_every=6, view_consistency=1.0, view_consistency_on=on)
     train(config, progress=False)
     logged = [json.loads(line) for line in (tmp_path / "runs" / "tiny-sbi" / "log.jsonl").read_text().splitlines()]

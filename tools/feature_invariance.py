@@ -7,8 +7,9 @@ Run from the repository root, after ``deepscan cache``::
     python tools/feature_invariance.py CARD [CARD ...] [--frames 2]
 
 For each card: the share of the features' energy along their mean direction and the mean pairwise cosine of the
-crops' features (near 1: collapsed) and the spread of their logits (a smaller one shrinks every change), then for three of ``deepscan validate``'s degradations the mean cosine distance
-between each crop's features and its degraded copy's, and the mean absolute change of the logit.
+crops' features (near 1: collapsed) and the spread of their logits (a smaller one shrinks every change), then for
+three of ``deepscan validate``'s degradations the mean cosine distance between each crop's features and its
+degraded copy's, and the mean absolute change of the logit.
 """
 
 from __future__ import annotations
@@ -21,29 +22,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepscan.crops import normalise  # noqa: E402
 from deepscan.training.data import PROBE_DEGRADATIONS  # noqa: E402
-from deepscan.training.train import load_card_validation  # noqa: E402
+from deepscan.training.train import load_card_validation, predict_logits  # noqa: E402
 
 DEGRADATIONS = ("jpeg_30", "downscale_0.25", "blur_1.5")
 
 
-def features_and_logits(net, crops: np.ndarray, mean, std, batch_size: int = 32):
-    import torch
-
-    feats, logits = [], []
-    with torch.no_grad():
-        for i in range(0, len(crops), batch_size):
-            x = normalise(crops[i:i + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
-            logit, _, embedding = net(x, with_embedding=True)
-            feats.append(embedding.float())
-            logits.append(logit.float())
-    return torch.cat(feats), torch.cat(logits)
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
 
 
 def main(argv=None) -> None:
-    import torch.nn.functional as F
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cards", nargs="+")
     parser.add_argument("--frames", type=int, default=2, help="frames of each validation clip (default 2)")
@@ -51,20 +40,19 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     for card in args.cards:
         cv = load_card_validation(card, args.cache)
-        net = cv.net.eval()
         crops = np.concatenate([item.crops[:args.frames] for item in cv.items])
-        feats, logits = features_and_logits(net, crops, cv.card.mean, cv.card.std)
-        unit = F.normalize(feats, dim=1)
-        shared = (unit @ F.normalize(feats.mean(0), dim=0)).pow(2).mean().item()
+        logits, feats = predict_logits(cv.net, cv.card, crops, with_embedding=True)
+        unit = _unit(feats)
+        shared = float(((unit @ _unit(feats.mean(0))) ** 2).mean())
         print(f"{card}: {len(crops)} crops, energy along the mean direction {shared:.3f}, "
-              f"mean pairwise cosine {(unit @ unit.T).mean().item():.3f}, logit sd {logits.std().item():.2f}")
+              f"mean pairwise cosine {(unit @ unit.T).mean():.3f}, logit sd {logits.std(ddof=1):.2f}")
         for name in DEGRADATIONS:
             degrade = PROBE_DEGRADATIONS[name]
-            feats_d, logits_d = features_and_logits(net, np.stack([degrade(c) for c in crops]),
-                                                    cv.card.mean, cv.card.std)
-            distance = (1.0 - F.cosine_similarity(feats, feats_d, dim=1)).mean().item()
+            logits_d, feats_d = predict_logits(cv.net, cv.card, np.stack([degrade(c) for c in crops]),
+                                               with_embedding=True)
+            distance = float((1.0 - (unit * _unit(feats_d)).sum(axis=1)).mean())
             print(f"  {name}: feature cosine distance {distance:.4f}, "
-                  f"mean |logit change| {(logits_d - logits).abs().mean().item():.2f}")
+                  f"mean |logit change| {np.abs(logits_d - logits).mean():.2f}")
 
 
 if __name__ == "__main__":

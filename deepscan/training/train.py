@@ -381,21 +381,28 @@ def git_commit() -> str | None:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def predict_logits(net, card: ModelCard, crops: np.ndarray, batch_size: int = 32, device=None) -> np.ndarray:
-    """Fake logits (before temperature) of model-input crops, in eval mode and fp32 as at inference."""
+def predict_logits(net, card: ModelCard, crops: np.ndarray, batch_size: int = 32, device=None,
+                   with_embedding: bool = False):
+    """Fake logits (before temperature) of model-input crops, in eval mode and fp32 as at inference; with
+    ``with_embedding``, (logits, the pooled features the classifier reads) of an EfficientNet-Lite net."""
     import torch
 
     device = device or next(net.parameters()).device
     was_training = net.training
     net.eval()
-    out = []
+    out, embeddings = [], []
     with torch.inference_mode():
         for i in range(0, len(crops), batch_size):
             x = normalise(crops[i : i + batch_size], card.mean, card.std).to(device)
-            logits, _ = net(x.contiguous(memory_format=torch.channels_last))
+            logits, _, *embedding = net(x.contiguous(memory_format=torch.channels_last),
+                                        **({"with_embedding": True} if with_embedding else {}))
             out.append(logits.float().cpu().numpy())
+            embeddings += [e.float().cpu().numpy() for e in embedding]
     net.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    logits = np.concatenate(out) if out else np.zeros((0,), np.float32)
+    if not with_embedding:
+        return logits
+    return logits, np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
 
 
 def _sigmoid(x):
