@@ -844,7 +844,7 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
 
 
 @pytest.mark.parametrize("recipe", [{"average_from": 0.0}, {"average_from": 0.5}, {"l2sp": 50.0},
-                                    {"head_only_steps": 4}])
+                                    {"head_only_steps": 4}, {"group_adversary": 0.5}])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, recipe):
     from safetensors.torch import load_file
 
@@ -855,7 +855,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     # changes nothing. The CUDA generator is checkpointed all the same (dropout there draws from it).
     # With weight averaging the crash falls inside the window (steps 3-6), so the average must resume too; with
     # L2-SP, the pull toward the start weights must resume toward the same start; with LP-FT, inside the heads'
-    # probing phase, so the resumed run must probe, then fine-tune, as the uninterrupted one did.
+    # probing phase, so the resumed run must probe, then fine-tune, as the uninterrupted one did; with the group
+    # adversary, its head (not exported) must resume too, or the backbone's reversed gradient would differ.
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu", **recipe}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
@@ -1549,3 +1550,57 @@ def test_view_consistency_trains_and_logs_its_loss(cache, tmp_path, on):
     for over in ({"batch_size": 7}, {"paired": True}, {"view_consistency": -1.0}, {"view_consistency_on": "logits"}):
         with pytest.raises(ValueError, match="view_consistency"):
             load_config(_write_config(tmp_path, cache, max_steps=10, **{"view_consistency": 1.0, **over}))
+
+
+def test_items_carry_the_group_of_the_clip_they_show():
+    """train.group_adversary's labels (data.SampleSpec.with_group): each item's group is that of the clip it was
+    drawn from, a labelled fake's too when real clips share its group, else -1 (a group of fakes alone would give
+    away the label); the item itself is the one drawn without groups."""
+    rng = np.random.default_rng(0)
+
+    def clip(clip_id, label, file):
+        frames = [synthetic_face(rng) for _ in range(2)]
+        return ClipCrops(clip_id, label, file.split("/")[0], "m", np.stack([f[0] for f in frames]),
+                         np.stack([f[1] for f in frames]), np.stack([f[2] for f in frames]), file, np.arange(2))
+
+    reals = [clip("A", "real", "src/a.mp4"), clip("B", "real", "src/b.mp4")]
+    fakes = [clip("C", "fake", "other/c.mp4"), clip("D", "fake", "src/a.mp4")]
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                      real_fake_fraction=0.5)
+    plain = SBIDataset(reals, fakes, spec, seed=5)
+    grouped = SBIDataset(reals, fakes, SampleSpec(**{**spec.__dict__, "with_group": True}), seed=5)
+    assert grouped.group_names == ["src:a", "src:b"]
+    seen = set()
+    for i in range(60):
+        *item, group = grouped[i]
+        for a, b in zip(item, plain[i], strict=True):
+            assert torch.equal(a, b)
+        _, labelled, drawn, _, _ = plain._draw(np.random.default_rng([5, i]))
+        assert int(group) == {"A": 0, "B": 1, "C": -1, "D": 0}[drawn.id]
+        seen.add((drawn.id, bool(labelled)))
+    assert seen >= {("A", False), ("B", False), ("C", True), ("D", True)}
+    with pytest.raises(ValueError, match="group"):
+        SBIDataset(reals, fakes, SampleSpec(**{**spec.__dict__, "with_group": True, "paired": True}), seed=5)
+
+
+def test_group_adversary_reverses_its_gradient_and_trains(cache, tmp_path):
+    from deepscan.training.train import group_adversary_ramp, reverse_gradient
+
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    (reverse_gradient(x, 0.3) * torch.tensor([2.0, 5.0])).sum().backward()
+    assert x.grad.tolist() == pytest.approx([-0.6, -1.5])
+    assert group_adversary_ramp(0, 100) == 0.0 and group_adversary_ramp(100, 100) == pytest.approx(0.99991, abs=1e-5)
+    assert group_adversary_ramp(10, 100) < group_adversary_ramp(50, 100) < group_adversary_ramp(100, 100)
+    config = _write_config(tmp_path, cache, max_steps=6, ckpt_every=3, group_adversary=0.5)
+    card = train(config, progress=False)
+    run = tmp_path / "runs" / "tiny-sbi"
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged and all(0.0 < e["group_loss"] < e["loss"] for e in logged)
+    assert "group_adversary" in torch.load(run / "ckpt.pt", weights_only=True)
+    # The head is not part of the exported detector.
+    from safetensors.torch import load_file
+
+    assert not any("adversary" in k for k in load_file(str(ModelCard.load(card).weights_path)))
+    for over in ({"paired": True}, {"view_consistency": 1.0}, {"sam_rho": 0.05}, {"group_adversary": -1.0}):
+        with pytest.raises(ValueError, match="group_adversary"):
+            load_config(_write_config(tmp_path, cache, max_steps=10, **{"group_adversary": 0.5, **over}))

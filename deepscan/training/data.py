@@ -359,6 +359,10 @@ class SampleSpec:
     # through two independent draws of colour, cutout, box jitter, tone, degradation and flip, so training can
     # ask that the two agree (train.view_consistency). Not with paired batches.
     two_views: bool = False
+    # Items also carry the index of their clip's identity group (SBIDataset.group_names), for an adversary that
+    # learns to tell the training groups apart from the pooled features (train.group_adversary). Unpaired,
+    # single-view items only: the group is read from the same draw as the item.
+    with_group: bool = False
 
 
 def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
@@ -391,6 +395,11 @@ class SBIDataset:
         groups = [identity_group(c.file) if c.file else c.id for c in reals]
         self._donors = {g: [j for j, other in enumerate(groups) if other != g] for g in groups}
         self._group_of = {c.id: g for c, g in zip(reals, groups, strict=True)}
+        self._group_of.update({c.id: identity_group(c.file) if c.file else c.id for c in fakes})
+        # The real clips' groups only: a group of labelled fakes alone would tell the adversary the label.
+        self.group_names = sorted(set(groups))
+        if spec.with_group and (spec.paired or spec.two_views):
+            raise ValueError("items carry their group only when unpaired and single-view")
         self._fake_weights = fake_clip_weights(fakes, spec.fake_method_balance) if fakes else None
 
     def _labelled_fake(self, rng: np.random.Generator) -> ClipCrops:
@@ -410,6 +419,13 @@ class SBIDataset:
         rng = np.random.default_rng([self.seed, i])
         fake, use_labelled, clip, k, donor = self._draw(rng)
         return self._render(clip, k, rng, fake, use_labelled, blend_rng=rng, donor=donor)
+
+    def item_group(self, i: int) -> int:
+        """Index in ``group_names`` of the identity group whose clip item ``i`` shows (its draw repeated); -1 for
+        a labelled fake of a group without real clips."""
+        _, _, clip, _, _ = self._draw(np.random.default_rng([self.seed, i]))
+        group = self._group_of[clip.id]
+        return self.group_names.index(group) if group in self.group_names else -1
 
     def _draw(self, rng: np.random.Generator):
         """What an unpaired item shows: (fake?, a labelled fake?, clip, frame, cross-blend donor or None)."""
@@ -518,8 +534,11 @@ class SBIDataset:
         x = normalise(crop, self.spec.mean, self.spec.std)[0]
         size = (self.spec.mask_size, self.spec.mask_size)
         m = np.stack([cv2.resize(a, size, interpolation=cv2.INTER_AREA) for a in maps])
-        return (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1)),
+        item = (x, torch.tensor(label, dtype=torch.float32), torch.from_numpy(np.clip(m, 0, 1)),
                 torch.tensor(weight, dtype=torch.float32))
+        if self.spec.with_group:
+            item += (torch.tensor(self.item_group(int(i)), dtype=torch.long),)
+        return item
 
 
 @dataclass

@@ -152,6 +152,15 @@ DEFAULTS: dict = {
         # nats like the classification loss. Session 42: "features" is met by a component every face shares
         # (collapse) more than by invariance of what the classifier reads.
         "view_consistency_on": "features",
+        # Strength of a domain-adversarial term (DANN, Ganin et al., JMLR 2016): a small head learns to tell the
+        # training reals' identity groups (a person, a DeepFaceLive identity, a source video) apart from the
+        # pooled features, and its gradient reaches the backbone reversed and scaled by this times DANN's ramp
+        # (0 -> 1 over the run, group_adversary_ramp), so the features come to carry less of what marks a
+        # group's footage (its grain, sharpening, coding), which held-out reals of other sources score by. Its
+        # samples: the reals, their self-blends and the labelled fakes of groups with reals (a group of fakes
+        # alone would tell it the label).
+        # The head is not exported. Unpaired single-view batches, EfficientNet-Lite only. 0 = off.
+        "group_adversary": 0.0,
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
         # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
         # fine-tunes as usual, with its own warm-up and cosine decay over the max_steps - head_only_steps left.
@@ -291,6 +300,14 @@ def load_config(path, overrides: dict | None = None) -> dict:
                   or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values()):
         raise ValueError("train.view_consistency needs an even train.batch_size, an EfficientNet-Lite backbone, "
                          "and neither train.paired nor train.consistency_lambda")
+    adversary = cfg["train"]["group_adversary"]
+    if not _is_number(adversary) or adversary < 0:
+        raise ValueError(f"train.group_adversary must be 0 (off) or positive, not {adversary!r}")
+    # It reads the pooled features of plain batches; the other options change the batches or the outputs.
+    if adversary and (cfg["train"]["paired"] or views or lam or cfg["train"]["sam_rho"] > 0
+                      or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values()):
+        raise ValueError("train.group_adversary needs an EfficientNet-Lite backbone and none of train.paired, "
+                         "train.view_consistency, train.consistency_lambda, train.sam_rho")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
@@ -824,6 +841,34 @@ def view_prediction_loss(logit):
     return ((torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)).mean()
 
 
+def group_adversary_ramp(step: int, max_steps: int) -> float:
+    """DANN's schedule of the reversed gradient's scale, 2 / (1 + e^(-10 p)) - 1 at progress p: the adversary
+    learns the groups before the backbone is pushed hard to hide them."""
+    return 2.0 / (1.0 + math.exp(-10.0 * min(1.0, step / max(1, max_steps)))) - 1.0
+
+
+def reverse_gradient(x, scale: float):
+    """``x`` forward; backward, its gradient times ``-scale`` (DANN's gradient reversal layer)."""
+    import torch
+
+    class _Reverse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return -scale * grad
+
+    return _Reverse.apply(x)
+
+
+def group_adversary_head(num_features: int, groups: int):
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Linear(num_features, 256), nn.ReLU(inplace=True), nn.Linear(256, groups))
+
+
 def emulated_bf16_warning(precision: str, device_type: str, native_bf16: bool) -> str | None:
     """Why a run is about to be very slow, or None: bf16 autocast on a CPU without bf16 instructions."""
     if precision != "bf16" or device_type != "cpu" or native_bf16:
@@ -880,7 +925,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
-        two_views=bool(ct["view_consistency"]),
+        two_views=bool(ct["view_consistency"]), with_group=bool(ct["group_adversary"]),
     )
     if spec.dense_landmarks and not any(c.dense_landmarks is not None for c in reals):
         raise ValueError(f"train.sbi_dense_landmarks: the crop cache {cache_dir} has no 68-point landmarks; "
@@ -912,7 +957,15 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
         load_pretrained(net)
     net = net.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(_param_groups(net, ct))
+    param_groups = _param_groups(net, ct)
+    adversary = None
+    if ct["group_adversary"]:
+        adversary = group_adversary_head(net.backbone.num_features, len(dataset.group_names)).to(device)
+        param_groups += [{"params": [p for p in adversary.parameters() if p.ndim > 1], "lr": ct["lr"],
+                          "weight_decay": ct["weight_decay"], "base_lr": ct["lr"]},
+                         {"params": [p for p in adversary.parameters() if p.ndim <= 1], "lr": ct["lr"],
+                          "weight_decay": 0.0, "base_lr": ct["lr"]}]
+    optimizer = torch.optim.AdamW(param_groups)
     # L2-SP's anchors: the start weights of the group it pulls (checkpointed, since a resumed run starts from
     # the checkpoint and could not otherwise rebuild a random or init_from start).
     anchors = [p.detach().clone() for g in optimizer.param_groups if g.get("l2sp") for p in g["params"]]
@@ -925,6 +978,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if adversary is not None:
+            adversary.load_state_dict(state["group_adversary"])
         if anchors:
             anchors = [a.to(device) for a in state["l2sp_anchors"]]
         if averaged is not None:
@@ -970,20 +1025,28 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             "resumes": resumes,
             **({"l2sp_anchors": anchors} if anchors else {}),
             **({"averaged": averaged.state_dict()} if averaged is not None else {}),
+            **({"group_adversary": adversary.state_dict()} if adversary is not None else {}),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         })
 
-    def losses(x, y, mask, weight):
+    def losses(x, y, mask, weight, groups=None):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ct["precision"] == "bf16"):
             if ct["consistency_lambda"]:
                 logit, mask_logits, patches = net(x, with_patches=True)
-            elif ct["view_consistency"] and ct["view_consistency_on"] == "features":
+            elif adversary is not None or (ct["view_consistency"] and ct["view_consistency_on"] == "features"):
                 logit, mask_logits, embedding = net(x, with_embedding=True)
             else:
                 logit, mask_logits = net(x)
         cls_loss = F.binary_cross_entropy_with_logits(logit.float(), smoothed_labels(y, ct["label_smoothing"]))
         mask_loss = _masked_bce(mask_logits, mask, weight)
         total = cls_loss + ct["mask_lambda"] * mask_loss
+        if adversary is not None:
+            # The head learns at full strength; the backbone gets its gradient reversed and scaled.
+            scale = ct["group_adversary"] * group_adversary_ramp(step, ct["max_steps"])
+            known = groups >= 0  # labelled fakes of groups without reals have none (data.SBIDataset.item_group)
+            group_loss = (F.cross_entropy(adversary(reverse_gradient(embedding[known].float(), scale)), groups[known])
+                          if bool(known.any()) else embedding.sum() * 0.0)
+            return total + group_loss, cls_loss, mask_loss, group_loss
         if ct["view_consistency"]:
             view_loss = (view_consistency_loss(embedding) if ct["view_consistency_on"] == "features"
                          else view_prediction_loss(logit))
@@ -1014,14 +1077,14 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     window = fresh_window(t_last)
     stopped_by = "max_steps"
     batches = batches_of(step, max_steps) if step < max_steps and elapsed < budget_s else []
-    for x, y, mask, weight in batches:
+    for x, y, mask, weight, *groups in batches:
         factor = lr_factor(step, elapsed, ct)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y, mask, weight = y.to(device), mask.to(device), weight.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss, cls_loss, mask_loss, aux_loss = losses(x, y, mask, weight)
+        loss, cls_loss, mask_loss, aux_loss = losses(x, y, mask, weight, *(g.to(device) for g in groups))
         loss.backward()
         if ct["sam_rho"] > 0:
             sam_second_pass(net, functools.partial(losses, x, y, mask, weight), ct["sam_rho"])
@@ -1051,6 +1114,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                 entry["consistency_loss"] = window["aux"] / window["n"]
             if ct["view_consistency"]:
                 entry["view_loss"] = window["aux"] / window["n"]
+            if adversary is not None:  # chance is ln(groups): the features hide the groups as it nears that
+                entry["group_loss"] = window["aux"] / window["n"]
             history.append(entry)
             with open(run_dir / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
