@@ -1601,6 +1601,7 @@ def test_group_adversary_reverses_its_gradient_and_trains(cache, tmp_path):
     from safetensors.torch import load_file
 
     assert not any("adversary" in k for k in load_file(str(ModelCard.load(card).weights_path)))
-    for over in ({"paired": True}, {"view_consistency": 1.0}, {"sam_rho": 0.05}, {"group_adversary": -1.0}):
+    for over in ({"paired": True}, {"view_consistency": 1.0}, {"sam_rho": 0.05}, {"group_adversary": -1.0},
+                 {"max_steps": 0, "max_minutes": 5}):
         with pytest.raises(ValueError, match="group_adversary"):
-            load_config(_write_config(tmp_path, cache, max_steps=10, **{"group_adversary": 0.5, **over}))
+            load_config(_write_config(tmp_path, cache, **{"max_steps": 10, "group_adversary": 0.5, **over}))

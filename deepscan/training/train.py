@@ -158,8 +158,8 @@ DEFAULTS: dict = {
         # (0 -> 1 over the run, group_adversary_ramp), so the features come to carry less of what marks a
         # group's footage (its grain, sharpening, coding), which held-out reals of other sources score by. Its
         # samples: the reals, their self-blends and the labelled fakes of groups with reals (a group of fakes
-        # alone would tell it the label).
-        # The head is not exported. Unpaired single-view batches, EfficientNet-Lite only. 0 = off.
+        # alone would tell it the label). The head is not exported. Unpaired single-view batches,
+        # EfficientNet-Lite only, a run bounded by max_steps (the ramp's length). 0 = off.
         "group_adversary": 0.0,
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
         # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
@@ -305,9 +305,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.group_adversary must be 0 (off) or positive, not {adversary!r}")
     # It reads the pooled features of plain batches; the other options change the batches or the outputs.
     if adversary and (cfg["train"]["paired"] or views or lam or cfg["train"]["sam_rho"] > 0
-                      or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values()):
-        raise ValueError("train.group_adversary needs an EfficientNet-Lite backbone and none of train.paired, "
-                         "train.view_consistency, train.consistency_lambda, train.sam_rho")
+                      or cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values() or not cfg["train"]["max_steps"]):
+        raise ValueError("train.group_adversary needs an EfficientNet-Lite backbone, train.max_steps (its ramp's "
+                         "length) and none of train.paired, train.view_consistency, train.consistency_lambda, "
+                         "train.sam_rho")
     eps = cfg["train"]["label_smoothing"]
     if not _is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
