@@ -159,7 +159,8 @@ DEFAULTS: dict = {
         # group's footage (its grain, sharpening, coding), which held-out reals of other sources score by. Its
         # samples: the reals, their self-blends and the labelled fakes of groups with reals (a group of fakes
         # alone would tell it the label). The head is not exported. Unpaired single-view batches,
-        # EfficientNet-Lite only, a run bounded by max_steps (the ramp's length). 0 = off.
+        # EfficientNet-Lite only, a run bounded by max_steps (the ramp's length). 0 = off (session 43, 0.3: the
+        # groups were hidden, but held-out footage unlike every group scored lower; docs/detector-experiments.md).
         "group_adversary": 0.0,
         # Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): for this many first steps only the
         # heads train, on the backbone's starting (ImageNet) features, BatchNorm statistics kept; then the whole net
