@@ -16,7 +16,7 @@ For each card, on its held-out validation crops (8 frames a clip, cut as at infe
 and on its swap probe (held-out reals against the same frames with another's face swapped in, JPEG 90), video
 AUC with three scores:
 - ``plain``: the scanner's score (``scoring.track_score`` of the calibrated probabilities), the figure
-  ``deepscan validate`` prints;
+  ``deepscan validate`` prints (``train.scores_by_clip``);
 - ``mean logit``: the mean of a clip's face logits (the same aggregation as the next, without a reference);
 - ``relative``: the mean over a clip's faces of (face logit - the mean logit of its ``K`` self-blends).
 Paired bootstrap 95% intervals of ``relative`` minus each (the same resamples; swap-probe pairs resampled whole).
@@ -41,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepscan.crops import crop_face  # noqa: E402
 from deepscan.evaluate import bootstrap_auc_difference  # noqa: E402
+from deepscan.scoring import track_score  # noqa: E402
 from deepscan.training.data import SWAP_PROBE_JPEG, _jpeg, val_frame_indices  # noqa: E402
 from deepscan.training.faceswap import swap_face  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
-from deepscan.training.train import _auc, load_card_validation, predict_logits, scores_by_clip  # noqa: E402
+from deepscan.training.train import _auc, _sigmoid, load_card_validation, predict_logits  # noqa: E402
 
 
 class Faces:
@@ -105,17 +106,12 @@ def clip_logits(cv, faces: list[Faces], blends: int) -> tuple[list[np.ndarray], 
     return out, out_refs
 
 
-class _Item:  # what scores_by_clip reads
-    def __init__(self, n):
-        self.crops = range(n)
-
-
 def compare(cv, faces: list[Faces], blends: int, name: str) -> None:
     logits, refs = clip_logits(cv, faces, blends)
     labels = np.array([f.label for f in faces])
     groups = [f.group for f in faces] if name == "swap probe" else None
     scores = {
-        "plain": scores_by_clip([_Item(len(x)) for x in logits], np.concatenate(logits), cv.card.temperature),
+        "plain": np.array([track_score(_sigmoid(x / cv.card.temperature)) for x in logits]),
         "mean logit": np.array([x.mean() for x in logits]),
         "relative": np.array([(x - r.mean(axis=1)).mean() for x, r in zip(logits, refs, strict=True)]),
     }
