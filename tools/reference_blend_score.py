@@ -1,6 +1,6 @@
 """Does a face's score relative to its own self-blends rank videos better than the score itself?
 
-The shipped model orders the two halves of a held-out DeepFaceLive demo correctly in 15 of 16 pairs, yet its
+The shipped model orders the two halves of a held-out DeepFaceLive demo correctly in all 16 pairs, yet its
 real clips' scores spread from 0.09 to 0.91 from clip to clip (issue #3): part of a score is an offset that
 belongs to the footage (grain, sharpening, coding), not to manipulation. A self-blend of a face (the training
 recipe's own pseudo-fake, ``sbi.self_blend``) shares that footage, so the difference between a face's logit and
