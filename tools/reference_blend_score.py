@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deepscan.crops import crop_face  # noqa: E402
 from deepscan.evaluate import bootstrap_auc_difference  # noqa: E402
 from deepscan.scoring import track_score  # noqa: E402
-from deepscan.training.data import SWAP_PROBE_JPEG, _jpeg, val_frame_indices  # noqa: E402
-from deepscan.training.faceswap import swap_face  # noqa: E402
+from deepscan.training.data import swapped_frames, val_frame_indices  # noqa: E402
 from deepscan.training.sbi import self_blend  # noqa: E402
 from deepscan.training.train import _auc, _sigmoid, load_card_validation, predict_logits  # noqa: E402
 
@@ -68,16 +67,9 @@ def validation_faces(clips, frames_per_clip: int) -> list[Faces]:
 
 
 def swap_probe_faces(clips, frames_per_clip: int) -> list[Faces]:
-    """The frames of ``data.swapped_items`` (same donors, frames and JPEG coding), kept as context images."""
-    reals = sorted((c for c in clips if c.label == "real" and len(c.crops)), key=lambda c: c.id)
+    """The swap probe's frames (``data.swapped_frames``), kept as context images."""
     out = []
-    for i, target in enumerate(reals):
-        donor = reals[(i + len(reals) // 2) % len(reals)]
-        idx = val_frame_indices(len(target.crops), frames_per_clip)
-        donor_idx = np.linspace(0, len(donor.crops) - 1, len(idx)).round().astype(int)
-        real = [_jpeg(target.crops[k], SWAP_PROBE_JPEG) for k in idx]
-        fake = [_jpeg(swap_face(target.crops[k], target.landmarks[k], donor.crops[d], donor.landmarks[d]),
-                      SWAP_PROBE_JPEG) for k, d in zip(idx, donor_idx, strict=True)]
+    for target, donor, idx, real, fake in swapped_frames(clips, frames_per_clip):
         out.append(Faces(target.id, 0, real, target.boxes[idx], target.landmarks[idx], target.id))
         out.append(Faces(f"{target.id}~{donor.id}", 1, fake, target.boxes[idx], target.landmarks[idx], target.id))
     return out
@@ -97,13 +89,8 @@ def clip_logits(cv, faces: list[Faces], blends: int) -> tuple[list[np.ndarray], 
                 refs.append(crop_face(blended, box, card.crop_margin, card.input_size))
     logits = predict_logits(cv.net, card, np.stack(crops))
     ref_logits = predict_logits(cv.net, card, np.stack(refs)).reshape(len(crops), blends)
-    out, out_refs, start = [], [], 0
-    for f in faces:
-        n = len(f.images)
-        out.append(logits[start:start + n])
-        out_refs.append(ref_logits[start:start + n])
-        start += n
-    return out, out_refs
+    bounds = np.cumsum([len(f.images) for f in faces])[:-1]
+    return np.split(logits, bounds), np.split(ref_logits, bounds)
 
 
 def compare(cv, faces: list[Faces], blends: int, name: str) -> None:
@@ -121,11 +108,9 @@ def compare(cv, faces: list[Faces], blends: int, name: str) -> None:
           f"real {gap[0]:.2f} / fake {gap[1]:.2f}")
     for key, s in scores.items():
         line = f"    {key:<10} AUC {_auc(labels, s):.3f}"
-        if key != "plain":
-            base = "plain" if key == "mean logit" else None
-            for other in ([base] if base else ["plain", "mean logit"]):
-                diff, lo, hi = bootstrap_auc_difference(labels, scores[other], s, groups=groups)
-                line += f"   vs {other}: {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        for other in list(scores)[:list(scores).index(key)]:  # each score against those listed before it
+            diff, lo, hi = bootstrap_auc_difference(labels, scores[other], s, groups=groups)
+            line += f"   vs {other}: {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         print(line)
 
 

@@ -595,27 +595,33 @@ def degraded_items(items: list[ValClip], name: str) -> list[ValClip]:
 SWAP_PROBE_JPEG = 90
 
 
-def swapped_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int,
-                  jpeg_quality: int = SWAP_PROBE_JPEG) -> list[ValClip]:
-    """The real clips' validation crops and, as fakes, the same frames with another real clip's face swapped
-    in (:func:`faceswap.swap_face`): a manipulation method a model has not trained on, on held-out faces.
-
-    Donors are fixed (clips sorted by id; each takes the clip half the list away), frames taken as in
-    :func:`val_items`; real and swapped context crops are both JPEG-coded at ``jpeg_quality`` before cutting.
-    """
+def swapped_frames(clips: list[ClipCrops], frames_per_clip: int, jpeg_quality: int = SWAP_PROBE_JPEG):
+    """The swap probe's frames, one real clip at a time: (target clip, donor clip, frame indices, the target's
+    context crops, the same with the donor's face swapped in by :func:`faceswap.swap_face`), both JPEG-coded at
+    ``jpeg_quality``. Donors are fixed (clips sorted by id; each takes the clip half the list away), frames taken
+    as in :func:`val_items`. Nothing with fewer than two real clips."""
     reals = sorted((c for c in clips if c.label == "real" and len(c.crops)), key=lambda c: c.id)
     if len(reals) < 2:
-        return []
-    items = []
+        return
     for i, target in enumerate(reals):
         donor = reals[(i + len(reals) // 2) % len(reals)]
         idx = val_frame_indices(len(target.crops), frames_per_clip)
         donor_idx = np.linspace(0, len(donor.crops) - 1, len(idx)).round().astype(int)
-        real, fake = [], []
-        for k, d in zip(idx, donor_idx, strict=True):
-            swapped = swap_face(target.crops[k], target.landmarks[k], donor.crops[d], donor.landmarks[d])
-            for out, img in ((real, target.crops[k]), (fake, swapped)):
-                out.append(crop_face(_jpeg(img, jpeg_quality), target.boxes[k], crop_margin, input_size))
-        items.append(ValClip(target.id, 0, target.source, target.method, np.stack(real)))
-        items.append(ValClip(f"{target.id}~{donor.id}", 1, target.source, "faceswap probe", np.stack(fake)))
+        real = [_jpeg(target.crops[k], jpeg_quality) for k in idx]
+        fake = [_jpeg(swap_face(target.crops[k], target.landmarks[k], donor.crops[d], donor.landmarks[d]),
+                      jpeg_quality) for k, d in zip(idx, donor_idx, strict=True)]
+        yield target, donor, idx, real, fake
+
+
+def swapped_items(clips: list[ClipCrops], input_size: int, crop_margin: float, frames_per_clip: int,
+                  jpeg_quality: int = SWAP_PROBE_JPEG) -> list[ValClip]:
+    """The real clips' validation crops and, as fakes, the same frames with another real clip's face swapped
+    in (:func:`swapped_frames`, cut as at inference): a manipulation method a model has not trained on, on
+    held-out faces."""
+    items = []
+    for target, donor, idx, real, fake in swapped_frames(clips, frames_per_clip, jpeg_quality):
+        real, fake = (np.stack([crop_face(img, box, crop_margin, input_size)
+                                for img, box in zip(images, target.boxes[idx], strict=True)]) for images in (real, fake))
+        items.append(ValClip(target.id, 0, target.source, target.method, real))
+        items.append(ValClip(f"{target.id}~{donor.id}", 1, target.source, "faceswap probe", fake))
     return items
