@@ -657,9 +657,14 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _param_groups(net, cfg_train: dict) -> list[dict]:
+def _param_groups(net, cfg_train: dict, extra_head=None) -> list[dict]:
+    """AdamW's groups: backbone and heads, each with and without decay; ``extra_head``'s parameters (a training-only
+    module beside the net) train as the heads do."""
     backbone_decay, backbone_no, head_decay, head_no = [], [], [], []
-    for name, p in net.named_parameters():
+    named = list(net.named_parameters())
+    if extra_head is not None:
+        named += [(f"extra_head.{name}", p) for name, p in extra_head.named_parameters()]
+    for name, p in named:
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1  # BatchNorm affine and biases are not weights to shrink
@@ -959,15 +964,10 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
         load_pretrained(net)
     net = net.to(device).to(memory_format=torch.channels_last)
-    param_groups = _param_groups(net, ct)
     adversary = None
     if ct["group_adversary"]:
         adversary = group_adversary_head(net.backbone.num_features, len(dataset.group_names)).to(device)
-        param_groups += [{"params": [p for p in adversary.parameters() if p.ndim > 1], "lr": ct["lr"],
-                          "weight_decay": ct["weight_decay"], "base_lr": ct["lr"]},
-                         {"params": [p for p in adversary.parameters() if p.ndim <= 1], "lr": ct["lr"],
-                          "weight_decay": 0.0, "base_lr": ct["lr"]}]
-    optimizer = torch.optim.AdamW(param_groups)
+    optimizer = torch.optim.AdamW(_param_groups(net, ct, extra_head=adversary))
     # L2-SP's anchors: the start weights of the group it pulls (checkpointed, since a resumed run starts from
     # the checkpoint and could not otherwise rebuild a random or init_from start).
     anchors = [p.detach().clone() for g in optimizer.param_groups if g.get("l2sp") for p in g["params"]]
