@@ -284,7 +284,7 @@ def test_degrade_codes_video_in_place_of_jpeg_with_the_drawn_settings():
     assert np.array_equal(out, video_code(crop, crf, scale, shift))
 
 
-def test_probe_degradations_lose_detail_and_keep_the_clips():
+def test_probe_degradations_change_the_crops_and_keep_the_clips():
     img, _, _ = synthetic_face(np.random.default_rng(3))
     crop = np.ascontiguousarray(img[:224, :224])
     items = [ValClip("a", 1, "src", "m", np.stack([crop, crop[:, ::-1]]))]
@@ -301,6 +301,9 @@ def test_probe_degradations_lose_detail_and_keep_the_clips():
     assert detail(quarter) < detail(half) < detail(crop)
     sharpened, smoothed = (degraded_items(items, n)[0].crops[0] for n in ("sharpen_0.7", "bilateral_30"))
     assert detail(smoothed) < detail(crop) < detail(sharpened)
+    flat, dark = (degraded_items(items, n)[0].crops[0] for n in ("contrast_0.6", "exposure_0.6"))
+    assert flat.std() < 0.65 * crop.std() and abs(flat.mean() - crop.mean()) < 1.0
+    assert abs(dark.mean() - 0.6 * crop.mean()) < 1.0
 
 
 def test_whole_crop_sharpening_and_smoothing_are_drawn_only_when_asked_for():
@@ -385,13 +388,18 @@ def test_group_subsample_keeps_whole_groups_of_every_source_and_nests():
         subsample_groups(meta, 0.0)
 
 
-def test_retone_applies_gamma_and_greyscale_and_draws_nothing_when_off():
+def test_retone_applies_exposure_contrast_gamma_and_greyscale_and_draws_nothing_when_off():
     img, _, _ = synthetic_face(np.random.default_rng(4))
     darker = retone(img, np.random.default_rng(0), Augment(p_gamma=1.0, gamma=(2.0, 2.0)))
     expected = np.clip(255.0 * (img / 255.0) ** 2.0 + 0.5, 0, 255).astype(np.uint8)
     assert np.abs(darker.astype(int) - expected).max() <= 1 and darker.mean() < img.mean() - 20
     grey = retone(img, np.random.default_rng(0), Augment(p_grey=1.0))
     assert grey.shape == img.shape and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    brighter = retone(img, np.random.default_rng(0), Augment(p_exposure=1.0, exposure=(1.8, 1.8)))
+    assert np.abs(brighter.astype(int) - np.clip(img * 1.8 + 0.5, 0, 255).astype(int)).max() == 0
+    assert (brighter == 255).mean() > (img == 255).mean()  # highlights clipped
+    flatter = retone(img, np.random.default_rng(0), Augment(p_contrast=1.0, contrast=(0.5, 0.5)))
+    assert abs(flatter.std() - 0.5 * img.std()) < 1.0 and abs(flatter.mean() - img.mean()) < 1.0
     # Off (the default), it returns the crop and leaves the generator where it was, so older configs replay.
     rng = np.random.default_rng(7)
     assert retone(img, rng, Augment()) is img and rng.random() == np.random.default_rng(7).random()
