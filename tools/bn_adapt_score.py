@@ -80,15 +80,19 @@ def adapted_batchnorm(net, prior: float):
             h.remove()
 
 
-def clip_logits(cv, faces: list[Faces], prior: float | None) -> list[np.ndarray]:
-    """Per clip, its faces' logits, each clip one batch (so adaptation sees that clip's faces only)."""
+def clip_crops(cv, faces: list[Faces]) -> list[np.ndarray]:
+    """Per clip, its faces cut as at inference (once, for every prior)."""
     card = cv.card
+    return [np.stack([crop_face(img, box, card.crop_margin, card.input_size)
+                      for img, box in zip(f.images, f.boxes, strict=True)]) for f in faces]
+
+
+def clip_logits(cv, crops: list[np.ndarray], prior: float | None) -> list[np.ndarray]:
+    """Per clip, its faces' logits, each clip one batch (so adaptation sees that clip's faces only)."""
     out = []
-    for f in faces:
-        crops = np.stack([crop_face(img, box, card.crop_margin, card.input_size)
-                          for img, box in zip(f.images, f.boxes, strict=True)])
+    for clip in crops:
         with adapted_batchnorm(cv.net, prior) if prior is not None else contextlib.nullcontext():
-            out.append(predict_logits(cv.net, card, crops, batch_size=len(crops)))
+            out.append(predict_logits(cv.net, cv.card, clip, batch_size=len(clip)))
     return out
 
 
@@ -96,16 +100,15 @@ def compare(cv, faces: list[Faces], priors: list[float], name: str) -> None:
     labels = np.array([f.label for f in faces])
     groups = [f.group for f in faces] if name == "swap probe" else None
     print(f"  {name}: {len(faces)} clips ({int(labels.sum())} fake)")
+    crops = clip_crops(cv, faces)
     plain = None
     for prior in [None, *priors]:
-        logits = clip_logits(cv, faces, prior)
+        logits = clip_logits(cv, crops, prior)
         scores = {
             "score": np.array([track_score(_sigmoid(x / cv.card.temperature)) for x in logits]),
             "mean logit": np.array([x.mean() for x in logits]),
         }
-        real_mean = np.mean([x.mean() for x, y in zip(logits, labels, strict=True) if y == 0])
-        fake_mean = np.mean([x.mean() for x, y in zip(logits, labels, strict=True) if y == 1])
-        real_sd = np.std([x.mean() for x, y in zip(logits, labels, strict=True) if y == 0])
+        real, fake = scores["mean logit"][labels == 0], scores["mean logit"][labels == 1]
         tag = "plain" if prior is None else f"prior {prior:g}"
         line = f"    {tag:<9}"
         for key, s in scores.items():
@@ -114,7 +117,7 @@ def compare(cv, faces: list[Faces], priors: list[float], name: str) -> None:
                 diff, lo, hi = bootstrap_auc_difference(labels, plain[key], s, groups=groups)
                 line += f" ({diff:+.3f} [{lo:+.3f}, {hi:+.3f}])"
             line += ";"
-        print(f"{line} mean logit real {real_mean:.2f} (sd {real_sd:.2f}) / fake {fake_mean:.2f}")
+        print(f"{line} mean logit real {real.mean():.2f} (sd {real.std():.2f}) / fake {fake.mean():.2f}")
         if plain is None:
             plain = scores
 
