@@ -44,8 +44,8 @@ def average_states(states: list[dict]) -> dict:
     first = states[0]
     for other in states[1:]:
         if other.keys() != first.keys():
-            missing = sorted(set(first) ^ set(other))[:3]
-            raise ValueError(f"the weight files hold different tensors (e.g. {missing})")
+            unshared = sorted(set(first) ^ set(other))[:3]
+            raise ValueError(f"the weight files hold different tensors (e.g. {unshared})")
         for key, tensor in first.items():
             if other[key].shape != tensor.shape:
                 raise ValueError(f"{key}: shapes {tuple(tensor.shape)} and {tuple(other[key].shape)} differ")
