@@ -1,6 +1,5 @@
 """tools/weight_soup.py: averages floating tensors exactly, keeps integer counters, refuses what cannot average."""
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -10,21 +9,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import weight_soup as tool  # noqa: E402
+
 SHIPPED = ROOT / "models" / "deepscan-sbi-lite0.json"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("weight_soup", ROOT / "tools" / "weight_soup.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["weight_soup"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_average_states_means_floats_and_keeps_counters():
-    tool = _tool()
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(9)}
     out = tool.average_states([a, b])
@@ -33,7 +26,6 @@ def test_average_states_means_floats_and_keeps_counters():
 
 
 def test_average_states_refuses_mismatches():
-    tool = _tool()
     with pytest.raises(ValueError, match="different tensors"):
         tool.average_states([{"w": torch.zeros(2)}, {"v": torch.zeros(2)}])
     with pytest.raises(ValueError, match="shapes"):
@@ -45,7 +37,6 @@ def test_soup_of_a_model_with_itself_is_that_model(tmp_path):
 
     from deepscan.detector.card import ModelCard
 
-    tool = _tool()
     card_path = tool.soup([SHIPPED, SHIPPED], "self-soup", tmp_path)
     card = ModelCard.load(card_path)
     assert card.verify_weights() == card.sha256
@@ -56,7 +47,6 @@ def test_soup_of_a_model_with_itself_is_that_model(tmp_path):
 
 
 def test_soup_refuses_different_training_seeds(tmp_path):
-    tool = _tool()
     data = json.loads(SHIPPED.read_text())
     data["training"]["config"]["seed"] = 99
     other = tmp_path / "other.json"
