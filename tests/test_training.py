@@ -32,6 +32,7 @@ from deepscan.training.data import (  # noqa: E402
     load_clips,
     load_index,
     moved_box,
+    real_clip_weights,
     retone,
     split_clips,
     subsample_groups,
@@ -495,6 +496,41 @@ def test_labelled_fakes_are_drawn_clip_by_clip_or_balanced_across_methods(cache)
     assert abs(draws(1.0).count("talk") / 4000 - 0.5) < 0.03
 
 
+def test_real_clips_are_drawn_clip_by_clip_or_balanced_across_sources(cache):
+    from dataclasses import replace
+
+    index = load_index(cache)
+    real = load_clips(cache, [c for c in index["clips"] if c["label"] != "fake"])
+    fakes = load_clips(cache, [c for c in index["clips"] if c["label"] == "fake"])
+    # Three clips of one source, one of another: 3:1 clip by clip, 1:1 source by source.
+    reals = [replace(real[i % len(real)], id=f"panel-{i}", source="panels") for i in range(3)]
+    reals.append(replace(real[0], id="other", source="elsewhere"))
+    assert np.allclose(real_clip_weights(reals, 0.0), 0.25)
+    assert np.allclose(real_clip_weights(reals, 1.0), [1 / 6, 1 / 6, 1 / 6, 1 / 2])
+    half = real_clip_weights(reals, 0.5)
+    assert np.isclose(half[3] / half[0], 3 ** 0.5) and np.isclose(half.sum(), 1.0)
+
+    def dataset(balance):
+        spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8,
+                          real_source_balance=balance)
+        return SBIDataset(reals, fakes, spec, seed=0)
+
+    def draws(balance, n=4000):
+        ds, rng = dataset(balance), np.random.default_rng(7)
+        return [ds._real_clip(rng).id for _ in range(n)]
+
+    # Balance 0 draws exactly as before the option existed (older configs replay their samples).
+    before = np.random.default_rng(7)
+    assert draws(0.0, 50) == [reals[before.integers(4)].id for _ in range(50)]
+    assert abs(draws(0.0).count("other") / 4000 - 0.25) < 0.03
+    assert abs(draws(1.0).count("other") / 4000 - 0.5) < 0.03
+    # The self-blends come from the reweighted reals too: every item not a labelled fake shows a drawn real.
+    balanced = dataset(1.0)
+    shown = [balanced._draw(np.random.default_rng([0, i]))[2].id for i in range(2000)]
+    labelled_share = sum(balanced._draw(np.random.default_rng([0, i]))[1] for i in range(2000)) / 2000
+    assert abs(shown.count("other") / 2000 - 0.5 * (1 - labelled_share)) < 0.05
+
+
 def test_paired_items_are_a_real_frame_and_its_fake_augmented_alike():
     """train.paired: items 2j and 2j+1 are one frame real and self-blended, through the same box jitter, colour,
     tone, degradation and flip; a labelled swap is paired with its original panel's frame at the same moment."""
@@ -657,6 +693,8 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("fake_method_balance = 1.5", "fake_method_balance"),
                                            ("fake_method_balance = -0.5", "fake_method_balance"),
                                            ("fake_method_balance = true", "fake_method_balance"),
+                                           ("real_source_balance = 1.5", "real_source_balance"),
+                                           ("real_source_balance = true", "real_source_balance"),
                                            ("mask_target = \"xray\"", "mask_target"),
                                            ("mask_target = \"both\"", "mask_outputs"),
                                            ("label_smoothing = 1.0", "label_smoothing"),

@@ -372,6 +372,12 @@ class SampleSpec:
     # the training fakes of m. 0 = every clip alike (the method with most clips dominates: 38 DeepFaceLive swaps
     # against 3 SadTalker talking heads); 1 = every method alike. 0 draws as before, so older configs replay.
     fake_method_balance: float = 0.0
+    # How the real clips (the self-blends' sources too) are drawn: a clip of source s with weight n_s ** -balance,
+    # where n_s counts the training reals of s (the manifest's first path component). 0 = every clip alike (38 of
+    # the 57 training reals are DeepFaceLive's original panels, so "real" is mostly one kind of webcam footage);
+    # 1 = every source alike. Group reweighting against one source defining the class (as in Sagawa et al.
+    # 2020's reweighted baseline). 0 draws as before, so older configs replay.
+    real_source_balance: float = 0.0
     # Self-blends shaped by the face's 68 dlib points where the cache holds them (landmarks68), as SBI's masks
     # are, instead of the outline extrapolated from five. The masks' random draws are the same either way.
     dense_landmarks: bool = False
@@ -388,13 +394,22 @@ class SampleSpec:
     with_group: bool = False
 
 
+def _inverse_count_weights(kinds: list[str], balance: float) -> np.ndarray:
+    counts = Counter(kinds)
+    w = np.array([counts[k] ** -float(balance) for k in kinds])
+    return w / w.sum()
+
+
 def fake_clip_weights(fakes: list[ClipCrops], balance: float) -> np.ndarray:
     """Probabilities of drawing each labelled fake clip: ``n_m ** -balance`` for a clip of a method with ``n_m``
     clips, normalised. Methods are told apart by the manifest's ``method`` column (its source when empty)."""
-    methods = [c.method or c.source for c in fakes]
-    counts = Counter(methods)
-    w = np.array([counts[m] ** -float(balance) for m in methods])
-    return w / w.sum()
+    return _inverse_count_weights([c.method or c.source for c in fakes], balance)
+
+
+def real_clip_weights(reals: list[ClipCrops], balance: float) -> np.ndarray:
+    """Probabilities of drawing each real clip: ``n_s ** -balance`` for a clip of a source with ``n_s`` clips,
+    normalised."""
+    return _inverse_count_weights([c.source for c in reals], balance)
 
 
 # Donor frames drawn per cross-blend; the one whose landmarks fit the target's pose best is blended in.
@@ -424,11 +439,17 @@ class SBIDataset:
         if spec.with_group and (spec.paired or spec.two_views):
             raise ValueError("items carry their group only when unpaired and single-view")
         self._fake_weights = fake_clip_weights(fakes, spec.fake_method_balance) if fakes else None
+        self._real_weights = real_clip_weights(reals, spec.real_source_balance)
 
     def _labelled_fake(self, rng: np.random.Generator) -> ClipCrops:
         if not self.spec.fake_method_balance:
             return self.fakes[rng.integers(len(self.fakes))]
         return self.fakes[rng.choice(len(self.fakes), p=self._fake_weights)]
+
+    def _real_clip(self, rng: np.random.Generator) -> ClipCrops:
+        if not self.spec.real_source_balance:
+            return self.reals[rng.integers(len(self.reals))]
+        return self.reals[rng.choice(len(self.reals), p=self._real_weights)]
 
     def __len__(self) -> int:
         return self.length
@@ -456,7 +477,7 @@ class SBIDataset:
         fake = rng.random() < spec.p_fake
         use_labelled = fake and self.fakes and rng.random() < spec.real_fake_fraction
         # Clip first, then frame: long clips do not dominate.
-        clip = self._labelled_fake(rng) if use_labelled else self.reals[rng.integers(len(self.reals))]
+        clip = self._labelled_fake(rng) if use_labelled else self._real_clip(rng)
         k = rng.integers(len(clip.crops))
         donor = None
         if fake and not use_labelled and spec.p_cross and rng.random() < spec.p_cross:
@@ -524,7 +545,7 @@ class SBIDataset:
             k = int(rng.integers(len(fake_clip.crops)))
             clip, k = (fake_clip, k) if fake else self._original_frame(fake_clip, k, j)
         else:
-            clip = self.reals[rng.integers(len(self.reals))]
+            clip = self._real_clip(rng)
             k = int(rng.integers(len(clip.crops)))
         return self._render(clip, k, rng, bool(fake), labelled, blend_rng=np.random.default_rng([self.seed, j, 1]))
 

@@ -112,6 +112,9 @@ DEFAULTS: dict = {
         # How the labelled fakes are drawn across methods: 0 = clip by clip, 1 = method by method
         # (data.fake_clip_weights).
         "fake_method_balance": 0.0,
+        # How the real clips are drawn across sources: 0 = clip by clip, 1 = source by source
+        # (data.real_clip_weights).
+        "real_source_balance": 0.0,
         # Shape the self-blends' masks by dlib's 68 points where the crop cache holds them (`deepscan landmarks
         # CACHE` first; data.SampleSpec.dense_landmarks), else by the outline extrapolated from MTCNN's five.
         "sbi_dense_landmarks": False,
@@ -251,9 +254,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
     group_seed = cfg["train"]["group_seed"]
     if group_seed is not None and (isinstance(group_seed, bool) or not isinstance(group_seed, int)):
         raise ValueError(f"train.group_seed is a whole number (or absent: the split seed), not {group_seed!r}")
-    balance = cfg["train"]["fake_method_balance"]
-    if not _is_number(balance) or not 0.0 <= balance <= 1.0:
-        raise ValueError(f"train.fake_method_balance is a number in [0, 1], not {balance!r}")
+    for key in ("fake_method_balance", "real_source_balance"):
+        balance = cfg["train"][key]
+        if not _is_number(balance) or not 0.0 <= balance <= 1.0:
+            raise ValueError(f"train.{key} is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
     for key in ("sbi_p_smooth", "sbi_p_flow", "sbi_p_box"):
@@ -931,7 +935,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         sbi_p_smooth=ct["sbi_p_smooth"], sbi_p_flow=ct["sbi_p_flow"], sbi_p_box=ct["sbi_p_box"],
         mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
-        fake_method_balance=ct["fake_method_balance"], dense_landmarks=ct["sbi_dense_landmarks"],
+        fake_method_balance=ct["fake_method_balance"], real_source_balance=ct["real_source_balance"],
+        dense_landmarks=ct["sbi_dense_landmarks"],
         two_views=bool(ct["view_consistency"]), with_group=bool(ct["group_adversary"]),
     )
     if spec.dense_landmarks and not any(c.dense_landmarks is not None for c in reals):
