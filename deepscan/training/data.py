@@ -441,15 +441,18 @@ class SBIDataset:
         self._fake_weights = fake_clip_weights(fakes, spec.fake_method_balance) if fakes else None
         self._real_weights = real_clip_weights(reals, spec.real_source_balance)
 
+    @staticmethod
+    def _pick(clips: list[ClipCrops], weights: np.ndarray, balance: float, rng: np.random.Generator) -> ClipCrops:
+        """A clip drawn uniformly when ``balance`` is 0 (the draw older configs replay), else by ``weights``."""
+        if not balance:
+            return clips[rng.integers(len(clips))]
+        return clips[rng.choice(len(clips), p=weights)]
+
     def _labelled_fake(self, rng: np.random.Generator) -> ClipCrops:
-        if not self.spec.fake_method_balance:
-            return self.fakes[rng.integers(len(self.fakes))]
-        return self.fakes[rng.choice(len(self.fakes), p=self._fake_weights)]
+        return self._pick(self.fakes, self._fake_weights, self.spec.fake_method_balance, rng)
 
     def _real_clip(self, rng: np.random.Generator) -> ClipCrops:
-        if not self.spec.real_source_balance:
-            return self.reals[rng.integers(len(self.reals))]
-        return self.reals[rng.choice(len(self.reals), p=self._real_weights)]
+        return self._pick(self.reals, self._real_weights, self.spec.real_source_balance, rng)
 
     def __len__(self) -> int:
         return self.length
