@@ -1,4 +1,4 @@
-"""Command line: ``deepscan scan|probe|models|cache|landmarks|train|calibrate|eval``. A thin layer over :class:`Scanner`.
+"""Command line: ``deepscan scan|probe|models|cache|landmarks|recon|train|calibrate|eval``. A thin layer over :class:`Scanner`.
 
 Exit status of ``scan``: 1 if any video was judged fake; otherwise 2 if any input failed or the command was
 misused; otherwise 0.
@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("cache", type=Path)
     lm.add_argument("--predictor", type=Path, default=None,
                     help="dlib's shape_predictor_68_face_landmarks.dat (default: Debian libdlib-data's)")
+
+    rc = sub.add_parser("recon", help="train a face autoencoder on a training config's real faces and cache its "
+                                      "renderings of them, for self-blends with a decoder's texture "
+                                      "(train.sbi_p_recon)")
+    rc.add_argument("config", type=Path)
 
     e = sub.add_parser("eval", help="video-level ROC AUC and rates of detectors on labelled clips")
     e.add_argument("labels", type=Path, help="TSV/CSV with path,label columns, or a MANIFEST.tsv")
@@ -297,6 +302,17 @@ def cmd_landmarks(args) -> int:
     return EXIT_OK
 
 
+def cmd_recon(args) -> int:
+    from .training.recon import recon_dir
+    from .training.train import build_reconstructions, load_config
+
+    done = build_reconstructions(args.config)
+    out = recon_dir(load_config(args.config)["cache_dir"], done["key"])
+    print(f"{done['faces']} training faces rendered by the autoencoder (mean absolute error "
+          f"{done['mean_abs_error']} of 255, {done['seconds']} s) → {out}")
+    return EXIT_OK
+
+
 def cmd_eval(args) -> int:
     from rich.table import Table
 
@@ -463,7 +479,7 @@ def cmd_train(args) -> int:
 
 
 COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report": cmd_report, "cache": cmd_cache,
-            "landmarks": cmd_landmarks, "train": cmd_train, "validate": cmd_validate,
+            "landmarks": cmd_landmarks, "recon": cmd_recon, "train": cmd_train, "validate": cmd_validate,
             "calibrate": cmd_calibrate,
             "eval": cmd_eval}
 

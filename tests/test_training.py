@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -40,12 +41,26 @@ from deepscan.training.data import (  # noqa: E402
     val_items,
 )
 from deepscan.training.faceswap import face_mask, swap_face  # noqa: E402
+from deepscan.training.recon import (  # noqa: E402
+    RECON_SIZE,
+    AutoencoderSettings,
+    attach_reconstructions,
+    build_autoencoder,
+    face_patch,
+    face_region,
+    paste_patch,
+    recon_blend,
+    reconstruct,
+    train_autoencoder,
+)
 from deepscan.training.sbi import cross_blend, landmark_misfit, self_blend  # noqa: E402
 from deepscan.training.train import (  # noqa: E402
     THRESHOLD_MARGIN,
     box_probe,
+    build_reconstructions,
     fit_temperature,
     load_config,
+    recon_settings,
     smoothed_labels,
     train,
     video_threshold,
@@ -704,6 +719,9 @@ def test_a_misspelt_config_key_is_refused(tmp_path):
                                            ("sbi_p_flow = true", "sbi_p_flow"),
                                            ("sbi_p_box = -0.1", "sbi_p_box"),
                                            ("sbi_p_box = true", "sbi_p_box"),
+                                           ("sbi_p_recon = 1.5", "sbi_p_recon"),
+                                           ("recon_steps = 0", "recon_steps"),
+                                           ("recon_steps = true", "recon_steps"),
                                            ("head_only_steps = -1", "whole number"),
                                            ("head_only_steps = 2.5", "whole number"),
                                            ("head_only_steps = 5", "max_steps above it"),
@@ -1651,3 +1669,113 @@ def test_group_adversary_reverses_its_gradient_and_trains(cache, tmp_path):
                  {"max_steps": 0, "max_minutes": 5}):
         with pytest.raises(ValueError, match="group_adversary"):
             load_config(_write_config(tmp_path, cache, **{"max_steps": 10, "group_adversary": 0.5, **over}))
+
+
+# --- Self-blends whose source is a face autoencoder's rendering (train.sbi_p_recon) ---
+
+TINY_AE = AutoencoderSettings(width=8, latent=16, steps=60, batch_size=8, lr=2e-3, num_threads=1)
+
+
+def test_a_face_patch_pasted_back_is_the_face_and_leaves_the_rest_untouched():
+    rng = np.random.default_rng(0)
+    img, box, _ = synthetic_face(rng)
+    region = face_region(box)
+    patch = face_patch(img, region)
+    assert patch.shape == (RECON_SIZE, RECON_SIZE, 3)
+    pasted, weight = paste_patch(img, patch, region)
+    assert not (np.any(pasted != img, axis=2) & (weight == 0)).any()
+    x0, y0, side = region
+    inner = (slice(int(y0 + 0.2 * side), int(y0 + 0.8 * side)), slice(int(x0 + 0.2 * side), int(x0 + 0.8 * side)))
+    assert (weight[inner] == 1.0).all() and weight[: int(y0) - 1].max() == 0.0
+    # Down to 128 and back up again: the face survives but loses its finest detail.
+    err = np.abs(pasted[inner].astype(np.float32) - img[inner]).mean()
+    assert 0.0 < err < 12.0, err
+
+
+def test_a_rendering_blend_changes_only_the_pixels_its_mask_marks_on_the_face():
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        img, box, lm = synthetic_face(rng)
+        region = face_region(box)
+        # A stand-in rendering: the face softened and shifted in tone, as a decoder's output differs from it.
+        recon = np.clip(cv2.GaussianBlur(face_patch(img, region), (0, 0), 2.0).astype(np.int16) + 12, 0, 255)
+        blended, mask = recon_blend(img, lm, recon.astype(np.uint8), region, rng, p_box=0.5 if seed % 2 else 0.0)
+        changed = np.any(blended != img, axis=2)
+        assert changed.any() and not (changed & (mask == 0)).any()
+        assert 0.0 <= mask.min() and mask.max() <= 1.0
+        x0, y0, side = region
+        ys, xs = np.nonzero(mask)
+        assert xs.min() >= x0 - 1 and xs.max() <= x0 + side + 1 and ys.min() >= y0 - 1 and ys.max() <= y0 + side + 1
+        assert np.hypot(xs.mean() - lm[:, 0].mean(), ys.mean() - lm[:, 1].mean()) < CONTEXT * 0.15
+
+
+def test_the_face_autoencoder_learns_and_renders_faces_at_its_size():
+    rng = np.random.default_rng(1)
+    patches = np.stack([face_patch(img, face_region(box)) for img, box, _ in
+                        (synthetic_face(rng) for _ in range(16))])
+    net, history = train_autoencoder(patches, TINY_AE, seed=0, progress=False)
+    assert len(history) == 1 and history[0] > 0
+    renders = reconstruct(net, patches[:5])
+    assert renders.shape == (5, RECON_SIZE, RECON_SIZE, 3) and renders.dtype == np.uint8
+    untrained = reconstruct(build_autoencoder(TINY_AE).eval(), patches[:5])
+    error = np.abs(renders.astype(np.float32) - patches[:5]).mean()
+    assert error < np.abs(untrained.astype(np.float32) - patches[:5]).mean()
+
+
+@pytest.fixture(scope="module")
+def recon_cache(tmp_path_factory):
+    """A crop cache with its training reals' renderings, and the tiny config that made them."""
+    cache = make_cache(tmp_path_factory.mktemp("recon"))
+    config = _write_config(cache.parent, cache, sbi_p_recon=1.0, recon_steps=TINY_AE.steps)
+    summary = build_reconstructions(config, progress=False)
+    return cache, config, summary
+
+
+def test_reconstructions_cover_the_training_reals_only(recon_cache):
+    cache, config, summary = recon_cache
+    cfg = load_config(config)
+    train_meta, val_meta = split_clips(load_index(cache), cfg["val"]["val_fraction"], cfg["seed"])
+    assert summary["clips"] == sorted(c["file"] for c in train_meta if c["label"] in {"real", "unknown"})
+    assert not set(summary["clips"]) & {c["file"] for c in val_meta}
+    files = {p.name for p in (cache / "recon" / summary["key"]).iterdir()}
+    assert files == {"recon.json"} | {f"{c['id']}.npz" for c in train_meta if c["label"] in {"real", "unknown"}}
+    reals = load_clips(cache, [c for c in train_meta if c["label"] in {"real", "unknown"}])
+    attach_reconstructions(cache, reals, cfg["seed"], recon_settings(cfg))
+    assert all(c.recon.shape == (len(c.crops), RECON_SIZE, RECON_SIZE, 3) for c in reals)
+    # Another split or another autoencoder is refused rather than silently used.
+    with pytest.raises(ValueError, match="deepscan recon"):
+        attach_reconstructions(cache, reals[:-1], cfg["seed"], recon_settings(cfg))
+    with pytest.raises(ValueError, match="deepscan recon"):
+        attach_reconstructions(cache, reals, cfg["seed"] + 1, recon_settings(cfg))
+
+
+def test_rendering_blends_replace_self_blends_only_when_asked_for(recon_cache):
+    cache, config, _ = recon_cache
+    cfg = load_config(config)
+    train_meta, _ = split_clips(load_index(cache), cfg["val"]["val_fraction"], cfg["seed"])
+    plain = load_clips(cache, [c for c in train_meta if c["label"] in {"real", "unknown"}])
+    with_recon = load_clips(cache, [c for c in train_meta if c["label"] in {"real", "unknown"}])
+    attach_reconstructions(cache, with_recon, cfg["seed"], recon_settings(cfg))
+    spec = SampleSpec(input_size=64, crop_margin=0.25, mean=(0.5,) * 3, std=(0.5,) * 3, mask_size=8)
+    share = dataclasses.replace(spec, sbi_p_recon=1.0)
+    before, unused, used = (SBIDataset(clips, [], s, seed=4) for clips, s in
+                            ((plain, spec), (with_recon, spec), (with_recon, share)))
+    differs = []
+    for i in range(24):
+        a, b, c = before.sample(i), unused.sample(i), used.sample(i)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # 0 draws nothing: older runs replay
+        if a[2] == 0.0:
+            assert np.array_equal(a[0], c[0])  # reals are untouched
+        else:
+            differs.append(not np.array_equal(a[0], c[0]))
+            assert c[1].max() > 0  # a rendering blend still marks its region
+    assert differs and all(differs)
+
+
+def test_training_with_renderings_needs_them_and_records_the_autoencoder(recon_cache, tmp_path):
+    cache, config, summary = recon_cache
+    card_path = train(config, overrides={"train": {"max_steps": 6, "ckpt_every": 100}}, progress=False)
+    assert ModelCard.load(card_path).training["face_autoencoder"]["key"] == summary["key"]
+    other = _write_config(tmp_path, cache, sbi_p_recon=0.5, recon_steps=TINY_AE.steps + 1)
+    with pytest.raises(ValueError, match="deepscan recon"):
+        train(other, progress=False)

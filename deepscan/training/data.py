@@ -22,6 +22,7 @@ from ..crops import crop_face, normalise
 from .cache import identity_group
 from .faceswap import swap_face
 from .landmarks68 import sidecar_path
+from .recon import recon_blend
 from .sbi import (
     blend_boundary,
     colour_jitter,
@@ -105,6 +106,9 @@ class ClipCrops:
     file: str = ""  # the clip's path in the manifest
     frame_index: np.ndarray | None = None  # (K,) the video frame each crop was cut from
     dense_landmarks: np.ndarray | None = None  # (K, 68, 2) dlib's points, NaN where none fitted (landmarks68)
+    # (K, S, S, 3) uint8 face-autoencoder renderings and (K, 3) their squares (recon.attach_reconstructions)
+    recon: np.ndarray | None = None
+    recon_region: np.ndarray | None = None
 
     @classmethod
     def load(cls, cache_dir, clip: dict) -> ClipCrops:
@@ -360,6 +364,9 @@ class SampleSpec:
     sbi_p_smooth: float = 0.0  # share of the self-blends' frequency changes that are edge-preserving (sbi._frequency)
     sbi_p_flow: float = 0.0  # share of the self-blends whose source is also bent non-rigidly (sbi._flow)
     sbi_p_box: float = 0.0  # share of the blends pasted through an upright rectangle (sbi.paste_box_mask)
+    # Share of the self-blends whose source is the face autoencoder's rendering of the face (recon.recon_blend;
+    # reals without reconstructions fall back to a self-blend). 0 draws nothing, so older configs replay.
+    sbi_p_recon: float = 0.0
     augment: Augment = field(default_factory=Augment)
     # SBI's batches (Shiohara & Yamasaki 2022): items 2j and 2j+1 are one real frame and its fake, through the
     # same box jitter, colour, tone, degradation and flip, so nothing but the manipulation tells them apart.
@@ -519,6 +526,10 @@ class SBIDataset:
         elif fake and donor is not None:
             img, mask = cross_blend(img, lms, donor[0], donor[1], blend_rng, spec.sbi_p_sharpen,
                                     p_smooth=spec.sbi_p_smooth, p_box=spec.sbi_p_box)
+        elif (fake and spec.sbi_p_recon and clip.recon is not None
+              and blend_rng.random() < spec.sbi_p_recon):
+            img, mask = recon_blend(img, lms, clip.recon[k], clip.recon_region[k], blend_rng,
+                                    dense=clip.dense_at(k) if spec.dense_landmarks else None, p_box=spec.sbi_p_box)
         elif fake:
             img, mask = self_blend(img, lms, blend_rng, spec.sbi_p_sharpen,
                                    dense=clip.dense_at(k) if spec.dense_landmarks else None,

@@ -40,6 +40,7 @@ from .data import (
     swapped_items,
     val_items,
 )
+from .recon import AutoencoderSettings, attach_reconstructions, write_reconstructions
 
 DEFAULTS: dict = {
     "name": "deepscan-sbi-lite0",
@@ -133,6 +134,12 @@ DEFAULTS: dict = {
         # Share of the blends pasted through an upright rectangle about the face instead of a face-shaped mask, as
         # talking-head, lip-sync and reenactment tools paste back the crop they re-rendered (sbi.paste_box_mask).
         "sbi_p_box": 0.0,
+        # Share of the self-blends whose source is a face autoencoder's rendering of the face (recon.recon_blend):
+        # a decoder's texture, as DeepFaceLab/DeepFaceLive swaps and talking-head renderers leave, on real
+        # footage. The autoencoder trains on the training reals only, seeded by the split seed (the renderings
+        # are data of the split, like the crop cache): `deepscan recon CONFIG` first. 0 = off.
+        "sbi_p_recon": 0.0,
+        "recon_steps": 2000,  # the autoencoder's training steps (batches of 32)
         # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
         # maps (data.SampleSpec; "both" gives the net a second output, model.mask_outputs = 2, set here).
         "mask_target": "region",
@@ -260,7 +267,10 @@ def load_config(path, overrides: dict | None = None) -> dict:
             raise ValueError(f"train.{key} is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
-    for key in ("sbi_p_smooth", "sbi_p_flow", "sbi_p_box"):
+    steps = cfg["train"]["recon_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"train.recon_steps is a positive integer, not {cfg['train']['recon_steps']!r}")
+    for key in ("sbi_p_smooth", "sbi_p_flow", "sbi_p_box", "sbi_p_recon"):
         share = cfg["train"][key]
         if not _is_number(share) or not 0.0 <= share <= 1.0:
             raise ValueError(f"train.{key} is a share in [0, 1], not {share!r}")
@@ -890,6 +900,28 @@ def emulated_bf16_warning(precision: str, device_type: str, native_bf16: bool) -
             "and its card records fp32).")
 
 
+def recon_settings(cfg: dict) -> AutoencoderSettings:
+    return AutoencoderSettings(steps=cfg["train"]["recon_steps"], num_threads=int(cfg["train"]["num_threads"]))
+
+
+def _split_seed(cfg: dict) -> int:
+    return cfg["seed"] if cfg["val"]["split_seed"] is None else cfg["val"]["split_seed"]
+
+
+def build_reconstructions(config_path, overrides: dict | None = None, progress: bool = True) -> dict:
+    """Train the face autoencoder on the config's training reals and write their renderings
+    (train.sbi_p_recon; recon.write_reconstructions). The held-out clips are never read."""
+    cfg = load_config(config_path, overrides)
+    cv2_threads(int(cfg["train"]["num_threads"]))
+    index = load_index(cfg["cache_dir"])
+    split_seed = _split_seed(cfg)
+    train_meta, _ = split_clips(index, cfg["val"]["val_fraction"], split_seed)
+    group_seed = split_seed if cfg["train"]["group_seed"] is None else cfg["train"]["group_seed"]
+    train_meta = subsample_groups(train_meta, cfg["train"]["group_fraction"], group_seed)
+    reals = load_clips(cfg["cache_dir"], [c for c in train_meta if c["label"] in REAL_LABELS])
+    return write_reconstructions(cfg["cache_dir"], reals, split_seed, recon_settings(cfg), progress=progress)
+
+
 def train(config_path, resume: bool = True, overrides: dict | None = None, progress: bool = True) -> Path:
     """Train, validate, calibrate and export. Returns the written model card's path."""
     import torch
@@ -915,7 +947,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    split_seed = cfg["seed"] if cv["split_seed"] is None else cv["split_seed"]
+    split_seed = _split_seed(cfg)
     train_meta, val_meta = split_clips(index, cv["val_fraction"], split_seed)
     group_seed = split_seed if ct["group_seed"] is None else ct["group_seed"]
     train_meta = subsample_groups(train_meta, ct["group_fraction"], group_seed)
@@ -933,7 +965,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         real_fake_fraction=ct["real_fake_fraction"] if fakes else 0.0,
         real_fake_mask_weight=ct["real_fake_mask_weight"], sbi_p_sharpen=ct["sbi_p_sharpen"],
         sbi_p_smooth=ct["sbi_p_smooth"], sbi_p_flow=ct["sbi_p_flow"], sbi_p_box=ct["sbi_p_box"],
-        mask_target=ct["mask_target"],
+        sbi_p_recon=ct["sbi_p_recon"], mask_target=ct["mask_target"],
         augment=Augment.from_config(cfg["augment"]), paired=bool(ct["paired"]), p_cross=ct["p_cross"],
         fake_method_balance=ct["fake_method_balance"], real_source_balance=ct["real_source_balance"],
         dense_landmarks=ct["sbi_dense_landmarks"],
@@ -942,6 +974,10 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     if spec.dense_landmarks and not any(c.dense_landmarks is not None for c in reals):
         raise ValueError(f"train.sbi_dense_landmarks: the crop cache {cache_dir} has no 68-point landmarks; "
                          f"run `deepscan landmarks {cache_dir}` first")
+    recon_summary = None
+    if ct["sbi_p_recon"]:
+        recon_from = attach_reconstructions(cache_dir, reals, split_seed, recon_settings(cfg))
+        recon_summary = json.loads((recon_from / "recon.json").read_text())
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
     step, elapsed, history, resumes = 0, 0.0, [], []
@@ -1155,7 +1191,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                        batches_of(step, step + ct["average_bn_batches"])), net)
             weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-                  val_clips, weight_average, resumes)
+                  val_clips, weight_average, resumes, recon_summary)
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
@@ -1207,7 +1243,8 @@ def _licence(cfg_model: dict) -> str:
 
 
 def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-           val_clips, weight_average: dict | None = None, resumes: list | None = None) -> Path:
+           val_clips, weight_average: dict | None = None, resumes: list | None = None,
+           recon: dict | None = None) -> Path:
     """Validate, calibrate, and write weights + card (``net``: the weights to ship, averaged or not)."""
     import torch
     from safetensors.torch import save_file
@@ -1301,6 +1338,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         # holds only the last of them.
         "resumed_with_changes": resumes or [],
         "seed": cfg["seed"],
+        # The face autoencoder whose renderings the self-blends used (train.sbi_p_recon), else None.
+        "face_autoencoder": {k: recon[k] for k in ("key", "seed", "settings", "faces", "mean_abs_error", "seconds")}
+        if recon else None,
         "init_from": _init_from(cfg["model"]),
         "git_commit": git_commit(),
         "torch": torch.__version__,
