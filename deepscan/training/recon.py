@@ -97,14 +97,18 @@ def recon_blend(img: np.ndarray, landmarks: np.ndarray, recon: np.ndarray, regio
                 rng: np.random.Generator, dense: np.ndarray | None = None,
                 p_box: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A self-blend whose source is the autoencoder's rendering of this face (``recon`` in ``region``), its colour
-    changed half the time, shifted as :func:`sbi.self_blend`'s source is, through the same random masks and blend
+    changed half the time and sharpened half the time, shifted as :func:`sbi.self_blend`'s source is, through the same random masks and blend
     ratios. Returns the blended uint8 image and the blend weight: pixels of weight 0 are exactly ``img``'s."""
-    from .sbi import BLEND_RATIOS, _warp, colour_jitter, random_mask
+    from .sbi import BLEND_RATIOS, _warp, colour_jitter, random_mask, unsharp
 
     img = np.ascontiguousarray(img)
     source, pasted = paste_patch(img, recon, region)
     if rng.random() < 0.5:
         source = colour_jitter(source, rng)
+    # A 2,000-step decoder renders softer than the face; sharpened half the time (SBI's own sharpening, as a swap
+    # tool's merger offers), so softness alone does not mark these fakes.
+    if rng.random() < 0.5:
+        source = unsharp(source, rng.uniform(0.8, 1.6), rng.uniform(0.3, 1.0))
     source = _warp(source, landmarks, rng)
     # Kept to the pasted patch (softly, by its feathered weight), so what the mask lets through is the rendering.
     mask = random_mask(img.shape, landmarks, rng, dense, p_box) * pasted * float(rng.choice(BLEND_RATIOS))
