@@ -137,7 +137,8 @@ DEFAULTS: dict = {
         # Share of the self-blends whose source is a face autoencoder's rendering of the face (recon.recon_blend):
         # a decoder's texture, as DeepFaceLab/DeepFaceLive swaps and talking-head renderers leave, on real
         # footage. The autoencoder trains on the training reals only, seeded by the split seed (the renderings
-        # are data of the split, like the crop cache): `deepscan recon CONFIG` first. 0 = off.
+        # are data of the split, like the crop cache): `deepscan recon CONFIG` first. 0 = off (session 47, 0.3:
+        # lower on the footage, the crops and the swap probe, SadTalker renders too; docs/detector-experiments.md).
         "sbi_p_recon": 0.0,
         "recon_steps": 2000,  # the autoencoder's training steps (batches of 32)
         # The mask head's target: "region" (the blend weight map), "boundary" (Face X-ray's) or "both" as two
