@@ -5,12 +5,12 @@ decoder: a convolutional encoder, a dense bottleneck, and a decoder that upsampl
 identity at 128-224 pixels and pasted back into the frame; talking-head renderers (SadTalker's face-vid2vid)
 likewise draw the face with a learnt decoder at 256 pixels. A self-blend's source is the face itself with its
 colour or frequency content changed, so nothing in training shows the texture a decoder leaves. Here a miniature
-of that autoencoder (:class:`FaceAutoencoder`) is trained on the training split's real faces only, and each
+of that autoencoder (:func:`build_autoencoder`) is trained on the training split's real faces only, and each
 training real's face is replaced, inside its blend mask, by its reconstruction: a pseudo-fake with a decoder's
 rendering of the same person in the same frame, from real footage alone (as DRCT, Chen et al. ICML 2024, trains
 on generator reconstructions of real images).
 
-``deepscan recon CONFIG`` trains the autoencoder with the config's seed on the config's training reals and writes
+``deepscan recon CONFIG`` trains the autoencoder, seeded by the split seed, on the config's training reals and writes
 one ``<id>.npz`` per training real into ``<cache_dir>/recon/<key>/`` (``key`` names the clips and settings, so
 another split or seed gets its own) with the reconstructed face patches and where they sit in the context crop.
 """
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .sbi import BLEND_RATIOS, _warp, colour_jitter, random_mask, unsharp
 
 # The decoder renders this many pixels a side, as DeepFaceLab's default resolution does; the face it replaces is
 # larger in the cached context crops, so the render is upsampled as a swap tool's is when pasted back.
@@ -97,10 +99,9 @@ def recon_blend(img: np.ndarray, landmarks: np.ndarray, recon: np.ndarray, regio
                 rng: np.random.Generator, dense: np.ndarray | None = None,
                 p_box: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A self-blend whose source is the autoencoder's rendering of this face (``recon`` in ``region``), its colour
-    changed half the time and sharpened half the time, shifted as :func:`sbi.self_blend`'s source is, through the same random masks and blend
-    ratios. Returns the blended uint8 image and the blend weight: pixels of weight 0 are exactly ``img``'s."""
-    from .sbi import BLEND_RATIOS, _warp, colour_jitter, random_mask, unsharp
-
+    changed half the time and sharpened half the time, shifted as :func:`sbi.self_blend`'s source is, through the
+    same random masks and blend ratios. Returns the blended uint8 image and the blend weight: pixels of weight 0
+    are exactly ``img``'s."""
     img = np.ascontiguousarray(img)
     source, pasted = paste_patch(img, recon, region)
     if rng.random() < 0.5:
@@ -239,7 +240,8 @@ def write_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSett
 
 def attach_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSettings) -> Path:
     """Load each clip's reconstructions into ``clip.recon`` / ``clip.recon_region``; the directory they came
-    from. Refuses reconstructions of another set of clips (an autoencoder that saw held-out faces)."""
+    from. Renderings are looked up by the clips, seed and settings, so those of another split (an autoencoder
+    that saw held-out faces) are never used."""
     key = recon_key([c.file for c in clips], seed, settings)
     out = recon_dir(cache_dir, key)
     if not (out / "recon.json").is_file():
