@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recon", help="train a face autoencoder on a training config's real faces and cache its "
                                       "renderings of them, for self-blends with a decoder's texture "
                                       "(train.sbi_p_recon)")
-    rc.add_argument("config", type=Path)
+    rc.add_argument("config", type=Path, help="training config (TOML): its cache, training reals and split seed")
 
     e = sub.add_parser("eval", help="video-level ROC AUC and rates of detectors on labelled clips")
     e.add_argument("labels", type=Path, help="TSV/CSV with path,label columns, or a MANIFEST.tsv")
