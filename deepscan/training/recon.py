@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .sbi import BLEND_RATIOS, _warp, colour_jitter, random_mask, unsharp
+from .sbi import BLEND_RATIOS, _warp, blend_into, colour_jitter, random_mask, random_sharpen
 
 # The decoder renders this many pixels a side, as DeepFaceLab's default resolution does; the face it replaces is
 # larger in the cached context crops, so the render is upsampled as a swap tool's is when pasted back.
@@ -91,8 +91,7 @@ def paste_patch(img: np.ndarray, patch: np.ndarray, region: np.ndarray) -> tuple
     weight = cv2.warpAffine(np.outer(ramp, ramp), matrix, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT)
     weight[weight < 1 / 512] = 0.0
-    out = up.astype(np.float32) * weight[..., None] + img.astype(np.float32) * (1.0 - weight[..., None])
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8), weight
+    return blend_into(img, up, weight), weight
 
 
 def recon_blend(img: np.ndarray, landmarks: np.ndarray, recon: np.ndarray, region: np.ndarray,
@@ -109,13 +108,11 @@ def recon_blend(img: np.ndarray, landmarks: np.ndarray, recon: np.ndarray, regio
     # A 2,000-step decoder renders softer than the face; sharpened half the time (SBI's own sharpening, as a swap
     # tool's merger offers), so softness alone does not mark these fakes.
     if rng.random() < 0.5:
-        source = unsharp(source, rng.uniform(0.8, 1.6), rng.uniform(0.3, 1.0))
+        source = random_sharpen(source, rng)
     source = _warp(source, landmarks, rng)
     # Kept to the pasted patch (softly, by its feathered weight), so what the mask lets through is the rendering.
     mask = random_mask(img.shape, landmarks, rng, dense, p_box) * pasted * float(rng.choice(BLEND_RATIOS))
-    m = mask[..., None]
-    blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask.astype(np.float32)
+    return blend_into(img, source, mask), mask.astype(np.float32)
 
 
 def _torch_modules():
@@ -238,9 +235,9 @@ def write_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSett
     return summary
 
 
-def attach_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSettings) -> Path:
-    """Load each clip's reconstructions into ``clip.recon`` / ``clip.recon_region``; the directory they came
-    from. Renderings are looked up by the clips, seed and settings, so those of another split (an autoencoder
+def attach_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSettings) -> dict:
+    """Load each clip's reconstructions into ``clip.recon`` / ``clip.recon_region``; their ``recon.json``
+    summary. Renderings are looked up by the clips, seed and settings, so those of another split (an autoencoder
     that saw held-out faces) are never used."""
     key = recon_key([c.file for c in clips], seed, settings)
     out = recon_dir(cache_dir, key)
@@ -253,4 +250,4 @@ def attach_reconstructions(cache_dir, clips, seed: int, settings: AutoencoderSet
                 raise ValueError(f"{out / (c.id + '.npz')}: {len(z['recon'])} reconstructions for "
                                  f"{len(c.crops)} cached faces (the clip was re-cached); run `deepscan recon` again")
             c.recon, c.recon_region = z["recon"], z["region"].astype(np.float32)
-    return out
+    return json.loads((out / "recon.json").read_text())

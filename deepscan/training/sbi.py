@@ -211,6 +211,19 @@ def unsharp(img: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     return cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigmaX=sigma), -amount, 0)
 
 
+def random_sharpen(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unsharp mask of a random radius (sigma 0.8-1.6) and amount (0.3-1.0): a self-blend source's sharpening."""
+    return unsharp(img, rng.uniform(0.8, 1.6), rng.uniform(0.3, 1.0))
+
+
+def blend_into(img: np.ndarray, source: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``source`` over ``img`` by the per-pixel ``weight`` (HxW in [0, 1]), rounded to uint8: pixels of weight
+    0 keep ``img``'s values exactly."""
+    w = weight[..., None]
+    out = source.astype(np.float32) * w + img.astype(np.float32) * (1.0 - w)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | None = None,
                p_smooth: float = 0.0) -> np.ndarray:
     """Change the source's frequency content: sharpen, blur, down-up resample, or JPEG round trip.
@@ -226,7 +239,7 @@ def _frequency(img: np.ndarray, rng: np.random.Generator, p_sharpen: float | Non
         return cv2.bilateralFilter(img, 0, sigmaColor=rng.uniform(15, 45), sigmaSpace=rng.uniform(1.5, 4.0))
     choice = rng.integers(4) if p_sharpen is None else (0 if rng.random() < p_sharpen else 1 + rng.integers(3))
     if choice == 0:
-        return unsharp(img, rng.uniform(0.8, 1.6), rng.uniform(0.3, 1.0))
+        return random_sharpen(img, rng)
     if choice == 1:
         return cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.5, 1.5))
     if choice == 2:
@@ -283,10 +296,7 @@ def self_blend(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
     if p_flow and rng.random() < p_flow:
         source = _flow(source, landmarks, rng)
     mask = random_mask(img.shape, landmarks, rng, dense, p_box) * float(rng.choice(BLEND_RATIOS))
-    m = mask[..., None]
-    blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
-    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return blended, mask.astype(np.float32)
+    return blend_into(img, source, mask), mask.astype(np.float32)
 
 
 def landmark_misfit(target_lms: np.ndarray, donor_lms: np.ndarray) -> float:
@@ -328,7 +338,4 @@ def cross_blend(img: np.ndarray, landmarks: np.ndarray, donor: np.ndarray, donor
     if rng.random() < 0.8:
         source = _frequency(source, rng, p_sharpen, p_smooth)
     mask = mask * float(rng.choice(BLEND_RATIOS))
-    m = mask[..., None]
-    blended = source.astype(np.float32) * m + img.astype(np.float32) * (1.0 - m)
-    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return blended, mask.astype(np.float32)
+    return blend_into(img, source, mask), mask.astype(np.float32)

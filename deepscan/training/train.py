@@ -909,18 +909,22 @@ def _split_seed(cfg: dict) -> int:
     return cfg["seed"] if cfg["val"]["split_seed"] is None else cfg["val"]["split_seed"]
 
 
+def _split(cfg: dict, index: dict) -> tuple[list[dict], list[dict]]:
+    """The config's (training, validation) clips: the split by its split seed, the training groups subsampled."""
+    split_seed = _split_seed(cfg)
+    train_meta, val_meta = split_clips(index, cfg["val"]["val_fraction"], split_seed)
+    group_seed = split_seed if cfg["train"]["group_seed"] is None else cfg["train"]["group_seed"]
+    return subsample_groups(train_meta, cfg["train"]["group_fraction"], group_seed), val_meta
+
+
 def build_reconstructions(config_path, overrides: dict | None = None, progress: bool = True) -> dict:
     """Train the face autoencoder on the config's training reals and write their renderings
     (train.sbi_p_recon; recon.write_reconstructions). The held-out clips are never read."""
     cfg = load_config(config_path, overrides)
     cv2_threads(int(cfg["train"]["num_threads"]))
-    index = load_index(cfg["cache_dir"])
-    split_seed = _split_seed(cfg)
-    train_meta, _ = split_clips(index, cfg["val"]["val_fraction"], split_seed)
-    group_seed = split_seed if cfg["train"]["group_seed"] is None else cfg["train"]["group_seed"]
-    train_meta = subsample_groups(train_meta, cfg["train"]["group_fraction"], group_seed)
+    train_meta, _ = _split(cfg, load_index(cfg["cache_dir"]))
     reals = load_clips(cfg["cache_dir"], [c for c in train_meta if c["label"] in REAL_LABELS])
-    return write_reconstructions(cfg["cache_dir"], reals, split_seed, recon_settings(cfg), progress=progress)
+    return write_reconstructions(cfg["cache_dir"], reals, _split_seed(cfg), recon_settings(cfg), progress=progress)
 
 
 def train(config_path, resume: bool = True, overrides: dict | None = None, progress: bool = True) -> Path:
@@ -948,10 +952,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    split_seed = _split_seed(cfg)
-    train_meta, val_meta = split_clips(index, cv["val_fraction"], split_seed)
-    group_seed = split_seed if ct["group_seed"] is None else ct["group_seed"]
-    train_meta = subsample_groups(train_meta, ct["group_fraction"], group_seed)
+    train_meta, val_meta = _split(cfg, index)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -977,8 +978,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                          f"run `deepscan landmarks {cache_dir}` first")
     recon_summary = None
     if ct["sbi_p_recon"]:
-        recon_from = attach_reconstructions(cache_dir, reals, split_seed, recon_settings(cfg))
-        recon_summary = json.loads((recon_from / "recon.json").read_text())
+        recon_summary = attach_reconstructions(cache_dir, reals, _split_seed(cfg), recon_settings(cfg))
     dataset = SBIDataset(reals, fakes, spec, seed=cfg["seed"])
 
     step, elapsed, history, resumes = 0, 0.0, [], []
