@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,16 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan (every comparison with it is false) and inf
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
     return value
 
 
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector precision; auto: fp16 on CUDA, bf16 on CPUs with bf16 instructions when the "
                         "model card has a bf16 threshold, else fp32")
     s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
-    s.add_argument("--threshold", type=float, help="override the model card's decision threshold")
+    s.add_argument("--threshold", type=_probability, help="override the model card's decision threshold (0 to 1)")
     s.add_argument("--batch-faces", type=_positive_int,
                    help="faces per detector batch (default 16 on CPU, 64 on CUDA)")
     s.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N",
@@ -164,8 +175,11 @@ def cmd_scan(args) -> int:
     if args.html and not args.out:
         console.print("[bold red]error:[/] --html needs --out DIR")
         return EXIT_ERROR
+    if args.out and args.out.exists() and not args.out.is_dir():
+        console.print(f"error: --out {args.out} exists and is not a directory", style="bold red", markup=False)
+        return EXIT_ERROR
     if args.c2pa_trust and not args.c2pa_trust.is_file():
-        console.print(f"[bold red]error:[/] --c2pa-trust: no such file {args.c2pa_trust}", markup=False)
+        console.print(f"error: --c2pa-trust: no such file {args.c2pa_trust}", style="bold red", markup=False)
         return EXIT_ERROR
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
@@ -492,6 +506,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a traceback's exit status 1 would read as "a video judged fake"
+        if os.environ.get("DEEPSCAN_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not isinstance(exc, OSError):  # an OSError's text says what failed; others need their kind
+            message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        print(f"deepscan: error: {message} (DEEPSCAN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

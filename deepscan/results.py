@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,24 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers (Python would write
+    ``NaN``, which other readers reject), and a probe or container tag may hold one. Scores never do: the
+    scanner makes a non-finite face score an error result."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_line(d: dict) -> str:
+    """The one JSON form of a result (``results.jsonl`` and ``--json``); refuses NaN rather than write it."""
+    return json.dumps(json_safe(d), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 VERDICTS = ("fake", "uncertain", "real", "no_face", "error")
 
@@ -119,7 +138,7 @@ class VideoResult:
         return self.verdict == "fake"
 
     def to_dict(self) -> dict:
-        return {
+        return json_safe({
             "schema_version": SCHEMA_VERSION,
             "path": printable(self.path),
             "sha256": self.sha256,
@@ -144,10 +163,10 @@ class VideoResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             **({"extra": self.extra} if self.extra else {}),
-        }
+        })
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return dumps_line(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> VideoResult:

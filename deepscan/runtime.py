@@ -25,8 +25,15 @@ def total_threads(threads: int | None = None) -> int:
     return threads or int(os.environ.get("DEEPSCAN_THREADS", "0")) or os.cpu_count() or 1
 
 
+def can_overlap(threads: int | None = None) -> bool:
+    """Whether face detection and classification may run side by side: with one thread in all, they would
+    use two (``split_threads`` cannot give either stage less than one), so they run one after the other."""
+    return total_threads(threads) > 1
+
+
 def split_threads(threads: int | None = None) -> tuple[int, int]:
-    """Threads for face detection and for classification when the two run side by side: half each.
+    """Threads for face detection and for classification when the two run side by side: half each. Only
+    where ``can_overlap``: the two always add up to ``total_threads`` then.
 
     MTCNN's small convolutions and Python stages gain nothing from a second thread (measured on 2 cores: 16
     frames 0.96 s with 1 thread, 1.63 s with 2), so two stages on one thread each finish together in about the

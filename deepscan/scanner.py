@@ -7,8 +7,10 @@ video finishes, and appends each to ``results.jsonl`` when an output directory i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import numbers
 import os
 import platform
 import queue
@@ -18,7 +20,7 @@ import time
 import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .crops import crop_face
-from .results import FaceResult, FrameResult, VideoResult, printable
+from .results import FaceResult, FrameResult, VideoResult, dumps_line, printable
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
     MAX_DURATION_S,
@@ -62,7 +64,7 @@ class ScanOptions:
     full_detect_every: int = 4
     follow_faces: bool = True
     # Classify one batch of faces on a worker thread while the next is face-detected, each stage on half the
-    # threads (same results, less wall time).
+    # threads (same results, less wall time). Never with one thread in all (Scanner.overlapping).
     overlap: bool = True
     batch_faces: int | None = None
     max_side: int = 1920  # larger frames are downscaled inside ffmpeg before anything else
@@ -85,6 +87,12 @@ class ScanOptions:
     campaign_buffer_mb: int = 512  # --dedupe: a file's screening frames held while it is hashed, at most
     aggregation: Aggregation = field(default_factory=Aggregation)
 
+    def __post_init__(self):
+        # A NaN threshold compares false with every score (every fake "real"); -1 or 2 decide nothing.
+        for name in ("threshold", "min_face_prob"):
+            if not _is_probability(getattr(self, name)):
+                raise ValueError(f"{name} must be a number from 0 to 1, not {getattr(self, name)!r}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aggregation"] = asdict(self.aggregation)
@@ -101,6 +109,27 @@ class ScanOptions:
         d = {k: getattr(self, k) for k in keys}
         d["aggregation"] = asdict(self.aggregation)
         return d
+
+
+def _is_probability(value) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0  # not NaN
+
+
+# Model card fields that change face boxes, crops or scores without changing the weights' hash: results made
+# under other values must not be resumed. Not the threshold, band and precision thresholds (`deepscan calibrate`
+# rewrites those; Scanner._judged_alike compares the threshold itself), nor name, metrics and other notes.
+# ``extra`` holds ``net`` (the network is built from it) beside notes that change only with the weights.
+_SCORING_CARD_FIELDS = ("architecture", "input_size", "mean", "std", "crop_margin", "output", "temperature",
+                        "heatmap", "face_detector", "extra")
+
+
+def card_hash(card) -> str:
+    """Digest of the card's fields that change results (``_SCORING_CARD_FIELDS``); ``model.card_hash``."""
+    d = card.to_dict()
+    text = json.dumps({k: d.get(k) for k in _SCORING_CARD_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _utc_now() -> str:
@@ -270,9 +299,20 @@ class Scanner:
         return self.detector.card.threshold_for(self.detector.precision) if t is None else t
 
     def model_info(self) -> dict:
+        if getattr(self, "_card_hash", None) is None:
+            self._card_hash = card_hash(self.detector.card)
         return {"name": self.detector.name, "sha256": self.detector.weights_sha256,
                 "architecture": self.detector.card.architecture, "precision": self.detector.precision,
-                "threshold": self.threshold, "uncertain_band": self.detector.card.uncertain_band}
+                "threshold": self.threshold, "uncertain_band": self.detector.card.uncertain_band,
+                "card_hash": self._card_hash}
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether a batch's classification runs on a worker thread while the next is face-detected: only with
+        two threads or more (given one, the two stages side by side would use two)."""
+        from . import runtime
+
+        return self.options.overlap and runtime.can_overlap(self.options.threads)
 
     def environment(self) -> dict:
         if self._environment is None:
@@ -285,7 +325,8 @@ class Scanner:
                 "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                 "torch": torch.__version__, "ffmpeg": ffmpeg_version(), "device": str(self.detector.device),
                 "precision": self.detector.precision,
-                "threads": runtime.total_threads(self.options.threads) if self.options.overlap else torch.get_num_threads(),
+                # Overlapped, the two stages share them (runtime.split_threads); else both use them all.
+                "threads": runtime.total_threads(self.options.threads),
                 "git_commit": git_commit()}
         return self._environment
 
@@ -361,10 +402,12 @@ class Scanner:
         if opts.provenance:
             result.extra["provenance"] = prepared.provenance
         card = self.detector.card
-        if opts.overlap:  # detection on this thread, classification on the worker: half the threads each
-            from . import runtime
+        overlap = self.overlapping
+        from . import runtime
 
-            runtime.configure_threads(runtime.split_threads(opts.threads)[0])
+        # Overlapped: detection on this thread, classification on the worker, half the threads each. Else both
+        # here, on all of them (set again: an overlapping scanner in this process may have halved them).
+        runtime.configure_threads(runtime.split_threads(opts.threads)[0] if overlap else opts.threads)
         tracker = Tracker()
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
@@ -405,6 +448,9 @@ class Scanner:
             future, owners, crops = job
             out, seconds = future.result()
             timing["classify_s"] += seconds
+            bad = int((~np.isfinite(out.probs)).sum())
+            if bad:  # NaN compares false with any threshold: the video would silently pass as "real"
+                raise FloatingPointError(f"the detector gave a non-finite score (NaN or inf) for {bad} faces")
             for i, (fr, face) in enumerate(owners):
                 heat = out.heatmaps[i]
                 fr.faces.append(FaceResult(
@@ -435,7 +481,7 @@ class Scanner:
                     pending = None
                 if crops:
                     stacked = np.stack(crops)
-                    pending = ((self._classifier().submit(classify, stacked) if opts.overlap
+                    pending = ((self._classifier().submit(classify, stacked) if overlap
                                 else _finished(classify(stacked))), owners, crops)
                 if progress:
                     progress(len(frames_out), expected)
@@ -573,10 +619,11 @@ class Scanner:
                         previous = None
                         if writer and not force and inherited.sha256:
                             # An earlier, interrupted run may have written this copy's line already.
-                            previous = writer.done(inherited.sha256, inherited.model.get("sha256"),
-                                                   inherited.config_hash, path)
+                            previous = self._judged_alike(writer.done(inherited.sha256, inherited.model.get("sha256"),
+                                                                      inherited.config_hash, path))
                         if previous is not None:
                             previous.resumed = True
+                            writer.keep_last(previous)
                             yield previous
                             continue
                         if writer:
@@ -650,7 +697,10 @@ class Scanner:
         if previous is None:
             return None
         then, now = previous.model or {}, self.model_info()
-        same = (then.get("precision") == now["precision"] and then.get("uncertain_band") == now["uncertain_band"]
+        # The card hash: a card edited in what changes scores (temperature, crops, face detector) but not in
+        # its weights. A line from before it was recorded has none, so it is screened again.
+        same = (then.get("card_hash") == now["card_hash"]
+                and then.get("precision") == now["precision"] and then.get("uncertain_band") == now["uncertain_band"]
                 and isinstance(then.get("threshold"), (int, float))
                 and abs(then["threshold"] - now["threshold"]) <= 1e-6)
         return previous if same else None
@@ -683,6 +733,7 @@ class Scanner:
         previous = prepared.previous
         if previous is not None:
             previous.resumed = True
+            writer.keep_last(previous)  # a resumed result is only ever found through a writer
             if self._campaign is not None:
                 return self._resumed_into_campaign(path, previous)
             return _campaign_marked(previous, group)
@@ -738,10 +789,12 @@ def _campaign_marked(result: VideoResult, group) -> VideoResult:
 
 
 class ResultsWriter:
-    """Appends one JSON line per video; each line goes out in a single write and is fsynced.
+    """Appends one JSON line per video; each line is written whole and fsynced, or not at all.
 
     On opening an existing file it keeps the finished results (the resume index) and cuts off a trailing
-    partial line, which only a crash in the middle of a write could leave.
+    partial line, which only a crash in the middle of a write could leave. Readers take the last line for
+    each path (:func:`deepscan.html.read_results`), so :meth:`keep_last` appends a resumed result again when
+    another run wrote a later line for its path.
     """
 
     def __init__(self, out_dir):
@@ -749,6 +802,7 @@ class ResultsWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "results.jsonl"
         self._done: dict[tuple, dict] = {}
+        self._last: dict[str, dict] = {}  # path -> the dict of its last line
         if self.path.exists():
             self._load()
 
@@ -764,30 +818,65 @@ class ResultsWriter:
                 d = json.loads(line)
             except ValueError:
                 continue
-            self._remember(d)
+            # A line that is JSON but not a result (hand-edited, another tool's) is skipped, as the report does.
+            if isinstance(d, dict) and isinstance(d.get("path"), str):
+                self._remember(d)
 
     def _remember(self, d: dict) -> None:
-        if d.get("status") in ("ok", "no_face") and d.get("sha256"):
-            key = (d["sha256"], (d.get("model") or {}).get("sha256"), d.get("config_hash"))
+        self._last[d["path"]] = d
+        model = d.get("model")
+        key = (d.get("sha256"), model.get("sha256") if isinstance(model, dict) else None, d.get("config_hash"))
+        if d.get("status") in ("ok", "no_face") and d.get("sha256") and all(
+                k is None or isinstance(k, str) for k in key):
             self._done.setdefault(key, {})[d["path"]] = d
+
+    def _stored(self, sha256, model_sha256, config_hash, path=None) -> dict | None:
+        by_path = self._done.get((sha256, model_sha256, config_hash)) or {}
+        return by_path.get(printable(str(path))) if path is not None else next(iter(by_path.values()), None)
 
     def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
         """The finished result for this content, model and configuration: under ``path`` when given (a
         byte-identical copy under another name needs a line of its own), else under any name."""
-        by_path = self._done.get((sha256, model_sha256, config_hash)) or {}
-        d = by_path.get(printable(str(path))) if path is not None else next(iter(by_path.values()), None)
-        return VideoResult.from_dict(d) if d else None
+        d = self._stored(sha256, model_sha256, config_hash, path)
+        if not d:
+            return None
+        try:
+            return VideoResult.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError):  # a malformed line: screen the file again
+            return None
+
+    def keep_last(self, result: VideoResult) -> None:
+        """Make a resumed ``result`` (from :meth:`done`) the last line for its path again: a run with other
+        settings may have written a later one, which the report would show instead. Its stored line is
+        appended unchanged."""
+        d = self._stored(result.sha256, (result.model or {}).get("sha256"), result.config_hash, result.path)
+        if d is not None and self._last.get(d["path"]) is not d:
+            self._append(d)
 
     def write(self, result: VideoResult) -> None:
-        d = result.to_dict()
-        line = (json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        self._append(result.to_dict())
+
+    def _append(self, d: dict) -> None:
+        line = (dumps_line(d) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:  # a write may take fewer bytes than given (a signal, a file size limit)
+                    n = os.write(fd, view)
+                    if n <= 0:
+                        raise OSError(errno.EIO, f"could not write {self.path}")
+                    view = view[n:]
+                os.fsync(fd)
+            except BaseException:
+                # No partial line may stay: the next line would be glued to it and both lost to readers.
+                with suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
         finally:
             os.close(fd)
-        self._remember(d)
+        self._remember(d)  # only once the whole line is on disk
 
 
 def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:
