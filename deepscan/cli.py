@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
@@ -173,13 +174,13 @@ def cmd_scan(args) -> int:
 
     console = make_console(sys.stderr if args.json else sys.stdout)
     if args.html and not args.out:
-        console.print("[bold red]error:[/] --html needs --out DIR")
+        _print_error(console, "--html needs --out DIR")
         return EXIT_ERROR
     if args.out and args.out.exists() and not args.out.is_dir():
-        console.print(f"error: --out {args.out} exists and is not a directory", style="bold red", markup=False)
+        _print_error(console, f"--out {args.out} exists and is not a directory")
         return EXIT_ERROR
     if args.c2pa_trust and not args.c2pa_trust.is_file():
-        console.print(f"error: --c2pa-trust: no such file {args.c2pa_trust}", style="bold red", markup=False)
+        _print_error(console, f"--c2pa-trust: no such file {args.c2pa_trust}")
         return EXIT_ERROR
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
@@ -193,12 +194,12 @@ def cmd_scan(args) -> int:
     try:
         scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video
     except (KeyError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        _print_error(console, str(exc))
         return EXIT_ERROR
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     paths = list(discover(args.paths))
     if not paths:
-        console.print("[bold red]error:[/] no video files found under " + ", ".join(args.paths))
+        _print_error(console, "no video files found under " + ", ".join(args.paths))
         return EXIT_ERROR
     results = []
     t0 = time.perf_counter()
@@ -208,7 +209,7 @@ def cmd_scan(args) -> int:
 
         if available_backend() != "pdq":  # grouping while screening hashes deepscan's own frames (pdqhash)
             if args.dedupe:
-                console.print("[bold red]error:[/] --dedupe needs pdqhash: pip install 'deepscan[campaign]'")
+                _print_error(console, "--dedupe needs pdqhash: pip install 'deepscan[campaign]'")
                 return EXIT_ERROR
             console.print("note: copies of the same video are not grouped (pip install 'deepscan[campaign]' "
                           "for --dedupe)", style="dim", markup=False)
@@ -254,7 +255,7 @@ def cmd_probe(args) -> int:
     try:
         info = probe(args.video)
     except VideoError as exc:
-        console.print(f"[bold red]error:[/] {args.video}: {exc}")
+        _print_error(console, f"{args.video}: {exc}")
         return EXIT_ERROR
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
@@ -328,22 +329,20 @@ def cmd_recon(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from rich.table import Table
-
     from .detector import ModelCard
     from .evaluate import evaluate, read_labels
-    from .report import make_console
+    from .report import eval_tables, make_console
 
     console = make_console()
     subset = None
     if args.subset:
         subset = set(ModelCard.load(args.subset).training.get("validation_files") or [])
         if not subset:
-            console.print(f"[bold red]error:[/] {args.subset} names no validation_files")
+            _print_error(console, f"{args.subset} names no validation_files")
             return EXIT_ERROR
     clips = read_labels(args.labels, subset)
     if not clips or len({c.label for c in clips}) < 2:
-        console.print("[bold red]error:[/] need labelled real and fake clips")
+        _print_error(console, "need labelled real and fake clips")
         return EXIT_ERROR
     names = args.detector or [None]
     weights = args.weights + ["-"] * (len(names) - len(args.weights))
@@ -361,28 +360,8 @@ def cmd_eval(args) -> int:
         report = evaluate(clips, specs, frames=args.frames, out_dir=args.out, precision=args.precision,
                           full_detect_every=args.full_detect_every, follow_faces=args.follow_faces, force=args.force)
     sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
-    table = Table(title=f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}",
-                  header_style="bold")
-    for col in ("detector", "AUC", "95% CI", "AUC − first's [paired 95% CI]", "threshold", "accuracy", "TPR",
-                "FPR", "unscored"):
-        table.add_column(col)
-    for d in report["detectors"]:
-        t, pair = d["at_threshold"], d.get("paired_with_first")
-        paired = "—" if pair is None else _paired_cell(pair)
-        table.add_row(d["detector"], f"{d['auc']:.3f}", f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]", paired,
-                      f"{t['threshold']:.3f}", f"{t['accuracy']:.3f}", f"{t['tpr']:.3f}", f"{t['fpr']:.3f}",
-                      str(len(d["unscored"])))
-    console.print(table)
-    for d in report["detectors"]:
-        src = Table(title=f"{d['detector']} per source", header_style="bold")
-        for col in ("source", "n", "fake", "mean score", "AUC", "accuracy", "TPR", "FPR"):
-            src.add_column(col)
-        for row in d["per_source"]:
-            src.add_row(row["source"], str(row["n"]), str(row["n_fake"]), f"{row['mean_score']:.3f}",
-                        "—" if row["auc"] is None else f"{row['auc']:.3f}", f"{row['accuracy']:.3f}",
-                        "—" if row["n_fake"] == 0 else f"{row['tpr']:.3f}",
-                        "—" if row["n_fake"] == row["n"] else f"{row['fpr']:.3f}")
-        console.print(src)
+    for table in eval_tables(report, sampled):
+        console.print(table)
     if args.out:
         console.print(f"metrics: {args.out / 'metrics.json'}" + ("" if args.results else f", ROC: {args.out / 'roc.png'}"),
                       markup=False)
@@ -403,7 +382,7 @@ def cmd_calibrate(args) -> int:
         m = calibrate(args.card, args.labels, frames=args.frames, max_fpr=args.max_fpr, results_path=args.results,
                       out_dir=args.out, precision=args.precision)
     except (OSError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        _print_error(console, str(exc))
         return EXIT_ERROR
     console.print(f"{args.card} ({m['precision']}): threshold {m['threshold_before']:.4f} -> "
                   f"{m['threshold']:.4f} ({m['videos']} validation videos, {m['frames']} frames each); "
@@ -431,7 +410,7 @@ def cmd_validate(args) -> int:
         try:
             m = validate_card(card, args.cache)
         except (OSError, ValueError, KeyError) as exc:
-            console.print(f"[bold red]error:[/] {card}: {exc}")
+            _print_error(console, f"{card}: {exc}")
             return EXIT_ERROR
         measured[str(card)] = m
         swap = m["swap_probe"]
@@ -453,9 +432,12 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
-def _paired_cell(pair: dict) -> str:
-    """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``."""
-    return f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+def _print_error(console, message: str) -> None:
+    """``error: message`` with the message as plain text: paths and exception texts may hold "[...]", which
+    rich would read as markup (text lost, or a MarkupError in place of the error)."""
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", message))
 
 
 def _paired_table(measured: dict):
@@ -464,6 +446,7 @@ def _paired_table(measured: dict):
     from rich.table import Table
 
     from .evaluate import paired_difference
+    from .report import _paired_cell
 
     cards = list(measured)
     first = measured[cards[0]]["video_scores"]
@@ -498,9 +481,22 @@ COMMANDS = {"scan": cmd_scan, "probe": cmd_probe, "models": cmd_models, "report"
             "eval": cmd_eval}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """deepscan's own warnings as one line on stderr (the default adds a file name and a source line meant
+    for developers); other libraries' keep the default form."""
+    if category.__module__.startswith("deepscan"):
+        print(f"deepscan: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

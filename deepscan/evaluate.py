@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,23 +25,37 @@ class LabelledClip:
     method: str = ""
 
 
+class LabelWarning(UserWarning):
+    """Labelled clips left out of an evaluation: rows with an unknown label, clips without a result."""
+
+
 def read_labels(path, subset: set[str] | None = None) -> list[LabelledClip]:
+    """The ``real``/``fake`` rows of a labels file (``subset``: only these ``file``/``path`` values). Rows with
+    any other label are skipped, and their number is reported as a :class:`LabelWarning`."""
     path = Path(path)
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a spreadsheet's CSV export may start with a byte-order mark, which would otherwise rename the
+    # first column ("\ufeffpath") and so drop every row.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh, delimiter=delimiter))
-    clips = []
+    clips, unknown = [], 0
     for row in rows:
-        rel = row.get("file") or row.get("path")
-        label = (row.get("label") or "").strip().lower()
-        if not rel or label not in ("real", "fake"):
+        rel = (row.get("file") or row.get("path") or "").strip()
+        if not rel or (subset is not None and rel not in subset):
             continue
-        if subset is not None and rel not in subset:
+        label = (row.get("label") or "").strip().lower()
+        if label not in ("real", "fake"):
+            unknown += 1
             continue
         p = Path(rel)
         full = p if p.is_absolute() else path.parent / p
-        source = rel.split("/")[0] if "/" in rel else (row.get("source") or "-")
-        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method", "")))
+        # An explicit source column wins; else a relative path's first folder (the MANIFEST's layout).
+        source = (row.get("source") or "").strip()
+        if not source:
+            source = p.parts[0] if not p.is_absolute() and len(p.parts) > 1 else "-"
+        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method") or ""))
+    if unknown:
+        warnings.warn(f"{path}: {unknown} row(s) skipped: label not real or fake", LabelWarning, stacklevel=2)
     return clips
 
 
@@ -128,15 +144,25 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     With ``out_dir``, clips already scanned there alike are not scanned again unless ``force``."""
     from sklearn.metrics import roc_curve
 
+    from .detector import resolve_card
     from .scanner import ResultsWriter, Scanner, ScanOptions
 
     report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames,
               "scan_options": scan_options, "detectors": []}
     curves = {}
+    # Card names (the cards alone are read) to tell in advance which detectors share one: those get a key of
+    # their own, else they would write into one results.jsonl and one ROC curve.
+    names = Counter(resolve_card(spec.get("detector")).name for spec in detectors)
     for spec in detectors:
         scanner = Scanner(ScanOptions(detector=spec.get("detector"), weights=spec.get("weights"), frames=frames,
                                       keep_heatmaps=False, **scan_options))
-        name = scanner.detector.name
+        name = card_name = scanner.detector.name
+        # A unique name keeps out_dir/name, the layout earlier runs (and their resumption) rely on.
+        if names[card_name] > 1 or name in curves:
+            name = base = f"{card_name}-{(scanner.detector.weights_sha256 or '')[:8]}"
+            n = 2
+            while name in curves:  # the same card and weights twice
+                name, n = f"{base}-{n}", n + 1
         writer = ResultsWriter(out_dir / name) if out_dir else None
         ys, ss, srcs, failed, resumed = [], [], [], [], 0
         for clip in clips:
@@ -150,7 +176,7 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
             ss.append(0.0 if r.score is None else r.score)
             srcs.append(clip.source)
         auc, lo, hi = bootstrap_auc(ys, ss)
-        entry = {"detector": name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
+        entry = {"detector": name, "card": card_name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
                  "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
                  "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
                  "video_scores": video_scores([c.path for c in clips], ys, ss), "resumed": resumed}
@@ -164,34 +190,77 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     return report
 
 
-def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
-    """Metrics of an earlier scan: match ``results.jsonl`` lines to the labelled clips by resolved path."""
-    by_path = {}
+def read_result_lines(results_path) -> list[dict]:
+    """The JSON objects of a ``results.jsonl`` that name a path (a line cut short by a crash is skipped)."""
+    lines = []
     for line in Path(results_path).read_text(encoding="utf-8").splitlines():
         try:
             d = json.loads(line)
         except ValueError:
             continue
+        if isinstance(d, dict) and isinstance(d.get("path"), str):
+            lines.append(d)
+    return lines
+
+
+def match_results(clips: list[LabelledClip], lines: list[dict]) -> list[dict | None]:
+    """Each clip's result line (the last one for it), or None: matched by resolved path, then, for a results
+    file written from another working directory or machine, by the file's content sha256 (only the clips still
+    unmatched are hashed)."""
+    from .detector.card import sha256_file
+
+    by_path, by_sha = {}, {}
+    for d in lines:
         by_path[str(Path(d["path"]).resolve())] = d
-    ys, ss, srcs, unscored, missing = [], [], [], [], []
+        if isinstance(d.get("sha256"), str):
+            by_sha[d["sha256"]] = d
+    found = [by_path.get(str(c.path.resolve())) for c in clips]
+    for i, clip in enumerate(clips):
+        if found[i] is None and by_sha and clip.path.is_file():
+            try:
+                found[i] = by_sha.get(sha256_file(clip.path))
+            except OSError:
+                pass
+    return found
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
+    """Metrics of an earlier scan: ``results.jsonl`` lines matched to the labelled clips (:func:`match_results`).
+    Clips without a result are left out, listed under ``missing`` and reported as a :class:`LabelWarning`;
+    a ValueError when what remains does not hold both classes."""
+    found = match_results(clips, read_result_lines(results_path))
+    ids, ys, ss, srcs, unscored, missing = [], [], [], [], [], []
     model, threshold = None, 0.5
-    for clip in clips:
-        d = by_path.get(str(clip.path.resolve()))
+    for clip, d in zip(clips, found, strict=True):
         if d is None:
             missing.append(str(clip.path))
             continue
-        model = model or d.get("model", {}).get("name")
-        threshold = d.get("model", {}).get("threshold", threshold)
-        if d.get("score") is None:
+        info = d.get("model") if isinstance(d.get("model"), dict) else {}
+        model = model or info.get("name")
+        if _number(info.get("threshold")) is not None:
+            threshold = _number(info["threshold"])
+        score = _number(d.get("score"))
+        if score is None:
             unscored.append({"path": str(clip.path), "status": d.get("status"), "error": d.get("error")})
+        ids.append(clip.path)
         ys.append(clip.label)
-        ss.append(0.0 if d.get("score") is None else d["score"])
+        ss.append(0.0 if score is None else score)
         srcs.append(clip.source)
+    if missing:
+        warnings.warn(f"{results_path}: {len(missing)} of {len(clips)} labelled clips have no result there and "
+                      f"are left out (e.g. {', '.join(missing[:3])})", LabelWarning, stacklevel=2)
+    if len(set(ys)) < 2:
+        raise ValueError(f"{results_path}: {len(ys)} of {len(clips)} labelled clips have a result there, "
+                         f"{'not both real and fake' if ys else 'none'}: nothing to evaluate (is it a scan of "
+                         "these clips?)")
     auc, lo, hi = bootstrap_auc(ys, ss)
-    scored = [c.path for c in clips if str(c.path.resolve()) in by_path]
     return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), "auc": auc, "auc_ci95": [lo, hi],
             "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
-            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": video_scores(scored, ys, ss)}
+            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": video_scores(ids, ys, ss)}
 
 
 def video_scores(ids, labels, scores, groups=None) -> dict:
@@ -279,25 +348,32 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     clips = read_labels(labels, subset)
     if len({c.label for c in clips}) < 2:
         raise ValueError("the validation split needs labelled real and fake clips")
-    scores, scan_config = {}, None
     if results_path is None:
         scanner = Scanner(ScanOptions(detector=str(card_path), frames=frames, keep_heatmaps=False,
                                       precision=precision))
         writer = ResultsWriter(out_dir) if out_dir else None
+        found = []
         for clip in clips:
             r = scan_or_resume(scanner, clip.path, writer)
-            scores[str(Path(r.path).resolve())] = r.score
-            scan_config = scan_config or r.config
+            found.append({"score": r.score, "config": r.config})
     else:
-        for line in Path(results_path).read_text(encoding="utf-8").splitlines():
-            d = json.loads(line)
-            model = d.get("model") or {}
+        lines = []
+        for d in read_result_lines(results_path):
+            model = d.get("model") if isinstance(d.get("model"), dict) else {}
             scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
             if model.get("sha256") == card.sha256 and scored_at == precision:
-                scores[str(Path(d["path"]).resolve())] = d.get("score")
-                scan_config = scan_config or d.get("config")
+                lines.append(d)
+        found = match_results(clips, lines)
+    # A clip without a score must not enter the fit as a 0: a partial results file would drag the threshold down
+    # (0.891 -> 0.202 with half the split) and the card would vouch for a false-positive rate it does not have.
+    missing = [str(c.path) for c, d in zip(clips, found, strict=True) if d is None]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card's weights "
+                         f"at {precision} in {results_path} (e.g. {', '.join(missing[:3])}); the threshold was not "
+                         "refitted: scan the whole split (without --results) or pass results that cover it")
+    scan_config = next((d.get("config") for d in found if d.get("config")), None)
     ys = np.array([c.label for c in clips])
-    ss = np.array([scores.get(str(c.path.resolve())) or 0.0 for c in clips], np.float64)
+    ss = np.array([_number(d.get("score")) or 0.0 for d in found], np.float64)
     previous = card.threshold_for(precision)
     threshold = video_threshold(ss[ys == 0], max_fpr)
     if precision == "fp32":
@@ -313,7 +389,7 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi], "max_fpr": max_fpr,
         "threshold": threshold, "threshold_before": previous,
         **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, threshold).items() if k != "threshold"},
-        "missing": sum(str(c.path.resolve()) not in scores for c in clips),
+        "missing": 0,  # kept for readers of older cards: a fit now needs every clip
         "scan_config": scan_config,
     }
     card.save(card_path)

@@ -105,18 +105,40 @@ def _spreadsheet_safe(text) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def _csv_cell(value):
+    # Numbers stay numbers (a negative score is no formula); any other value from results.jsonl is text a
+    # spreadsheet could run, whichever column it sits in.
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    return _spreadsheet_safe(value)
+
+
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _model_view(model) -> dict:
+    """A result's model block with a threshold and band that are numbers or None (shown as unknown): the
+    template computes with them, and results.jsonl is hostile input."""
+    model = dict(model) if isinstance(model, dict) else {}
+    for key in ("threshold", "uncertain_band"):
+        if key in model:
+            model[key] = _number(model[key])
+    return model
 
 
 def video_rows(results: list[dict]) -> list[dict]:
     rows = []
     for d in results:
-        model = d.get("model") or {}
+        model = _model_view(d.get("model"))
         ci = d.get("score_ci95") or (None, None)
         rows.append({"path": _spreadsheet_safe(d["path"]), "sha256": d.get("sha256") or "",
                      "status": d.get("status"), "verdict": d.get("verdict"), "score": d.get("score"),
@@ -159,7 +181,7 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
         "sha256": d.get("sha256"), "size_bytes": d.get("size_bytes"), "status": d.get("status"),
         "verdict": d.get("verdict") if d.get("verdict") in VERDICTS else "error",
         "score": d.get("score"), "score_ci95": d.get("score_ci95"), "error": d.get("error"),
-        "model": d.get("model") or {}, "environment": d.get("environment") or {},
+        "model": _model_view(d.get("model")), "environment": d.get("environment") or {},
         "config": d.get("config") or {}, "config_hash": d.get("config_hash"),
         "n_frames": d.get("n_frames", len(d.get("frames") or [])),
         "n_faces": d.get("n_faces", sum(len(f.get("faces") or []) for f in d.get("frames") or [])),
@@ -215,9 +237,9 @@ def _summary(results: list[dict], bad_lines: int) -> dict:
     counts = {v: sum(d.get("verdict") == v for d in results) for v in VERDICTS}
     models: dict[tuple, dict] = {}
     for d in results:
-        m = d.get("model") or {}
+        m = _model_view(d.get("model"))
         if m.get("name"):
-            models.setdefault((m.get("name"), m.get("sha256"), m.get("threshold")), m)
+            models.setdefault(tuple(repr(m.get(k)) for k in ("name", "sha256", "threshold")), m)
     sampling = sorted({_sampling(d.get("config") or {}) for d in results if d.get("config")})
     environments = sorted({_where(d.get("environment") or {}) for d in results if d.get("environment")})
     started = [d["started_at"] for d in results if d.get("started_at")]

@@ -39,7 +39,8 @@ class ScanProgress:
 
     def __init__(self, console: Console, total: int):
         self.enabled = console.is_terminal
-        self.progress = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
+        # markup=False: the description holds a file name, and "[/]" or "[red]" in one is text, not markup.
+        self.progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                                  disable=not self.enabled, transient=False)
         self.overall = self.progress.add_task("videos", total=total)
@@ -99,10 +100,11 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
         campaign = r.extra.get("campaign") or {}
         if campaign.get("inherited"):  # not judged on its own pixels: say whose result it is
             verdict.append(f" (copy of {Path(campaign['screened_as']).name})", style="dim")
-        row = [r.path, verdict, _score_text(r) + people, f"{r.n_faces}/{len(r.tracks)}", str(r.n_frames),
-               f"{r.timing.get('total_s', 0):.1f}s"]
+        # Text, not str: a str cell is read as markup, and paths and container tags are the file's own words.
+        row = [Text(str(r.path)), verdict, Text(_score_text(r) + people), f"{r.n_faces}/{len(r.tracks)}",
+               str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s"]
         if with_provenance:
-            row.append(provenance_summary(r.extra.get("provenance")))
+            row.append(Text(str(provenance_summary(r.extra.get("provenance")))))
         table.add_row(*row)
     return table
 
@@ -122,3 +124,40 @@ def print_summary(console: Console, results: list[VideoResult], threshold: float
         console.print(Text("errors", style="bold magenta"))
         for r in errors:
             console.print(f"  {r.path}: {r.error}", markup=False)
+
+
+def _cell(value, fmt: str = ".3f", none: str = "—") -> Text:
+    return Text(none if value is None else format(value, fmt))
+
+
+def _paired_cell(pair: dict) -> str:
+    """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``."""
+    return f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+
+
+def eval_tables(report: dict, sampled: str) -> list[Table]:
+    """``deepscan eval``'s tables: one row per detector, then each detector's per-source rows. Every cell is a
+    Text: a str cell is read as markup, so an interval "[nan, nan]" (a style tag to rich) would vanish and a
+    detector or source name holding "[/]" would raise MarkupError."""
+    table = Table(title=Text(f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}"), header_style="bold")
+    for col in ("detector", "AUC", "95% CI", "AUC − first's [paired 95% CI]", "threshold", "accuracy", "TPR",
+                "FPR", "unscored"):
+        table.add_column(col)
+    for d in report["detectors"]:
+        t, pair = d["at_threshold"], d.get("paired_with_first")
+        table.add_row(Text(str(d["detector"])), _cell(d["auc"]),
+                      Text(f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]"),
+                      Text("—" if pair is None else _paired_cell(pair)), _cell(t["threshold"]), _cell(t["accuracy"]),
+                      _cell(t["tpr"]), _cell(t["fpr"]), Text(str(len(d["unscored"]))))
+    tables = [table]
+    for d in report["detectors"]:
+        src = Table(title=Text(f"{d['detector']} per source"), header_style="bold")
+        for col in ("source", "n", "fake", "mean score", "AUC", "accuracy", "TPR", "FPR"):
+            src.add_column(col)
+        for row in d["per_source"]:
+            src.add_row(Text(str(row["source"])), Text(str(row["n"])), Text(str(row["n_fake"])),
+                        _cell(row["mean_score"]), _cell(row["auc"]), _cell(row["accuracy"]),
+                        _cell(None if row["n_fake"] == 0 else row["tpr"]),
+                        _cell(None if row["n_fake"] == row["n"] else row["fpr"]))
+        tables.append(src)
+    return tables

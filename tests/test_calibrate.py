@@ -219,3 +219,27 @@ def test_eval_of_earlier_results_pairs_each_detector_with_the_first(tmp_path, ca
     assert pair["against"] == "a" and pair["auc_difference"] == pytest.approx(second["auc"] - first["auc"])
     assert 0 < pair["ci95"][0] <= pair["auc_difference"] <= pair["ci95"][1]
     assert f"{pair['auc_difference']:+.3f}" in capsys.readouterr().out
+
+
+def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
+    """A clip without a score used to enter the fit as 0 (half the split moved 0.891 to 0.202); now nothing is
+    fitted and the card is left as it was."""
+    from deepscan.evaluate import calibrate
+
+    card_path = tmp_path / "model.json"
+    shutil.copy(DEFAULT_CARD, card_path)
+    card = ModelCard.load(card_path)
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4"]
+    card.training["validation_files"] = files
+    card.save(card_path)
+    labels = tmp_path / "MANIFEST.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": {"sha256": card.sha256}})
+                               + "\n" for f in files[:15]))
+    before = card_path.read_text()
+    with pytest.raises(ValueError, match=r"7 of 22 validation clips have no score .*src/real15\.mp4"):
+        calibrate(card_path, labels, results_path=results)
+    assert card_path.read_text() == before
+    assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) != 0
+    assert card_path.read_text() == before

@@ -246,3 +246,22 @@ def test_report_without_evidence_keeps_last_line_and_rejects_foreign_paths(tmp_p
                                                           ("'=HYPERLINK(1).mp4", "real")]
     with open(tmp_path / "frames.csv", newline="", encoding="utf-8") as fh:
         assert len(list(csv.DictReader(fh))) == plain.n_faces + evidenced.n_faces
+
+
+def test_report_tolerates_a_threshold_that_is_no_number_and_defuses_every_csv_text_cell(tmp_path):
+    hostile = {"path": "clip.mp4", "sha256": "=1+1", "status": "@SUM(A1)", "verdict": "-2+3", "score": 0.3,
+               "config_hash": "+cmd", "model": {"name": "m", "sha256": "=HYPERLINK(\"x\")", "threshold": "=0.5",
+                                                "uncertain_band": 0.1},
+               "frames": [{"index": 0, "time_s": 0.0, "faces": [
+                   {"box": [1, 2, 3, 4], "track": "=T", "score": 0.1, "prob": "-p", "heat_peak": None}]}]}
+    odd = {"path": "other.mp4", "status": "ok", "score": 0.2, "model": {"name": "m", "threshold": [0.5]}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(hostile) + "\n" + json.dumps(odd) + "\n")
+    text = "".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text)
+    assert "threshold" in text and "=0.5" not in text  # shown as unknown, not computed with
+    for name in ("videos.csv", "frames.csv"):
+        with open(tmp_path / name, newline="", encoding="utf-8") as fh:
+            cells = [c for row in csv.reader(fh) for c in row]
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], name
+    with open(tmp_path / "videos.csv", newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    assert (row["sha256"], row["status"], row["score"], row["threshold"]) == ("'=1+1", "'@SUM(A1)", "0.3", "")

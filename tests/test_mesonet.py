@@ -372,3 +372,17 @@ def test_original_weights_on_real_and_swapped_faces():
         )
     for a, b in itertools.combinations(vectors, 2):
         assert np.abs(vectors[a] - vectors[b]).max() > 1e-2, f"{a} and {b} score faces identically"
+
+
+def test_empty_weights_argument_still_verifies_the_cards_own_weights(tmp_path):
+    """`--weights ""` loads the weights beside the card, so their sha256 is checked as without --weights."""
+    import shutil
+
+    from deepscan.detector import WeightsMismatch, resolve_card
+
+    card = resolve_card("mesonet4-df")
+    shutil.copy(card.path, tmp_path / card.path.name)
+    (tmp_path / card.weights).write_bytes(b"not the weights the card names")
+    for weights in (None, ""):
+        with pytest.raises(WeightsMismatch):
+            load_detector(str(tmp_path / card.path.name), weights=weights, device="cpu")

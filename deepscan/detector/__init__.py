@@ -213,8 +213,9 @@ def load_detector(name_or_path: str | None = None, weights=None, device=None, pr
     card = resolve_card(name_or_path)
     wpath = find_weights(card, weights)
     # A user-supplied file is checked against the card only when it is the same file name: --weights exists to
-    # load other weights of the same architecture (for example another MesoNet training run).
-    if weights is None or Path(weights).name == card.weights:
+    # load other weights of the same architecture (for example another MesoNet training run). An empty weights
+    # argument (`--weights ""`) means none: find_weights then loads the card's own file, which must be verified.
+    if not weights or Path(weights).name == card.weights:
         digest = card.verify_weights(wpath)
     else:
         digest = sha256_file(wpath)

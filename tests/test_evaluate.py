@@ -1,0 +1,167 @@
+"""`deepscan eval` plumbing without a model: labels files, matching earlier results to labelled clips,
+detectors that share a card name, and the terminal tables (file names and intervals are text, not markup)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import types
+
+import pytest
+from rich.console import Console
+
+from deepscan.evaluate import LabelWarning, evaluate, metrics_from_results, read_labels
+from deepscan.results import VideoResult
+
+
+@pytest.fixture(autouse=True)
+def no_bootstrap(monkeypatch):
+    """No resampling (2,000 AUCs take seconds): intervals come out nan, the point estimates are unchanged."""
+    monkeypatch.setattr("deepscan.evaluate._resamples", lambda *args, **kwargs: iter(()))
+
+
+def test_labels_with_a_byte_order_mark_a_source_column_and_unknown_labels(tmp_path):
+    labels = tmp_path / "labels.csv"
+    # A spreadsheet's "CSV UTF-8" export starts with a BOM, which used to hide the `path` column.
+    labels.write_text("\ufeffpath,label,source\n/abs/x/a.mp4,fake,srcA\nvids/b.mp4, Real ,\nc.mp4,real,\n"
+                      "d.mp4,1,srcD\ne.mp4,unknown,\n", encoding="utf-8")
+    with pytest.warns(LabelWarning, match="2 row"):
+        clips = read_labels(labels)
+    assert [(str(c.path), c.label, c.source) for c in clips] == [
+        ("/abs/x/a.mp4", 1, "srcA"),  # the source column wins, also for a path with folders
+        (str(tmp_path / "vids/b.mp4"), 0, "vids"),  # else a relative path's first folder
+        (str(tmp_path / "c.mp4"), 0, "-")]
+
+
+def _clips_and_results(tmp_path, n=12):
+    """``n`` labelled clips (small files with distinct bytes) and a results.jsonl naming them by paths
+    relative to another working directory, as a scan run elsewhere writes them."""
+    (tmp_path / "src").mkdir()
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"src/c{i}.mp4\t{'fake' if i % 2 else 'real'}\n" for i in range(n)))
+    lines = []
+    for i in range(n):
+        data = f"clip {i}".encode()
+        (tmp_path / "src" / f"c{i}.mp4").write_bytes(data)
+        lines.append({"path": f"../somewhere/else/c{i}.mp4", "sha256": hashlib.sha256(data).hexdigest(),
+                      "status": "ok", "score": 0.2 + 0.5 * (i % 2) + 0.01 * i,
+                      "model": {"name": "m", "threshold": 0.5}})
+    return read_labels(labels), lines
+
+
+def test_results_from_another_directory_are_matched_by_content(tmp_path):
+    clips, lines = _clips_and_results(tmp_path)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    m = metrics_from_results(clips, results)  # used to match nothing: "zero-size array to reduction operation"
+    assert (m["n_clips"], m["n_fake"], m["missing"], m["auc"]) == (12, 6, [], 1.0)
+    assert m["video_scores"]["ids"] == [str(c.path) for c in clips]
+
+
+def test_results_covering_part_of_the_clips_say_so(tmp_path):
+    clips, lines = _clips_and_results(tmp_path)
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines[:8]))
+    with pytest.warns(LabelWarning, match="4 of 12 labelled clips have no result"):
+        m = metrics_from_results(clips, results)
+    assert m["n_clips"] == 8 and len(m["missing"]) == 4
+    assert m["video_scores"]["ids"] == [str(c.path) for c in clips[:8]]
+    # Reals only: a clear error, not numpy's traceback.
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines[::2]))
+    with pytest.warns(LabelWarning), pytest.raises(ValueError, match="6 of 12 .* not both real and fake"):
+        metrics_from_results(clips, results)
+
+
+def _fake_scanners(monkeypatch):
+    """Scanners named like the default card whose scores depend on their weights (no model is loaded)."""
+    import deepscan.scanner
+    from deepscan.detector import resolve_card
+
+    name = resolve_card(None).name
+
+    class FakeScanner:
+        def __init__(self, options):
+            self.weights = options.weights
+            digest = hashlib.sha256(str(options.weights).encode()).hexdigest()
+            self.detector = types.SimpleNamespace(name=name, weights_sha256=digest)
+            self.threshold = 0.5
+
+        def scan_video(self, path, sha256=None):
+            fake = "fake" in path.name
+            score = (0.9 if fake else 0.1) if self.weights == "good" else (0.4 if fake else 0.6)
+            return VideoResult(path=str(path), status="ok", score=score, verdict="real")
+
+    monkeypatch.setattr(deepscan.scanner, "Scanner", FakeScanner)
+    return name
+
+
+def test_detectors_sharing_a_card_name_keep_their_results_and_curves_apart(tmp_path, monkeypatch):
+    from deepscan.evaluate import LabelledClip
+
+    name = _fake_scanners(monkeypatch)
+    clips = [LabelledClip(tmp_path / f"{'fake' if i % 2 else 'real'}{i}.mp4", i % 2, "s") for i in range(6)]
+    out = tmp_path / "out"
+    report = evaluate(clips, [{"weights": "good"}, {"weights": "bad"}], out_dir=out)
+    good, bad = report["detectors"]
+    assert good["detector"] != bad["detector"] and good["card"] == bad["card"] == name
+    assert good["detector"] == f"{name}-{good['weights_sha256'][:8]}"
+    assert (good["auc"], bad["auc"]) == (1.0, 0.0)
+    for entry in (good, bad):  # each its own results.jsonl, each clip once
+        lines = (out / entry["detector"] / "results.jsonl").read_text().splitlines()
+        assert len(lines) == 6
+    assert not (out / name).exists() and (out / "roc.png").is_file()
+    # One detector of that name keeps out/name, where earlier runs (and their resumption) put it.
+    alone = evaluate(clips, [{"weights": "good"}], out_dir=tmp_path / "one")
+    assert alone["detectors"][0]["detector"] == name and (tmp_path / "one" / name / "results.jsonl").is_file()
+
+
+def _render(renderable) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=200, force_terminal=False, no_color=True).print(renderable)
+    return buf.getvalue()
+
+
+def test_eval_tables_print_names_and_intervals_as_text():
+    from deepscan.report import eval_tables
+
+    rates = {"threshold": 0.5, "accuracy": 0.5, "tpr": 1.0, "fpr": float("nan")}
+    entry = {"detector": "model[/]x", "auc": 1.0, "auc_ci95": [float("nan"), float("nan")], "unscored": [],
+             "at_threshold": rates,
+             "per_source": [{"source": "[bold]src", "n": 2, "n_fake": 2, "mean_score": 0.9, "auc": None, **rates}]}
+    report = {"n_clips": 2, "n_fake": 2, "detectors": [entry, {**entry, "paired_with_first": {
+        "auc_difference": 0.0, "ci95": [float("nan"), float("nan")]}}]}
+    text = "".join(_render(t) for t in eval_tables(report, "scored from results.jsonl"))
+    assert "[nan, nan]" in text and "+nan" in text  # "[nan, nan]" read as markup printed nothing at all
+    assert "model[/]x" in text and "model[/]x per source" in text and "[bold]src" in text
+
+
+def test_scan_summary_and_progress_print_file_names_as_text():
+    from deepscan.report import ScanProgress, summary_table
+
+    hostile = ["clips/interview [final].mp4", "clips/intro[/].mp4", "clips/[red]x[/red] [link=https://e.x]y[/link]"]
+    results = [VideoResult(path=p, status="ok", score=0.1 * i, verdict="real") for i, p in enumerate(hostile)]
+    results[0].extra["provenance"] = {"container": {"encoder": "Lavf[/]61 [bold]x"}}
+    text = _render(summary_table(results, 0.5))
+    for p in hostile:
+        assert p in text
+    assert "Lavf[/]61 [bold]x" in text
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=True, no_color=True)
+    with ScanProgress(console, total=1) as progress:
+        progress.start("clips/[bold]interview [final].mp4")  # the bar shows the file's name
+        progress.progress.refresh()
+        shown = buf.getvalue()
+    assert "[bold]interview [final].mp4" in shown
+
+
+def test_results_matched_by_path_with_a_threshold_that_is_no_number(tmp_path):
+    """A scan run from here matches by path as before; a threshold that is not a number leaves 0.5."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nreal.mp4,real\nfake.mp4,fake\n")
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps({"path": str(tmp_path / n), "score": s, "model": {"threshold": "x"}}) + "\n"
+                               for n, s in (("fake.mp4", 1.0), ("real.mp4", 0.0))))
+    m = metrics_from_results(read_labels(labels), results)
+    assert m["video_scores"]["scores"] == [0.0, 1.0] and m["auc"] == 1.0
+    assert m["at_threshold"]["threshold"] == 0.5 and m["at_threshold"]["accuracy"] == 1.0
