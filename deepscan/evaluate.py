@@ -130,6 +130,7 @@ def scan_or_resume(scanner, path: Path, writer=None, force: bool = False):
         previous = scanner.stored_result(writer, path, digest) if digest and not force else None
         if previous is not None:
             previous.resumed = True
+            writer.keep_last(previous)  # readers of results.jsonl take each path's last line
             return previous
     result = scanner.scan_video(path, sha256=digest)
     if writer is not None:

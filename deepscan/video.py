@@ -91,12 +91,17 @@ class VideoError(RuntimeError):
         super().__init__(text[:300] if text else "unreadable video")
 
 
+class FinalVideoError(VideoError):
+    """A failure no other attempt can change (a time limit reached, a refusal): never retried on another
+    decoder or in another decoding mode, so a limit is not spent twice and a hardware decoder is not blamed."""
+
+
 @dataclass
 class VideoInfo:
     path: str
     container: str
     codec: str
-    width: int  # upright (after rotation)
+    width: int  # upright (after rotation), at the display aspect (see sample_aspect)
     height: int
     fps: float
     duration_s: float
@@ -109,6 +114,9 @@ class VideoInfo:
     probed_with: str = "ffmpeg"
     stream_index: int = 0  # the video stream decoded (cover art and thumbnails are skipped)
     warnings: list[str] = field(default_factory=list)  # e.g. a truncated file screened on what is there
+    # Width / height of one coded pixel (SAR). width and height above already include it (a 1440x1080 HDV
+    # stream with SAR 4:3 is 1920x1080), so frames come out at the shape the video is shown at.
+    sample_aspect: float = 1.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -277,16 +285,16 @@ def check_limits(info: VideoInfo, max_pixels: int | None = MAX_PIXELS,
                  max_duration_s: float | None = MAX_DURATION_S) -> None:
     """Refuse, before any decoding, frames over ``max_pixels`` and durations over ``max_duration_s``."""
     if max_pixels and info.width * info.height > max_pixels:
-        raise VideoError(f"refused: frame size {info.width}x{info.height} is over the limit of {max_pixels} "
-                         f"pixels per frame (--max-pixels)")
+        raise FinalVideoError(f"refused: frame size {info.width}x{info.height} is over the limit of "
+                              f"{max_pixels} pixels per frame (--max-pixels)")
     if max_duration_s and info.duration_s > max_duration_s:
-        raise VideoError(f"refused: duration {_hms(info.duration_s)} is over the limit of "
-                         f"{_hms(max_duration_s)} (--max-duration)")
+        raise FinalVideoError(f"refused: duration {_hms(info.duration_s)} is over the limit of "
+                              f"{_hms(max_duration_s)} (--max-duration)")
 
 
 def check_container(info: VideoInfo) -> None:
     if info.container not in ALLOWED_DEMUXERS:
-        raise VideoError(_refusal(info.container))
+        raise FinalVideoError(_refusal(info.container))
 
 
 def _refusal(demuxer: str | None) -> str:
@@ -328,6 +336,7 @@ _DURATION = re.compile(r"^  Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)(?:,\s*start:
 _ANY_STREAM = re.compile(r"^  Stream #0:(\d+)[^:\n]*: (\w+): (.*)$", re.M)
 _DIMS = re.compile(r"(?<![\w.])(\d{1,6})x(\d{1,6})(?![\w.])")
 _FPS = re.compile(r"([\d.]+)(k?) fps")
+_SAR = re.compile(r"\[SAR (\d+):(\d+) DAR \d+:\d+\]")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
 _ROTATE = re.compile(r"^\s+Display ?matrix:? rotation of (-?[\d.]+) degrees", re.I | re.M)
 _ROTATE_TAG = re.compile(r"^\s+rotate\s*:\s*(-?\d+)\s*$", re.M)
@@ -403,11 +412,30 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
         rotation = int(tag.group(1)) % 360 if int(tag.group(1)) % 90 == 0 else 0
     if rotation in (90, 270):
         width, height = height, width
+    sar_m = _SAR.search(rest)
+    sar = _sample_aspect(int(sar_m.group(1)), int(sar_m.group(2))) if sar_m else 1.0
+    width, height = _display_size(width, height, rotation, sar)
     n_frames = int(round(duration * fps)) if duration and fps else None
     return VideoInfo(path=path, container=container_m.group(1), codec=codec, width=width, height=height,
                      fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation, start_time_s=start,
                      bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg",
-                     stream_index=int(stream_m.group(1)))
+                     stream_index=int(stream_m.group(1)), sample_aspect=sar)
+
+
+def _sample_aspect(num: int, den: int) -> float:
+    """A stream's SAR, or 1 when unset (0:1) or beyond what any real format uses (a header that lies)."""
+    sar = num / den if num > 0 and den > 0 else 1.0
+    return sar if 0.25 <= sar <= 4.0 else 1.0
+
+
+def _display_size(width: int, height: int, rotation: int, sar: float) -> tuple[int, int]:
+    """Upright coded size → upright display size: the coded x axis is stretched by the SAR (after a quarter
+    turn, that axis is the upright height)."""
+    if sar == 1.0:
+        return width, height
+    if rotation in (90, 270):
+        return width, max(1, int(round(height * sar)))
+    return max(1, int(round(width * sar))), height
 
 
 def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
@@ -447,6 +475,9 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
         raise VideoError("video stream has no frame size")
     if rotation in (90, 270):
         width, height = height, width
+    sar_num, _, sar_den = str(s.get("sample_aspect_ratio") or "").partition(":")
+    sar = _sample_aspect(int(number(sar_num)), int(number(sar_den)))
+    width, height = _display_size(width, height, rotation, sar)
     nb = s.get("nb_frames")
     n_frames = (int(nb) if nb and str(nb).isdigit()
                 else int(round(duration * fps)) if duration and fps else None)
@@ -456,7 +487,7 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
                      start_time_s=number(s.get("start_time")) or number(fmt.get("start_time")),
                      bit_rate=int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
                      pix_fmt=s.get("pix_fmt"), tags=dict(fmt.get("tags") or {}), probed_with="ffprobe",
-                     stream_index=int(s.get("index") or 0))
+                     stream_index=int(s.get("index") or 0), sample_aspect=sar)
 
 
 def _size_failure(stderr: str) -> str | None:
@@ -516,6 +547,7 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
     url = ffmpeg_input(path)
     confine = input_options(max_pixels or _FFMPEG_INT_MAX)
     probe_bin = ffprobe_exe()
+    deadline = time.monotonic() + timeout_s
     try:
         if probe_bin:
             proc = subprocess.run(
@@ -530,6 +562,7 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
             except ValueError:
                 raise VideoError("ffprobe gave unreadable output") from None
             info = parse_ffprobe_json(data, str(path))
+            n_streams = len(data.get("streams") or [])
         else:
             proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *confine, "-i", url],
                                   capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
@@ -537,15 +570,109 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
             if not _INPUT.search(stderr) or _size_failure(stderr):
                 raise VideoError(_explain_failure(stderr, url, timeout_s, head))
             info = parse_ffmpeg_banner(stderr, str(path))
+            n_streams = len(_ANY_STREAM.findall(stderr, _INPUT.search(stderr).end()))
     except subprocess.TimeoutExpired:
-        raise VideoError(f"probing took longer than {timeout_s:.0f} s") from None
+        raise FinalVideoError(f"probing took longer than {timeout_s:.0f} s") from None
     except OSError as exc:
         raise VideoError(f"could not run ffmpeg: {exc.strerror or exc}") from None
     check_container(info)
-    check_limits(info, max_pixels, max_duration_s)
+    check_limits(info, max_pixels, None)
     if head[4:8] in _ISO_BOX_TYPES and _iso_truncated(path):
         info.warnings.append(_TRUNCATED_MP4 + "; screened on the frames that are there")
+    # The container's duration and start are those of its longest / earliest stream (or unknown, for an
+    # elementary stream): samples spread over them can miss the video. Then the video is measured itself.
+    if info.duration_s <= 0 or n_streams > 1:
+        measure_video_stream(path, info, max(0.0, deadline - time.monotonic()), max_pixels, max_duration_s)
+    check_limits(info, max_pixels, max_duration_s)
     return info
+
+
+_NOPTS = -(2**63)  # AV_NOPTS_VALUE, as framecrc prints it
+_PKT_FLAG_DISCARD = 0x4  # a packet the demuxer reads only to decode others (outside an MP4 edit list)
+
+
+def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT_S,
+                         max_pixels: int | None = MAX_PIXELS, max_duration_s: float | None = None) -> None:
+    """Set ``info``'s duration and frame count to the video stream's own, from one demux-only pass.
+
+    ``ffmpeg -c copy -f framecrc`` lists every packet of the stream (time base, pts, dts, duration) without
+    decoding: the span from the first frame to the end of the last, and the frame count. The pass reads the
+    file as the decoder will (same input options), stops once the span is over ``max_duration_s`` (the
+    refusal follows in :func:`check_limits`) and is killed after ``timeout_s``. When it fails, the container's
+    values stay and ``info.warnings`` says so.
+    """
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+            *input_options(max_pixels or _FFMPEG_INT_MAX, info.container), "-i", ffmpeg_input(path),
+            "-map", f"0:{info.stream_index}", "-c", "copy", "-f", "framecrc", "-"]
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        info.warnings.append(f"could not measure the video stream ({exc.strerror or exc}): sampled over the "
+                             f"container's duration")
+        return
+    killed = threading.Event()
+
+    def kill():
+        killed.set()
+        proc.kill()
+
+    timer = threading.Timer(max(timeout_s, 0.001), kill)
+    timer.start()
+    time_base = 0.0
+    first = end = None
+    count = 0
+    over = False
+    try:
+        for line in proc.stdout:
+            if line.startswith(b"#"):
+                if line.startswith(b"#tb 0:"):
+                    num, _, den = line[6:].strip().partition(b"/")
+                    time_base = int(num) / int(den) if int(den) else 0.0
+                continue
+            fields = line.split(b",", 6)
+            if len(fields) < 6:
+                continue
+            try:
+                dts, pts, duration = int(fields[1]), int(fields[2]), int(fields[3])
+            except ValueError:
+                continue
+            flags = 1
+            if len(fields) > 6 and (m := re.search(rb"F=0x([0-9a-fA-F]+)", fields[6])):
+                flags = int(m.group(1), 16)
+            if flags & _PKT_FLAG_DISCARD:
+                continue
+            count += 1
+            ts = pts if pts != _NOPTS else dts  # an elementary stream's packets carry dts only
+            if ts == _NOPTS:
+                continue
+            if duration <= 0 and info.fps and time_base:
+                duration = int(round(1.0 / info.fps / time_base))
+            first = ts if first is None else min(first, ts)
+            end = ts + max(duration, 0) if end is None else max(end, ts + max(duration, 0))
+            if max_duration_s and (end - first) * time_base > max_duration_s:
+                over = True  # long enough to refuse: the rest need not be read
+                break
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    why = None
+    if killed.is_set():
+        why = f"it took longer than {timeout_s:.0f} s"
+    elif first is None or not time_base or end <= first:
+        why = "ffmpeg listed no timed video packet"
+    if why:
+        info.warnings.append(f"could not measure the video stream ({why}): sampled over the container's "
+                             f"duration")
+        return
+    info.duration_s = round((end - first) * time_base, 6)
+    if not over:
+        info.n_frames = count
+        if not info.fps:
+            info.fps = round(count / info.duration_s, 3)
 
 
 def _explain_failure(stderr: str, url: str, timeout_s: float, head: bytes = b"") -> str:
@@ -567,6 +694,29 @@ def sample_interval(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
     if info.duration_s > 0:
         return info.duration_s / n
     return 1.0 / (info.fps or 25.0)
+
+
+# A step shorter than any frame period: the select takes every frame once, whatever the timing.
+EVERY_FRAME_S = 0.0001
+
+
+def sample_schedule(info: VideoInfo, n_frames: int | None = 32, fps: float | None = None) -> tuple[float, float]:
+    """(step, offset) of the sample targets ``offset + k·step`` from the first frame.
+
+    A rate keeps its own step (never the average frame rate: a variable-frame-rate clip with a hole averages
+    fewer frames per second than it has where it has frames). N samples sit at the middle of N equal slices,
+    moved earlier when the slices are under two frames long, so the last target is at or before the last
+    frame's start (else the select would find no frame for it); N at least the frame count takes every frame.
+    """
+    step = sample_interval(info, n_frames, fps)
+    if fps:
+        return step, 0.0
+    n = max(1, int(n_frames or 32))
+    if (info.n_frames and n >= info.n_frames) or (info.fps and step <= 1.0 / info.fps):
+        return EVERY_FRAME_S, 0.0
+    if info.fps:
+        return step, min(step / 2.0, max(0.0, step - 1.0 / info.fps))
+    return step, step / 2.0
 
 
 # Frame periods around each hash target within which decoded frames also come out (its neighbours).
@@ -658,8 +808,10 @@ def iter_frames(
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
-    ``n_frames`` spreads N samples evenly over the duration (each at the middle of its slice); ``fps``
-    samples at a fixed rate instead. Frames larger than ``max_side`` are downscaled inside ffmpeg.
+    ``n_frames`` spreads N samples evenly over the video stream's duration from its first frame (each at the
+    middle of its slice, or earlier in slices under two frames long: :func:`sample_schedule`); ``fps``
+    samples at a fixed rate from the first frame instead. Frames larger than ``max_side`` are downscaled
+    inside ffmpeg.
     ``timeout_s`` bounds the time the stream spends waiting on ffmpeg (not the time its consumer holds a
     batch: detecting faces in a long video sampled densely can take longer than decoding it); past it
     ffmpeg is killed and reaped and :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
@@ -682,7 +834,9 @@ def iter_frames(
 
     ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on that hardware, frames coming back to memory for the same
     filters, so they are the same frames; when it fails before a frame comes out (no GPU, driver or codec
-    support), the video is decoded on the CPU instead and that hardware is not tried again for the codec.
+    support), the video is decoded on the CPU instead and, once the CPU has decoded a frame of it, that hardware
+    is not tried again for the codec. A :class:`FinalVideoError` (a time limit, a refusal) is never retried:
+    the ``timeout_s`` budget is shared by every attempt at the video.
     """
     if info is None:
         info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
@@ -695,9 +849,15 @@ def iter_frames(
         yield from _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
         return
 
-    def on_cpu():
-        _HWACCEL_FAILED.add((hwaccel, info.codec))
-        return _keyframes_or_all(path, info, keyframes, dict(options, hwaccel=None))
+    def on_cpu(spent: float):
+        # The hardware is blamed only once the CPU decodes what it could not: a file nothing can decode
+        # says nothing about the hardware, and must not turn it off for every later file.
+        blamed = False
+        for batch in _keyframes_or_all(path, info, keyframes, _after(dict(options, hwaccel=None), spent)):
+            if not blamed:
+                _HWACCEL_FAILED.add((hwaccel, info.codec))
+                blamed = True
+            yield batch
 
     yield from _or_else(_keyframes_or_all(path, info, keyframes, dict(options, hwaccel=hwaccel)), on_cpu)
 
@@ -706,18 +866,26 @@ _HWACCEL_FAILED: set[tuple[str, str]] = set()  # (hwaccel, codec) that failed to
 
 
 def _or_else(batches: Iterator[list[Frame]], fallback) -> Iterator[list[Frame]]:
-    """``batches``, or ``fallback()``'s when the first produced no frame (ended empty or failed before one); a
-    failure after frames came out is raised."""
+    """``batches``, or ``fallback(seconds spent on batches)``'s when the first produced no frame (ended empty
+    or failed before one); a failure after frames came out, or a :class:`FinalVideoError`, is raised."""
     produced = False
+    started = time.monotonic()  # no frame came out before a fallback, so all this time was spent decoding
     try:
         for batch in batches:
             produced = True
             yield batch
+    except FinalVideoError:
+        raise
     except VideoError:
         if produced:
             raise
     if not produced:
-        yield from fallback()
+        yield from fallback(time.monotonic() - started)
+
+
+def _after(options: dict, spent: float) -> dict:
+    """``options`` for another attempt, which has what is left of the time limit."""
+    return dict(options, spent_s=options.get("spent_s", 0.0) + spent)
 
 
 def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> Iterator[list[Frame]]:
@@ -726,15 +894,15 @@ def _keyframes_or_all(path, info: VideoInfo, keyframes: bool, options: dict) -> 
         return
     # No keyframe at or after the first target (or a decoder that keeps none): every frame.
     yield from _or_else(_decode_frames(path, info, keyframes=True, **options),
-                        lambda: _decode_frames(path, info, keyframes=False, **options))
+                        lambda spent: _decode_frames(path, info, keyframes=False, **_after(options, spent)))
 
 
 class _Stopwatch:
     """Seconds spent between start() and stop() calls, running from creation; read from another thread."""
 
-    def __init__(self):
+    def __init__(self, spent: float = 0.0):
         self._lock = threading.Lock()
-        self._spent, self._since = 0.0, time.monotonic()
+        self._spent, self._since = spent, time.monotonic()
 
     def stop(self) -> None:
         with self._lock:
@@ -752,21 +920,24 @@ class _Stopwatch:
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
                    hash_fps, keyframes: bool, hwaccel: str | None = None,
-                   track=None) -> Iterator[list[Frame]]:
-    """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made."""
+                   track=None, spent_s: float = 0.0) -> Iterator[list[Frame]]:
+    """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made.
+
+    ``spent_s``: seconds of ``timeout_s`` already spent by earlier attempts at this video."""
     import ffmpeg  # ffmpeg-python: builds the argument list; we run and reap the process ourselves
 
+    if timeout_s and spent_s >= timeout_s:
+        raise FinalVideoError(f"decoding took longer than the {timeout_s:g} s limit (--timeout)")
     check_container(info)
     if max_pixels:
         check_limits(info, max_pixels, None)
     if info.width <= 0 or info.height <= 0:
         raise VideoError("video stream has no frame size")
     # The decoder checks its padded (macroblock-aligned) size, hence the slack over the probe's exact check.
-    decoder_limit = int(max(max_pixels or MAX_PIXELS, info.width * info.height) * 1.05)
-    step = sample_interval(info, n_frames, fps)
-    offset = 0.0 if fps else step / 2.0
-    if info.fps and step <= 1.0 / info.fps:  # more samples asked for than the clip has frames: take each once
-        step, offset = 1.0 / info.fps, 0.0
+    # (Coded frames are narrower than the display size by the SAR: 1/SAR as many pixels.)
+    decoder_limit = int(max(max_pixels or MAX_PIXELS, info.width * info.height,
+                            info.width * info.height / (info.sample_aspect or 1.0)) * 1.05)
+    step, offset = sample_schedule(info, n_frames, fps)
     limit = None if fps else max(1, int(n_frames or 32))
     out_w, out_h = decode_size(info, max_side)
     # ffmpeg-python hashes its arguments as UTF-8, which a file name need not be: it builds the command
@@ -774,11 +945,12 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     stream = ffmpeg.input("placeholder")[str(info.stream_index)]
     # The ffmpeg CLI shifts input timestamps so the file starts at 0 (without -copyts), so ``t`` in the
     # filter and showinfo's pts_time are already relative to the start (an MPEG-TS often starts at 1.4 s).
-    # A rate (``fps``, and the hash schedule) counts from the first frame; N samples spread over the duration.
-    expression = select_expression(step, offset, 0.0, from_first_frame=bool(fps))
+    # Targets count from the first video frame: the file's start may be another stream's (audio before the
+    # video), and the duration N samples spread over is the video's own (see measure_video_stream).
+    expression = select_expression(step, offset, 0.0, from_first_frame=True)
     samples = hashes = None
     if hash_fps:
-        samples = Schedule(step, offset, from_first_frame=bool(fps))
+        samples = Schedule(step, offset, from_first_frame=True)
         hashes = Schedule(1.0 / hash_fps, 0.0, from_first_frame=True)
         expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1, from_first_frame=True)
         # Register 1 now holds the next hash target: also take the frames just before it and, once it is hit
@@ -816,7 +988,13 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     args = output.global_args("-hide_banner", "-nostdin", "-loglevel", "info").compile(cmd=ffmpeg_exe())
     at = args.index("-i")
     args[at + 1] = ffmpeg_input(path)
-    args[at:at] = (input_options(decoder_limit, info.container) + (["-hwaccel", hwaccel] if hwaccel else [])
+    # -reinit_filter 0: a frame-size change mid-stream must not rebuild the filter graph, which would reset
+    # the select's registers (an extra sample at the change, a lost one at the end); the scale filter takes
+    # the new size on the fly, so frames still come out at the output size. Not for a rotated video: the
+    # transpose ffmpeg puts first keeps its configured size and would crop (or overread) a changed frame.
+    keep_graph = ["-reinit_filter", "0"] if info.rotation == 0 else []
+    args[at:at] = (input_options(decoder_limit, info.container) + keep_graph
+                   + (["-hwaccel", hwaccel] if hwaccel else [])
                    + (["-skip_frame", "nokey"] if keyframes else []))
     frame_bytes = out_w * out_h * 3
     try:
@@ -867,7 +1045,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     timed_out, finished = threading.Event(), threading.Event()
-    decoding = _Stopwatch()  # runs while this generator runs, stops while it waits at a ``yield``
+    decoding = _Stopwatch(spent_s)  # runs while this generator runs, stops while it waits at a ``yield``
     watchdog = None
     if timeout_s:
         def watch():
@@ -912,7 +1090,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 decoding.start()
                 batch = []
         if timed_out.is_set():
-            raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
+            raise FinalVideoError(f"decoding took longer than the {timeout_s:g} s limit (--timeout)")
         if batch:
             decoding.stop()
             yield batch
@@ -922,7 +1100,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         except subprocess.TimeoutExpired:
             raise VideoError("ffmpeg did not finish after its output ended") from None
         if timed_out.is_set():
-            raise VideoError(f"decoding took longer than the {timeout_s:.0f} s limit (--timeout)")
+            raise FinalVideoError(f"decoding took longer than the {timeout_s:g} s limit (--timeout)")
         if track_reader is not None:
             track_reader.join(timeout=30)
             n = min(len(track_bytes) // (TRACK_SIDE * TRACK_SIDE), MAX_TRACK_FRAMES)
@@ -933,7 +1111,8 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 raise VideoError(_TRUNCATED_MP4 + "; no frame in what is there could be decoded")
             if proc.returncode not in (0, None):
                 reader.join(timeout=5)
-                raise VideoError(_explain_ffmpeg_failure(_scrub("".join(tail), ffmpeg_input(path))))
+                reason = _explain_ffmpeg_failure(_scrub("".join(tail), ffmpeg_input(path)))
+                raise (FinalVideoError if reason.startswith("refused") else VideoError)(reason)
             raise VideoError("no frames could be decoded")
     finally:
         finished.set()
