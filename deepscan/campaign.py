@@ -22,7 +22,8 @@ checked on pixels where it can be: a 32x32 grey thumbnail is kept of each hashed
 frames line up (same aspect ratio, frames at the same times once the trim offset is known) are compared
 block by block. A local difference (over :attr:`Thresholds.pixel_diff`, and standing out from the rest of
 the frame by :attr:`Thresholds.min_locality`) means "same footage, locally altered": the two are kept apart (and listed as ``altered`` relations), never grouped. A member whose pixels are shown
-to be the representative's (a verified copy) takes the representative's verdict, marked as inherited;
+to be the representative's over its whole length (a verified copy: :func:`is_verified_copy`) takes the
+representative's verdict, marked as inherited;
 every other member (cropped, captioned, not aligned in time, hashed by the vpdq backend without
 thumbnails) is screened itself (:attr:`Group.screen_too`).
 """
@@ -71,6 +72,11 @@ class Thresholds:
     # their originals) measure >= 5.7; 150 kb/s re-encodes of the originals <= 3.4, even where their
     # largest block passes pixel_diff (benchmarks/campaign_robustness.py).
     min_locality: float = 4.5
+    # Taking a verdict without screening also asks that this share of the member's hash frames was compared and
+    # showed the same instant, and that its span (after the trim offset) lies inside the screened file's, give
+    # or take this many frames: a file with footage the screened one lacks is screened itself.
+    verify_coverage: float = 0.9
+    span_slack_frames: float = 1.5
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -423,11 +429,49 @@ def _vpdq_hash(path, seconds_per_hash: float) -> VideoHash:
 
 
 # ------------------------------------------------------------------------------------------------ matching
+# Rows of each side compared at once: the XOR of two blocks takes 256 x 2048 x 32 bytes (16 MiB), so memory stays
+# bounded however many files (and frames) are compared, instead of queries x index x 32 bytes in one go.
+BLOCK_A, BLOCK_B = 256, 2048
+
+
+def _blocked_distances(a: np.ndarray, b: np.ndarray):
+    """(a_start, b_start, distances of that block): Hamming distances between packed 256-bit hashes, a block of
+    at most BLOCK_A x BLOCK_B at a time."""
+    a64 = np.ascontiguousarray(a, np.uint8).view(np.uint64).reshape(-1, 4)
+    b64 = np.ascontiguousarray(b, np.uint8).view(np.uint64).reshape(-1, 4)
+    for lo in range(0, len(a64), BLOCK_A):
+        qa = a64[lo:lo + BLOCK_A, None, :]
+        for blo in range(0, len(b64), BLOCK_B):
+            yield lo, blo, _popcount(qa ^ b64[None, blo:blo + BLOCK_B, :]).sum(-1, dtype=np.int32)
+
+
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances (len(a), len(b)) between packed 256-bit hashes."""
-    a64 = np.ascontiguousarray(a, np.uint8).view(np.uint64)
-    b64 = np.ascontiguousarray(b, np.uint8).view(np.uint64)
-    return _popcount(a64[:, None, :] ^ b64[None, :, :]).sum(-1, dtype=np.int32)
+    """Hamming distances (len(a), len(b)) between packed 256-bit hashes (computed in bounded blocks)."""
+    out = np.zeros((len(a), len(b)), np.int32)
+    for lo, blo, d in _blocked_distances(a, b):
+        out[lo:lo + d.shape[0], blo:blo + d.shape[1]] = d
+    return out
+
+
+def _near_any(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of ``a`` have a row of ``b`` within ``distance``, and which rows of ``b`` one of ``a``: without
+    the (len(a), len(b)) matrix."""
+    hit_a, hit_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
+    for lo, blo, d in _blocked_distances(a, b):
+        near = d <= distance
+        hit_a[lo:lo + d.shape[0]] |= near.any(1)
+        hit_b[blo:blo + d.shape[1]] |= near.any(0)
+    return hit_a, hit_b
+
+
+def _near_pairs(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(ia, ib)`` of the row pairs within ``distance``, found block by block."""
+    ia, ib = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for lo, blo, d in _blocked_distances(a, b):
+        qi, ci = np.nonzero(d <= distance)
+        ia.append(qi + lo)
+        ib.append(ci + blo)
+    return np.concatenate(ia), np.concatenate(ib)
 
 
 if hasattr(np, "bitwise_count"):  # numpy >= 2.0
@@ -467,11 +511,11 @@ def _pcts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], di
     (ra, ia), (rb, ib) = a, b
     if not len(ra) or not len(rb):
         return 0.0, 0.0
-    near = distances(ra, rb) <= distance
+    near_a, near_b = _near_any(ra, rb, distance)
     hit_a = np.zeros(ia.max() + 1, bool)
     hit_b = np.zeros(ib.max() + 1, bool)
-    np.logical_or.at(hit_a, ia, near.any(1))
-    np.logical_or.at(hit_b, ib, near.any(0))
+    np.logical_or.at(hit_a, ia, near_a)
+    np.logical_or.at(hit_b, ib, near_b)
     return 100.0 * hit_a.mean(), 100.0 * hit_b.mean()
 
 
@@ -549,8 +593,7 @@ def match_offsets(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_T
     ok_a, ok_b = a.quality >= thresholds.quality, b.quality >= thresholds.quality
     if not ok_a.any() or not ok_b.any():
         return []
-    near = distances(a.hashes[ok_a], bh[ok_b]) <= thresholds.distance
-    ia, ib = np.nonzero(near)
+    ia, ib = _near_pairs(a.hashes[ok_a], bh[ok_b], thresholds.distance)
     if not len(ia):
         return []
     shifts = _content_times(a)[ok_a][ia] - _content_times(b)[ok_b][ib]
@@ -573,7 +616,11 @@ class PixelCheck:
     difference: float  # largest normalised block difference over the frame pairs compared
     locality: float  # largest ratio of a pair's worst block to its median block: high for a local edit
     offset: float  # the content-time shift the frames were lined up on
-    pairs: int  # frame pairs compared
+    pairs: int  # frame pairs judged (showing the same instant)
+    dropped: int = 0  # frame pairs compared but left out as not the same instant
+    # Share of ``b``'s hash frames compared and shown to be the same instant (on frame tracks with ``a`` the
+    # lower-rate video: ``a``'s hash frames inside ``b``'s span stand for them). Only taking a verdict uses it.
+    coverage: float = 1.0
 
     def altered(self, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
         """Same footage with a local edit (a swapped or re-animated face): a large difference that stands out
@@ -605,7 +652,9 @@ def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THR
     (_, _), mirrored = match(a, b, thresholds, return_mirrored=True)
     best = None
     for offset in match_offsets(a, b, thresholds, mirrored):
-        check = _judged(_aligned_blocks(a, b, offset, mirrored, thresholds), offset, thresholds)
+        aligned = _aligned_blocks(a, b, offset, mirrored, thresholds)
+        check = None if aligned is None else _judged(aligned[0], offset, thresholds, _hash_frame_count(b),
+                                                     frames=aligned[1])
         if check is not None and (best is None or check.difference < best.difference):
             best = check
     return best
@@ -616,19 +665,25 @@ def _same_aspect(a: VideoHash, b: VideoHash) -> bool:
     return bool(a.height and b.height and abs(a.width / a.height - b.width / b.height) <= 0.02 * a.width / a.height)
 
 
-def _judged(blocks: np.ndarray | None, offset: float, thresholds: Thresholds) -> PixelCheck | None:
+def _judged(blocks: np.ndarray | None, offset: float, thresholds: Thresholds, expected: int,
+            frames: np.ndarray | None = None) -> PixelCheck | None:
     """The :class:`PixelCheck` of frame pairs' block differences (pairs, 64). A pair that differs all over is
     not the same instant (a fast cut sampled a frame apart, a frame-rate change) and says nothing about a
-    local edit: only pairs that agree in most blocks are judged (None when none do)."""
+    local edit: only pairs that agree in most blocks are judged (None when none do). Left-out pairs still
+    count against :attr:`PixelCheck.coverage`: the share of the ``expected`` frames judged (``frames``: which
+    frame each pair covers, where one frame can be in several pairs)."""
     if blocks is None:
         return None
-    blocks = blocks[np.median(blocks, axis=1) < thresholds.pixel_diff]
-    if not len(blocks):
+    same = np.median(blocks, axis=1) < thresholds.pixel_diff
+    kept = blocks[same]
+    if not len(kept):
         return None
-    worst = blocks.max(axis=1)
+    worst = kept.max(axis=1)
+    covered = len(np.unique(frames[same])) if frames is not None else int(same.sum())
     return PixelCheck(difference=float(worst.max()),
-                      locality=float((worst / np.maximum(np.median(blocks, axis=1), MEDIAN_FLOOR)).max()),
-                      offset=offset, pairs=len(blocks))
+                      locality=float((worst / np.maximum(np.median(kept, axis=1), MEDIAN_FLOOR)).max()),
+                      offset=offset, pairs=len(kept), dropped=int((~same).sum()),
+                      coverage=covered / max(expected, covered, 1))
 
 
 def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
@@ -637,10 +692,15 @@ def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAUL
     return None if check is None else check.difference
 
 
+def _hash_frame_count(h: VideoHash) -> int:
+    return len(np.unique(_content_times(h)))
+
+
 def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
-                    thresholds: Thresholds) -> np.ndarray | None:
+                    thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray] | None:
     """(pairs, 64) block differences of the frame pairs at the same time once ``b`` is shifted by ``offset``,
-    each pair at its closest alignment with the neighbouring frames; None when no frames fall together."""
+    each pair at its closest alignment with the neighbouring frames, and ``b``'s frame in each pair; None when
+    no frames fall together."""
     fps = max(a.fps, b.fps) or 30.0
     gaps = np.abs(_content_times(a)[:, None] - (_content_times(b)[None, :] + offset))
     ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
@@ -654,7 +714,7 @@ def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
     right = np.concatenate([tb, np.repeat(tb[:, :1], ta.shape[1] - 1, axis=1)], axis=1)
     n, m = left.shape[:2]
     blocks = _blocks(left.reshape(n * m, THUMB, THUMB), right.reshape(n * m, THUMB, THUMB)).reshape(n, m, -1)
-    return blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)]
+    return blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)], ib
 
 
 TRACK_SEARCH_S = 1.0  # how far around a hash-suggested trim offset the tracks are lined up (the hash grid step)
@@ -750,11 +810,14 @@ def _track_index_codes(h: VideoHash) -> np.ndarray:
     return _derived(h, "codes", make)
 
 
-def _near_codes(queries: np.ndarray, codes: np.ndarray, block: int = 64) -> np.ndarray:
-    """Which of ``codes`` lie within TRACK_CODE_DISTANCE bits of any query."""
+def _near_codes(queries: np.ndarray, codes: np.ndarray, block: int = 64, code_block: int = 16384) -> np.ndarray:
+    """Which of ``codes`` lie within TRACK_CODE_DISTANCE bits of any query. Both sides in blocks (64 x 16384
+    x 8 bytes, 8 MiB at a time): ``codes`` holds every track frame of every earlier file of a scan."""
     hit = np.zeros(len(codes), bool)
-    for lo in range(0, len(queries), block):
-        hit |= (_popcount(queries[lo:lo + block, None] ^ codes[None, :]) <= TRACK_CODE_DISTANCE).any(0)
+    for clo in range(0, len(codes), code_block):
+        chunk = codes[None, clo:clo + code_block]
+        for lo in range(0, len(queries), block):
+            hit[clo:clo + code_block] |= (_popcount(queries[lo:lo + block, None] ^ chunk) <= TRACK_CODE_DISTANCE).any(0)
     return hit
 
 
@@ -838,16 +901,28 @@ def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT
 def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, thresholds: Thresholds) -> PixelCheck | None:
     """:func:`pixel_check` on frame tracks lined up to a frame: at each hash time of the lower-rate video, its
     track frame against the other's frame at the same instant (one offset for the whole video, no per-frame
-    choice, so a face swap is never lined up with whichever instant hides it best)."""
+    choice, so a face swap is never lined up with whichever instant hides it best).
+
+    Coverage counts as not compared every hash frame of ``b`` with no frame of ``a`` to compare with (outside
+    ``a``, or past a track: one keeps at most deepscan.video.MAX_TRACK_FRAMES). Where ``a`` is the lower-rate
+    video, its hash frames inside ``b``'s span stand for ``b``'s."""
     src, dst, sign, src_track, dst_track = _oriented(a, b, alignment.mirrored)
-    src_idx = np.unique(np.rint(_content_times(src) * (src.fps or 30.0)).astype(np.int64))
-    src_idx = src_idx[src_idx < len(src_track)]
+    f_src, f_dst = src.fps or 30.0, dst.fps or 30.0
+    src_idx = np.unique(np.rint(_content_times(src) * f_src).astype(np.int64))
     if not len(src_idx):
         return None
-    idx, ok = _track_pairs(src, dst, src_idx, sign * alignment.offset)
+    # dst's frame at each src hash frame's instant (not clipped: outside dst's frames is < 0 or past its end)
+    idx = np.rint((src_idx / f_src + sign * alignment.offset) * f_dst).astype(np.int64)
+    inside = (idx >= 0) & (idx < max(len(dst_track), round(_span(dst) * f_dst)))
+    ok = inside & (src_idx < len(src_track)) & (idx < len(dst_track))
     if not ok.any():
         return None
-    return _judged(_blocks(src_track[src_idx[ok]], dst_track[idx[ok]]), alignment.offset, thresholds)
+    if src is b:  # every hash frame of b should have been compared
+        expected = len(src_idx)
+    else:  # the pairs sample a's frames inside b's span: b's own frames outside a's frames count against it
+        b_idx = np.rint((_content_times(b) + alignment.offset) * (a.fps or 30.0)).astype(np.int64)
+        expected = int(inside.sum()) + int(((b_idx < 0) | (b_idx >= len(a.track))).sum())
+    return _judged(_blocks(src_track[src_idx[ok]], dst_track[idx[ok]]), alignment.offset, thresholds, expected)
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -865,12 +940,37 @@ def _normalised(thumbs: np.ndarray) -> np.ndarray:
     return (t - mean) / np.maximum(std, 1.0)
 
 
+def _span(h: VideoHash) -> float:
+    """Seconds of content: the probed duration, or what the decoded frames show when that is more (a container
+    can claim less than it holds)."""
+    fps = h.fps or 30.0
+    ct = _content_times(h)
+    return max(h.duration_s, float(ct[-1]) + 1.0 / fps if len(ct) else 0.0,
+               len(h.track) / fps if h.track is not None else 0.0)
+
+
+def _verifies(check: PixelCheck | None, member: VideoHash, representative: VideoHash,
+              thresholds: Thresholds) -> bool:
+    """Whether ``check`` (``pixel_check(representative, member)``) shows every frame of ``member`` to be the
+    representative's: the difference under ``verify_diff``, ``verify_coverage`` of the member's hash frames
+    compared and the same instant (pairs left out as not the same instant count against it), and the member's
+    time span, after the trim offset, inside the representative's. A file holding part of the screened one
+    plus footage never screened (another clip appended, or a shared intro) is related, never a copy."""
+    if check is None or check.difference >= thresholds.verify_diff or check.coverage < thresholds.verify_coverage:
+        return False
+    rates = [f for f in (member.fps, representative.fps) if f > 0]
+    slack = thresholds.span_slack_frames / (min(rates) if rates else 30.0)
+    start, length, rep_length = check.offset, _span(member), _span(representative)
+    return start >= -slack and length <= rep_length + slack and start + length <= rep_length + slack
+
+
 def is_verified_copy(member: VideoHash, representative: VideoHash,
                      thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """Whether ``member``'s pixels are shown to be ``representative``'s (a re-encode, resize, frame-rate
-    change, trim or mirror): only then may it take the representative's verdict without being screened."""
-    diff = pixel_difference(representative, member, thresholds)
-    return diff is not None and diff < thresholds.verify_diff and is_match(member, representative, thresholds)
+    change, trim or mirror) over its whole length (:func:`_verifies`): only then may it take the
+    representative's verdict without being screened."""
+    return (_verifies(pixel_check(representative, member, thresholds), member, representative, thresholds)
+            and is_match(member, representative, thresholds))
 
 
 # ------------------------------------------------------------------------------------------------ grouping
@@ -917,8 +1017,7 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                    block_rows: int = 2048) -> set[tuple[int, int]]:
+def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> set[tuple[int, int]]:
     """Pairs of videos (i < j) sharing at least one frame within the distance (either orientation): the
     only pairs vPDQ's rule can match, found with one blocked all-frames comparison instead of N² calls; and,
     for hashes with frame tracks, pairs where a hash-time frame of one is within TRACK_CODE_DISTANCE of any
@@ -941,15 +1040,16 @@ def candidate_pairs(hashes: Sequence[VideoHash], thresholds: Thresholds = DEFAUL
     if mirror_rows and sum(len(r) for r in mirror_rows):
         queries.append((np.concatenate(mirror_rows), np.concatenate(mirror_owners)))
     pairs: set[tuple[int, int]] = set()
+    n = len(hashes)
     for qh, qo in queries:
-        for start in range(0, len(qh), block_rows):
-            near = distances(qh[start:start + block_rows], allh) <= t
-            qi, ci = np.nonzero(near)
-            a, b = qo[start + qi], allo[ci]
+        # Block by block, each block's matches reduced to distinct file pairs at once: a still video matches
+        # itself frame for frame, millions of row pairs that need never be held together.
+        for lo, blo, d in _blocked_distances(qh, allh):
+            qi, ci = np.nonzero(d <= t)
+            a, b = qo[lo + qi], allo[blo + ci]
             keep = a != b
-            for x, y in zip(np.minimum(a[keep], b[keep]).tolist(), np.maximum(a[keep], b[keep]).tolist(),
-                            strict=True):
-                pairs.add((x, y))
+            codes = np.unique(np.minimum(a[keep], b[keep]) * n + np.maximum(a[keep], b[keep]))
+            pairs.update((int(c) // n, int(c) % n) for c in codes)
     # Frame tracks: each video's hash-time frames against every frame of the others' tracks.
     track_rows = [_track_index_codes(h) for h in hashes]
     if sum(len(r) for r in track_rows):
@@ -1260,8 +1360,7 @@ class StreamingGroups:
         for mirrored in (False, True):
             rows, _ = _frames(h, q, mirrored=mirrored)
             if len(rows) and len(index):
-                found.update(owners[np.nonzero((distances(rows, index) <= self.thresholds.distance).any(0))[0]]
-                             .tolist())
+                found.update(owners[_near_any(rows, index, self.thresholds.distance)[1]].tolist())
         queries, track = _hash_time_codes(h), _track_index_codes(h)
         if len(queries) and len(self._track.rows):
             found.update(self._track.owners[_near_codes(queries, self._track.rows)].tolist())
@@ -1297,15 +1396,15 @@ class StreamingGroups:
         # swap's group too. A group the file differs from locally is never joined.
         options = [o for o in options if o[1].id not in altered]
         if options:
-            rep_diff, joined, matched_rep = min(options, key=lambda o: (o[0] is None, o[0] or 0.0, o[1].id))
+            _, joined, matched_rep = min(options, key=lambda o: (o[0] is None, o[0] or 0.0, o[1].id))
         if joined is None:
             joined = Group(id=len(self.groups) + 1, members=[p], representative=p)
             self.groups.append(joined)
         else:
             joined.members.append(p)
             rep = self._hash(joined.representative)
-            # is_verified_copy, from the difference already measured against the representative
-            verified = (rep_diff is not None and rep_diff < th.verify_diff
+            # is_verified_copy, from the check already made against the representative
+            verified = (_verifies(rep_checks[joined.id], h, rep, th)
                         and (matched_rep or is_match(h, rep, th)))
             if not (verified and h.width * h.height <= rep.width * rep.height):
                 joined.screen_too.append(p)
@@ -1361,7 +1460,7 @@ def load_cached_hash(cache_dir, sha256: str) -> VideoHash | None:
     f = Path(cache_dir) / f"{sha256}-{HASH_CACHE_VERSION}.json"
     try:
         return VideoHash.from_dict(json.loads(f.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, zlib.error):  # a corrupt frame track is zlib.error
         return None
 
 

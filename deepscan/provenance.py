@@ -53,8 +53,13 @@ C2PA_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2": "video/mp4", "avi": "video/x-msvideo"
 TRUST_ANCHORS_ENV = "DEEPSCAN_C2PA_TRUST_ANCHORS"  # PEM file of C2PA trust anchors (e.g. the C2PA trust list)
 
 
+# Control characters left once whitespace is collapsed (ESC, NUL, C1) and bidi overrides: shown as "?", as
+# ffmpeg's log does, so a string from the file cannot drive a terminal or reorder what is shown around it.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _text(value, limit: int = MAX_TEXT) -> str:
-    text = " ".join(str(value).split())
+    text = _UNPRINTABLE.sub("?", " ".join(str(value).split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -69,7 +74,9 @@ def parse_ffmpeg_metadata(text: str) -> dict:
     """Container and per-stream tags and rotation from ``ffmpeg -i``'s banner (no ffprobe in the wheel).
 
     ffmpeg prints a value's line breaks as continuation lines with an empty key at the same indent, so a tag
-    value can neither end its block nor pose as a stream.
+    value can neither end its block nor pose as a stream. Lines are split on "\n" only, as ffmpeg breaks
+    them: ``splitlines`` would also break on U+2028/U+2029/U+0085 inside a value, letting a tag forge a stream
+    (a rotation note) or an ``Input #`` line that cuts the rest off.
     """
     out: dict = {"format": "", "tags": {}, "streams": []}
     block: dict | None = None
@@ -77,7 +84,8 @@ def parse_ffmpeg_metadata(text: str) -> dict:
     last_key = None
     stream: dict | None = None
     started = False
-    for line in text.splitlines():
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")  # a "\r\n" line end (Windows' text-mode stderr)
         if not started:
             if m := _INPUT.match(line):
                 out["format"], started = m.group(1), True
@@ -164,7 +172,12 @@ def read_container(path, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
 # ------------------------------------------------------------------------------------- MP4 edit lists
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"edts", b"minf"}
 _MAX_BOXES = 4096
-_MAX_BOX_READ = 1 << 20  # bytes read of one leaf box (ftyp, mvhd, mdhd, hdlr, elst)
+_MAX_BOX_READ = 1 << 20  # bytes read of one leaf box (ftyp, mvhd, mdhd, hdlr)
+# Kept at parse time, so a file of thousands of tracks or edits costs no memory and no bulk in every results
+# line (the record says when a list was cut): edits per edit list, tracks per file, and edit-list notes.
+MAX_EDITS = 20
+MAX_TRACKS = 32
+MAX_EDIT_NOTES = 12
 # Encoders delay video by a few frames (B-frames) and audio by its priming samples through an edit list;
 # hidden or delayed spans longer than this are worth a look.
 EDIT_NOTE_S = 0.5
@@ -208,17 +221,21 @@ def read_mp4_structure(path) -> dict | None:
                 if kind == b"ftyp":
                     fh.seek(a)
                     raw = fh.read(min(b - a, 256))
-                    if len(raw) >= 8:
-                        out["major_brand"] = raw[:4].decode("latin-1")
+                    if len(raw) >= 8:  # raw bytes from the file: cleaned like every other string
+                        out["major_brand"] = _text(raw[:4].decode("latin-1"), 4)
                         out["minor_version"] = struct.unpack(">I", raw[4:8])[0]
-                        out["compatible_brands"] = [raw[i:i + 4].decode("latin-1")
+                        out["compatible_brands"] = [_text(raw[i:i + 4].decode("latin-1"), 4)
                                                     for i in range(8, len(raw) - 3, 4)]
                 elif kind == b"moov":
                     for k2, a2, b2 in _boxes(fh, a, b, budget):
                         if k2 == b"mvhd":
                             movie_timescale = _timescale(fh, a2, b2)
                         elif k2 == b"trak":
-                            out["tracks"].append(_track(fh, a2, b2, budget))
+                            out["n_tracks"] = out.get("n_tracks", 0) + 1
+                            if len(out["tracks"]) < MAX_TRACKS:
+                                out["tracks"].append(_track(fh, a2, b2, budget))
+                            else:
+                                out["tracks_cut"] = True
             for t in out["tracks"]:
                 _edit_times(t, movie_timescale)
             return out
@@ -248,50 +265,61 @@ def _track(fh, a: int, b: int, budget) -> dict:
                 fh.seek(ka)
                 raw = fh.read(12)
                 if len(raw) == 12:
-                    track["handler"] = raw[8:12].decode("latin-1")
+                    track["handler"] = _text(raw[8:12].decode("latin-1"), 4)
             elif kind == b"mdhd":
                 track["media_timescale"] = _timescale(fh, ka, kb)
             elif kind == b"elst":
                 fh.seek(ka)
-                raw = fh.read(min(kb - ka, _MAX_BOX_READ))
-                track["edits"] = _elst(raw)
+                raw = fh.read(min(kb - ka, 8 + MAX_EDITS * 20))  # only the entries kept are read
+                track["edits"], track["edit_count"] = _elst(raw, kb - ka)
     return track
 
 
-def _elst(raw: bytes) -> list[tuple[int, int, float]]:
+def _elst(raw: bytes, size: int | None = None) -> tuple[list[tuple[int, int, float]], int]:
+    """The first :data:`MAX_EDITS` entries of an ``elst`` box (``raw``: its start; ``size``: its whole
+    payload), and how many entries it holds (its count, as far as the box is large enough for them)."""
     if len(raw) < 8:
-        return []
+        return [], 0
     version, count = raw[0], struct.unpack(">I", raw[4:8])[0]
     fmt, step = (">QqhH", 20) if version == 1 else (">IihH", 12)
+    count = min(count, ((len(raw) if size is None else size) - 8) // step)
     entries = []
-    for i in range(min(count, (len(raw) - 8) // step, 1000)):
+    for i in range(min(count, (len(raw) - 8) // step, MAX_EDITS)):
         duration, media_time, rate, fraction = struct.unpack(fmt, raw[8 + i * step: 8 + (i + 1) * step])
         entries.append((duration, media_time, rate + fraction / 65536))
-    return entries
+    return entries, count
 
 
 def _edit_times(track: dict, movie_timescale: int) -> None:
     """Edit entries in seconds: (duration on the timeline, media time or None for an empty edit, rate)."""
     raw = track.pop("edits")
     mts = track.pop("media_timescale") or 0
+    count = track.pop("edit_count", 0)
     if raw is None:
         track["edits"] = None
         return
+    if count > len(raw):
+        track["edits_cut"], track["edit_count"] = True, count
     track["edits"] = [{"duration_s": round(d / movie_timescale, 4) if movie_timescale else None,
                        "media_time_s": None if t < 0 else (round(t / mts, 4) if mts else None),
                        "rate": round(r, 4)} for d, t, r in raw]
 
 
 def edit_list_notes(structure: dict | None) -> list[str]:
-    """Plain-language notes on edit lists that hide, delay, splice or re-time stored media."""
+    """Plain-language notes on edit lists that hide, delay, splice or re-time stored media (at most
+    :data:`MAX_EDIT_NOTES`; lists cut at parse time say so)."""
     notes = []
-    for i, t in enumerate((structure or {}).get("tracks") or []):
+    structure = structure or {}
+    for i, t in enumerate(structure.get("tracks") or []):
         edits = t.get("edits") or []
         kind = {"vide": "video", "soun": "audio"}.get(t.get("handler") or "", f"track {i + 1}")
         media = [e for e in edits if e["media_time_s"] is not None]
         empty = sum((e["duration_s"] or 0.0) for e in edits if e["media_time_s"] is None)
+        if t.get("edits_cut"):
+            notes.append(f"{kind} edit list has {t['edit_count']} entries (only the first {len(edits)} read)")
         if len(media) > 1:
-            notes.append(f"{kind} edit list splices {len(media)} segments of the stored media")
+            notes.append(f"{kind} edit list splices {len(media)}{'+' if t.get('edits_cut') else ''} segments "
+                         f"of the stored media")
         if media and (media[0]["media_time_s"] or 0.0) > EDIT_NOTE_S:
             notes.append(f"{kind}: the first {media[0]['media_time_s']:.2f} s of the stored media are hidden "
                          f"from playback by the edit list")
@@ -299,6 +327,10 @@ def edit_list_notes(structure: dict | None) -> list[str]:
             notes.append(f"{kind} starts {empty:.2f} s late (empty edit)")
         if any(e["rate"] not in (1.0, 0.0) for e in edits):
             notes.append(f"{kind} edit list plays media at a rate other than 1")
+    if structure.get("tracks_cut"):
+        notes.insert(0, f"the file has {structure['n_tracks']} tracks (only the first {MAX_TRACKS} read)")
+    if len(notes) > MAX_EDIT_NOTES:
+        notes = notes[:MAX_EDIT_NOTES - 1] + [f"… and {len(notes) - MAX_EDIT_NOTES + 1} more edit-list notes"]
     return notes
 
 
@@ -347,6 +379,8 @@ def read_c2pa(path, container: str | None = None, trust_anchors: str | None = No
                 embedded = reader.is_embedded()
     except c2pa.C2paError as exc:
         return {"present": None, "status": "error", "error": _text(f"{type(exc).__name__.lstrip('_')}: {exc}")}
+    except OSError as exc:  # the file went away or became unreadable since it was checked
+        return {"present": None, "status": "error", "error": _text(f"could not read the file: {exc.strerror or exc}")}
     info = summarise_manifest_store(store)
     info["embedded"] = embedded
     return info
@@ -456,7 +490,11 @@ def read_provenance(path, timeout_s: float = PROBE_TIMEOUT_S, trust_anchors: str
             if value:
                 out["device"][field] = value
     if structure is not None:
-        out["edit_lists"] = [{"handler": t["handler"], "edits": (t["edits"] or [])[:20]} for t in structure["tracks"]]
+        out["edit_lists"] = [{"handler": t["handler"], "edits": t["edits"] or [],
+                              **({"edit_count": t["edit_count"]} if t.get("edits_cut") else {})}
+                             for t in structure["tracks"]]
+        if structure.get("tracks_cut"):
+            out["edit_lists_cut"] = {"tracks": structure["n_tracks"], "read": MAX_TRACKS}
         if out["container"] is not None and not out["container"].get("major_brand") and structure.get("major_brand"):
             out["container"]["major_brand"] = structure["major_brand"]
     out["c2pa"] = read_c2pa(path, meta["format"] if meta else "", trust_anchors)

@@ -519,3 +519,127 @@ def test_a_short_excerpt_of_a_face_swap_never_takes_its_originals_verdict(shared
     groups.place("original", h_original)
     joined = groups.place("original_excerpt", h_original_excerpt)
     assert joined.representative == "original" and joined.inherits("original_excerpt")
+
+
+def test_a_file_holding_more_than_the_screened_one_never_takes_its_verdict():
+    """Inheritance asks for the member's whole span: a file whose first frames are the screened file's but
+    which goes on with footage never screened is related (grouped), yet screened itself. Frame pairs that do
+    not show the same instant count against it too, instead of being left out of the check."""
+    from deepscan.campaign import StreamingGroups
+
+    source, longer = _thumb_video(6), _thumb_video(10)  # longer: the same 6 frames, then 4 more
+    assert pixel_check(source, longer).difference == 0.0  # every frame the two share is identical
+    assert not is_verified_copy(longer, source)
+    assert is_verified_copy(source, longer)  # the other way round it is an excerpt: it may inherit
+    groups = StreamingGroups()
+    first = groups.place("source", source)
+    assert groups.place("longer", longer) is first and not first.inherits("longer")
+    # As long as the source, its last 4 frames another scene: those pairs are not the same instant.
+    source = _thumb_video(10)
+    spliced = replace(source, thumbs=np.concatenate([source.thumbs[:6], _thumb_video(10, seed=9).thumbs[6:]]))
+    check = pixel_check(source, spliced)
+    assert check.difference == 0.0 and check.dropped == 4 and check.coverage == pytest.approx(0.6)
+    assert not is_verified_copy(spliced, source)
+    g = group({"source": source, "spliced": spliced})[0]
+    assert g.members == ["source", "spliced"] and g.screen_too == ["spliced"]
+
+
+@needs_pdq
+def test_a_longer_file_or_a_shared_intro_is_screened_not_inherited(tmp_path):
+    """carphone_real, then the same 4 s followed by its face swap: the 8 s file matches (its first half is the
+    screened file) but must be screened, its swap never having been. Two videos sharing a 4 s intro are not
+    copies of each other either way round."""
+    from deepscan.campaign import StreamingGroups
+
+    def joined(out, first, second, vf="null"):
+        ffmpeg("-i", str(first), "-i", str(second), "-filter_complex",
+               f"[0:v]fps=25,setsar=1[a];[1:v]fps=25,scale=352:288,setsar=1,{vf}[b];[a][b]concat=n=2:v=1:a=0",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an", str(out))
+        return video_hash(out)
+
+    carphone = SAMPLE_CLIPS / "carphone_real.mp4"
+    real = video_hash(carphone)
+    longer = joined(tmp_path / "longer.mp4", carphone, SAMPLE_CLIPS / "carphone_faceswap_fake.mp4")
+    assert is_match(longer, real)
+    assert not is_verified_copy(longer, real)
+    assert is_verified_copy(real, longer)  # the screened file's first half: an excerpt, it may inherit
+    groups = StreamingGroups()
+    first = groups.place("real", real)
+    assert groups.place("longer", longer) is first and first.screen_too == ["longer"]
+    intro_a = joined(tmp_path / "intro_a.mp4", carphone, REAL)
+    intro_b = joined(tmp_path / "intro_b.mp4", carphone, OTHER, vf="vflip")
+    assert not is_verified_copy(intro_a, intro_b) and not is_verified_copy(intro_b, intro_a)
+    for g in group({"a": intro_a, "b": intro_b}):
+        assert not any(g.inherits(m) for m in g.members)
+
+
+def _random_hash(rng, n: int) -> VideoHash:
+    k = len(VARIANTS)
+    return VideoHash(hashes=rng.integers(0, 256, (n, 32), dtype=np.uint8), quality=np.full(n, 100),
+                     times=np.arange(n, dtype=float), mirrored=rng.integers(0, 256, (n, 32), dtype=np.uint8),
+                     variants=rng.integers(0, 256, (n, k, 32), dtype=np.uint8),
+                     variants_mirrored=rng.integers(0, 256, (n, k, 32), dtype=np.uint8), width=64, height=64,
+                     duration_s=float(n))
+
+
+def test_candidate_search_memory_is_bounded_by_blocks_not_folder_size():
+    """20 half-minute files, then a 5-minute one: finding candidates compares every frame hash (and part hash,
+    mirrored too) with every earlier one in blocks, never the whole queries x index matrix (150-330 MB here
+    before, 2-3 GB for 100 one-minute files and a 10-minute one)."""
+    import tracemalloc
+
+    from deepscan.campaign import StreamingGroups
+
+    rng = np.random.default_rng(0)
+    files = [_random_hash(rng, 30) for _ in range(20)]
+    big, copy = _random_hash(rng, 300), replace(files[7])
+    groups = StreamingGroups()
+    for i, h in enumerate(files):
+        groups.place(f"f{i}", h)
+    tracemalloc.start()
+    try:
+        groups.place("big", big)
+        assert groups.place("copy", copy).members == ["f7", "copy"]
+        pairs = candidate_pairs([*files, big, copy])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pairs == {(7, 21)}
+    assert peak < 48 * 2**20
+
+
+def test_blocked_comparisons_give_the_same_candidates(monkeypatch):
+    import deepscan.campaign as campaign
+
+    rng = np.random.default_rng(2)
+    files = [_random_hash(rng, 9) for _ in range(6)]
+    files.append(replace(files[2], hashes=files[2].hashes.copy()))
+    files[-1].hashes[:, 0] ^= 1  # one bit off: still within the distance
+    expected = candidate_pairs(files)
+    assert expected == {(2, 6)}
+    monkeypatch.setattr(campaign, "BLOCK_A", 7)
+    monkeypatch.setattr(campaign, "BLOCK_B", 13)
+    assert candidate_pairs(files) == expected
+    groups = campaign.StreamingGroups()
+    assert [groups.place(str(i), h).id for i, h in enumerate(files)] == [1, 2, 3, 4, 5, 6, 3]
+    a, b = files[2].hashes, files[6].hashes
+    full = campaign._popcount(a.view(np.uint64)[:, None] ^ b.view(np.uint64)[None]).sum(-1)
+    assert (campaign.distances(a, b) == full).all()
+
+
+def test_a_corrupt_hash_cache_is_no_cache(tmp_path):
+    """A resumed scan reads hashes saved by the last one: a damaged file (here a frame track that is not zlib
+    data) is treated as missing, not a crash."""
+    import base64
+    import json
+
+    from deepscan.campaign import HASH_CACHE_VERSION, load_cached_hash, save_cached_hash
+
+    h = replace(_thumb_video(4), track=np.zeros((3, 32, 32), np.uint8))
+    save_cached_hash(tmp_path, "abc", h)
+    assert load_cached_hash(tmp_path, "abc").track.shape == (3, 32, 32)
+    f = tmp_path / f"abc-{HASH_CACHE_VERSION}.json"
+    d = json.loads(f.read_text())
+    d["track"] = base64.b64encode(b"not zlib at all").decode()
+    f.write_text(json.dumps(d))
+    assert load_cached_hash(tmp_path, "abc") is None

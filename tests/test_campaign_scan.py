@@ -80,3 +80,21 @@ def test_dedupe_decodes_each_file_once_and_resumes_from_the_hash_cache(tmp_path,
     assert len(lines) == 4
     swap = lines[-1]
     assert not swap["extra"]["campaign"]["inherited"] and swap["n_frames"] == 4
+
+
+def test_dedupe_screens_a_file_that_goes_on_past_the_screened_one(tmp_path):
+    """The screened file's 4 s followed by its face swap: grouped with it (the same campaign) but screened on
+    its own pixels, never reported as an inherited copy of the shorter file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "a_real.mp4")
+    ffmpeg("-i", str(SAMPLE_CLIPS / "carphone_real.mp4"), "-i", str(SAMPLE_CLIPS / "carphone_faceswap_fake.mp4"),
+           "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-an",
+           str(src / "b_real_then_swap.mp4"))
+    out = tmp_path / "out"
+    assert main(["scan", str(src), "--frames", "4", "--threads", "1", "--out", str(out), "--dedupe"]) in (0, 1)
+    lines = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line)
+             for line in (out / "results.jsonl").read_text().splitlines()}
+    longer = lines["b_real_then_swap.mp4"]
+    assert longer["extra"]["campaign"]["group"] == lines["a_real.mp4"]["extra"]["campaign"]["group"]
+    assert longer["extra"]["campaign"]["inherited"] is False and longer["n_frames"] == 4

@@ -89,6 +89,59 @@ def test_banner_parser_keeps_tag_values_in_their_place():
     assert meta["streams"][0]["tags"] == {"handler_name": "VideoHandler", "note": "rotation of 90.00 degrees"}
 
 
+def test_unicode_line_breaks_in_a_tag_value_neither_forge_a_stream_nor_cut_the_banner(tmp_path):
+    """ffmpeg breaks the banner on "\n" only; a tag value holding U+2028 (or U+2029, U+0085) stays on its line,
+    so it cannot pose as a rotated stream nor as the next input that ends the parse."""
+    forged = ("hi\u2028  Stream #0:7: Video: evil, 1x1\u2028    Metadata:\u2028      rotate : 1\u2029"
+              "    Side data:\u0085      displaymatrix: rotation of 90.00 degrees")
+    src = make_test_video(tmp_path / "src.mp4", seconds=0.5, size="64x48", rate=10)
+    injected, cut = tmp_path / "injected.mp4", tmp_path / "cut.mp4"
+    ffmpeg("-i", str(src), "-c", "copy", "-metadata", f"title={forged}", str(injected))
+    ffmpeg("-i", str(src), "-c", "copy", "-metadata", "album=zz\u2028Input #1, foo, from 'x'", str(cut))
+    for path in (injected, cut):
+        prov = read_provenance(path)
+        assert [(s["index"], s["codec"], s["rotation"]) for s in prov["streams"]] == [(0, "h264", 0)]
+        assert prov["container"]["encoder"].startswith("Lavf")  # the tags after the value are read too
+        assert not any("rotation" in n for n in prov["notes"])
+    assert "Stream #0:7" in read_provenance(injected)["container"]["tags"]["title"]
+
+
+def test_edit_lists_are_cut_at_parse_time(tmp_path):
+    """40 tracks of 1000 edits each (the reviewer's file: 1400 x 1000, 1.36 M edits, ~400 MB and a 1.6 MB
+    record): at most MAX_TRACKS tracks and MAX_EDITS edits each are kept, notes are capped, and the record
+    says what was cut. Strings from the boxes (brands, handlers) are cleaned to one printable line."""
+    import json
+    import struct
+
+    from deepscan.provenance import MAX_EDIT_NOTES, MAX_EDITS, MAX_TRACKS
+
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+    entries = struct.pack(">IihH", 20000, -1, 1, 0) + b"".join(struct.pack(">IihH", 40, 40 * i, 1, 0)
+                                                               for i in range(999))
+    elst = box(b"elst", struct.pack(">BxxxI", 0, 1000) + entries)
+    hdlr = box(b"hdlr", b"\0" * 8 + b"v\nd\x1b" + b"\0" * 12)
+    trak = box(b"trak", box(b"mdia", hdlr) + box(b"edts", elst))
+    mvhd = box(b"mvhd", b"\0" * 12 + struct.pack(">I", 1000) + b"\0" * 84)
+    path = tmp_path / "many_edits.mp4"
+    path.write_bytes(box(b"ftyp", b"i\ns\x1b" + b"\0\0\0\0" + b"mp41ab\x1b\n") + box(b"moov", mvhd + trak * 40))
+    structure = read_mp4_structure(path)
+    assert structure["major_brand"] == "i s?" and structure["compatible_brands"] == ["mp41", "ab?"]
+    assert len(structure["tracks"]) == MAX_TRACKS and structure["n_tracks"] == 40 and structure["tracks_cut"]
+    for t in structure["tracks"]:
+        assert t["handler"] == "v d?"
+        assert len(t["edits"]) == MAX_EDITS and t["edit_count"] == 1000 and t["edits_cut"]
+        assert t["edits"][0] == {"duration_s": 20.0, "media_time_s": None, "rate": 1.0}
+    notes = edit_list_notes(structure)
+    assert len(notes) == MAX_EDIT_NOTES and notes[0] == f"the file has 40 tracks (only the first {MAX_TRACKS} read)"
+    assert "1000 entries (only the first 20 read)" in notes[1] and notes[-1].startswith("… and ")
+    prov = read_provenance(path)
+    assert len(prov["edit_lists"]) == MAX_TRACKS and prov["edit_lists"][0]["edit_count"] == 1000
+    assert prov["edit_lists_cut"] == {"tracks": 40, "read": MAX_TRACKS}
+    assert len(prov["notes"]) <= MAX_EDIT_NOTES + 4 and len(json.dumps(prov)) < 64_000
+
+
 def test_unreadable_file_reports_errors_instead_of_raising(tmp_path):
     text = tmp_path / "page.mp4"
     text.write_text("<html>not a video</html>")
@@ -201,3 +254,9 @@ def test_c2pa_tampered_pixels_are_reported(signed, tmp_path):
 
 def test_c2pa_absent(signed):
     assert read_c2pa(signed["source"]) == {"present": False, "status": "absent"}
+
+
+def test_c2pa_of_a_vanished_file_is_an_error_record(tmp_path):
+    pytest.importorskip("c2pa")
+    info = read_c2pa(tmp_path / "gone.mp4")
+    assert info["present"] is None and info["status"] == "error" and "could not read" in info["error"]
