@@ -21,6 +21,7 @@ from deepscan.training.data import (  # noqa: E402
     BOX_PROBE_MOVES,
     CUTOUT_PARTS,
     PROBE_DEGRADATIONS,
+    SAME_FOOTAGE_MIN_MATCH,
     Augment,
     ClipCrops,
     SampleSpec,
@@ -30,11 +31,15 @@ from deepscan.training.data import (  # noqa: E402
     degraded_items,
     face_part_cutout,
     fake_clip_weights,
+    footage_groups,
+    footage_match,
+    footage_signature,
     load_clips,
     load_index,
     moved_box,
     real_clip_weights,
     retone,
+    same_footage_pairs,
     split_clips,
     subsample_groups,
     swapped_items,
@@ -61,6 +66,7 @@ from deepscan.training.train import (  # noqa: E402
     fit_temperature,
     load_config,
     recon_settings,
+    shared_footage,
     smoothed_labels,
     train,
     video_threshold,
@@ -384,6 +390,50 @@ def test_split_is_by_group_and_covers_every_source(cache):
         assert len(train_clips) + len(val_clips) == len(index["clips"])
         assert {c["source"] for c in val_clips} == {"studio", "street", "swaps"}
         assert {c["source"] for c in train_clips} == {"studio", "street", "swaps"}
+
+
+def test_same_footage_across_groups_is_found_and_split_together(tmp_path):
+    """Two groups cut from one recording (a DeepFaceLive source reused for two demos) must go to one side."""
+    cache = make_cache(tmp_path)
+    index = load_index(cache)
+    # A third studio group that is another copy of group "a"'s recording: re-encoded (noise, a brightness shift).
+    with np.load(cache / "studio-a.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(7)
+    arrays["crops"] = np.clip(arrays["crops"].astype(np.int16) + 12 + rng.integers(-6, 7, arrays["crops"].shape),
+                              0, 255).astype(np.uint8)
+    np.savez(cache / "studio-g.npz", **arrays)
+    index["clips"].append({"id": "studio-g", "file": "studio/g.mp4", "label": "real", "group": "g",
+                           "source": "studio", "method": "synthetic", "npz": "studio-g.npz"})
+    pairs = same_footage_pairs(cache, index["clips"])
+    assert [(a, b) for a, b, _ in pairs] == [("studio/a.mp4", "studio/g.mp4")]
+    assert pairs[0][2] >= SAME_FOOTAGE_MIN_MATCH
+    joined = footage_groups(index["clips"], pairs)
+    assert joined == {"g": "a"}
+    # Another recording of a similar scene (the same cartoon face on another background) stays well below the bar.
+    sigs = {c["file"]: footage_signature(np.load(cache / c["npz"])["crops"]) for c in index["clips"]}
+    assert footage_match(sigs["studio/a.mp4"], sigs["studio/b.mp4"]) < 0.8
+    for seed in range(8):
+        train_clips, val_clips = split_clips(index, 0.5, seed, joined)
+        sides = {c["file"]: "val" for c in val_clips} | {c["file"]: "train" for c in train_clips}
+        assert sides["studio/a.mp4"] == sides["studio/g.mp4"]
+        # The clips keep their own group names (what subsample_groups and the card read).
+        assert {c["group"] for c in train_clips + val_clips} >= {"a", "g"}
+    # Without joining, some seed puts the two copies on opposite sides: what the card records then.
+    crossed = []
+    for seed in range(8):
+        train_clips, val_clips = split_clips(index, 0.5, seed)
+        across = shared_footage(cache, train_clips, val_clips)
+        if across:
+            crossed.append(across)
+    assert crossed and all(len(a) == 1 and {a[0][0], a[0][1]} == {"studio/a.mp4", "studio/g.mp4"} for a in crossed)
+
+
+def test_join_same_footage_must_be_a_boolean(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[val]\njoin_same_footage = 1\n[train]\nmax_steps = 1\n")
+    with pytest.raises(ValueError, match="join_same_footage"):
+        load_config(cfg)
 
 
 def test_group_subsample_keeps_whole_groups_of_every_source_and_nests():

@@ -47,14 +47,87 @@ def _group_hash(group: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_clips(index: dict, val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+# Two clips whose cached crops match this well (the median over one clip's crops of the best correlation with
+# any crop of the other, 24x24 grey, the larger of the two ways round) show the same recording. Measured on the
+# shared clips (session 48): the panels of DeepFaceLive demos cut from one reused source recording score
+# 0.950-0.999 (swapped panels too: same background and body; the lowest, two swapped panels), every other pair
+# of groups at most 0.876 (Ava_de_Addario_1 ~ Matilda_Bobbie_2), then 0.823.
+SAME_FOOTAGE_MIN_MATCH = 0.93
+_FOOTAGE_THUMB = 24
+_FOOTAGE_CROPS = 16
+
+
+def footage_signature(crops: np.ndarray, n: int = _FOOTAGE_CROPS) -> np.ndarray:
+    """(m, 576) zero-mean, unit-variance 24x24 grey thumbnails of up to ``n`` evenly spaced context crops."""
+    if not len(crops):
+        return np.zeros((0, _FOOTAGE_THUMB * _FOOTAGE_THUMB), np.float32)
+    picks = np.unique(np.linspace(0, len(crops) - 1, min(n, len(crops))).round().astype(int))
+    thumbs = np.stack([cv2.resize(cv2.cvtColor(crops[k], cv2.COLOR_RGB2GRAY), (_FOOTAGE_THUMB, _FOOTAGE_THUMB),
+                                  interpolation=cv2.INTER_AREA).astype(np.float32).ravel() for k in picks])
+    thumbs -= thumbs.mean(axis=1, keepdims=True)
+    return thumbs / (thumbs.std(axis=1, keepdims=True) + 1e-6)
+
+
+def footage_match(a: np.ndarray, b: np.ndarray) -> float:
+    """How surely two clips' signatures show the same recording (:data:`SAME_FOOTAGE_MIN_MATCH`)."""
+    if not len(a) or not len(b):
+        return 0.0
+    corr = (a @ b.T) / a.shape[1]
+    return float(max(np.median(corr.max(axis=1)), np.median(corr.max(axis=0))))
+
+
+def same_footage_pairs(cache_dir, clips: list[dict], min_match: float = SAME_FOOTAGE_MIN_MATCH
+                       ) -> list[tuple[str, str, float]]:
+    """(file, file, match) for clips of different groups that show the same recording.
+
+    Naming cannot tell: DeepFaceLive demos are named for the face model swapped in, and several demos were cut
+    from one source recording (the same streamer, room and moments), so a split by name can put a recording's
+    real panel in training and its copy in validation."""
+    signatures = []
+    for c in clips:
+        with np.load(Path(cache_dir) / c["npz"]) as z:
+            signatures.append(footage_signature(z["crops"]))
+    pairs = []
+    for i, a in enumerate(clips):
+        for j in range(i + 1, len(clips)):
+            b = clips[j]
+            if a["group"] != b["group"]:
+                match = footage_match(signatures[i], signatures[j])
+                if match >= min_match:
+                    pairs.append((a["file"], b["file"], round(match, 4)))
+    return pairs
+
+
+def footage_groups(clips: list[dict], pairs: list[tuple[str, str, float]]) -> dict[str, str]:
+    """group -> the group it is split with: groups joined by a same-footage pair (transitively) go together,
+    under the first of their names (sorted), so groups that share nothing keep their name and their side."""
+    group_of = {c["file"]: c["group"] for c in clips}
+    parent = {g: g for g in group_of.values()}
+
+    def root(g):
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for a, b, _ in pairs:
+        ra, rb = root(group_of[a]), root(group_of[b])
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {g: root(g) for g in parent if root(g) != g}
+
+
+def split_clips(index: dict, val_fraction: float, seed: int = 0,
+                joined: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Split clips into (train, val) by group, so one identity/source video never sits on both sides.
 
     A group goes to validation when the hash of (seed, group) falls below ``val_fraction``. Each source (top
     folder) with at least two groups and none in validation then gives its lowest-hash group to validation,
-    so every source — and with it every fake method — is measured.
+    so every source — and with it every fake method — is measured. ``joined`` (:func:`footage_groups`) maps
+    groups that show the same recording onto one, which then goes to one side whole.
     """
-    clips = index["clips"]
+    joined = joined or {}
+    clips = [dict(c, group=joined.get(c["group"], c["group"])) for c in index["clips"]]
     groups_by_source: dict[str, set[str]] = {}
     for c in clips:
         groups_by_source.setdefault(c["source"], set()).add(c["group"])
@@ -66,8 +139,9 @@ def split_clips(index: dict, val_fraction: float, seed: int = 0) -> tuple[list[d
     for groups in groups_by_source.values():
         if groups and groups <= val_groups and len(groups) >= 2:
             val_groups.discard(max(groups, key=lambda g: _group_hash(g, seed)))
-    train = [c for c in clips if c["group"] not in val_groups]
-    val = [c for c in clips if c["group"] in val_groups]
+    # The clips themselves go back (their own group names: subsample_groups and the card read those).
+    train = [c for c, j in zip(index["clips"], clips, strict=True) if j["group"] not in val_groups]
+    val = [c for c, j in zip(index["clips"], clips, strict=True) if j["group"] in val_groups]
     return train, val
 
 

@@ -33,8 +33,10 @@ from .data import (
     SBIDataset,
     ValClip,
     degraded_items,
+    footage_groups,
     load_clips,
     load_index,
+    same_footage_pairs,
     split_clips,
     subsample_groups,
     swapped_items,
@@ -186,8 +188,12 @@ DEFAULTS: dict = {
         "log_every": 10,
         "device": "auto",
     },
-    # split_seed: the seed of the train/validation split when it should differ from the training seed
-    "val": {"val_fraction": 0.2, "frames_per_clip": 8, "max_fpr": 0.05, "batch_size": 32, "split_seed": None},
+    # split_seed: the seed of the train/validation split when it should differ from the training seed.
+    # join_same_footage: clips of different groups that show one recording (data.same_footage_pairs) go to one
+    # side together. Off by default only so that configs written before it (session 48) split as they did; on,
+    # the validation split shares no footage with training.
+    "val": {"val_fraction": 0.2, "frames_per_clip": 8, "max_fpr": 0.05, "batch_size": 32, "split_seed": None,
+            "join_same_footage": False},
     "augment": {},
 }
 
@@ -226,6 +232,8 @@ def load_config(path, overrides: dict | None = None) -> dict:
     size = cfg["model"]["input_size"]
     if size % 32:
         raise ValueError(f"input_size must be a multiple of 32 (the backbone's stride), not {size}")
+    if not isinstance(cfg["val"]["join_same_footage"], bool):
+        raise ValueError(f"val.join_same_footage must be true or false, not {cfg['val']['join_same_footage']!r}")
     if not cfg["train"]["max_steps"] and not cfg["train"]["max_minutes"]:
         raise ValueError("set train.max_steps and/or train.max_minutes")
     # fp16 would need loss scaling (its gradients underflow); a misspelling would silently train in fp32.
@@ -910,11 +918,27 @@ def _split_seed(cfg: dict) -> int:
 
 
 def _split(cfg: dict, index: dict) -> tuple[list[dict], list[dict]]:
-    """The config's (training, validation) clips: the split by its split seed, the training groups subsampled."""
+    """The config's (training, validation) clips: the split by its split seed (groups that show one recording
+    joined with val.join_same_footage), the training groups subsampled."""
     split_seed = _split_seed(cfg)
-    train_meta, val_meta = split_clips(index, cfg["val"]["val_fraction"], split_seed)
+    joined = None
+    if cfg["val"]["join_same_footage"]:
+        joined = footage_groups(index["clips"], same_footage_pairs(cfg["cache_dir"], index["clips"]))
+    train_meta, val_meta = split_clips(index, cfg["val"]["val_fraction"], split_seed, joined)
     group_seed = split_seed if cfg["train"]["group_seed"] is None else cfg["train"]["group_seed"]
     return subsample_groups(train_meta, cfg["train"]["group_fraction"], group_seed), val_meta
+
+
+def shared_footage(cache_dir, train_meta: list[dict], val_meta: list[dict]) -> list[list]:
+    """[training file, validation file, match] for every pair that shows one recording across the split (none
+    with val.join_same_footage): recorded in the card, warned about when there are any."""
+    pairs = same_footage_pairs(cache_dir, train_meta + val_meta)
+    val_files = {c["file"] for c in val_meta}
+    across = []
+    for a, b, match in pairs:
+        if (a in val_files) != (b in val_files):
+            across.append([b, a, match] if a in val_files else [a, b, match])
+    return sorted(across)
 
 
 def build_reconstructions(config_path, overrides: dict | None = None, progress: bool = True) -> dict:
@@ -953,6 +977,11 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
     index = load_index(cache_dir)
     train_meta, val_meta = _split(cfg, index)
+    footage_across = shared_footage(cache_dir, train_meta, val_meta)
+    if footage_across:
+        warnings.warn(f"{len(footage_across)} validation clip(s) show a recording trained on (e.g. "
+                      f"{footage_across[0][1]} ~ {footage_across[0][0]}): validation figures are optimistic; "
+                      f"set val.join_same_footage = true", stacklevel=2)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -1328,6 +1357,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         # The identities/source videos trained on: with train.group_fraction below 1, which people the run saw.
         "train_groups": sorted({c["group"] for c in train_meta}),
         "validation_files": [c["file"] for c in val_meta],
+        # [training file, validation file, match]: the same recording on both sides of the split (empty with
+        # val.join_same_footage; data.same_footage_pairs).
+        "same_footage_across_split": shared_footage(cfg["cache_dir"], train_meta, val_meta),
         "steps": step,
         "samples_seen": step * cfg["train"]["batch_size"],
         "stopped_by": stopped_by,
