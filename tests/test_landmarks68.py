@@ -216,3 +216,53 @@ def test_dlib_fits_68_points_that_agree_with_mtcnn_on_a_real_face(tmp_path):
         assert disagreement(points, clip.landmarks[k]) < 0.15
         mouth = (clip.landmarks[k][3] + clip.landmarks[k][4]) / 2
         assert points[8][1] > mouth[1]  # the chin sits below the mouth
+
+
+def test_rebuilding_the_cache_recuts_only_clips_cut_another_way(tmp_path, monkeypatch):
+    import deepscan.video
+    from deepscan.training.cache import FRAME_SAMPLING, build_cache
+
+    clips = Path(__file__).resolve().parents[1] / "sample_clips"
+    (tmp_path / "sample").symlink_to(clips)
+    manifest = tmp_path / "MANIFEST.tsv"
+    names = ("astronaut_real.mp4", "carphone_real.mp4")
+
+    def write_manifest(labels):
+        manifest.write_text("file\tlabel\n" + "".join(f"sample/{n}\t{lab}\n" for n, lab in zip(names, labels, strict=True)))
+
+    decoded = []
+    real_iter_frames = deepscan.video.iter_frames
+
+    def counting_iter_frames(path, *args, **kwargs):
+        decoded.append(Path(path).name)
+        return real_iter_frames(path, *args, **kwargs)
+
+    monkeypatch.setattr(deepscan.video, "iter_frames", counting_iter_frames)
+    cache = tmp_path / "crops"
+    write_manifest(("real", "real"))
+    index = build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert sorted(decoded) == sorted(names) and index["frame_sampling"] == FRAME_SAMPLING
+    decoded.clear()
+    build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert decoded == []  # nothing changed: every clip kept
+    # A relabelled clip is cut again (a fake keeps only its largest face per frame); the other is kept.
+    write_manifest(("real", "fake"))
+    build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert decoded == ["carphone_real.mp4"]
+    decoded.clear()
+    # An index from before clips recorded how they were cut: its own settings decide. The same settings keep the
+    # crops; a cache sampled the older way (no frame_sampling recorded) is cut again.
+    old = json.loads((cache / "index.json").read_text())
+    for clip in old["clips"]:
+        del clip["cached_with"]
+    (cache / "index.json").write_text(json.dumps(old))
+    build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert decoded == []
+    del old["frame_sampling"]
+    (cache / "index.json").write_text(json.dumps(old))
+    build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert sorted(decoded) == sorted(names)
+    decoded.clear()
+    # Another frame count re-cuts everything.
+    build_cache(manifest, cache, frames_per_clip=3, progress=False)
+    assert sorted(decoded) == sorted(names)

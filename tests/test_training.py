@@ -1419,6 +1419,38 @@ def test_resuming_records_a_changed_precision_and_refuses_a_changed_recipe(cache
     assert card.training["config"]["train"]["precision"] == "bf16"
 
 
+def test_resuming_on_other_training_data_is_refused(tmp_path, monkeypatch):
+    import deepscan.training.train as train_module
+
+    cache = make_cache(tmp_path / "own")
+    over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
+    config = _write_config(tmp_path, cache, **over)
+    real_save = train_module._save_ckpt
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    # The cache rebuilt under the same path, cut another way (here: sampled by newer code; make_cache's index,
+    # like any written before session 48, records none): sample i would be another face, so the checkpoint's
+    # weights would mix two training sets. So would the same clips in another order.
+    index = json.loads((cache / "index.json").read_text())
+    (cache / "index.json").write_text(json.dumps({**index, "frame_sampling": "video-stream-span"}))
+    with pytest.raises(ValueError, match="trained on other data.*--no-resume"):
+        train(config, progress=False)
+    (cache / "index.json").write_text(json.dumps({**index, "clips": index["clips"][::-1]}))
+    with pytest.raises(ValueError, match="trained on other data.*--no-resume"):
+        train(config, progress=False)
+    (cache / "index.json").write_text(json.dumps(index))
+    card = ModelCard.load(train(config, progress=False))
+    assert card.training["steps"] == 6 and card.training["resumed_with_changes"] == []
+    assert card.training["frame_sampling"] == "container-span"  # make_cache writes an index without one
+
+
 def test_config_changes_on_resume_ignore_options_only_one_side_has():
     from deepscan.training.train import config_changes_on_resume
 

@@ -24,6 +24,13 @@ from .landmarks68 import sidecar_fits
 _IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking": "obama"}
 
 
+# How video.iter_frames chooses a clip's frames, recorded with the crops cut from them. Session 48 made the N
+# samples span the video stream itself from its first frame (the container's duration may be another stream's)
+# and never lose the last one: some clips' cached frames moved, so an older cache is cut another way.
+FRAME_SAMPLING = "video-stream-span"
+LEGACY_FRAME_SAMPLING = "container-span"  # caches written before the name was recorded
+
+
 def read_manifest(path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
@@ -70,8 +77,9 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     previous = json.loads(index_path.read_text()) if index_path.is_file() else None
     finder = FaceFinder(settings)
     index = {"context_margin": context_margin, "context_size": context_size, "frames_per_clip": frames_per_clip,
-             "face_detector": asdict(settings),
+             "face_detector": asdict(settings), "frame_sampling": FRAME_SAMPLING,
              "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "clips": []}
+    before = {c["id"]: c for c in (previous or {}).get("clips", [])}
     t0 = time.time()
     with Progress(disable=not progress) as bar:
         task = bar.add_task("caching faces", total=len(rows))
@@ -81,7 +89,13 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
             entry = {"id": clip_id, "file": rel, "label": row["label"], "group": identity_group(rel),
                      "source": rel.split("/")[0], "method": row.get("method", ""), "npz": f"{clip_id}.npz"}
             target = out_dir / entry["npz"]
-            if not target.exists():
+            # A clip's crops are kept only if they were cut as they would be now: another face detector, frame
+            # count, crop size, sampling, or label (fakes keep only their largest face) re-cuts them.
+            entry["cached_with"] = json.loads(json.dumps({  # as index.json gives it back (tuples are lists)
+                "face_detector": index["face_detector"], "frames_per_clip": frames_per_clip,
+                "context_margin": context_margin, "context_size": context_size,
+                "frame_sampling": FRAME_SAMPLING, "label": row["label"]}))
+            if not target.exists() or _cached_with(previous, before.get(clip_id)) != entry["cached_with"]:
                 crops, boxes, marks, fidx, probs = [], [], [], [], []
                 info = probe(clips_dir / rel)
                 for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
@@ -112,6 +126,18 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     tmp.write_text(json.dumps(index, indent=1))
     tmp.replace(index_path)
     return index
+
+
+def _cached_with(previous: dict | None, entry: dict | None) -> dict | None:
+    """How an earlier build cut a clip's crops: its own record, or for an index written before clips had one,
+    that index's settings and the clip's label then (None when nothing says: the clip is cut again)."""
+    if not previous or not entry:
+        return None
+    if "cached_with" in entry:
+        return entry["cached_with"]
+    return {"face_detector": previous.get("face_detector"), "frames_per_clip": previous.get("frames_per_clip"),
+            "context_margin": previous.get("context_margin"), "context_size": previous.get("context_size"),
+            "frame_sampling": previous.get("frame_sampling", LEGACY_FRAME_SAMPLING), "label": entry.get("label")}
 
 
 def _dense_landmarks_still_apply(out_dir: Path, previous: dict | None, clips: list[dict]) -> bool:

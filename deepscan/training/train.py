@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
+from .cache import LEGACY_FRAME_SAMPLING
 from .data import (
     BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
@@ -780,6 +782,19 @@ def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
     return changes
 
 
+def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[dict]) -> str:
+    """A digest of what a run learns and is validated on: the manifest, how the crops were cut (face detector,
+    frames, frame sampling) and the ordered clips with their face counts. A checkpoint keeps it, and a resume
+    on other data is refused: `cache_dir` may move (RESUMABLE_CHANGES), but a cache rebuilt or re-ordered under
+    it would silently change sample i (items follow the order of the clips)."""
+    identity = {key: index.get(key) for key in ("manifest_sha256", "face_detector", "frames_per_clip",
+                                                  "context_margin", "context_size")}
+    identity["frame_sampling"] = index.get("frame_sampling", LEGACY_FRAME_SAMPLING)
+    identity["train"] = [[c["file"], c.get("n_crops")] for c in train_meta]
+    identity["val"] = [[c["file"], c.get("n_crops")] for c in val_meta]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 def _write_log(path: Path, entries: list[dict]) -> None:
     from ..evidence import write_atomic
 
@@ -1012,11 +1027,17 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
 
     step, elapsed, history, resumes = 0, 0.0, [], []
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if resume and ckpt_path.exists() else None
+    data_identity = training_data_identity(index, train_meta, val_meta)
     if state is not None:  # before any state is loaded: another recipe's optimizer would not even fit
         try:
             changes = config_changes_on_resume(json.loads(state["config"]), cfg)
         except ValueError as err:
             raise ValueError(f"{ckpt_path}: {err}") from None
+        if state.get("data_identity", data_identity) != data_identity:  # checkpoints before session 48 have none
+            raise ValueError(f"{ckpt_path}: the checkpoint was trained on other data (the crop cache was rebuilt, "
+                             f"re-ordered or cut another way, or the clips or split differ); resuming would mix "
+                             f"two training sets in one set of weights. Restore that cache, or start afresh with "
+                             f"--no-resume")
         resumes = list(state.get("resumes", []))
         if changes:
             resumes.append({"step": state["step"], "changes": changes})
@@ -1095,7 +1116,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         _save_ckpt(ckpt_path, {
             "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed,
             "history": history, "torch_rng": torch.get_rng_state(), "config": json.dumps(cfg),
-            "resumes": resumes,
+            "resumes": resumes, "data_identity": data_identity,
             **({"l2sp_anchors": anchors} if anchors else {}),
             **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             **({"group_adversary": adversary.state_dict()} if adversary is not None else {}),
@@ -1335,6 +1356,9 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         "method": "Self-Blended Images (Shiohara & Yamasaki, CVPR 2022) + blending-mask head (Face X-ray style)",
         "config": cfg,
         "manifest_sha256": index.get("manifest_sha256"),
+        # How the crop cache chose its frames (cache.FRAME_SAMPLING): a cache built by older code samples some
+        # clips at other instants, so `deepscan train` on a fresh cache is not the same run.
+        "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING),
         "clips": {
             "train_real": count(train_meta, {"real", "unknown"}),
             "train_fake_used": len(fakes),
