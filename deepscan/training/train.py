@@ -499,8 +499,10 @@ def video_threshold(real_scores: np.ndarray, max_fpr: float = 0.05, margin: floa
 
 
 def scores_by_clip(items: list[ValClip], face_logits: np.ndarray, temperature: float):
-    """Per-clip video score, aggregated exactly as the scanner does (``scoring.track_score``), so the
-    threshold chosen here is the one that applies to ``deepscan scan`` scores."""
+    """Per-clip video score by the scanner's rule for one person (``scoring.track_score``) over all the clip's
+    cached faces. Where a clip shows several people the scanner scores each person's track and takes the most
+    suspicious, which can be higher than this pooled score: the threshold fitted here is a first estimate, and
+    `deepscan calibrate` refits it on the scanner's own scores of the held-out clips (as the shipped card's is)."""
     from ..scoring import track_score
 
     probs = _sigmoid(face_logits / temperature)
