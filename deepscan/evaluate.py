@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import is_number, read_result_lines
+
 
 @dataclass
 class LabelledClip:
@@ -191,19 +193,6 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     return report
 
 
-def read_result_lines(results_path) -> list[dict]:
-    """The JSON objects of a ``results.jsonl`` that name a path (a line cut short by a crash is skipped)."""
-    lines = []
-    for line in Path(results_path).read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(d, dict) and isinstance(d.get("path"), str):
-            lines.append(d)
-    return lines
-
-
 def match_results(clips: list[LabelledClip], lines: list[dict]) -> list[dict | None]:
     """Each clip's result line (the last one for it), or None: matched by resolved path, then, for a results
     file written from another working directory or machine, by the file's content sha256 (only the clips still
@@ -226,14 +215,14 @@ def match_results(clips: list[LabelledClip], lines: list[dict]) -> list[dict | N
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value) else None
 
 
 def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
     """Metrics of an earlier scan: ``results.jsonl`` lines matched to the labelled clips (:func:`match_results`).
     Clips without a result are left out, listed under ``missing`` and reported as a :class:`LabelWarning`;
     a ValueError when what remains does not hold both classes."""
-    found = match_results(clips, read_result_lines(results_path))
+    found = match_results(clips, read_result_lines(results_path)[0])
     ids, ys, ss, srcs, unscored, missing = [], [], [], [], [], []
     model, threshold = None, 0.5
     for clip, d in zip(clips, found, strict=True):
@@ -359,7 +348,7 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
             found.append({"score": r.score, "config": r.config})
     else:
         lines = []
-        for d in read_result_lines(results_path):
+        for d in read_result_lines(results_path)[0]:
             model = d.get("model") if isinstance(d.get("model"), dict) else {}
             scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
             if model.get("sha256") == card.sha256 and scored_at == precision:

@@ -13,7 +13,6 @@ import base64
 import csv
 import hashlib
 import io
-import json
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -22,7 +21,7 @@ from urllib.parse import quote
 from . import __version__
 from .evidence import write_atomic
 from .report import VERDICT_MEANING
-from .results import VERDICTS
+from .results import VERDICTS, is_number, read_result_lines
 
 TEMPLATE = "report.html.j2"
 VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "score_ci95_low", "score_ci95_high", "n_frames",
@@ -33,21 +32,10 @@ FRAME_COLUMNS = ["path", "frame", "time_s", "track", "score", "prob", "x1", "y1"
 def read_results(path: Path) -> tuple[list[dict], int]:
     """The last line for each video path, in order of first appearance, and the number of unreadable lines
     (a line cut short by a crash is skipped rather than failing the whole report)."""
+    lines, bad = read_result_lines(path)
     latest: dict[str, dict] = {}
-    bad = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if not isinstance(d, dict) or not isinstance(d.get("path"), str):
-                bad += 1
-                continue
-            latest[d["path"]] = d
+    for d in lines:
+        latest[d["path"]] = d
     return list(latest.values()), bad
 
 
@@ -108,7 +96,7 @@ def _spreadsheet_safe(text) -> str:
 def _csv_cell(value):
     # Numbers stay numbers (a negative score is no formula); any other value from results.jsonl is text a
     # spreadsheet could run, whichever column it sits in.
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+    if value is None or is_number(value):
         return value
     return _spreadsheet_safe(value)
 
@@ -121,17 +109,13 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _number(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _model_view(model) -> dict:
     """A result's model block with a threshold and band that are numbers or None (shown as unknown): the
     template computes with them, and results.jsonl is hostile input."""
     model = dict(model) if isinstance(model, dict) else {}
     for key in ("threshold", "uncertain_band"):
         if key in model:
-            model[key] = _number(model[key])
+            model[key] = model[key] if is_number(model[key]) else None
     return model
 
 

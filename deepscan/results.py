@@ -28,6 +28,36 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def is_number(value) -> bool:
+    """An int or float, not a bool (which Python counts as an int): what a number read from JSON or TOML must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def result_line(line: str | bytes) -> dict | None:
+    """One ``results.jsonl`` line as its object, or None for a line that is not a result: cut short by a crash,
+    not JSON, or JSON without a string ``path`` (hand-edited, another tool's). Every reader skips the same lines."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and isinstance(d.get("path"), str) else None
+
+
+def read_result_lines(path) -> tuple[list[dict], int]:
+    """Every result object of a ``results.jsonl`` in file order, and the number of other non-blank lines."""
+    lines, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for text in fh:
+            if not text.strip():
+                continue
+            d = result_line(text)
+            if d is None:
+                bad += 1
+            else:
+                lines.append(d)
+    return lines, bad
+
+
 def json_safe(value):
     """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers (Python would write
     ``NaN``, which other readers reject), and a probe or container tag may hold one. Scores never do: the

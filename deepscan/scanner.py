@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import numbers
 import os
 import platform
 import queue
@@ -29,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .crops import crop_face
-from .results import FaceResult, FrameResult, VideoResult, dumps_line, printable
+from .results import FaceResult, FrameResult, VideoResult, dumps_line, is_number, printable, result_line
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
     MAX_DURATION_S,
@@ -114,7 +113,7 @@ class ScanOptions:
 def _is_probability(value) -> bool:
     if value is None:
         return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0  # not NaN
+    return is_number(value) and 0.0 <= value <= 1.0  # not NaN
 
 
 # Model card fields that change face boxes, crops or scores without changing the weights' hash: results made
@@ -814,12 +813,8 @@ class ResultsWriter:
                 fh.truncate(keep)
             raw = raw[:keep]
         for line in raw.splitlines():
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            # A line that is JSON but not a result (hand-edited, another tool's) is skipped, as the report does.
-            if isinstance(d, dict) and isinstance(d.get("path"), str):
+            d = result_line(line)  # a line that is not a result (hand-edited, another tool's) is skipped
+            if d is not None:
                 self._remember(d)
 
     def _remember(self, d: dict) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
+from ..results import is_number
 from .cache import LEGACY_FRAME_SAMPLING
 from .data import (
     BOX_PROBE_MOVES,
@@ -244,7 +245,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if cfg["train"]["sam_rho"] < 0:
         raise ValueError(f"train.sam_rho must be 0 (off) or positive, not {cfg['train']['sam_rho']}")
     l2sp = cfg["train"]["l2sp"]
-    if not _is_number(l2sp) or l2sp < 0:
+    if not is_number(l2sp) or l2sp < 0:
         raise ValueError(f"train.l2sp must be 0 (off) or positive, not {l2sp!r}")
     average_from = cfg["train"]["average_from"]
     if not 0 <= average_from < 1:
@@ -274,7 +275,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.group_seed is a whole number (or absent: the split seed), not {group_seed!r}")
     for key in ("fake_method_balance", "real_source_balance"):
         balance = cfg["train"][key]
-        if not _is_number(balance) or not 0.0 <= balance <= 1.0:
+        if not is_number(balance) or not 0.0 <= balance <= 1.0:
             raise ValueError(f"train.{key} is a number in [0, 1], not {balance!r}")
     if not isinstance(cfg["train"]["sbi_dense_landmarks"], bool):
         raise ValueError(f"train.sbi_dense_landmarks is true or false, not {cfg['train']['sbi_dense_landmarks']!r}")
@@ -283,7 +284,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError(f"train.recon_steps is a positive integer, not {cfg['train']['recon_steps']!r}")
     for key in ("sbi_p_smooth", "sbi_p_flow", "sbi_p_box", "sbi_p_recon"):
         share = cfg["train"][key]
-        if not _is_number(share) or not 0.0 <= share <= 1.0:
+        if not is_number(share) or not 0.0 <= share <= 1.0:
             raise ValueError(f"train.{key} is a share in [0, 1], not {share!r}")
     if cfg["train"]["mask_target"] not in ("region", "boundary", "both"):
         raise ValueError(f"train.mask_target is \"region\", \"boundary\" or \"both\", not "
@@ -305,7 +306,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if cfg["model"]["classify_mask_features"] and cfg["model"]["backbone"] in CLIP_ARCHITECTURES.values():
         raise ValueError("model.classify_mask_features is an EfficientNet-Lite option")
     lam, channels = cfg["train"]["consistency_lambda"], cfg["model"]["consistency_channels"]
-    if not _is_number(lam) or lam < 0:
+    if not is_number(lam) or lam < 0:
         raise ValueError(f"train.consistency_lambda must be 0 (off) or positive, not {lam!r}")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 0:
         raise ValueError(f"model.consistency_channels is a whole number, not {channels!r}")
@@ -316,7 +317,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
     if lam and cfg["train"]["mask_target"] == "boundary":  # its targets are read from the blend region's map
         raise ValueError("train.consistency_lambda needs the blend region among the mask targets, not \"boundary\" alone")
     views = cfg["train"]["view_consistency"]
-    if not _is_number(views) or views < 0:
+    if not is_number(views) or views < 0:
         raise ValueError(f"train.view_consistency must be 0 (off) or positive, not {views!r}")
     if cfg["train"]["view_consistency_on"] not in VIEW_CONSISTENCY_ON:
         raise ValueError(f"train.view_consistency_on is one of {VIEW_CONSISTENCY_ON}, not "
@@ -327,7 +328,7 @@ def load_config(path, overrides: dict | None = None) -> dict:
         raise ValueError("train.view_consistency needs an even train.batch_size, an EfficientNet-Lite backbone, "
                          "and neither train.paired nor train.consistency_lambda")
     adversary = cfg["train"]["group_adversary"]
-    if not _is_number(adversary) or adversary < 0:
+    if not is_number(adversary) or adversary < 0:
         raise ValueError(f"train.group_adversary must be 0 (off) or positive, not {adversary!r}")
     # It reads the pooled features of plain batches; the other options change the batches or the outputs.
     if adversary and (cfg["train"]["paired"] or views or lam or cfg["train"]["sam_rho"] > 0
@@ -336,18 +337,13 @@ def load_config(path, overrides: dict | None = None) -> dict:
                          "length) and none of train.paired, train.view_consistency, train.consistency_lambda, "
                          "train.sam_rho")
     eps = cfg["train"]["label_smoothing"]
-    if not _is_number(eps) or not 0.0 <= eps < 1.0:
+    if not is_number(eps) or not 0.0 <= eps < 1.0:
         raise ValueError(f"train.label_smoothing is a number in [0, 1), not {eps!r}")
     p_cross = cfg["train"]["p_cross"]
     if not 0.0 <= p_cross <= 1.0 or (p_cross and cfg["train"]["paired"]):
         raise ValueError(f"train.p_cross is a share in [0, 1] of unpaired self-blends, not {p_cross!r}"
                          + (" with train.paired" if cfg["train"]["paired"] else ""))
     return cfg
-
-
-def _is_number(value) -> bool:
-    """An int or float from TOML, not a boolean (which Python counts as an int)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def average_start_step(cfg_train: dict) -> int | None:
