@@ -423,7 +423,7 @@ def test_same_footage_across_groups_is_found_and_split_together(tmp_path):
     crossed = []
     for seed in range(8):
         train_clips, val_clips = split_clips(index, 0.5, seed)
-        across = shared_footage(cache, train_clips, val_clips)
+        across = shared_footage(pairs, train_clips, val_clips)
         if across:
             crossed.append(across)
     assert crossed and all(len(a) == 1 and {a[0][0], a[0][1]} == {"studio/a.mp4", "studio/g.mp4"} for a in crossed)

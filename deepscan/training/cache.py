@@ -91,10 +91,7 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
             target = out_dir / entry["npz"]
             # A clip's crops are kept only if they were cut as they would be now: another face detector, frame
             # count, crop size, sampling, or label (fakes keep only their largest face) re-cuts them.
-            entry["cached_with"] = json.loads(json.dumps({  # as index.json gives it back (tuples are lists)
-                "face_detector": index["face_detector"], "frames_per_clip": frames_per_clip,
-                "context_margin": context_margin, "context_size": context_size,
-                "frame_sampling": FRAME_SAMPLING, "label": row["label"]}))
+            entry["cached_with"] = _cut_with(index, row["label"])
             if not target.exists() or _cached_with(previous, before.get(clip_id)) != entry["cached_with"]:
                 crops, boxes, marks, fidx, probs = [], [], [], [], []
                 info = probe(clips_dir / rel)
@@ -128,16 +125,20 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     return index
 
 
+def _cut_with(index: dict, label) -> dict:
+    """How a clip's crops are cut under ``index``'s settings, as index.json gives it back (tuples are lists)."""
+    return json.loads(json.dumps({
+        "face_detector": index.get("face_detector"), "frames_per_clip": index.get("frames_per_clip"),
+        "context_margin": index.get("context_margin"), "context_size": index.get("context_size"),
+        "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING), "label": label}))
+
+
 def _cached_with(previous: dict | None, entry: dict | None) -> dict | None:
     """How an earlier build cut a clip's crops: its own record, or for an index written before clips had one,
     that index's settings and the clip's label then (None when nothing says: the clip is cut again)."""
     if not previous or not entry:
         return None
-    if "cached_with" in entry:
-        return entry["cached_with"]
-    return {"face_detector": previous.get("face_detector"), "frames_per_clip": previous.get("frames_per_clip"),
-            "context_margin": previous.get("context_margin"), "context_size": previous.get("context_size"),
-            "frame_sampling": previous.get("frame_sampling", LEGACY_FRAME_SAMPLING), "label": entry.get("label")}
+    return entry["cached_with"] if "cached_with" in entry else _cut_with(previous, entry.get("label"))
 
 
 def _dense_landmarks_still_apply(out_dir: Path, previous: dict | None, clips: list[dict]) -> bool:

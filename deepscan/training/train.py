@@ -930,26 +930,29 @@ def _split_seed(cfg: dict) -> int:
     return cfg["seed"] if cfg["val"]["split_seed"] is None else cfg["val"]["split_seed"]
 
 
-def _split(cfg: dict, index: dict) -> tuple[list[dict], list[dict]]:
+def _split(cfg: dict, index: dict, pairs: list | None = None) -> tuple[list[dict], list[dict]]:
     """The config's (training, validation) clips: the split by its split seed (groups that show one recording
-    joined with val.join_same_footage), the training groups subsampled."""
+    joined with val.join_same_footage; ``pairs``: the index's same-footage pairs when already found), the
+    training groups subsampled."""
     split_seed = _split_seed(cfg)
     joined = None
     if cfg["val"]["join_same_footage"]:
-        joined = footage_groups(index["clips"], same_footage_pairs(cfg["cache_dir"], index["clips"]))
+        if pairs is None:
+            pairs = same_footage_pairs(cfg["cache_dir"], index["clips"])
+        joined = footage_groups(index["clips"], pairs)
     train_meta, val_meta = split_clips(index, cfg["val"]["val_fraction"], split_seed, joined)
     group_seed = split_seed if cfg["train"]["group_seed"] is None else cfg["train"]["group_seed"]
     return subsample_groups(train_meta, cfg["train"]["group_fraction"], group_seed), val_meta
 
 
-def shared_footage(cache_dir, train_meta: list[dict], val_meta: list[dict]) -> list[list]:
-    """[training file, validation file, match] for every pair that shows one recording across the split (none
-    with val.join_same_footage): recorded in the card, warned about when there are any."""
-    pairs = same_footage_pairs(cache_dir, train_meta + val_meta)
-    val_files = {c["file"] for c in val_meta}
+def shared_footage(pairs: list, train_meta: list[dict], val_meta: list[dict]) -> list[list]:
+    """[training file, validation file, match] for every pair of ``pairs`` (``data.same_footage_pairs``) that
+    shows one recording across the split (none with val.join_same_footage): recorded in the card, warned about
+    when there are any."""
+    train_files, val_files = {c["file"] for c in train_meta}, {c["file"] for c in val_meta}
     across = []
     for a, b, match in pairs:
-        if (a in val_files) != (b in val_files):
+        if {a, b} <= train_files | val_files and (a in val_files) != (b in val_files):
             across.append([b, a, match] if a in val_files else [a, b, match])
     return sorted(across)
 
@@ -989,8 +992,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
-    train_meta, val_meta = _split(cfg, index)
-    footage_across = shared_footage(cache_dir, train_meta, val_meta)
+    footage_pairs = same_footage_pairs(cache_dir, index["clips"])  # once: the split and the card both read them
+    train_meta, val_meta = _split(cfg, index, footage_pairs)
+    footage_across = shared_footage(footage_pairs, train_meta, val_meta)
     if footage_across:
         warnings.warn(f"{len(footage_across)} validation clip(s) show a recording trained on (e.g. "
                       f"{footage_across[0][1]} ~ {footage_across[0][0]}): validation figures are optimistic; "
@@ -1240,7 +1244,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
                        batches_of(step, step + ct["average_bn_batches"])), net)
             weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
-                  val_clips, weight_average, resumes, recon_summary)
+                  val_clips, weight_average, resumes, recon_summary, footage_across)
 
 
 def sam_second_pass(net, loss_fn, rho: float) -> None:
@@ -1293,7 +1297,7 @@ def _licence(cfg_model: dict) -> str:
 
 def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
            val_clips, weight_average: dict | None = None, resumes: list | None = None,
-           recon: dict | None = None) -> Path:
+           recon: dict | None = None, footage_across: list | None = None) -> Path:
     """Validate, calibrate, and write weights + card (``net``: the weights to ship, averaged or not)."""
     import torch
     from safetensors.torch import save_file
@@ -1381,7 +1385,7 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         "validation_files": [c["file"] for c in val_meta],
         # [training file, validation file, match]: the same recording on both sides of the split (empty with
         # val.join_same_footage; data.same_footage_pairs).
-        "same_footage_across_split": shared_footage(cfg["cache_dir"], train_meta, val_meta),
+        "same_footage_across_split": footage_across or [],
         "steps": step,
         "samples_seen": step * cfg["train"]["batch_size"],
         "stopped_by": stopped_by,
