@@ -445,14 +445,6 @@ def _blocked_distances(a: np.ndarray, b: np.ndarray):
             yield lo, blo, _popcount(qa ^ b64[None, blo:blo + BLOCK_B, :]).sum(-1, dtype=np.int32)
 
 
-def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances (len(a), len(b)) between packed 256-bit hashes (computed in bounded blocks)."""
-    out = np.zeros((len(a), len(b)), np.int32)
-    for lo, blo, d in _blocked_distances(a, b):
-        out[lo:lo + d.shape[0], blo:blo + d.shape[1]] = d
-    return out
-
-
 def _near_any(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of ``a`` have a row of ``b`` within ``distance``, and which rows of ``b`` one of ``a``: without
     the (len(a), len(b)) matrix."""
@@ -821,11 +813,16 @@ def _near_codes(queries: np.ndarray, codes: np.ndarray, block: int = 64, code_bl
     return hit
 
 
+def _dst_frames(src: VideoHash, dst: VideoHash, src_idx: np.ndarray, shift) -> np.ndarray:
+    """``dst``'s frame numbers (nearest frame) at ``src`` track frames' times plus ``shift``: below 0 or past
+    ``dst``'s track where no frame of it is there."""
+    return np.rint((src_idx / (src.fps or 30.0) + shift) * (dst.fps or 30.0)).astype(np.int64)
+
+
 def _track_pairs(src: VideoHash, dst: VideoHash, src_idx: np.ndarray, shift) -> tuple[np.ndarray, np.ndarray]:
     """Indices into ``dst``'s track of the frames at ``src`` track frames' times plus ``shift`` (nearest frame),
     and which of them exist."""
-    f_src, f_dst = src.fps or 30.0, dst.fps or 30.0
-    idx = np.rint((src_idx / f_src + shift) * f_dst).astype(np.int64)
+    idx = _dst_frames(src, dst, src_idx, shift)
     ok = (idx >= 0) & (idx < len(dst.track))
     return np.clip(idx, 0, len(dst.track) - 1), ok
 
@@ -907,13 +904,11 @@ def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, threshol
     ``a``, or past a track: one keeps at most deepscan.video.MAX_TRACK_FRAMES). Where ``a`` is the lower-rate
     video, its hash frames inside ``b``'s span stand for ``b``'s."""
     src, dst, sign, src_track, dst_track = _oriented(a, b, alignment.mirrored)
-    f_src, f_dst = src.fps or 30.0, dst.fps or 30.0
-    src_idx = np.unique(np.rint(_content_times(src) * f_src).astype(np.int64))
+    src_idx = np.unique(np.rint(_content_times(src) * (src.fps or 30.0)).astype(np.int64))
     if not len(src_idx):
         return None
-    # dst's frame at each src hash frame's instant (not clipped: outside dst's frames is < 0 or past its end)
-    idx = np.rint((src_idx / f_src + sign * alignment.offset) * f_dst).astype(np.int64)
-    inside = (idx >= 0) & (idx < max(len(dst_track), round(_span(dst) * f_dst)))
+    idx = _dst_frames(src, dst, src_idx, sign * alignment.offset)  # not clipped: outside dst is < 0 or past it
+    inside = (idx >= 0) & (idx < max(len(dst_track), round(_span(dst) * (dst.fps or 30.0))))
     ok = inside & (src_idx < len(src_track)) & (idx < len(dst_track))
     if not ok.any():
         return None
