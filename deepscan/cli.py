@@ -446,7 +446,7 @@ def _paired_table(measured: dict):
     from rich.table import Table
 
     from .evaluate import paired_difference
-    from .report import _paired_cell
+    from .report import paired_cell
 
     cards = list(measured)
     first = measured[cards[0]]["video_scores"]
@@ -461,7 +461,7 @@ def _paired_table(measured: dict):
                 cells.append("other clips")  # another split: no pairing
                 continue
             paired[probe] = pair
-            cells.append(_paired_cell(pair))
+            cells.append(paired_cell(pair))
         measured[card]["paired_with_first"] = paired
         table.add_row(card, *cells)
     return table

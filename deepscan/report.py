@@ -130,7 +130,7 @@ def _cell(value, fmt: str = ".3f", none: str = "—") -> Text:
     return Text(none if value is None else format(value, fmt))
 
 
-def _paired_cell(pair: dict) -> str:
+def paired_cell(pair: dict) -> str:
     """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``."""
     return f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
 
@@ -147,7 +147,7 @@ def eval_tables(report: dict, sampled: str) -> list[Table]:
         t, pair = d["at_threshold"], d.get("paired_with_first")
         table.add_row(Text(str(d["detector"])), _cell(d["auc"]),
                       Text(f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]"),
-                      Text("—" if pair is None else _paired_cell(pair)), _cell(t["threshold"]), _cell(t["accuracy"]),
+                      Text("—" if pair is None else paired_cell(pair)), _cell(t["threshold"]), _cell(t["accuracy"]),
                       _cell(t["tpr"]), _cell(t["fpr"]), Text(str(len(d["unscored"]))))
     tables = [table]
     for d in report["detectors"]:

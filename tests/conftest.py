@@ -60,6 +60,24 @@ def write_frames_video(path: Path, frames: list[np.ndarray], rate: int = 25) -> 
     return path
 
 
+def index_video(path: Path, n: int = 50, rate: int = 25, size: tuple[int, int] = (64, 48)) -> Path:
+    """Each frame is a flat grey level that encodes its own index, so decoded content proves which frame it is
+    (:func:`decoded_index`)."""
+    frames = [np.full((size[1], size[0], 3), 4 * i + 20, np.uint8) for i in range(n)]
+    return write_frames_video(path, frames, rate=rate)
+
+
+def decoded_index(frame) -> int:
+    return int(round((float(frame.image.mean()) - 20) / 4))
+
+
+def all_frames(path, **kw) -> list:
+    """Every sampled frame of ``deepscan.video.iter_frames(path, **kw)``, unbatched."""
+    from deepscan.video import iter_frames
+
+    return [f for batch in iter_frames(path, **kw) for f in batch]
+
+
 @pytest.fixture
 def test_video(tmp_path) -> Path:
     return make_test_video(tmp_path / "testsrc.mp4")

@@ -957,12 +957,30 @@ def test_tiny_training_run_exports_a_loadable_detector(cache, tiny_run):
     assert ModelCard.load(again).sha256 == card.sha256
 
 
+def _crash_after_first_checkpoint(config, monkeypatch) -> list[int]:
+    """Run ``train(config)`` until it has written its first checkpoint, then die there (KeyboardInterrupt, as a
+    killed process would leave it); the steps of the checkpoints written."""
+    import deepscan.training.train as train_module
+
+    real_save, saves = train_module._save_ckpt, []
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        saves.append(state["step"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    return saves
+
+
 @pytest.mark.parametrize("recipe", [{"average_from": 0.0}, {"average_from": 0.5}, {"l2sp": 50.0},
                                     {"head_only_steps": 4}, {"group_adversary": 0.5}])
 def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monkeypatch, recipe):
     from safetensors.torch import load_file
 
-    import deepscan.training.train as train_module
 
     # On the CPU: CUDA training is not reproducible bit for bit (the bilinear upsampling's backward adds with
     # atomics; measured on an H100, weights 1e-3 apart after 6 steps), so only the CPU can show that resuming
@@ -974,19 +992,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(cache, tmp_path, monk
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu", **recipe}
     a = train(_write_config(tmp_path / "a", cache, **over), progress=False)
 
-    real_save, saves = train_module._save_ckpt, []
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        saves.append(state["step"])
-        raise KeyboardInterrupt  # the process dies right after its first checkpoint
-
     cfg_b = _write_config(tmp_path / "b", cache, **over)
-    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_b, progress=False)
-    assert saves == [3]
-    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    assert _crash_after_first_checkpoint(cfg_b, monkeypatch) == [3]  # the process dies right after it
     b = train(cfg_b, progress=False)
     wa, wb = load_file(str(ModelCard.load(a).weights_path)), load_file(str(ModelCard.load(b).weights_path))
     for k in wa:
@@ -1388,20 +1395,9 @@ def test_bf16_training_on_a_cpu_without_bf16_instructions_is_warned_about_and_ca
 
 
 def test_resuming_records_a_changed_precision_and_refuses_a_changed_recipe(cache, tmp_path, monkeypatch):
-    import deepscan.training.train as train_module
-
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
     config = _write_config(tmp_path, cache, **over)
-    real_save = train_module._save_ckpt
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    _crash_after_first_checkpoint(config, monkeypatch)
 
     # Another recipe (learning rate, frozen stages) would mix two trainings in one set of weights.
     with pytest.raises(ValueError, match=r"train\.lr: 0\.003 -> 0\.01.*--no-resume"):
@@ -1420,21 +1416,10 @@ def test_resuming_records_a_changed_precision_and_refuses_a_changed_recipe(cache
 
 
 def test_resuming_on_other_training_data_is_refused(tmp_path, monkeypatch):
-    import deepscan.training.train as train_module
-
     cache = make_cache(tmp_path / "own")
     over = {"max_steps": 6, "ckpt_every": 3, "batch_size": 4, "warmup_steps": 2, "device": "cpu"}
     config = _write_config(tmp_path, cache, **over)
-    real_save = train_module._save_ckpt
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "_save_ckpt", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.setattr(train_module, "_save_ckpt", real_save)
+    _crash_after_first_checkpoint(config, monkeypatch)
     # The cache rebuilt under the same path, cut another way (here: sampled by newer code; make_cache's index,
     # like any written before session 48, records none): sample i would be another face, so the checkpoint's
     # weights would mix two training sets. So would the same clips in another order.

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ffmpeg, make_test_video, write_frames_video
+from conftest import all_frames, decoded_index, ffmpeg, index_video, make_test_video, write_frames_video
 
 from deepscan.video import VideoError, discover, iter_frames, parse_ffmpeg_banner, probe
 
@@ -18,20 +18,6 @@ BANNER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'file:/x/phone.mp4':
         Display Matrix: rotation of -90.00 degrees
   Stream #0:1[0x2](und): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, stereo, fltp, 128 kb/s (default)
 """
-
-
-def all_frames(path, **kw):
-    return [f for batch in iter_frames(path, **kw) for f in batch]
-
-
-def index_video(path, n=50, rate=25, size=(64, 48)):
-    """Each frame is a flat grey level that encodes its own index, so decoded content proves which frame it is."""
-    frames = [np.full((size[1], size[0], 3), 4 * i + 20, np.uint8) for i in range(n)]
-    return write_frames_video(path, frames, rate=rate)
-
-
-def decoded_index(frame) -> int:
-    return int(round((float(frame.image.mean()) - 20) / 4))
 
 
 def test_parse_banner_reads_rotation_and_swaps_size():

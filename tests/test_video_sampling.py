@@ -7,37 +7,16 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_CLIPS, ffmpeg, write_frames_video
+from conftest import SAMPLE_CLIPS, all_frames, decoded_index, ffmpeg, index_video, make_test_video
 
 import deepscan.video as video
 from deepscan.video import (
     FinalVideoError,
     VideoError,
-    iter_frames,
     measure_video_stream,
     probe,
     sample_schedule,
 )
-
-
-def all_frames(path, **kw):
-    return [f for batch in iter_frames(path, **kw) for f in batch]
-
-
-def index_video(path, n=50, rate=25, size=(64, 48)):
-    """Each frame is a flat grey level that encodes its own index."""
-    frames = [np.full((size[1], size[0], 3), 4 * i + 20, np.uint8) for i in range(n)]
-    return write_frames_video(path, frames, rate=rate)
-
-
-def decoded_index(frame) -> int:
-    return int(round((float(frame.image.mean()) - 20) / 4))
-
-
-def lavfi_video(path, seconds, size="64x48", rate=25, *extra):
-    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}", "-t", str(seconds), "-c:v", "libx264",
-           "-pix_fmt", "yuv420p", *extra, str(path))
-    return path
 
 
 # ------------------------------------------------------------------ 1. unknown duration (elementary streams)
@@ -80,7 +59,7 @@ def test_samples_count_from_a_video_that_starts_after_its_audio(tmp_path):
 
 
 def test_failed_measurement_keeps_the_container_values_and_says_so(tmp_path):
-    path = lavfi_video(tmp_path / "a.mp4", 1)
+    path = make_test_video(tmp_path / "a.mp4", 1, "64x48")
     info = probe(path)
     before = (info.duration_s, info.n_frames)
     measure_video_stream(path, info, timeout_s=0.0)  # killed before it can list a packet
@@ -156,7 +135,8 @@ def launches(monkeypatch):
 
 
 def test_a_file_nothing_decodes_does_not_turn_hardware_decoding_off(tmp_path, launches):
-    good = lavfi_video(tmp_path / "good.mp4", 1, "64x48", 25, "-movflags", "+faststart")
+    good = make_test_video(tmp_path / "good.mp4", 1, "64x48",
+                           codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart"))
     data = bytearray(good.read_bytes())
     at = data.find(b"mdat") + 4
     data[at:] = bytes(len(data) - at)  # the header (moov first) intact, every frame zeros
@@ -173,7 +153,7 @@ def test_a_file_nothing_decodes_does_not_turn_hardware_decoding_off(tmp_path, la
 
 @pytest.mark.parametrize("kw", [dict(keyframes=False), dict(keyframes=True), dict(hwaccel="no-such", keyframes=True)])
 def test_a_timeout_is_not_retried(tmp_path, launches, kw):
-    path = lavfi_video(tmp_path / "a.mp4", 2)
+    path = make_test_video(tmp_path / "a.mp4", 2, "64x48")
     info = probe(path)
     with pytest.raises(FinalVideoError, match="decoding took longer than the 1e-06 s limit"):
         all_frames(path, info=info, n_frames=2, timeout_s=1e-6, **kw)
