@@ -996,7 +996,9 @@ def _representative_key(path: str, h: VideoHash | None):
     return (-(h.width * h.height), -h.duration_s, path)
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets of 0..n-1; each set's root is its smallest member."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
 
@@ -1071,7 +1073,7 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
     paths = list(order) if order is not None else list(hashes)
     hashed = [p for p in paths if hashes.get(p) is not None]
     index = {p: i for i, p in enumerate(hashed)}
-    uf = _UnionFind(len(hashed))
+    uf = UnionFind(len(hashed))
     altered, same_pixels, unverifiable = [], [], []
     for i, j in sorted(candidate_pairs([hashes[p] for p in hashed], thresholds)):
         a, b = hashes[hashed[i]], hashes[hashed[j]]

@@ -101,20 +101,15 @@ def same_footage_pairs(cache_dir, clips: list[dict], min_match: float = SAME_FOO
 def footage_groups(clips: list[dict], pairs: list[tuple[str, str, float]]) -> dict[str, str]:
     """group -> the group it is split with: groups joined by a same-footage pair (transitively) go together,
     under the first of their names (sorted), so groups that share nothing keep their name and their side."""
+    from ..campaign import UnionFind
+
     group_of = {c["file"]: c["group"] for c in clips}
-    parent = {g: g for g in group_of.values()}
-
-    def root(g):
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
+    names = sorted(set(group_of.values()))
+    number = {g: i for i, g in enumerate(names)}
+    sets = UnionFind(len(names))  # a set's root is its smallest number: its first name
     for a, b, _ in pairs:
-        ra, rb = root(group_of[a]), root(group_of[b])
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {g: root(g) for g in parent if root(g) != g}
+        sets.union(number[group_of[a]], number[group_of[b]])
+    return {g: names[sets.find(i)] for i, g in enumerate(names) if sets.find(i) != i}
 
 
 def split_clips(index: dict, val_fraction: float, seed: int = 0,
