@@ -3,6 +3,11 @@
 Labels come from a TSV/CSV with ``path,label`` columns or the shared ``MANIFEST.tsv`` format (``file``,
 ``label``, ``method``). Only ``real`` and ``fake`` count; anything else (``unknown``) is skipped. Each detector
 scans every clip through the same :class:`Scanner` as ``deepscan scan``; metrics come from scikit-learn.
+
+Clips that are not independent (a recording and its face swap, one source rendered three ways) share a group:
+the bootstrap resamples whole groups, else its interval is too narrow. A ``group`` column names them; without
+one, a MANIFEST's clips are grouped by who and what is on screen (the training split's identity groups) and a
+``path,label`` file's clips each stand alone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class LabelledClip:
     label: int  # 1 = fake, 0 = real
     source: str
     method: str = ""
+    group: str = ""  # clips resampled together by the bootstrap; "" = the clip alone
 
 
 class LabelWarning(UserWarning):
@@ -55,10 +61,37 @@ def read_labels(path, subset: set[str] | None = None) -> list[LabelledClip]:
         source = (row.get("source") or "").strip()
         if not source:
             source = p.parts[0] if not p.is_absolute() and len(p.parts) > 1 else "-"
-        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method") or ""))
+        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method") or "",
+                                  _group_of(row, rel)))
     if unknown:
         warnings.warn(f"{path}: {unknown} row(s) skipped: label not real or fake", LabelWarning, stacklevel=2)
     return clips
+
+
+def _group_of(row: dict, rel: str) -> str:
+    group = (row.get("group") or "").strip()
+    if group:
+        return group
+    if row.get("file"):  # the MANIFEST format: the shared clips' naming tells who (and which demo) is shown
+        from .training.cache import identity_group
+
+        return identity_group(rel)
+    return ""
+
+
+def clip_groups(clips: list[LabelledClip]) -> list[str]:
+    """Each clip's bootstrap group; a clip without one is a group of its own (its path)."""
+    return [c.group or f"clip:{c.path}" for c in clips]
+
+
+def auc_with_intervals(ys, ss, groups) -> dict:
+    """AUC, its 95% interval with whole ``groups`` resampled (the one to quote), and with clips resampled (as
+    figures before session 49 were), plus how many units were resampled."""
+    auc, lo, hi = bootstrap_auc(ys, ss, groups=groups)
+    n_groups = len(set(groups))
+    clip_lo, clip_hi = (lo, hi) if n_groups == len(ys) else bootstrap_auc(ys, ss)[1:]
+    return {"auc": auc, "auc_ci95": [lo, hi], "auc_ci95_clips": [clip_lo, clip_hi],
+            "resampled": {"unit": "clip" if n_groups == len(ys) else "group", "n": n_groups}}
 
 
 def bootstrap_auc(y, s, n_boot: int = 2000, seed: int = 0, groups=None) -> tuple[float, float, float]:
@@ -96,7 +129,7 @@ def _resamples(y: np.ndarray, n_boot: int, seed: int, groups=None):
     """Bootstrap index sets over clips (or whole ``groups`` of clips); sets holding one class only are skipped."""
     rng = np.random.default_rng(seed)
     members = None
-    if groups is not None:
+    if groups is not None and len(set(groups)) < len(y):  # all apart: the clip resamples, draw for draw
         codes = np.unique(np.asarray(groups), return_inverse=True)[1]
         members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
     for _ in range(n_boot):
@@ -152,7 +185,7 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
 
     report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames,
               "scan_options": scan_options, "detectors": []}
-    curves = {}
+    curves, groups = {}, clip_groups(clips)
     # Card names (the cards alone are read) to tell in advance which detectors share one: those get a key of
     # their own, else they would write into one results.jsonl and one ROC curve.
     names = Counter(resolve_card(spec.get("detector")).name for spec in detectors)
@@ -178,11 +211,10 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
             ys.append(clip.label)
             ss.append(0.0 if r.score is None else r.score)
             srcs.append(clip.source)
-        auc, lo, hi = bootstrap_auc(ys, ss)
-        entry = {"detector": name, "card": card_name, "weights_sha256": scanner.detector.weights_sha256, "auc": auc,
-                 "auc_ci95": [lo, hi], "at_threshold": rates_at(ys, ss, scanner.threshold), "unscored": failed,
-                 "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
-                 "video_scores": video_scores([c.path for c in clips], ys, ss), "resumed": resumed}
+        entry = {"detector": name, "card": card_name, "weights_sha256": scanner.detector.weights_sha256,
+                 **auc_with_intervals(ys, ss, groups), "at_threshold": rates_at(ys, ss, scanner.threshold),
+                 "unscored": failed, "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
+                 "video_scores": video_scores([c.path for c in clips], ys, ss, groups), "resumed": resumed}
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
     pair_with_first(report["detectors"])
@@ -223,9 +255,9 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
     Clips without a result are left out, listed under ``missing`` and reported as a :class:`LabelWarning`;
     a ValueError when what remains does not hold both classes."""
     found = match_results(clips, read_result_lines(results_path)[0])
-    ids, ys, ss, srcs, unscored, missing = [], [], [], [], [], []
+    ids, ys, ss, srcs, groups, unscored, missing = [], [], [], [], [], [], []
     model, threshold = None, 0.5
-    for clip, d in zip(clips, found, strict=True):
+    for clip, group, d in zip(clips, clip_groups(clips), found, strict=True):
         if d is None:
             missing.append(str(clip.path))
             continue
@@ -240,6 +272,7 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         ys.append(clip.label)
         ss.append(0.0 if score is None else score)
         srcs.append(clip.source)
+        groups.append(group)
     if missing:
         warnings.warn(f"{results_path}: {len(missing)} of {len(clips)} labelled clips have no result there and "
                       f"are left out (e.g. {', '.join(missing[:3])})", LabelWarning, stacklevel=2)
@@ -247,10 +280,10 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         raise ValueError(f"{results_path}: {len(ys)} of {len(clips)} labelled clips have a result there, "
                          f"{'not both real and fake' if ys else 'none'}: nothing to evaluate (is it a scan of "
                          "these clips?)")
-    auc, lo, hi = bootstrap_auc(ys, ss)
-    return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), "auc": auc, "auc_ci95": [lo, hi],
+    return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), **auc_with_intervals(ys, ss, groups),
             "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
-            "per_source": per_source_table(ys, ss, srcs, threshold), "video_scores": video_scores(ids, ys, ss)}
+            "per_source": per_source_table(ys, ss, srcs, threshold),
+            "video_scores": video_scores(ids, ys, ss, groups)}
 
 
 def video_scores(ids, labels, scores, groups=None) -> dict:
@@ -370,13 +403,15 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         card.threshold = threshold
     else:
         card.precision_thresholds[precision] = threshold
-    auc, lo, hi = bootstrap_auc(ys, ss)
+    resampled = auc_with_intervals(ys, ss, clip_groups(clips))
+    auc, (lo, hi) = resampled["auc"], resampled["auc_ci95"]
     key = "scanner" if precision == "fp32" else f"scanner_{precision}"
     card.metrics[key] = {
         "what": f"deepscan scan on the validation clips, {frames} frames each, {precision}; threshold refitted "
                 "here",
         "frames": frames, "precision": precision, "videos": int(len(ys)), "real_videos": int((ys == 0).sum()),
-        "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi], "max_fpr": max_fpr,
+        "fake_videos": int(ys.sum()), "video_auc": auc, "video_auc_ci95": [lo, hi],
+        "video_auc_ci95_clips": resampled["auc_ci95_clips"], "resampled": resampled["resampled"], "max_fpr": max_fpr,
         "threshold": threshold, "threshold_before": previous,
         **{f"{k}_at_threshold": v for k, v in rates_at(ys, ss, threshold).items() if k != "threshold"},
         "missing": 0,  # kept for readers of older cards: a fit now needs every clip

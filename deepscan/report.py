@@ -140,13 +140,14 @@ def eval_tables(report: dict, sampled: str) -> list[Table]:
     Text: a str cell is read as markup, so an interval "[nan, nan]" (a style tag to rich) would vanish and a
     detector or source name holding "[/]" would raise MarkupError."""
     table = Table(title=Text(f"{report['n_clips']} clips ({report['n_fake']} fake), {sampled}"), header_style="bold")
-    for col in ("detector", "AUC", "95% CI", "AUC − first's [paired 95% CI]", "threshold", "accuracy", "TPR",
-                "FPR", "unscored"):
+    for col in ("detector", "AUC", "95% CI", "resampled", "AUC − first's [paired 95% CI]", "threshold", "accuracy",
+                "TPR", "FPR", "unscored"):
         table.add_column(col)
     for d in report["detectors"]:
         t, pair = d["at_threshold"], d.get("paired_with_first")
+        unit = d.get("resampled") or {"unit": "clip", "n": d.get("n_clips", report["n_clips"])}
         table.add_row(Text(str(d["detector"])), _cell(d["auc"]),
-                      Text(f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]"),
+                      Text(f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]"), Text(f"{unit['n']} {unit['unit']}s"),
                       Text("—" if pair is None else paired_cell(pair)), _cell(t["threshold"]), _cell(t["accuracy"]),
                       _cell(t["tpr"]), _cell(t["fpr"]), Text(str(len(d["unscored"]))))
     tables = [table]

@@ -130,11 +130,32 @@ def test_bootstrap_auc_resamples_whole_groups_when_given():
     # Each group is one real and its fake: a resample always holds both classes in equal numbers.
     g_auc, g_lo, g_hi = bootstrap_auc(y, s, groups=np.arange(40) // 2)
     assert g_auc == auc and g_lo <= auc <= g_hi and (g_lo, g_hi) != (lo, hi)
-    # Groups of one are the ungrouped bootstrap's units, but drawn differently: same point, similar interval.
-    one_lo, one_hi = bootstrap_auc(y, s, groups=np.arange(40))[1:]
-    assert abs(one_lo - lo) < 0.05 and abs(one_hi - hi) < 0.05
+    # Groups of one are the ungrouped bootstrap, draw for draw (figures quoted before groups stay reproducible).
+    assert bootstrap_auc(y, s, groups=np.arange(40)) == (auc, lo, hi)
     # A perfectly separated pair structure has no spread at all.
     assert bootstrap_auc(y, y.astype(float), groups=np.arange(40) // 2) == (1.0, 1.0, 1.0)
+
+
+def test_auc_intervals_resample_clips_of_one_source_together():
+    import numpy as np
+
+    from deepscan.evaluate import auc_with_intervals
+
+    # Eight sources, each a real clip and three near-copies of its fake (one source rendered three ways): the
+    # copies are one piece of evidence, so resampled one by one they would narrow the interval.
+    rng = np.random.default_rng(2)
+    y, s, groups = [], [], []
+    for source in range(8):
+        fake = rng.random() + 0.2
+        y += [0, 1, 1, 1]
+        s += [rng.random(), fake, fake + 0.01, fake - 0.01]
+        groups += [f"src{source}"] * 4
+    m = auc_with_intervals(y, s, groups)
+    assert m["resampled"] == {"unit": "group", "n": 8}
+    (lo, hi), (clip_lo, clip_hi) = m["auc_ci95"], m["auc_ci95_clips"]
+    assert lo <= m["auc"] <= hi and hi - lo > clip_hi - clip_lo
+    alone = auc_with_intervals(y, s, [f"clip{i}" for i in range(32)])
+    assert alone["resampled"] == {"unit": "clip", "n": 32} and alone["auc_ci95"] == m["auc_ci95_clips"]
 
 
 def test_paired_auc_difference_cancels_what_the_clips_share():

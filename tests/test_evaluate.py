@@ -34,6 +34,35 @@ def test_labels_with_a_byte_order_mark_a_source_column_and_unknown_labels(tmp_pa
         (str(tmp_path / "c.mp4"), 0, "-")]
 
 
+def test_bootstrap_groups_come_from_a_group_column_or_the_manifests_identities(tmp_path):
+    from deepscan.evaluate import clip_groups
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,group\na.mp4,real,speech1\nb.mp4,fake,speech1\nc.mp4,fake,\n")
+    assert clip_groups(read_labels(labels)) == ["speech1", "speech1", f"clip:{tmp_path / 'c.mp4'}"]
+    # The MANIFEST format: a DeepFaceLive demo's two panels and one person's clips are not independent.
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("file\tlabel\n"
+                        "deepfacelive_split/Kim_Jarrey_1__left_original.mp4\treal\n"
+                        "deepfacelive_split/Kim_Jarrey_1__right_swapped.mp4\tfake\n"
+                        "hdtf_via_sadtalker/WDA_KatieHill_000.mp4\treal\n"
+                        "hdtf_via_sadtalker/RD_KatieHill1_000.mp4\treal\n"
+                        "other/x.mp4\tfake\n")
+    groups = clip_groups(read_labels(manifest))
+    assert groups[0] == groups[1] and groups[2] == groups[3] and len(set(groups)) == 3
+
+
+def test_results_are_scored_with_the_clips_groups(tmp_path):
+    clips, lines = _clips_and_results(tmp_path)
+    for i, clip in enumerate(clips):
+        clip.group = f"source{i // 4}"
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    m = metrics_from_results(clips, results)
+    assert m["resampled"] == {"unit": "group", "n": 3}
+    assert m["video_scores"]["groups"] == [f"source{i // 4}" for i in range(12)]  # the paired bootstrap's too
+
+
 def _clips_and_results(tmp_path, n=12):
     """``n`` labelled clips (small files with distinct bytes) and a results.jsonl naming them by paths
     relative to another working directory, as a scan run elsewhere writes them."""
