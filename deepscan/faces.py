@@ -7,7 +7,7 @@ facenet-pytorch's ``mtcnn(batch)`` crops faces itself but raises on numpy 2 when
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -186,7 +186,6 @@ class _Track:
     box: tuple
     last_frame: int
     hits: int = 1
-    boxes: list = field(default_factory=list)
 
 
 class Tracker:
@@ -219,7 +218,9 @@ class Tracker:
 
     def update(self, faces: list[Face]) -> list[Face]:
         """Assign ``face.track`` for one sampled frame's faces (in place) and return them."""
-        live = [t for t in self.tracks if self._step - t.last_frame <= self.max_gap]
+        # Ended tracks can never match again: dropping them keeps a long video's tracker (memory and the cost of
+        # each frame's matching) bounded by the faces on screen, not by every face the video ever showed.
+        self.tracks = live = [t for t in self.tracks if self._step - t.last_frame <= self.max_gap]
         pairs = sorted(((self._affinity(t, f), ti, fi) for ti, t in enumerate(live) for fi, f in enumerate(faces)),
                        reverse=True)
         used_t, used_f = set(), set()

@@ -38,6 +38,24 @@ def test_tracker_links_across_a_jump_within_reach_but_not_far_away():
     assert near.track == first.track and far.track != first.track
 
 
+def test_tracker_forgets_ended_tracks_but_keeps_those_that_may_return():
+    tracker = Tracker(max_gap=3)
+    tracker.update([face(0, 0)])
+    # A crowd: every sampled frame shows a new face somewhere else, for a long video's worth of frames.
+    for step in range(1, 2000):
+        tracker.update([face(100 * (step % 20), 100 * (step // 20), 30)])
+    assert len(tracker.tracks) <= tracker.max_gap + 1  # it held all 2,000 before, matched against each frame
+    # A face missed for fewer than max_gap sampled frames continues its track; one missed for max_gap ended.
+    tracker = Tracker(max_gap=3)
+    returning = tracker.update([face(500, 500)])[0].track
+    for _ in range(2):
+        tracker.update([])
+    assert tracker.update([face(500, 500)])[0].track == returning
+    for _ in range(3):
+        tracker.update([])
+    assert tracker.update([face(500, 500)])[0].track != returning
+
+
 def test_face_finder_maps_boxes_to_full_resolution():
     path = SAMPLE_CLIPS / "astronaut_real.mp4"
     if not path.exists():
