@@ -827,7 +827,14 @@ class ResultsWriter:
 
     def _stored(self, sha256, model_sha256, config_hash, path=None) -> dict | None:
         by_path = self._done.get((sha256, model_sha256, config_hash)) or {}
-        return by_path.get(printable(str(path))) if path is not None else next(iter(by_path.values()), None)
+        if path is None:
+            return next(iter(by_path.values()), None)
+        found = by_path.get(printable(str(path)))
+        if found is None:
+            # The same file named another way (absolute, relative, through a link): resumed under the name it
+            # was first scanned as, else the report would list it twice. A copy elsewhere is another file.
+            found = next((d for name, d in by_path.items() if _same_file(name, path)), None)
+        return found
 
     def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
         """The finished result for this content, model and configuration: under ``path`` when given (a
@@ -872,6 +879,13 @@ class ResultsWriter:
         finally:
             os.close(fd)
         self._remember(d)  # only once the whole line is on disk
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # gone, or a name the OS cannot take (a stored line's escaped bytes)
+        return False
 
 
 def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:

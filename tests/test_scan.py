@@ -322,6 +322,28 @@ def test_a_resumed_scan_prepares_nothing_beyond_the_hash(tmp_path, sample_clip, 
         (r.path, r.sha256, round(r.score or 0, 4)) for r in first]
 
 
+def test_a_folder_named_another_way_resumes_and_is_reported_once(tmp_path, sample_clip, monkeypatch):
+    """`deepscan scan /abs/in` then `deepscan scan in` into one --out: the same files, so nothing is screened
+    again and the report lists each video once (it used to screen all again and list each twice)."""
+    from deepscan.html import read_results
+
+    (tmp_path / "in").mkdir()
+    folder = _folder_with_a_broken_file(tmp_path / "in", sample_clip)
+    out = tmp_path / "out"
+    first = list(Scanner(frames=8, keep_heatmaps=False).scan([folder.resolve()], out_dir=out))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(folder, target_is_directory=True)
+    for named in ("in", "link"):
+        again = list(Scanner(frames=8, keep_heatmaps=False).scan([named], out_dir=out))
+        assert [r.resumed for r in again] == [True, False, True, True]  # the broken file is tried again
+        assert [r.path for r in again if r.resumed] == [r.path for r in first if r.status == "ok"]
+    shutil.copy(tmp_path / "in" / "0_astronaut_mouthwarp_fake.mp4", tmp_path / "copy.mp4")  # a copy is another file
+    (copied,) = Scanner(frames=8, keep_heatmaps=False).scan(["copy.mp4"], out_dir=out)
+    assert not copied.resumed
+    reported = [d["path"] for d in read_results(out / "results.jsonl")[0]]
+    assert sorted(reported) == sorted({r.path for r in first} | {"copy.mp4", "in/1_broken.mp4", "link/1_broken.mp4"})
+
+
 def test_a_result_judged_at_another_threshold_is_screened_again(tmp_path, sample_clip):
     """`deepscan calibrate` moves a card's threshold and keeps its weights (and their hash): a resumed scan
     must not hand back verdicts made at the old threshold."""
