@@ -204,8 +204,14 @@ class VideoResult:
                               faces=[FaceResult(box=x["box"], prob=x["prob"], track=x["track"], score=x["score"],
                                                 landmarks=x.get("landmarks"), heat_peak=x.get("heat_peak"))
                                      for x in f["faces"]]) for f in d.get("frames", [])]
+        # A track's face scores are not stored twice: they are its faces' scores in frame order, as aggregated.
+        track_scores: dict[int, list[float]] = {}
+        for frame in frames:
+            for face in frame.faces:
+                track_scores.setdefault(face.track, []).append(face.score)
         tracks = [TrackResult(id=t["id"], n_faces=t["n_faces"], score=t["score"], verdict=t["verdict"],
-                              first_time_s=t["first_time_s"], last_time_s=t["last_time_s"], counted=t["counted"])
+                              first_time_s=t["first_time_s"], last_time_s=t["last_time_s"], counted=t["counted"],
+                              scores=track_scores.get(t["id"], []))
                   for t in d.get("tracks", [])]
         return cls(path=d["path"], sha256=d.get("sha256"), size_bytes=d.get("size_bytes"), status=d["status"],
                    score=d.get("score"), score_ci95=tuple(d["score_ci95"]) if d.get("score_ci95") else None,

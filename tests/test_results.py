@@ -26,6 +26,24 @@ def test_json_round_trip_is_stable():
     assert d["n_faces"] == 1 and d["n_tracks"] == 1 and d["frames"][0]["faces"][0]["box"] == [1, 2, 30, 40]
 
 
+def test_a_result_read_back_has_its_tracks_face_scores():
+    """A resumed result (read from its line) gives the API the same per-track face scores as a fresh one, and
+    so the same score interval (they used to come back empty)."""
+    import numpy as np
+
+    from deepscan.scoring import aggregate, score_interval
+
+    rng = np.random.default_rng(0)
+    frames = [FrameResult(index=i, time_s=i / 5, faces=[
+        FaceResult(box=[1, 2, 30, 40], prob=0.99, track=t, score=float(rng.random())) for t in (0, 1)])
+        for i in range(12)]
+    score, verdict, tracks = aggregate(frames, threshold=0.5, band=0.1)
+    fresh = VideoResult(path="a.mp4", status="ok", score=score, verdict=verdict, frames=frames, tracks=tracks)
+    back = VideoResult.from_dict(json.loads(fresh.to_json()))
+    assert [t.scores for t in back.tracks] == [[round(s, 6) for s in t.scores] for t in tracks]
+    assert np.allclose(score_interval(back.tracks), score_interval(tracks), atol=1e-5)
+
+
 def test_writer_appends_lines_and_indexes_finished_results(tmp_path):
     w = ResultsWriter(tmp_path)
     w.write(result("a.mp4", sha="a" * 64))
