@@ -234,13 +234,20 @@ def cmd_scan(args) -> int:
             resumed = sum(r.resumed for r in results)
             note = f" ({resumed} already there, not re-screened; --force re-does them)" if resumed else ""
             console.print(f"results: {args.out / 'results.jsonl'}{note}", markup=False)
+    report_failed = False
     if args.html:
         from .html import build_report
 
-        console.print(f"report: {build_report(args.out)}", markup=False)
+        try:
+            console.print(f"report: {build_report(args.out)}", markup=False)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # The results are on disk whatever befell the report, and a fake found must still exit 1.
+            _print_error(console, f"report.html not written ({type(exc).__name__}: {exc}); the results are in "
+                                  f"{args.out / 'results.jsonl'}: retry with deepscan report {args.out}")
+            report_failed = True
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
-    if missing or any(r.status == "error" for r in results):
+    if report_failed or missing or any(r.status == "error" for r in results):
         return EXIT_ERROR
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -27,10 +28,15 @@ VERDICT_COLOURS = {"fake": "#c62828", "uncertain": "#ef8f00", "real": "#2e7d32"}
 
 
 def asset_key(result: VideoResult) -> str:
-    """Folder name for a video's images: its content hash (stable across renames), else a hash of its path."""
+    """Folder name for a video's images: its content hash (stable across renames; else a hash of its path) and
+    a hash of how it was judged (model, threshold, scan options). A rescan with other settings writes a folder
+    of its own, so the images an earlier line points to are never replaced by another scan's."""
     if result.sha256:
-        return result.sha256[:16]
-    return "p" + hashlib.sha256(result.path.encode("utf-8", "surrogateescape")).hexdigest()[:15]
+        content = result.sha256[:16]
+    else:
+        content = "p" + hashlib.sha256(result.path.encode("utf-8", "surrogateescape")).hexdigest()[:15]
+    judged = json.dumps([result.model, result.config_hash], sort_keys=True, default=str)
+    return f"{content}-{hashlib.sha256(judged.encode()).hexdigest()[:8]}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -679,7 +679,7 @@ class Scanner:
         if previous is None and self._campaign is not None:
             previous = self._judged_alike(writer.done(digest[0], self.detector.weights_sha256, config + "+campaign",
                                                       path))
-        if previous is not None and (not evidence or "evidence" in previous.extra
+        if previous is not None and (not evidence or _evidence_on_disk(previous, writer.dir)
                                      or (previous.extra.get("campaign") or {}).get("inherited")):
             return previous
         return None
@@ -879,6 +879,18 @@ class ResultsWriter:
         finally:
             os.close(fd)
         self._remember(d)  # only once the whole line is on disk
+
+
+def _evidence_on_disk(result: VideoResult, out_dir: Path) -> bool:
+    """Whether ``result`` has evidence images and every one it names is still in ``out_dir`` (a results file
+    copied without its assets/, or images deleted, is screened again for a report that shows them)."""
+    ev = result.extra.get("evidence")
+    if not isinstance(ev, dict):
+        return False
+    names = [ev.get("timeline")] + [f.get(k) for f in ev.get("faces") or [] if isinstance(f, dict)
+                                    for k in ("crop", "overlay")]
+    names += [t.get("thumb") for t in ev.get("tracks") or [] if isinstance(t, dict)]
+    return all((out_dir / n).is_file() for n in names if isinstance(n, str))
 
 
 def _same_file(a, b) -> bool:

@@ -10,6 +10,7 @@ from conftest import SAMPLE_CLIPS, ffmpeg
 
 from deepscan.campaign import available_backend
 from deepscan.cli import main
+from deepscan.html import line_problem
 
 pytestmark = pytest.mark.skipif(available_backend() != "pdq", reason="pdqhash is not installed")
 
@@ -26,6 +27,7 @@ def test_dedupe_scan_inherits_only_verified_copies(tmp_path):
     lines = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line)
              for line in (out / "results.jsonl").read_text().splitlines()}
     original, copy, fake = lines["a_original.mp4"], lines["b_reupload.mp4"], lines["c_faceswap.mp4"]
+    assert all(line_problem(d) is None for d in lines.values())  # the report shows campaign lines
     assert original["extra"]["campaign"]["is_representative"] is True
     assert copy["extra"]["campaign"]["inherited"] is True
     assert copy["extra"]["campaign"]["screened_as"].endswith("a_original.mp4")

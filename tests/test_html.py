@@ -18,7 +18,7 @@ from PIL import Image
 
 from deepscan import FaceResult, FrameResult, Scanner, TrackResult, VideoResult
 from deepscan.evidence import pick_faces, save_evidence
-from deepscan.html import build_report
+from deepscan.html import build_report, line_problem
 from deepscan.scanner import ResultsWriter
 
 # Legal in a file name on every POSIX system, and each would break out of HTML if written unescaped.
@@ -156,6 +156,8 @@ def test_evidence_images(scanned_report):
         assert sorted(t["track"] for t in ev["tracks"]) == sorted(t.id for t in r.tracks)
         assert all((out / t["thumb"]).is_file() for t in ev["tracks"])
         assert not list((out / ev["dir"]).glob(".*"))  # atomic writes leave no temporary files
+    lines = [json.loads(text) for text in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 3 and all(line_problem(d) is None for d in lines)  # none skipped as malformed
 
 
 def test_csv_exports(scanned_report):
@@ -249,11 +251,11 @@ def test_report_without_evidence_keeps_last_line_and_rejects_foreign_paths(tmp_p
 
 
 def test_report_tolerates_a_threshold_that_is_no_number_and_defuses_every_csv_text_cell(tmp_path):
-    hostile = {"path": "clip.mp4", "sha256": "=1+1", "status": "@SUM(A1)", "verdict": "-2+3", "score": 0.3,
-               "config_hash": "+cmd", "model": {"name": "m", "sha256": "=HYPERLINK(\"x\")", "threshold": "=0.5",
-                                                "uncertain_band": 0.1},
+    hostile = {"path": "clip.mp4", "sha256": "=1+1", "status": "ok", "verdict": "-2+3", "score": 0.3,
+               "config_hash": "+cmd", "error": "@SUM(A1)",
+               "model": {"name": "m", "sha256": "=HYPERLINK(\"x\")", "threshold": "=0.5", "uncertain_band": 0.1},
                "frames": [{"index": 0, "time_s": 0.0, "faces": [
-                   {"box": [1, 2, 3, 4], "track": "=T", "score": 0.1, "prob": "-p", "heat_peak": None}]}]}
+                   {"box": [1, 2, 3, 4], "track": 0, "score": 0.1, "prob": None, "heat_peak": None}]}]}
     odd = {"path": "other.mp4", "status": "ok", "score": 0.2, "model": {"name": "m", "threshold": [0.5]}}
     (tmp_path / "results.jsonl").write_text(json.dumps(hostile) + "\n" + json.dumps(odd) + "\n")
     text = "".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text)
@@ -264,4 +266,26 @@ def test_report_tolerates_a_threshold_that_is_no_number_and_defuses_every_csv_te
         assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], name
     with open(tmp_path / "videos.csv", newline="", encoding="utf-8") as fh:
         row = next(csv.DictReader(fh))
-    assert (row["sha256"], row["status"], row["score"], row["threshold"]) == ("'=1+1", "'@SUM(A1)", "0.3", "")
+    assert (row["sha256"], row["error"], row["score"], row["threshold"]) == ("'=1+1", "'@SUM(A1)", "0.3", "")
+
+
+def test_lines_not_of_a_results_shape_are_skipped_and_counted(tmp_path):
+    """A hand-edited or another tool's line (any JSON object with a path) used to crash the report halfway: the
+    CSVs rewritten, report.html not. Each such line is now skipped and counted; the rest is reported."""
+    good = synthetic_result("good.mp4", {0: [0.9, 0.95]}).to_dict()
+    broken = [{"path": "a.mp4", "status": "ok", "verdict": "fake", "score": "0.97"},
+              {"path": "b.mp4", "extra": "see ticket 12"},
+              {**good, "path": "c.mp4", "score_ci95": [0.1]},
+              {**good, "path": "d.mp4", "tracks": [{"n_faces": 1}]},
+              {**good, "path": "e.mp4", "frames": [{"index": 0, "time_s": 0, "faces": [{"track": 0, "score": 0.5}]}]},
+              {**good, "path": "f.mp4", "timing": {"total_s": "1"}},
+              {**good, "path": "g.mp4", "started_at": 5},
+              {**good, "path": "h.mp4", "extra": {"campaign": {"group": [1]}}},
+              {**good, "path": "i.mp4", "extra": {"provenance": {"notes": "abc"}}},
+              {**good, "path": "j.mp4", "config": {"fps": "2"}},
+              {**good, "path": "k.mp4", "environment": {"git_commit": 1234}}]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [good, *broken]))
+    page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
+    assert f"{len(broken)} unreadable lines" in "".join(page.text)
+    with open(tmp_path / "videos.csv", newline="", encoding="utf-8") as fh:
+        assert [row["path"] for row in csv.DictReader(fh)] == ["good.mp4"]

@@ -18,11 +18,13 @@ from deepscan.faces import iou
 
 def validate_lines(lines):
     jsonschema = pytest.importorskip("jsonschema")
+    from deepscan.html import line_problem
     from deepscan.results import results_schema
 
     validator = jsonschema.Draft202012Validator(results_schema())
     for line in lines:
         validator.validate(line)
+        assert line_problem(line) is None  # the report's own, faster check takes every line the scanner writes
 
 
 REQUIRED_KEYS = {"path", "sha256", "status", "score", "verdict", "error", "model", "frames"}
@@ -368,3 +370,19 @@ def test_a_result_judged_at_another_threshold_is_screened_again(tmp_path, sample
     assert again.score == pytest.approx(first.score, abs=1e-6)
     (resumed,) = Scanner(**options).scan([sample_clip], out_dir=out)
     assert resumed.resumed and resumed.verdict == "fake"
+
+
+def test_a_report_that_cannot_be_written_keeps_the_fake_exit_status(tmp_path, sample_clip, monkeypatch, capsys):
+    """The report is built after every result is on disk; if it fails, a video judged fake still exits 1 (it
+    exited 2 with a traceback), and the message says where the results are."""
+    import deepscan.html
+
+    def broken(out_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(deepscan.html, "build_report", broken)
+    code = cli_main(["scan", str(sample_clip), "--frames", "4", "--threshold", "0", "--out", str(tmp_path),
+                     "--html"])
+    out = capsys.readouterr().out
+    assert code == 1 and "report.html not written" in out and "deepscan report" in out
+    assert json.loads((tmp_path / "results.jsonl").read_text())["verdict"] == "fake"
