@@ -289,3 +289,34 @@ def test_lines_not_of_a_results_shape_are_skipped_and_counted(tmp_path):
     assert f"{len(broken)} unreadable lines" in "".join(page.text)
     with open(tmp_path / "videos.csv", newline="", encoding="utf-8") as fh:
         assert [row["path"] for row in csv.DictReader(fh)] == ["good.mp4"]
+
+
+def test_rescans_with_other_settings_keep_each_results_own_images(tmp_path):
+    """Evidence images were kept per file content only: a rescan with other settings replaced the images an
+    earlier line points to (a resumed 8-frame result showed a 16-frame run's crops and timeline). Each way of
+    judging a file now has its own folder; a line whose images are gone is screened again, not resumed."""
+    clip = SAMPLE_CLIPS / "carphone_real.mp4"
+    if not clip.is_file():
+        pytest.skip("sample clips missing")
+    out = tmp_path / "out"
+
+    def run(frames, threshold=None):
+        (r,) = Scanner(frames=frames, keep_heatmaps=True, threshold=threshold).scan([clip], out_dir=out,
+                                                                                    evidence=True)
+        return r
+
+    first = run(4)
+    ev = first.extra["evidence"]
+    images = {name: (out / name).read_bytes() for name in [ev["timeline"], *(f["crop"] for f in ev["faces"])]}
+    second, third = run(6), run(4, threshold=0.5)
+    dirs = {r.extra["evidence"]["dir"] for r in (first, second, third)}
+    assert len(dirs) == 3 and all(d.startswith(f"assets/{first.sha256[:16]}-") for d in dirs)
+    again = run(4)
+    assert again.resumed and again.extra["evidence"] == ev
+    assert {name: (out / name).read_bytes() for name in images} == images  # untouched by the other runs
+
+    moved = tmp_path / "moved"  # the results file without its assets/
+    moved.mkdir()
+    shutil.copy(out / "results.jsonl", moved / "results.jsonl")
+    (r,) = Scanner(frames=4, keep_heatmaps=True).scan([clip], out_dir=moved, evidence=True)
+    assert not r.resumed and (moved / r.extra["evidence"]["timeline"]).is_file()
