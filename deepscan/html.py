@@ -273,6 +273,9 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
     video = d.get("video") or {}
     timing = d.get("timing") or {}
     path = d["path"]
+    campaign = extra.get("campaign") or {}
+    # A verified copy was not decoded for faces: its counts are the screened file's business, not zeros.
+    counted = not campaign.get("inherited")
     return {
         "anchor": f"v{i}", "path": path, "name": Path(path).name or path,
         "sha256": d.get("sha256"), "size_bytes": d.get("size_bytes"), "status": d.get("status"),
@@ -280,14 +283,15 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
         "score": d.get("score"), "score_ci95": d.get("score_ci95"), "error": d.get("error"),
         "model": _model_view(d.get("model")), "environment": d.get("environment") or {},
         "config": d.get("config") or {}, "config_hash": d.get("config_hash"),
-        "n_frames": d.get("n_frames", len(d.get("frames") or [])),
-        "n_faces": d.get("n_faces", sum(len(f.get("faces") or []) for f in d.get("frames") or [])),
+        "n_frames": d.get("n_frames", len(d.get("frames") or [])) if counted else None,
+        "n_faces": d.get("n_faces", sum(len(f.get("faces") or []) for f in d.get("frames") or [])) if counted
+        else None,
         "n_tracks": d.get("n_tracks", len(tracks)), "tracks": tracks,
         "duration_s": video.get("duration_s"), "total_s": timing.get("total_s"), "video": video,
         "timing": timing, "started_at": d.get("started_at"), "finished_at": d.get("finished_at"),
         "timeline_url": _asset(out_dir, ev.get("timeline")), "faces": faces,
         "colormap": ev.get("colormap"), "has_evidence": bool(ev),
-        "provenance": _provenance_view(extra.get("provenance")), "campaign": extra.get("campaign") or {},
+        "provenance": _provenance_view(extra.get("provenance")), "campaign": campaign, "screened_anchor": None,
     }
 
 
@@ -372,9 +376,12 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
     sizes = Counter(((d.get("extra") or {}).get("campaign") or {}).get("group") for d in results)
+    anchors = {v["path"]: v["anchor"] for v in videos}
     for v in videos:
         if v["campaign"].get("group") is not None:
             v["campaign"] = {**v["campaign"], "size": sizes[v["campaign"]["group"]]}
+        if v["campaign"].get("inherited"):  # its evidence is the screened file's section
+            v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
     return _environment().get_template(TEMPLATE).render(
         summary=_summary(results, bad_lines), videos=videos, version=__version__, meanings=VERDICT_MEANING,
         # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.

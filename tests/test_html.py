@@ -320,3 +320,22 @@ def test_rescans_with_other_settings_keep_each_results_own_images(tmp_path):
     shutil.copy(out / "results.jsonl", moved / "results.jsonl")
     (r,) = Scanner(frames=4, keep_heatmaps=True).scan([clip], out_dir=moved, evidence=True)
     assert not r.resumed and (moved / r.extra["evidence"]["timeline"]).is_file()
+
+
+def test_an_inherited_copy_links_to_the_screened_files_evidence(tmp_path):
+    """A verified copy (scan --dedupe) was said to have been "scanned without HTML evidence" and counted
+    "0 faces, 0 frames" beside a score; it now links to the section of the file whose pixels were judged."""
+    from deepscan.campaign import take_verdict
+
+    screened = synthetic_result("clips/original.mp4", {0: [0.9, 0.95]})
+    screened.extra["evidence"] = save_evidence(screened, tmp_path)
+    copy = take_verdict(VideoResult(path="clips/reupload.mp4", sha256="1" * 64, model=dict(screened.model)),
+                        screened, {"group": 1, "size": 2})
+    writer = ResultsWriter(tmp_path)
+    writer.write(screened)
+    writer.write(copy)
+    page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
+    text = "".join(page.text)
+    assert "scanned without HTML evidence" not in text and "0 faces in 0 frames" not in text
+    anchor = next(a["id"] for a in page.find("section") if a.get("aria-label") == "original.mp4")
+    assert any(a.get("href") == f"#{anchor}" and a.get("class") == "mono" for a in page.find("a"))
