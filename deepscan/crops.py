@@ -20,6 +20,21 @@ def square_box(box, margin: float) -> tuple[float, float, float, float]:
     return (cx - half, cy - half, cx + half, cy + half)
 
 
+def crop_square(box, margin: float) -> tuple[int, int, int]:
+    """The pixel square :func:`crop_face` cuts for ``box``: its top-left corner (x, y) and side, in whole
+    pixels of the frame (the float :func:`square_box` snapped to the pixel grid)."""
+    sx1, sy1, sx2, _ = square_box(box, margin)
+    return int(np.floor(sx1)), int(np.floor(sy1)), max(1, int(round(sx2 - sx1)))
+
+
+def to_crop(points, box, margin: float, size: int) -> np.ndarray:
+    """Frame coordinates (..., 2) → coordinates in the ``size``² crop :func:`crop_face` cuts for ``box``:
+    the same pixel square, so a box or landmark lands where the crop shows it (the float square's corner is
+    up to a pixel off the cut one, and its side up to half a pixel)."""
+    x1, y1, side = crop_square(box, margin)
+    return (np.asarray(points, np.float64) - [x1, y1]) * (size / side)
+
+
 def crop_face(frame: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     """Cut the square, margin-expanded face region out of an RGB uint8 frame and resize to ``size``².
 
@@ -27,9 +42,7 @@ def crop_face(frame: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     border does not get a hard artificial edge that a detector could learn to read as manipulation.
     """
     h, w = frame.shape[:2]
-    sx1, sy1, sx2, sy2 = square_box(box, margin)
-    ix1, iy1 = int(np.floor(sx1)), int(np.floor(sy1))
-    side = max(1, int(round(sx2 - sx1)))
+    ix1, iy1, side = crop_square(box, margin)
     ix2, iy2 = ix1 + side, iy1 + side
     pad_l, pad_t = max(0, -ix1), max(0, -iy1)
     pad_r, pad_b = max(0, ix2 - w), max(0, iy2 - h)
@@ -61,9 +74,7 @@ def paste_heatmap(heatmap: np.ndarray, box, margin: float, frame_shape) -> tuple
     Returns the heatmap resized to the crop square clipped to the frame, and that clipped square (x1, y1, x2, y2).
     """
     h, w = frame_shape[:2]
-    sx1, sy1, sx2, sy2 = square_box(box, margin)
-    ix1, iy1 = int(np.floor(sx1)), int(np.floor(sy1))
-    side = max(1, int(round(sx2 - sx1)))
+    ix1, iy1, side = crop_square(box, margin)
     full = cv2.resize(heatmap.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
     cx1, cy1, cx2, cy2 = max(0, ix1), max(0, iy1), min(w, ix1 + side), min(h, iy1 + side)
     if cx2 <= cx1 or cy2 <= cy1:

@@ -384,7 +384,11 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         for d in read_result_lines(results_path)[0]:
             model = d.get("model") if isinstance(d.get("model"), dict) else {}
             scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
-            if model.get("sha256") == card.sha256 and scored_at == precision:
+            config = d.get("config") if isinstance(d.get("config"), dict) else {}
+            # The threshold holds for video scores at `frames` per video: a scan at another count (or at a
+            # frame rate) scores the same clips otherwise, and is not what this fit is for.
+            sampled_alike = not config or (config.get("frames") == frames and not config.get("fps"))
+            if model.get("sha256") == card.sha256 and scored_at == precision and sampled_alike:
                 lines.append(d)
         found = match_results(clips, lines)
     # A clip without a score must not enter the fit as a 0: a partial results file would drag the threshold down
@@ -392,8 +396,9 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     missing = [str(c.path) for c, d in zip(clips, found, strict=True) if d is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card's weights "
-                         f"at {precision} in {results_path} (e.g. {', '.join(missing[:3])}); the threshold was not "
-                         "refitted: scan the whole split (without --results) or pass results that cover it")
+                         f"at {precision} and {frames} frames in {results_path} (e.g. {', '.join(missing[:3])}); "
+                         "the threshold was not refitted: scan the whole split (without --results) or pass results "
+                         "that cover it")
     scan_config = next((d.get("config") for d in found if d.get("config")), None)
     ys = np.array([c.label for c in clips])
     ss = np.array([_number(d.get("score")) or 0.0 for d in found], np.float64)

@@ -24,6 +24,7 @@ EVIDENCE_VERSION = 1
 COLORMAP = "jet"  # blue = no evidence, red = strongest evidence: the convention readers of heatmaps expect
 OVERLAY_ALPHA = 0.45
 THUMB_SIZE = 96
+LEGEND_PEOPLE = 8
 VERDICT_COLOURS = {"fake": "#c62828", "uncertain": "#ef8f00", "real": "#2e7d32"}
 
 
@@ -108,13 +109,23 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
         for face in frame.faces:
             per_track.setdefault(face.track, []).append((frame.time_s, face.score))
     track_verdict = {t.id: t for t in result.tracks}
-    colours = [f"C{i}" for i in range(10)]
-    for i, (track, points) in enumerate(sorted(per_track.items())):
-        points.sort()
+    # A legend holds the LEGEND_PEOPLE most suspicious people, each in a colour of its own; the rest are drawn
+    # in grey under one entry (a crowd's legend ran off the image, threshold entry included, and colours
+    # repeated after ten).
+    ranked = sorted(per_track, key=lambda k: -max(s for _, s in per_track[k]))
+    named = set(ranked[:LEGEND_PEOPLE])
+    others = 0
+    for track in sorted(per_track, key=lambda k: (k in named, k)):  # the named drawn last, on top
+        points = sorted(per_track[track])
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if track not in named:
+            others += 1
+            ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=0.8, color="#b0b0b0",
+                    label=f"{len(per_track) - LEGEND_PEOPLE} other people" if others == 1 else None)
+            continue
         t = track_verdict.get(track)
-        label = f"person #{track}" + (f" ({t.score:.2f})" if t is not None else "")
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3.5, linewidth=1.4,
-                color=colours[i % len(colours)], label=label)
+        label = f"person #{track}" + (f" ({t.score:.3f})" if t is not None else "")
+        ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, color=f"C{ranked.index(track)}", label=label)
     empty = [f.time_s for f in result.frames if not f.faces]
     if empty:  # sampled but faceless frames: shows where nothing could be judged
         ax.plot(empty, [0.0] * len(empty), linestyle="none", marker="|", markersize=9, color="#9e9e9e",
@@ -124,7 +135,7 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
             ax.axhspan(max(0.0, threshold - band), threshold, color=VERDICT_COLOURS["uncertain"], alpha=0.10,
                        linewidth=0)
         ax.axhline(threshold, linestyle="--", linewidth=1.2, color=VERDICT_COLOURS["fake"],
-                   label=f"threshold {threshold:.2f}")
+                   label=f"threshold {threshold:.3f}")
     duration = (result.video or {}).get("duration_s")
     last = max((f.time_s for f in result.frames), default=0.0)
     ax.set_xlim(0.0, max(float(duration or 0.0), last, 1e-3) * 1.02)

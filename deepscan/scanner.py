@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
 import json
+import math
+import numbers
 import os
 import platform
 import queue
@@ -28,6 +31,7 @@ import numpy as np
 
 from . import __version__
 from .crops import crop_face
+from .detector.card import PRECISIONS
 from .results import FaceResult, FrameResult, VideoResult, dumps_line, is_number, printable, result_line
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
@@ -75,6 +79,10 @@ class ScanOptions:
     max_pixels: int = MAX_PIXELS  # larger frames are refused before decoding (header and decoder both)
     max_duration_s: float | None = MAX_DURATION_S  # longer videos are refused
     keep_heatmaps: bool = True  # keep per-face heatmaps and crops on results (API); never in JSON
+    # With keep_heatmaps, the faces of one person that keep them: the most suspicious this many (~240 KB a
+    # face). The others' crop and heatmap are None, so memory stays flat however long a video sampled by
+    # --fps is; None keeps every face's. 32 keeps all of the default 32 samples.
+    heatmaps_per_person: int | None = 32
     threshold: float | None = None  # override the model card's decision threshold
     min_face_prob: float | None = None  # override the card's face-detector probability threshold
     provenance: bool = True  # read container tags, edit lists and C2PA into extra["provenance"] (no score change)
@@ -87,10 +95,33 @@ class ScanOptions:
     aggregation: Aggregation = field(default_factory=Aggregation)
 
     def __post_init__(self):
+        # Numbers from numpy (a calibrated threshold, a count from an array) are numbers: taken as Python's.
+        for name in ("threshold", "min_face_prob", "fps"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+        for name in ("frames", "full_detect_every", "heatmaps_per_person"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, int(value))
         # A NaN threshold compares false with every score (every fake "real"); -1 or 2 decide nothing.
         for name in ("threshold", "min_face_prob"):
             if not _is_probability(getattr(self, name)):
                 raise ValueError(f"{name} must be a number from 0 to 1, not {getattr(self, name)!r}")
+        # Each of these was taken as something else: frames=0 as 32, fps=0 as none, fps=-1 as every frame.
+        for name in ("frames", "full_detect_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if self.heatmaps_per_person is not None and not (
+                isinstance(self.heatmaps_per_person, int) and self.heatmaps_per_person >= 0):
+            raise ValueError(f"heatmaps_per_person must be a whole number (or None), not {self.heatmaps_per_person!r}")
+        if self.fps is not None and not (is_number(self.fps) and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"fps must be a positive number (or None), not {self.fps!r}")
+        if self.precision is None:
+            self.precision = "auto"
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -237,8 +268,6 @@ class Scanner:
         self._environment = None
 
     # Heavy objects are built on first use so `Scanner()` is cheap and `deepscan probe` needs no torch.
-    _campaign = None  # StreamingGroups while a ``scan(dedupe=True)`` runs
-    _hash_cache = None  # where that scan keeps each file's hash (so a resumed scan need not decode it)
 
     @property
     def campaign_groups(self):
@@ -334,17 +363,25 @@ class Scanner:
         """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch;
         ``sha256`` passes an already computed (digest, size) of the file."""
         path = Path(path)
+        self._load()
         return self._scan_video(path, lambda: self._prepare(path, digest=sha256), progress)
 
-    def _scan_video(self, path: Path, prepare, progress=None) -> VideoResult:
-        """``prepare()`` gives the file's :class:`_Prepared`; a failure in it or after becomes the result."""
+    def _load(self) -> None:
+        """Load the detector (and with it the device) before any video: a bad detector name, weights file or
+        device is the caller's error, raised once, not a failure recorded against every video."""
+        self.model_info()
+        self.environment()
+
+    def _scan_video(self, path: Path, prepare, progress=None, run: _CampaignRun | None = None) -> VideoResult:
+        """``prepare()`` gives the file's :class:`_Prepared`; a failure in it or after becomes the result.
+        ``run``: the ``scan(dedupe=True)`` this file belongs to (its groups), else None."""
         result = VideoResult(path=str(path), deepscan_version=__version__, started_at=_utc_now(),
                              config=self.options.scoring_config(), config_hash=self.options.config_hash())
         t0 = time.perf_counter()
         try:
             result.model = self.model_info()
             result.environment = self.environment()
-            self._scan_into(result, prepare(), progress)
+            self._scan_into(result, prepare(), progress, run)
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
         except Exception as exc:  # noqa: BLE001 - one video's failure must never stop a scan
@@ -386,7 +423,8 @@ class Scanner:
             prepared.seconds = time.perf_counter() - t
         return prepared
 
-    def _scan_into(self, result: VideoResult, prepared: _Prepared, progress=None) -> None:
+    def _scan_into(self, result: VideoResult, prepared: _Prepared, progress=None,
+                   run: _CampaignRun | None = None) -> None:
         from .faces import Tracker
 
         opts = self.options
@@ -414,7 +452,7 @@ class Scanner:
         decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
                       timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
         hasher = None
-        if self._campaign is not None:
+        if run is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher
 
             hasher = FrameHasher(fps=info.fps)
@@ -426,7 +464,7 @@ class Scanner:
                 t = time.perf_counter()
                 held = [f for f in _hashed(source, hasher) if f.sample]
                 timing["decode_s"] += time.perf_counter() - t
-                if self._place(path, result, info, hasher):
+                if self._place(run, path, result, info, hasher):
                     result.timing.update(timing)
                     return
                 source = _batched(held, self.batch_frames)
@@ -437,6 +475,8 @@ class Scanner:
         batches = _Prefetch(source)
         pending = None  # the previous batch's classification, running while this batch is face-detected
         detect_state: dict = {}
+
+        pixels = _KeptPixels(opts.heatmaps_per_person) if opts.keep_heatmaps else None
 
         def classify(crops):
             t = time.perf_counter()
@@ -450,14 +490,17 @@ class Scanner:
             bad = int((~np.isfinite(out.probs)).sum())
             if bad:  # NaN compares false with any threshold: the video would silently pass as "real"
                 raise FloatingPointError(f"the detector gave a non-finite score (NaN or inf) for {bad} faces")
+            # A Grad-CAM map is scaled to its own peak (1.0 always): only a mask head's peak means something.
+            peaks = out.heatmaps.reshape(len(owners), -1).max(axis=1) if self.detector.card.heatmap == "mask_head" \
+                else [None] * len(owners)
             for i, (fr, face) in enumerate(owners):
-                heat = out.heatmaps[i]
-                fr.faces.append(FaceResult(
+                kept = FaceResult(
                     box=[v / scale for v in face.box], prob=face.prob, track=face.track,
                     score=float(out.probs[i]), landmarks=(face.landmarks / scale).tolist(),
-                    heat_peak=float(heat.max()),
-                    heatmap=heat.astype(np.float16) if opts.keep_heatmaps else None,
-                    crop=crops[i] if opts.keep_heatmaps else None))
+                    heat_peak=None if peaks[i] is None else float(peaks[i]))
+                fr.faces.append(kept)
+                if pixels is not None:
+                    pixels.offer(kept, crops[i], out.heatmaps[i])
 
         try:
             t_wait = time.perf_counter()
@@ -499,7 +542,7 @@ class Scanner:
         result.score_ci95 = score_interval(tracks, opts.aggregation)
         result.status = "no_face" if verdict == "no_face" else "ok"
         if hasher is not None:
-            self._place(path, result, info, hasher, screened=True)
+            self._place(run, path, result, info, hasher, screened=True)
 
     def _classifier(self):
         """One worker thread for the detector's forward passes, so classifying one batch of faces overlaps
@@ -547,20 +590,21 @@ class Scanner:
         state["hint"], state["previous"] = hint, previous
         return found
 
-    def _place(self, path: Path, result: VideoResult, info, hasher, screened: bool = False) -> bool:
+    def _place(self, run: _CampaignRun, path: Path, result: VideoResult, info, hasher,
+               screened: bool = False) -> bool:
         """Group a file by the hash made while decoding it. Before screening: fill ``result`` from the
         group representative's and return True when the file is a verified copy that may take its verdict.
         After screening: record the result (a representative's is what later copies inherit)."""
-        campaign = self._campaign
+        campaign = run.groups
         placed_before = str(path) in campaign.group_of  # grouped before screening (its frames were held)
         h = campaign.hashes[str(path)] if placed_before else hasher.result()
         h.width, h.height, h.duration_s, h.fps = info.width, info.height, float(info.duration_s), float(info.fps or 0)
         group = campaign.place(path, h)
-        if self._hash_cache and result.sha256 and not placed_before:
+        if run.hash_cache and result.sha256 and not placed_before:
             from .campaign import save_cached_hash
 
             try:
-                save_cached_hash(self._hash_cache, result.sha256, h)
+                save_cached_hash(run.hash_cache, result.sha256, h)
             except OSError:
                 pass  # only a cache: the scan goes on
         if screened:
@@ -594,6 +638,7 @@ class Scanner:
         the groups afterwards. With precomputed ``groups`` from :func:`deepscan.campaign.plan` (which hashes
         every file first), the same holds for those groups.
         """
+        self._load()
         writer = ResultsWriter(out_dir) if out_dir else None
         found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))
         if dedupe and groups is None and len(found) > 1:
@@ -642,23 +687,24 @@ class Scanner:
 
         # Each placed file's frame track (~1 KiB a decoded frame) waits on disk, not in memory, for later files.
         tracks = tempfile.TemporaryDirectory(prefix="deepscan-tracks-")
-        self._campaign = self._last_campaign = StreamingGroups(spill_dir=tracks.name)
-        self._hash_cache = writer.dir / "hashes" if writer else None
+        # This scan's own groups, handed down its calls: another scan on this Scanner meanwhile (scan_video, a
+        # plain scan) neither takes a verdict from them nor joins them.
+        run = _CampaignRun(StreamingGroups(spill_dir=tracks.name), writer.dir / "hashes" if writer else None)
+        self._last_campaign = run.groups
         try:
-            with closing(self._preparations(found, writer, force, evidence)) as preparations:
+            with closing(self._preparations(found, writer, force, evidence, run)) as preparations:
                 for _, prepare in preparations:
-                    yield self._screen_one(prepare(), writer, progress, evidence)
+                    yield self._screen_one(prepare(), writer, progress, evidence, run=run)
         finally:
-            self._campaign = self._hash_cache = None
             tracks.cleanup()
 
-    def _resumed_into_campaign(self, path: Path, previous: VideoResult) -> VideoResult:
+    def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult) -> VideoResult:
         """A file finished by an earlier run still has to be grouped for the files after it: its hash comes
         from that run's cache, or (a run without it) from a decode at the hash rate only."""
         from .campaign import load_cached_hash, video_hash
 
-        campaign = self._campaign
-        h = load_cached_hash(self._hash_cache, previous.sha256) if self._hash_cache else None
+        campaign = run.groups
+        h = load_cached_hash(run.hash_cache, previous.sha256) if run.hash_cache else None
         if h is None:
             try:
                 h = video_hash(path, max_pixels=self.options.max_pixels,
@@ -670,13 +716,14 @@ class Scanner:
             campaign.results[str(path)] = previous
         return previous
 
-    def _previous(self, path: Path, digest: tuple[str, int], writer, evidence: bool) -> VideoResult | None:
+    def _previous(self, path: Path, digest: tuple[str, int], writer, evidence: bool,
+                  run: _CampaignRun | None = None) -> VideoResult | None:
         """An earlier run's result that stands for this file: same content, model and configuration (and its
         evidence, when evidence is asked for). Called from the preparing thread too: the detector is loaded
         and the campaign set before a scan starts one."""
         config = self.options.config_hash()
         previous = self.stored_result(writer, path, digest)
-        if previous is None and self._campaign is not None:
+        if previous is None and run is not None:
             previous = self._judged_alike(writer.done(digest[0], self.detector.weights_sha256, config + "+campaign",
                                                       path))
         if previous is not None and (not evidence or _evidence_on_disk(previous, writer.dir)
@@ -704,14 +751,15 @@ class Scanner:
                 and abs(then["threshold"] - now["threshold"]) <= 1e-6)
         return previous if same else None
 
-    def _preparations(self, found: list[Path], writer, force: bool, evidence: bool) -> Iterator[tuple]:
+    def _preparations(self, found: list[Path], writer, force: bool, evidence: bool,
+                      run: _CampaignRun | None = None) -> Iterator[tuple]:
         """Each file of ``found`` in order with a call that returns its :class:`_Prepared` (:meth:`_prepare`;
         a file an earlier run finished stops at its hash). With ``prepare_ahead`` the next file is prepared on
         a worker thread while the caller screens this one; else each call prepares its file then."""
         previous = None
         if writer and not force:
             def previous(path, digest):
-                return self._previous(path, digest, writer, evidence)
+                return self._previous(path, digest, writer, evidence, run)
         if not self.options.prepare_ahead or len(found) < 2:
             for path in found:
                 yield path, lambda path=path: self._prepare(path, previous=previous)
@@ -725,7 +773,8 @@ class Scanner:
                     upcoming = pool.submit(self._prepare, after, previous=previous)
                 yield path, current.result
 
-    def _screen_one(self, prepared: _Prepared, writer, progress, evidence: bool, group=None) -> VideoResult:
+    def _screen_one(self, prepared: _Prepared, writer, progress, evidence: bool, group=None,
+                    run: _CampaignRun | None = None) -> VideoResult:
         path = prepared.path
         if progress:
             progress.start(path)
@@ -733,10 +782,10 @@ class Scanner:
         if previous is not None:
             previous.resumed = True
             writer.keep_last(previous)  # a resumed result is only ever found through a writer
-            if self._campaign is not None:
-                return self._resumed_into_campaign(path, previous)
+            if run is not None:
+                return self._resumed_into_campaign(run, path, previous)
             return _campaign_marked(previous, group)
-        result = self._scan_video(path, lambda: prepared, progress.update if progress else None)
+        result = self._scan_video(path, lambda: prepared, progress.update if progress else None, run)
         inherited = (result.extra.get("campaign") or {}).get("inherited")
         if writer and evidence and not inherited:
             from .evidence import save_evidence
@@ -749,6 +798,38 @@ class Scanner:
         if writer:
             writer.write(result)
         return result
+
+
+@dataclass
+class _CampaignRun:
+    """One ``scan(dedupe=True)``'s grouping state: its groups, and where it caches each file's hash (so a
+    resumed scan need not decode finished files again)."""
+
+    groups: object  # deepscan.campaign.StreamingGroups
+    hash_cache: Path | None
+
+
+class _KeptPixels:
+    """Gives each person's ``limit`` most suspicious faces their crop and heatmap (``limit`` None: every face),
+    taking them back from a face that drops out of that set: a person's pixels stay bounded however many of
+    their faces a long video has. Copies are kept, not views, which would hold a whole batch's array."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.kept: dict[int, list] = {}  # track -> heap of (score, n, FaceResult)
+        self.n = 0
+
+    def offer(self, face: FaceResult, crop: np.ndarray, heatmap: np.ndarray) -> None:
+        if self.limit is not None:
+            heap = self.kept.setdefault(face.track, [])
+            self.n += 1
+            if len(heap) >= self.limit:
+                if not heap or face.score <= heap[0][0]:
+                    return
+                dropped = heapq.heappop(heap)[2]
+                dropped.crop = dropped.heatmap = None
+            heapq.heappush(heap, (face.score, self.n, face))
+        face.crop, face.heatmap = np.array(crop), heatmap.astype(np.float16)
 
 
 def _finished(value) -> Future:

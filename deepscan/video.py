@@ -1169,7 +1169,7 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
     followed, so a symlink loop cannot trap the walk; symlinked files are followed (the folder's owner put
     them there). Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are skipped.
     """
-    seen: set[str] = set()
+    seen: set = set()
     for root in paths:
         root = Path(root)
         if root.is_dir():
@@ -1177,7 +1177,13 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
         else:
             candidates = [root]
         for p in candidates:
-            key = str(p.absolute())
+            # One file reached by two names (an absolute and a relative path, a symlinked folder given too, a
+            # link beside its target) is screened once, under the first.
+            try:
+                st = p.stat()
+                key = (st.st_dev, st.st_ino)
+            except (OSError, ValueError):
+                key = str(p.absolute())
             if key in seen:
                 continue
             suffix = p.suffix.lower()

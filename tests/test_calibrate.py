@@ -30,7 +30,12 @@ def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
     lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256}}
              for f, s in zip(files, real_scores + [0.97, 0.5, 0.99], strict=True)]
     lines.append({"path": str(tmp_path / files[0]), "score": 0.99, "model": {"sha256": "another model"}})
-    results.write_text("".join(json.dumps(d) + "\n" for d in lines[:-2] + lines[-1:]))
+    # The same weights at another sampling: the fit is for 32 frames a video.
+    lines += [{"path": str(tmp_path / files[1]), "score": 0.99, "model": {"sha256": card.sha256},
+               "config": {"frames": 8, "fps": None}},
+              {"path": str(tmp_path / files[2]), "score": 0.99, "model": {"sha256": card.sha256},
+               "config": {"frames": 32, "fps": 2.0}}]
+    results.write_text("".join(json.dumps(d) + "\n" for d in lines[:-4] + lines[-3:]))
     before = card_path.read_text()
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) == 0
     after = ModelCard.load(card_path)

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from conftest import SAMPLE_CLIPS, ffmpeg
 
+from deepscan import Scanner
 from deepscan.campaign import available_backend
 from deepscan.cli import main
 from deepscan.html import line_problem
@@ -100,3 +101,22 @@ def test_dedupe_screens_a_file_that_goes_on_past_the_screened_one(tmp_path):
     longer = lines["b_real_then_swap.mp4"]
     assert longer["extra"]["campaign"]["group"] == lines["a_real.mp4"]["extra"]["campaign"]["group"]
     assert longer["extra"]["campaign"]["inherited"] is False and longer["n_frames"] == 4
+
+
+def test_a_dedupe_scan_in_progress_keeps_its_groups_to_itself(tmp_path):
+    """Its groups were the Scanner's while it ran: a scan_video of a copy in between took a verdict unscreened,
+    a plain scan joined its groups, and a later file of the dedupe scan inherited from that plain scan's file."""
+    src = tmp_path / "dd"
+    src.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4", src / "a.mp4")
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "b.mp4")
+    shutil.copy(SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4", tmp_path / "other_copy.mp4")
+    scanner = Scanner(frames=4, threads=1, keep_heatmaps=False)
+    dedupe = scanner.scan([src], dedupe=True)
+    assert next(dedupe).path.endswith("a.mp4")
+    alone = scanner.scan_video(tmp_path / "other_copy.mp4")
+    plain = next(scanner.scan([SAMPLE_CLIPS / "carphone_real.mp4"]))
+    assert alone.n_frames == 4 and "campaign" not in alone.extra and "campaign" not in plain.extra
+    (rest,) = list(dedupe)
+    assert rest.path.endswith("b.mp4") and rest.n_frames == 4 and not rest.extra["campaign"].get("inherited")
+    assert sorted(m for g in scanner.campaign_groups for m in g.members) == sorted(str(p) for p in src.iterdir())

@@ -45,3 +45,21 @@ def test_paste_heatmap_maps_back_into_the_face_square():
     assert (x1, y1, x2, y2) == (20, 20, 100, 100)
     assert full.shape == (80, 80)
     assert full[40, 40] == pytest.approx(1.0) and full[2, 2] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("x1", [100.0, 100.3, 100.7, 100.95])
+def test_points_land_where_the_crop_shows_them(x1):
+    """A landmark mapped into the crop (what the training cache stores beside each crop) falls on the pixel
+    the crop shows it at: measured from the pixel square crop_face cuts, not the float square, which was up
+    to a pixel off (0.9 context px on average on real faces)."""
+    from deepscan.crops import to_crop
+
+    frame = np.zeros((400, 400, 3), np.uint8)
+    marks = np.array([[150, 170], [210, 160], [185, 230]])
+    frame[marks[:, 1], marks[:, 0]] = 255
+    box = (x1 + 40, 140.2, x1 + 140, 240.2)  # margin 0: a 100-px square cut at full size, so pixels map 1:1
+    crop = crop_face(frame, box, 0.0, 100)
+    mapped = to_crop(marks, box, 0.0, 100)
+    assert np.array_equal(mapped, np.round(mapped))  # whole pixels, as they are in the frame
+    lit = np.argwhere(crop[..., 0] == 255)[:, ::-1]
+    assert sorted(map(tuple, mapped.astype(int))) == sorted(map(tuple, lit))

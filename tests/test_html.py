@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -339,3 +340,19 @@ def test_an_inherited_copy_links_to_the_screened_files_evidence(tmp_path):
     assert "scanned without HTML evidence" not in text and "0 faces in 0 frames" not in text
     anchor = next(a["id"] for a in page.find("section") if a.get("aria-label") == "original.mp4")
     assert any(a.get("href") == f"#{anchor}" and a.get("class") == "mono" for a in page.find("a"))
+
+
+def test_a_crowds_timeline_keeps_its_legend_on_the_image():
+    """40 people: the legend (one entry each) ran off the image with the threshold's entry, and matplotlib
+    warned that the layout could not be applied; the most suspicious are named, the rest drawn in grey."""
+    import warnings
+
+    from deepscan.evidence import LEGEND_PEOPLE, _timeline_png
+
+    rng = np.random.default_rng(0)
+    crowd = synthetic_result("crowd.mp4", {t: list(rng.random(6)) for t in range(40)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = _timeline_png(crowd, 0.8954, 0.1)
+    assert png.startswith(PNG_MAGIC) and Image.open(io.BytesIO(png)).size == (720, 240)
+    assert LEGEND_PEOPLE < 40

@@ -386,3 +386,19 @@ def test_empty_weights_argument_still_verifies_the_cards_own_weights(tmp_path):
     for weights in (None, ""):
         with pytest.raises(WeightsMismatch):
             load_detector(str(tmp_path / card.path.name), weights=weights, device="cpu")
+
+
+def test_a_grad_cam_detector_records_no_heatmap_peak(tmp_path):
+    """Grad-CAM maps are scaled to their own peak, so every face's heat_peak read 1.0 whatever its score."""
+    from conftest import SAMPLE_CLIPS
+
+    from deepscan import Scanner
+
+    clip = SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4"
+    if not clip.is_file():
+        pytest.skip("sample clips missing")
+    weights = write_synthetic_h5(tmp_path / "synthetic_meso4.h5", "meso4", seed=4)
+    result = Scanner(detector="mesonet4-df", weights=str(weights), frames=4, device="cpu").scan_video(clip)
+    faces = [f for fr in result.frames for f in fr.faces]
+    assert faces and all(f.heat_peak is None and f.heatmap.max() == pytest.approx(1.0, abs=1e-3) for f in faces)
+    assert all("heat_peak" not in f for fr in result.to_dict()["frames"] for f in fr["faces"])

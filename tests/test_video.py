@@ -218,6 +218,20 @@ def test_discover_by_extension_and_content(tmp_path, test_video):
     assert found == ["a.mp4", "fake.mp4", "sub/payload.bin"]
 
 
+def test_discover_gives_a_file_reached_by_two_names_once(tmp_path, test_video, monkeypatch):
+    """A folder given twice (absolute and relative, or beside a symlink to it) and a link beside its target:
+    each file once, under the first name (a scan screened it twice, or resumed it under another name)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(test_video, root / "a.mp4")
+    shutil.copy(test_video, root / "b.mp4")  # a copy is another file
+    (root / "c_link.mp4").symlink_to(root / "a.mp4")
+    (tmp_path / "link").symlink_to(root, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    found = [p.as_posix() for p in discover([root, "in", "link", "in/a.mp4"])]
+    assert found == [f"{root.as_posix()}/a.mp4", f"{root.as_posix()}/b.mp4"]
+
+
 def test_hardware_decoding_gives_the_same_frames_or_falls_back_to_the_cpu(tmp_path, monkeypatch):
     """``hwaccel`` decodes on the GPU where there is one (the same frames: H.264 decoding is bit-exact) and on
     the CPU where it fails before a frame comes out (no GPU here in CI; an unknown accelerator), remembered

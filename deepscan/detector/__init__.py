@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..crops import normalise
-from .card import ModelCard, WeightsMismatch, sha256_file
+from .card import PRECISIONS, ModelCard, WeightsMismatch, sha256_file
 
 __all__ = [
     "Detector",
@@ -50,16 +52,40 @@ def shared_dir() -> Path:
 
 def available_models() -> dict[str, Path]:
     """Model name → card path, for every card found (first directory wins on a name clash)."""
+    return _cards()[0]
+
+
+def _cards() -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """(name → card path, name → every card of the winning directory that claims it, where more than one do).
+
+    A JSON file that is no card (no ``architecture`` and ``weights``) is passed over in silence; one that is
+    meant as a card but does not load is passed over with a warning, since a name it claims would otherwise
+    quietly resolve to another directory's card."""
     found: dict[str, Path] = {}
+    claims: dict[str, list[Path]] = {}
     for d in models_dirs():
-        if d.is_dir():
-            for p in sorted(d.glob("*.json")):
-                try:
-                    name = ModelCard.load(p).name
-                except Exception:  # noqa: BLE001 - a stray JSON is not a model card
-                    continue
-                found.setdefault(name, p)
-    return found
+        if not d.is_dir():
+            continue
+        here: dict[str, list[Path]] = {}
+        for p in sorted(d.glob("*.json")):
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if not (isinstance(data, dict) and "architecture" in data and "weights" in data):
+                continue
+            try:
+                name = ModelCard.from_dict(data, path=p.resolve()).name
+            except (TypeError, ValueError, KeyError) as exc:
+                warnings.warn(f"{p}: model card not loaded ({type(exc).__name__}: {exc})", stacklevel=3)
+                continue
+            here.setdefault(name, []).append(p)
+        for name, paths in here.items():
+            if name not in found:
+                found[name] = paths[0]
+                if len(paths) > 1:
+                    claims[name] = paths
+    return found, claims
 
 
 DEFAULT_MODEL = "deepscan-sbi-lite0"
@@ -74,10 +100,14 @@ def resolve_card(name_or_path: str | None) -> ModelCard:
     p = Path(name_or_path)
     if p.suffix == ".json" and p.is_file():
         return ModelCard.load(p)
-    models = available_models()
+    models, ambiguous = _cards()
     if name_or_path not in models:
         known = ", ".join(sorted(models)) or "none"
         raise KeyError(f"unknown detector {name_or_path!r} (known: {known})")
+    if name_or_path in ambiguous:  # the first by file name used to win, silently (an older copy, say)
+        raise KeyError(f"detector {name_or_path!r} is named by {len(ambiguous[name_or_path])} cards in "
+                       f"{ambiguous[name_or_path][0].parent}: " + ", ".join(p.name for p in ambiguous[name_or_path])
+                       + "; pass the card's path instead of its name")
     return ModelCard.load(models[name_or_path])
 
 
@@ -130,8 +160,11 @@ class Detector:
         # Channels-last convolutions: faster on CPUs and on GPU tensor cores alike (inputs are made to match).
         self.net = self.net.to(memory_format=torch.channels_last)
 
-    def _choose_precision(self, precision: str) -> str:
-        if precision != "auto":
+    def _choose_precision(self, precision: str | None) -> str:
+        if precision not in (None, "auto", *PRECISIONS):
+            # Any other name ran bf16 and was judged at fp32's threshold, and was recorded as given.
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+        if precision not in (None, "auto"):
             return precision
         # Half precision pays on GPUs; on CPUs with bf16 instructions bf16 autocast nearly halves the cost of
         # a forward pass (the card carries a threshold fitted on bf16 scores); elsewhere bf16 is emulated and
@@ -161,10 +194,14 @@ class Detector:
     def predict(self, crops: np.ndarray) -> DetectorOutput:
         """Score uint8 RGB crops (N, S, S, 3) made by :func:`deepscan.crops.crop_face` at the card's size."""
         crops = np.asarray(crops)
-        n = len(crops)
         s = self.card.input_size
-        if n == 0:
+        if len(crops) == 0:
             return DetectorOutput(np.zeros((0,), np.float32), np.zeros((0, s, s), np.float32))
+        if crops.ndim == 3:  # one crop: its rows were taken for a batch
+            crops = crops[None]
+        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3):
+            raise ValueError(f"{self.name} takes RGB crops of shape (N, {s}, {s}, 3), not {crops.shape}")
+        n = len(crops)
         probs, maps = [], []
         for i in range(0, n, self.batch_size):
             p, m = self._predict_batch(crops[i : i + self.batch_size])

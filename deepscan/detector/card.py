@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class WeightsMismatch(RuntimeError):
@@ -61,6 +70,31 @@ class ModelCard:
     extra: dict = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self):
+        # A card decides verdicts: a NaN threshold makes every fake "real", a negative temperature inverts every
+        # score, and a card declaring another output would be read as a fake probability. Refused on loading.
+        problems = []
+        for key, value in [("threshold", self.threshold),
+                           *((f"precision_thresholds.{k}", v) for k, v in self.precision_thresholds.items())]:
+            if not (_finite(value) and 0.0 <= value <= 1.0):
+                problems.append(f"{key} must be a number from 0 to 1, not {value!r}")
+        unknown = set(self.precision_thresholds) - set(PRECISIONS)
+        if unknown:
+            problems.append(f"precision_thresholds for unknown precisions {sorted(unknown)} (known: fp32, bf16, fp16)")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            problems.append(f"temperature must be a positive number, not {self.temperature!r}")
+        if not (_finite(self.uncertain_band) and 0.0 <= self.uncertain_band <= 1.0):
+            problems.append(f"uncertain_band must be a number from 0 to 1, not {self.uncertain_band!r}")
+        if self.output != "fake_probability":
+            problems.append(f"output {self.output!r}: deepscan reads only fake_probability cards")
+        if self.heatmap not in ("gradcam", "mask_head"):
+            problems.append(f"heatmap must be gradcam or mask_head, not {self.heatmap!r}")
+        if self.sha256 is not None and not (isinstance(self.sha256, str) and _SHA256.fullmatch(self.sha256)):
+            problems.append(f"sha256 must be 64 lower-case hex digits, not {self.sha256!r}")
+        if problems:
+            raise ValueError("model card " + (self.name if isinstance(self.name, str) else "?") + ": "
+                             + "; ".join(problems))
+
     def threshold_for(self, precision: str) -> float:
         """The decision threshold for scores computed at ``precision`` (fp32's unless fitted for it)."""
         return float(self.precision_thresholds.get(precision, self.threshold))
@@ -105,8 +139,12 @@ class ModelCard:
         target = Path(weights_path) if weights_path else self.weights_path
         if not target.is_file():
             raise FileNotFoundError(f"weights not found: {target}")
+        if not self.sha256:
+            # A card without a digest would load any file under its weights' name unchecked.
+            raise WeightsMismatch(f"model card {self.name} names no sha256 for {target.name}; refusing to load "
+                                  "weights it cannot vouch for")
         actual = sha256_file(target)
-        if self.sha256 and actual != self.sha256:
+        if actual != self.sha256:
             raise WeightsMismatch(
                 f"{target.name}: sha256 {actual[:16]}… does not match the model card's {self.sha256[:16]}…; "
                 "refusing to load weights that are not the ones the card describes"

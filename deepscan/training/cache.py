@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crops import crop_face, square_box
+from ..crops import crop_face, to_crop
 from ..detector.card import FaceDetectorSettings
 from .landmarks68 import sidecar_fits
 
@@ -29,6 +29,11 @@ _IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking":
 # and never lose the last one: some clips' cached frames moved, so an older cache is cut another way.
 FRAME_SAMPLING = "video-stream-span"
 LEGACY_FRAME_SAMPLING = "container-span"  # caches written before the name was recorded
+# Where a crop's box and landmarks are measured from. Session 49 measures them from the pixel square the crop
+# is cut from (crops.to_crop), as inference cuts it; caches before took the float square, up to a pixel off
+# (0.9 context px on average), so their boxes sat beside the faces the crops show.
+CROP_GEOMETRY = "pixel-square"
+LEGACY_CROP_GEOMETRY = "float-square"
 
 
 def read_manifest(path) -> list[dict]:
@@ -77,7 +82,7 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     previous = json.loads(index_path.read_text()) if index_path.is_file() else None
     finder = FaceFinder(settings)
     index = {"context_margin": context_margin, "context_size": context_size, "frames_per_clip": frames_per_clip,
-             "face_detector": asdict(settings), "frame_sampling": FRAME_SAMPLING,
+             "face_detector": asdict(settings), "frame_sampling": FRAME_SAMPLING, "crop_geometry": CROP_GEOMETRY,
              "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "clips": []}
     before = {c["id"]: c for c in (previous or {}).get("clips", [])}
     t0 = time.time()
@@ -98,12 +103,10 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
                 for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
                     for frame, faces in zip(batch, finder.detect([f.image for f in batch]), strict=True):
                         for face in _keep_faces(faces, row["label"]):
-                            sx1, sy1, sx2, sy2 = square_box(face.box, context_margin)
-                            k = context_size / (sx2 - sx1)
                             crops.append(crop_face(frame.image, face.box, context_margin, context_size))
-                            b = face.box
-                            boxes.append([(b[0] - sx1) * k, (b[1] - sy1) * k, (b[2] - sx1) * k, (b[3] - sy1) * k])
-                            marks.append((face.landmarks - [sx1, sy1]) * k)
+                            corners = np.reshape(face.box[:4], (2, 2))
+                            boxes.append(to_crop(corners, face.box, context_margin, context_size).ravel())
+                            marks.append(to_crop(face.landmarks, face.box, context_margin, context_size))
                             fidx.append(frame.index)
                             probs.append(face.prob)
                 tmp = target.with_suffix(".tmp.npz")
@@ -130,7 +133,8 @@ def _cut_with(index: dict, label) -> dict:
     return json.loads(json.dumps({
         "face_detector": index.get("face_detector"), "frames_per_clip": index.get("frames_per_clip"),
         "context_margin": index.get("context_margin"), "context_size": index.get("context_size"),
-        "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING), "label": label}))
+        "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING),
+        "crop_geometry": index.get("crop_geometry", LEGACY_CROP_GEOMETRY), "label": label}))
 
 
 def _cached_with(previous: dict | None, entry: dict | None) -> dict | None:

@@ -24,7 +24,7 @@ import numpy as np
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from ..results import is_number
-from .cache import LEGACY_FRAME_SAMPLING
+from .cache import LEGACY_CROP_GEOMETRY, LEGACY_FRAME_SAMPLING
 from .data import (
     BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
@@ -788,6 +788,8 @@ def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[d
     identity = {key: index.get(key) for key in ("manifest_sha256", "face_detector", "frames_per_clip",
                                                   "context_margin", "context_size")}
     identity["frame_sampling"] = index.get("frame_sampling", LEGACY_FRAME_SAMPLING)
+    if index.get("crop_geometry", LEGACY_CROP_GEOMETRY) != LEGACY_CROP_GEOMETRY:  # older checkpoints still resume
+        identity["crop_geometry"] = index["crop_geometry"]
     identity["train"] = [[c["file"], c.get("n_crops")] for c in train_meta]
     identity["val"] = [[c["file"], c.get("n_crops")] for c in val_meta]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -1361,6 +1363,7 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
         # How the crop cache chose its frames (cache.FRAME_SAMPLING): a cache built by older code samples some
         # clips at other instants, so `deepscan train` on a fresh cache is not the same run.
         "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING),
+        "crop_geometry": index.get("crop_geometry", LEGACY_CROP_GEOMETRY),
         "clips": {
             "train_real": count(train_meta, {"real", "unknown"}),
             "train_fake_used": len(fakes),
