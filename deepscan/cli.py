@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 EXIT_OK, EXIT_FAKE, EXIT_ERROR = 0, 1, 2
@@ -28,6 +30,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _positive_finite(text: str) -> float:
+    value = _positive_float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number")
     return value
 
 
@@ -55,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="weights file for the detector (e.g. a MesoNet .h5)")
     sampling = s.add_mutually_exclusive_group()
     sampling.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly (default 32)")
-    sampling.add_argument("--fps", type=_positive_float, help="sample at this many frames per second instead")
+    sampling.add_argument("--fps", type=_positive_finite, help="sample at this many frames per second instead")
     s.add_argument("--out", type=Path, help="directory for results.jsonl (one line per video, as each finishes)")
     s.add_argument("--json", action="store_true", help="print one JSON line per video instead of the table")
     s.add_argument("--html", action="store_true",
@@ -194,7 +203,8 @@ def cmd_scan(args) -> int:
     try:
         scanner.detector  # noqa: B018 - fail early and clearly on a bad model, before any video
     except (KeyError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        _print_error(console, str(exc))
+        # A KeyError's str() is its message in quotes.
+        _print_error(console, exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
         return EXIT_ERROR
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     paths = list(discover(args.paths))
@@ -357,7 +367,16 @@ def cmd_eval(args) -> int:
     if args.results:
         from .evaluate import metrics_from_results, pair_with_first
 
+        if args.detector or args.weights:
+            console.print("note: --detector and --weights are for scanning; with --results the scores are "
+                          "those the results files hold", style="dim", markup=False)
         entries = [metrics_from_results(clips, p) for p in args.results]
+        # Two results files of one model (two scans, two runs) are told apart by their file.
+        names = Counter(e["detector"] for e in entries)
+        for entry, path in zip(entries, args.results, strict=True):
+            entry["results"] = str(path)
+            if names[entry["detector"]] > 1:
+                entry["detector"] = f"{entry['detector']} ({path})"
         pair_with_first(entries)
         report = {"n_clips": entries[0]["n_clips"], "n_fake": entries[0]["n_fake"], "detectors": entries}
         if args.out:
@@ -440,11 +459,14 @@ def cmd_validate(args) -> int:
 
 
 def _print_error(console, message: str) -> None:
-    """``error: message`` with the message as plain text: paths and exception texts may hold "[...]", which
-    rich would read as markup (text lost, or a MarkupError in place of the error)."""
+    """``deepscan: error: message`` on stderr, whatever ``console`` prints to (stdout carries results, e.g.
+    ``--json`` lines), with the message as plain text: paths and exception texts may hold "[...]", which rich
+    would read as markup (text lost, or a MarkupError in place of the error)."""
     from rich.text import Text
 
-    console.print(Text.assemble(("error:", "bold red"), " ", message))
+    from .report import make_console
+
+    make_console(sys.stderr).print(Text.assemble(("deepscan: error:", "bold red"), " ", message))
 
 
 def _paired_table(measured: dict):

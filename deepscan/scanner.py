@@ -883,6 +883,7 @@ class ResultsWriter:
         self.path = self.dir / "results.jsonl"
         self._done: dict[tuple, dict] = {}
         self._last: dict[str, dict] = {}  # path -> the dict of its last line
+        self._by_file: dict[tuple, str] | None = None  # (device, inode) -> the first name a file has here
         if self.path.exists():
             self._load()
 
@@ -899,6 +900,10 @@ class ResultsWriter:
                 self._remember(d)
 
     def _remember(self, d: dict) -> None:
+        if self._by_file is not None and d["path"] not in self._last:
+            key = _file_key(d["path"])
+            if key is not None:
+                self._by_file.setdefault(key, d["path"])
         self._last[d["path"]] = d
         model = d.get("model")
         key = (d.get("sha256"), model.get("sha256") if isinstance(model, dict) else None, d.get("config_hash"))
@@ -910,12 +915,25 @@ class ResultsWriter:
         by_path = self._done.get((sha256, model_sha256, config_hash)) or {}
         if path is None:
             return next(iter(by_path.values()), None)
-        found = by_path.get(printable(str(path)))
-        if found is None:
-            # The same file named another way (absolute, relative, through a link): resumed under the name it
-            # was first scanned as, else the report would list it twice. A copy elsewhere is another file.
-            found = next((d for name, d in by_path.items() if _same_file(name, path)), None)
-        return found
+        return by_path.get(self.first_name(str(path)))
+
+    def first_name(self, path: str) -> str:
+        """The name this file has in the results: ``path``, unless the same file (absolute then, relative or
+        through a link now) has lines under another name. Resumed or screened again, it is then kept under
+        that first name, so the report lists it once. A copy elsewhere is another file."""
+        name = printable(path)
+        if name in self._last:
+            return name
+        key = _file_key(path)
+        if key is None:
+            return name
+        if self._by_file is None:  # built on the first name not found as it is: one stat per stored path
+            self._by_file = {}
+            for stored in self._last:
+                stored_key = _file_key(stored)
+                if stored_key is not None:
+                    self._by_file.setdefault(stored_key, stored)
+        return self._by_file.get(key, name)
 
     def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
         """The finished result for this content, model and configuration: under ``path`` when given (a
@@ -937,6 +955,9 @@ class ResultsWriter:
             self._append(d)
 
     def write(self, result: VideoResult) -> None:
+        first = self.first_name(result.path)
+        if first != printable(result.path):
+            result.path = first
         self._append(result.to_dict())
 
     def _append(self, d: dict) -> None:
@@ -974,11 +995,12 @@ def _evidence_on_disk(result: VideoResult, out_dir: Path) -> bool:
     return all((out_dir / n).is_file() for n in names if isinstance(n, str))
 
 
-def _same_file(a, b) -> bool:
+def _file_key(path) -> tuple[int, int] | None:
     try:
-        return os.path.samefile(a, b)
+        st = os.stat(path)
     except (OSError, ValueError):  # gone, or a name the OS cannot take (a stored line's escaped bytes)
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
 def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:

@@ -194,3 +194,20 @@ def test_results_matched_by_path_with_a_threshold_that_is_no_number(tmp_path):
     m = metrics_from_results(read_labels(labels), results)
     assert m["video_scores"]["scores"] == [0.0, 1.0] and m["auc"] == 1.0
     assert m["at_threshold"]["threshold"] == 0.5 and m["at_threshold"]["accuracy"] == 1.0
+
+
+def test_two_results_files_of_one_model_are_told_apart(tmp_path, capsys):
+    from deepscan.cli import main
+
+    _, lines = _clips_and_results(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    out = tmp_path / "metrics"
+    assert main(["eval", str(tmp_path / "labels.tsv"), "--results", str(tmp_path / "a" / "results.jsonl"),
+                 "--results", str(tmp_path / "b" / "results.jsonl"), "--detector", "x", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    names = [d["detector"] for d in report["detectors"]]
+    assert len(set(names)) == 2 and all(n.startswith("m (") for n in names)  # both were "m"
+    assert report["detectors"][1]["paired_with_first"]["against"] == names[0]
+    assert "--detector and --weights are for scanning" in capsys.readouterr().out

@@ -339,11 +339,16 @@ def test_a_folder_named_another_way_resumes_and_is_reported_once(tmp_path, sampl
         again = list(Scanner(frames=8, keep_heatmaps=False).scan([named], out_dir=out))
         assert [r.resumed for r in again] == [True, False, True, True]  # the broken file is tried again
         assert [r.path for r in again if r.resumed] == [r.path for r in first if r.status == "ok"]
+    # Screened again with other settings under the other name: still one entry per file, the latest result.
+    rescreened = list(Scanner(frames=6, keep_heatmaps=False).scan(["link"], out_dir=out))
+    assert not any(r.resumed for r in rescreened)
+    assert [r.path for r in rescreened if r.status == "ok"] == [r.path for r in first if r.status == "ok"]
     shutil.copy(tmp_path / "in" / "0_astronaut_mouthwarp_fake.mp4", tmp_path / "copy.mp4")  # a copy is another file
     (copied,) = Scanner(frames=8, keep_heatmaps=False).scan(["copy.mp4"], out_dir=out)
     assert not copied.resumed
-    reported = [d["path"] for d in read_results(out / "results.jsonl")[0]]
-    assert sorted(reported) == sorted({r.path for r in first} | {"copy.mp4", "in/1_broken.mp4", "link/1_broken.mp4"})
+    reported = read_results(out / "results.jsonl")[0]
+    assert sorted(d["path"] for d in reported) == sorted({r.path for r in first} | {"copy.mp4"})
+    assert {d["config"]["frames"] for d in reported if d["status"] == "ok" and d["path"] != "copy.mp4"} == {6}
 
 
 def test_a_result_judged_at_another_threshold_is_screened_again(tmp_path, sample_clip):
@@ -383,6 +388,6 @@ def test_a_report_that_cannot_be_written_keeps_the_fake_exit_status(tmp_path, sa
     monkeypatch.setattr(deepscan.html, "build_report", broken)
     code = cli_main(["scan", str(sample_clip), "--frames", "4", "--threshold", "0", "--out", str(tmp_path),
                      "--html"])
-    out = capsys.readouterr().out
-    assert code == 1 and "report.html not written" in out and "deepscan report" in out
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("deepscan: error: report.html not written") and "deepscan report" in err
     assert json.loads((tmp_path / "results.jsonl").read_text())["verdict"] == "fake"

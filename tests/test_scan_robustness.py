@@ -150,7 +150,9 @@ def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     target = tmp_path / "results"
     target.write_text("not a directory")
     assert cli_main(["scan", str(CLIP), "--frames", "2", "--out", str(target)]) == 2
-    assert "not a directory" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    # On stderr, as every error: stdout may carry --json result lines.
+    assert captured.err.startswith("deepscan: error: ") and "not a directory" in captured.err and not captured.out
     assert target.read_text() == "not a directory"
     # Under a file: caught by main's handler, not a traceback with exit status 1.
     assert cli_main(["scan", str(CLIP), "--frames", "2", "--out", str(target / "sub")]) == 2

@@ -256,5 +256,11 @@ def load_detector(name_or_path: str | None = None, weights=None, device=None, pr
         digest = card.verify_weights(wpath)
     else:
         digest = sha256_file(wpath)
-    net = build_net(card, wpath)
+    try:
+        net = build_net(card, wpath)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' and h5py's own errors on a file of another kind
+        raise ValueError(f"{wpath}: not weights of {card.name}'s architecture ({card.architecture}): "
+                         f"{type(exc).__name__}: {exc}") from exc
     return Detector(card, net, digest, device=device, precision=precision, batch_size=batch_size)
