@@ -31,7 +31,7 @@ import numpy as np
 
 from . import __version__
 from .crops import crop_face
-from .detector.card import PRECISIONS
+from .detector.card import checked_precision
 from .results import FaceResult, FrameResult, VideoResult, dumps_line, is_number, printable, result_line
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
@@ -118,10 +118,7 @@ class ScanOptions:
             raise ValueError(f"heatmaps_per_person must be a whole number (or None), not {self.heatmaps_per_person!r}")
         if self.fps is not None and not (is_number(self.fps) and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a positive number (or None), not {self.fps!r}")
-        if self.precision is None:
-            self.precision = "auto"
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        self.precision = checked_precision(self.precision)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..crops import normalise
-from .card import PRECISIONS, ModelCard, WeightsMismatch, sha256_file
+from .card import ModelCard, WeightsMismatch, checked_precision, sha256_file
 
 __all__ = [
     "Detector",
@@ -161,10 +161,8 @@ class Detector:
         self.net = self.net.to(memory_format=torch.channels_last)
 
     def _choose_precision(self, precision: str | None) -> str:
-        if precision not in (None, "auto", *PRECISIONS):
-            # Any other name ran bf16 and was judged at fp32's threshold, and was recorded as given.
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
-        if precision not in (None, "auto"):
+        precision = checked_precision(precision)
+        if precision != "auto":
             return precision
         # Half precision pays on GPUs; on CPUs with bf16 instructions bf16 autocast nearly halves the cost of
         # a forward pass (the card carries a threshold fitted on bf16 scores); elsewhere bf16 is emulated and

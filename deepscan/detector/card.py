@@ -18,6 +18,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def checked_precision(precision: str | None) -> str:
+    """``precision`` as a scan takes it (None: "auto"); any other name ran bf16 and was judged at fp32's
+    threshold, and was recorded as given, so it is refused."""
+    if precision is None:
+        return "auto"
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    return precision
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
