@@ -41,6 +41,7 @@ from .video import (
     check_input,
     decode_size,
     discover,
+    file_identity,
     iter_frames,
     probe,
 )
@@ -898,7 +899,7 @@ class ResultsWriter:
 
     def _remember(self, d: dict) -> None:
         if self._by_file is not None and d["path"] not in self._last:
-            key = _file_key(d["path"])
+            key = file_identity(d["path"])
             if key is not None:
                 self._by_file.setdefault(key, d["path"])
         self._last[d["path"]] = d
@@ -921,13 +922,13 @@ class ResultsWriter:
         name = printable(path)
         if name in self._last:
             return name
-        key = _file_key(path)
+        key = file_identity(path)
         if key is None:
             return name
         if self._by_file is None:  # built on the first name not found as it is: one stat per stored path
             self._by_file = {}
             for stored in self._last:
-                stored_key = _file_key(stored)
+                stored_key = file_identity(stored)
                 if stored_key is not None:
                     self._by_file.setdefault(stored_key, stored)
         return self._by_file.get(key, name)
@@ -990,14 +991,6 @@ def _evidence_on_disk(result: VideoResult, out_dir: Path) -> bool:
                                     for k in ("crop", "overlay")]
     names += [t.get("thumb") for t in ev.get("tracks") or [] if isinstance(t, dict)]
     return all((out_dir / n).is_file() for n in names if isinstance(n, str))
-
-
-def _file_key(path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):  # gone, or a name the OS cannot take (a stored line's escaped bytes)
-        return None
-    return st.st_dev, st.st_ino
 
 
 def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:

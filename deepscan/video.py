@@ -1179,11 +1179,7 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
         for p in candidates:
             # One file reached by two names (an absolute and a relative path, a symlinked folder given too, a
             # link beside its target) is screened once, under the first.
-            try:
-                st = p.stat()
-                key = (st.st_dev, st.st_ino)
-            except (OSError, ValueError):
-                key = str(p.absolute())
+            key = file_identity(p) or str(p.absolute())
             if key in seen:
                 continue
             suffix = p.suffix.lower()
@@ -1191,6 +1187,16 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
                     or (p.is_file() and looks_like_video(p))):
                 seen.add(key)
                 yield p
+
+
+def file_identity(path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names, following links; None when it cannot be stat'ed or the
+    filesystem gives no inode numbers (0: some network and FAT mounts), where every file would look alike."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # gone, or a name the OS cannot take (a stored line's escaped bytes)
+        return None
+    return (st.st_dev, st.st_ino) if st.st_ino else None
 
 
 def _walk(root: Path) -> Iterator[Path]:

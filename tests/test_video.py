@@ -230,6 +230,14 @@ def test_discover_gives_a_file_reached_by_two_names_once(tmp_path, test_video, m
     monkeypatch.chdir(tmp_path)
     found = [p.as_posix() for p in discover([root, "in", "link", "in/a.mp4"])]
     assert found == [f"{root.as_posix()}/a.mp4", f"{root.as_posix()}/b.mp4"]
+    # A filesystem without inode numbers (0 for every file: some network and FAT mounts) must not make every
+    # file look like the first: names are all there is to go by.
+    import os
+
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: os.stat_result((*real_stat(path, *a, **k)[:1], 0,
+                                                                          *real_stat(path, *a, **k)[2:10])))
+    assert len(list(discover([root]))) == 3
 
 
 def test_hardware_decoding_gives_the_same_frames_or_falls_back_to_the_cpu(tmp_path, monkeypatch):
