@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import FaceResult, FrameResult, VideoResult
+from .results import FaceResult, FrameResult, VideoResult, scores_by_track
 
 EVIDENCE_VERSION = 1
 COLORMAP = "jet"  # blue = no evidence, red = strongest evidence: the convention readers of heatmaps expect
@@ -104,10 +104,7 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
     fig = Figure(figsize=(7.2, 2.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    per_track: dict[int, list[tuple[float, float]]] = {}
-    for frame in result.frames:
-        for face in frame.faces:
-            per_track.setdefault(face.track, []).append((frame.time_s, face.score))
+    per_track = scores_by_track(result.frames)
     track_verdict = {t.id: t for t in result.tracks}
     # A legend holds the LEGEND_PEOPLE most suspicious people, each in a colour of its own; the rest are drawn
     # in grey under one entry (a crowd's legend ran off the image, threshold entry included, and colours
@@ -201,6 +198,14 @@ def save_evidence(result: VideoResult, out_dir: Path, top_k: int = 4) -> dict:
             "face_score": round(float(face.score), 6), "time_s": round(float(frame.time_s), 4),
             "frame": frame.index, "thumb": write(f"track{track}.png", _png_bytes(_thumbnail(face.crop)))})
     return evidence
+
+
+def image_paths(evidence: dict) -> list[str]:
+    """Every image path (relative to the report folder) an evidence record from :func:`save_evidence` names."""
+    names = [evidence.get("timeline")]
+    names += [f.get(k) for f in evidence.get("faces") or [] if isinstance(f, dict) for k in ("crop", "overlay")]
+    names += [t.get("thumb") for t in evidence.get("tracks") or [] if isinstance(t, dict)]
+    return [n for n in names if isinstance(n, str)]
 
 
 def drop_pixels(result: VideoResult) -> None:

@@ -62,6 +62,7 @@ _FACE_OPTIONAL = {"prob": (_NUMBER, None), "heat_peak": (_NUMBER, None)}
 _EVIDENCE = {"timeline": (_STR, None), "colormap": (_STR, None), "faces": (_LIST, None), "tracks": (_LIST, None)}
 _EVIDENCE_FACE = {"score": (_NUMBER,), "time_s": (_NUMBER,), "frame": (_INT,), "track": (_INT,),
                   "crop": (_STR, None), "overlay": (_STR, None)}
+_EVIDENCE_TRACK = {"track": (_INT,), "thumb": (_STR, None)}
 _CAMPAIGN = {"group": (_INT, _STR, None), "size": (_INT,), "inherited": (_BOOL,), "screened_as": (_STR,),
              "altered_groups": (_LIST,), "is_representative": (_BOOL,)}
 _PROVENANCE = {"notes": (_LIST,), "errors": (_LIST,), "device": (_DICT,), "c2pa": (_DICT, None),
@@ -119,9 +120,8 @@ def line_problem(d: dict) -> str | None:
             box = face["box"]
             if len(box) != 4 or not all(is_number(v) for v in box):
                 return "face.box is not four numbers"
-    for key in ("duration_s",):
-        if not _of_type((d.get("video") or {}).get(key), (_NUMBER, None)):
-            return f"video.{key} is not a number"
+    if not _of_type((d.get("video") or {}).get("duration_s"), (_NUMBER, None)):
+        return "video.duration_s is not a number"
     if not all(is_number(v) for v in (d.get("timing") or {}).values()):
         return "timing holds something other than numbers"
     config = d.get("config") or {}
@@ -141,7 +141,7 @@ def line_problem(d: dict) -> str | None:
         if problem:
             return problem
     for t in (ev or {}).get("tracks") or []:
-        problem = _fields_problem(t, {"track": (_INT,), "thumb": (_STR, None)}, "evidence track", required=True)
+        problem = _fields_problem(t, _EVIDENCE_TRACK, "evidence track", required=True)
         if problem:
             return problem
     if not all(isinstance(g, (int, str)) for g in (campaign or {}).get("altered_groups") or []):

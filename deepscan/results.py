@@ -58,6 +58,16 @@ def read_result_lines(path) -> tuple[list[dict], int]:
     return lines, bad
 
 
+def scores_by_track(frames) -> dict[int, list[tuple[float, float]]]:
+    """Each person's (track's) faces as (time_s, score), in frame order: what scoring, the timeline plot and a
+    result read back from its line group the same way."""
+    per_track: dict[int, list[tuple[float, float]]] = {}
+    for frame in frames:
+        for face in frame.faces:
+            per_track.setdefault(face.track, []).append((frame.time_s, face.score))
+    return per_track
+
+
 def json_safe(value):
     """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers (Python would write
     ``NaN``, which other readers reject), and a probe or container tag may hold one. Scores never do: the
@@ -205,13 +215,10 @@ class VideoResult:
                                                 landmarks=x.get("landmarks"), heat_peak=x.get("heat_peak"))
                                      for x in f["faces"]]) for f in d.get("frames", [])]
         # A track's face scores are not stored twice: they are its faces' scores in frame order, as aggregated.
-        track_scores: dict[int, list[float]] = {}
-        for frame in frames:
-            for face in frame.faces:
-                track_scores.setdefault(face.track, []).append(face.score)
+        seen = scores_by_track(frames)
         tracks = [TrackResult(id=t["id"], n_faces=t["n_faces"], score=t["score"], verdict=t["verdict"],
                               first_time_s=t["first_time_s"], last_time_s=t["last_time_s"], counted=t["counted"],
-                              scores=track_scores.get(t["id"], []))
+                              scores=[s for _, s in seen.get(t["id"], [])])
                   for t in d.get("tracks", [])]
         return cls(path=d["path"], sha256=d.get("sha256"), size_bytes=d.get("size_bytes"), status=d["status"],
                    score=d.get("score"), score_ci95=tuple(d["score_ci95"]) if d.get("score_ci95") else None,

@@ -762,7 +762,6 @@ class Scanner:
             for path in found:
                 yield path, lambda path=path: self._prepare(path, previous=previous)
             return
-        self.detector  # noqa: B018 - loaded here, on this thread: _previous reads it on the worker
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepscan-prepare") as pool:
             upcoming = pool.submit(self._prepare, found[0], previous=previous)
             for path, after in zip(found, [*found[1:], None], strict=True):
@@ -984,13 +983,10 @@ class ResultsWriter:
 def _evidence_on_disk(result: VideoResult, out_dir: Path) -> bool:
     """Whether ``result`` has evidence images and every one it names is still in ``out_dir`` (a results file
     copied without its assets/, or images deleted, is screened again for a report that shows them)."""
+    from .evidence import image_paths
+
     ev = result.extra.get("evidence")
-    if not isinstance(ev, dict):
-        return False
-    names = [ev.get("timeline")] + [f.get(k) for f in ev.get("faces") or [] if isinstance(f, dict)
-                                    for k in ("crop", "overlay")]
-    names += [t.get("thumb") for t in ev.get("tracks") or [] if isinstance(t, dict)]
-    return all((out_dir / n).is_file() for n in names if isinstance(n, str))
+    return isinstance(ev, dict) and all((out_dir / name).is_file() for name in image_paths(ev))
 
 
 def scan(paths, out_dir=None, dedupe: bool = False, **options) -> Iterator[VideoResult]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .results import FrameResult, TrackResult
+from .results import FrameResult, TrackResult, scores_by_track
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,7 @@ def verdict_for(score: float | None, threshold: float, band: float) -> str:
 def aggregate(frames: list[FrameResult], threshold: float, band: float,
               agg: Aggregation = Aggregation()) -> tuple[float | None, str, list[TrackResult]]:
     """Return (video score, verdict, per-track results) for one video's scored frames."""
-    per_track: dict[int, list[tuple[float, float]]] = {}
-    for frame in frames:
-        for face in frame.faces:
-            per_track.setdefault(face.track, []).append((frame.time_s, face.score))
+    per_track = scores_by_track(frames)
     if not per_track:
         return None, "no_face", []
     min_hits = max(2, int(np.ceil(agg.min_track_fraction * max(1, len(frames)))))

@@ -1177,14 +1177,14 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
         else:
             candidates = [root]
         for p in candidates:
+            suffix = p.suffix.lower()
+            if not (p is root or suffix in VIDEO_EXTENSIONS or suffix in PLAYLIST_EXTENSIONS
+                    or (p.is_file() and looks_like_video(p))):
+                continue
             # One file reached by two names (an absolute and a relative path, a symlinked folder given too, a
             # link beside its target) is screened once, under the first.
             key = file_identity(p) or str(p.absolute())
-            if key in seen:
-                continue
-            suffix = p.suffix.lower()
-            if (p is root or suffix in VIDEO_EXTENSIONS or suffix in PLAYLIST_EXTENSIONS
-                    or (p.is_file() and looks_like_video(p))):
+            if key not in seen:
                 seen.add(key)
                 yield p
 

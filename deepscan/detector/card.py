@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..results import is_number
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -29,7 +31,7 @@ def checked_precision(precision: str | None) -> str:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 class WeightsMismatch(RuntimeError):

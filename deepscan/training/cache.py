@@ -128,13 +128,19 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     return index
 
 
-def _cut_with(index: dict, label) -> dict:
-    """How a clip's crops are cut under ``index``'s settings, as index.json gives it back (tuples are lists)."""
+def cut_settings(index: dict) -> dict:
+    """How ``index``'s crops are cut (face detector, frames, context crop, sampling, geometry), as index.json
+    gives it back (tuples are lists)."""
     return json.loads(json.dumps({
         "face_detector": index.get("face_detector"), "frames_per_clip": index.get("frames_per_clip"),
         "context_margin": index.get("context_margin"), "context_size": index.get("context_size"),
         "frame_sampling": index.get("frame_sampling", LEGACY_FRAME_SAMPLING),
-        "crop_geometry": index.get("crop_geometry", LEGACY_CROP_GEOMETRY), "label": label}))
+        "crop_geometry": index.get("crop_geometry", LEGACY_CROP_GEOMETRY)}))
+
+
+def _cut_with(index: dict, label) -> dict:
+    """How a clip's crops are cut under ``index``'s settings: :func:`cut_settings` and the clip's label."""
+    return {**cut_settings(index), "label": label}
 
 
 def _cached_with(previous: dict | None, entry: dict | None) -> dict | None:

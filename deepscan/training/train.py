@@ -24,7 +24,7 @@ import numpy as np
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from ..results import is_number
-from .cache import LEGACY_CROP_GEOMETRY, LEGACY_FRAME_SAMPLING
+from .cache import LEGACY_CROP_GEOMETRY, LEGACY_FRAME_SAMPLING, cut_settings
 from .data import (
     BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
@@ -785,11 +785,9 @@ def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[d
     frames, frame sampling) and the ordered clips with their face counts. A checkpoint keeps it, and a resume
     on other data is refused: `cache_dir` may move (RESUMABLE_CHANGES), but a cache rebuilt or re-ordered under
     it would silently change sample i (items follow the order of the clips)."""
-    identity = {key: index.get(key) for key in ("manifest_sha256", "face_detector", "frames_per_clip",
-                                                  "context_margin", "context_size")}
-    identity["frame_sampling"] = index.get("frame_sampling", LEGACY_FRAME_SAMPLING)
-    if index.get("crop_geometry", LEGACY_CROP_GEOMETRY) != LEGACY_CROP_GEOMETRY:  # older checkpoints still resume
-        identity["crop_geometry"] = index["crop_geometry"]
+    identity = {"manifest_sha256": index.get("manifest_sha256"), **cut_settings(index)}
+    if identity["crop_geometry"] == LEGACY_CROP_GEOMETRY:  # left out so checkpoints from before it still resume
+        del identity["crop_geometry"]
     identity["train"] = [[c["file"], c.get("n_crops")] for c in train_meta]
     identity["val"] = [[c["file"], c.get("n_crops")] for c in val_meta]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
