@@ -21,7 +21,7 @@ from urllib.parse import quote
 from . import __version__
 from .evidence import write_atomic
 from .report import VERDICT_MEANING
-from .results import VERDICTS, is_number, read_result_lines
+from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines
 
 TEMPLATE = "report.html.j2"
 VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "score_ci95_low", "score_ci95_high", "n_frames",
@@ -369,6 +369,17 @@ def _environment():
     return env
 
 
+def _score_digits(results: list[dict]) -> int:
+    """One precision for every threshold and video or person score in the report (see decimals_to_compare)."""
+    pairs = []
+    for d in results:
+        model = _model_view(d.get("model"))
+        cut, band = model.get("threshold"), model.get("uncertain_band")
+        cuts = (cut, cut - band) if cut is not None and band is not None else (cut,)
+        pairs += [(d.get("score"), cuts)] + [(t.get("score"), cuts) for t in d.get("tracks") or []]
+    return decimals_to_compare(pairs)
+
+
 def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str:
     order = sorted(range(len(results)),
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
@@ -383,7 +394,7 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section
             v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
     return _environment().get_template(TEMPLATE).render(
-        summary=_summary(results, bad_lines), videos=videos, version=__version__, meanings=VERDICT_MEANING,
+        summary=_summary(results, bad_lines), videos=videos, digits=_score_digits(results), version=__version__, meanings=VERDICT_MEANING,
         # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.
         verdict_rank={v: len(VERDICTS) - i for i, v in enumerate(VERDICTS)},
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))

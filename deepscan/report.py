@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .results import VideoResult
+from .results import VideoResult, decimals_to_compare, is_number
 
 VERDICT_STYLE = {"fake": "bold red", "uncertain": "bold yellow", "real": "green", "no_face": "dim",
                  "error": "magenta"}
@@ -70,16 +70,26 @@ class ScanProgress:
         self.progress.update(self.current, visible=False)
 
 
-def _score_text(r: VideoResult) -> str:
+def _score_text(r: VideoResult, digits: int = 3) -> str:
     if r.score is None:
         return "—"
     if r.score_ci95:
-        return f"{r.score:.3f} [{r.score_ci95[0]:.2f}–{r.score_ci95[1]:.2f}]"
-    return f"{r.score:.3f}"
+        return f"{r.score:.{digits}f} [{r.score_ci95[0]:.2f}–{r.score_ci95[1]:.2f}]"
+    return f"{r.score:.{digits}f}"
+
+
+def _cuts(r: VideoResult, threshold: float | None) -> tuple:
+    """Where a result's verdict changes: its model's threshold and the start of its uncertain band."""
+    cut = r.model.get("threshold", threshold)
+    band = r.model.get("uncertain_band")
+    return (cut, cut - band) if is_number(cut) and is_number(band) else (cut,)
 
 
 def summary_table(results: list[VideoResult], threshold: float | None = None) -> Table:
-    title = "deepscan results" + (f" (threshold {threshold:.3f})" if threshold is not None else "")
+    # One precision for the threshold, videos and people, so any two printed numbers compare as the verdicts do.
+    digits = decimals_to_compare([(s, _cuts(r, threshold)) for r in results
+                                  for s in [r.score] + [t.score for t in r.tracks]])
+    title = "deepscan results" + (f" (threshold {threshold:.{digits}f})" if threshold is not None else "")
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("file", overflow="fold")
     table.add_column("verdict")
@@ -95,13 +105,13 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
     for r in sorted(results, key=lambda r: (-(r.score if r.score is not None else -1), r.path)):
         people = ""
         if len(r.tracks) > 1:
-            people = " · " + ", ".join(f"#{t.id} {t.score:.2f}" for t in r.tracks if t.counted)
+            people = " · " + ", ".join(f"#{t.id} {t.score:.{digits}f}" for t in r.tracks if t.counted)
         verdict = Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, ""))
         campaign = r.extra.get("campaign") or {}
         if campaign.get("inherited"):  # not judged on its own pixels: say whose result it is
             verdict.append(f" (copy of {Path(campaign['screened_as']).name})", style="dim")
         # Text, not str: a str cell is read as markup, and paths and container tags are the file's own words.
-        row = [Text(str(r.path)), verdict, Text(_score_text(r) + people), f"{r.n_faces}/{len(r.tracks)}",
+        row = [Text(str(r.path)), verdict, Text(_score_text(r, digits) + people), f"{r.n_faces}/{len(r.tracks)}",
                str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s"]
         if with_provenance:
             row.append(Text(str(provenance_summary(r.extra.get("provenance")))))

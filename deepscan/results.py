@@ -33,6 +33,20 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def decimals_to_compare(scores_and_cuts, least: int = 3, most: int = 6) -> int:
+    """The fewest decimals (``least`` to ``most``) at which every score, as printed, sits on the same side of each
+    of its cuts (threshold, start of the uncertain band), as printed, as it does unprinted: an ``uncertain`` 0.8953
+    beside a threshold of 0.8954 must not read as 0.895 against 0.895. Scores and cuts are then printed alike."""
+    def same_side(score: float, cut: float, digits: int) -> bool:
+        return (float(f"{score:.{digits}f}") >= float(f"{cut:.{digits}f}")) == (score >= cut)
+
+    pairs = [(s, c) for s, cuts in scores_and_cuts if is_number(s) for c in cuts if is_number(c)]
+    for digits in range(least, most):
+        if all(same_side(s, c, digits) for s, c in pairs):
+            return digits
+    return most
+
+
 def result_line(line: str | bytes) -> dict | None:
     """One ``results.jsonl`` line as its object, or None for a line that is not a result: cut short by a crash,
     not JSON, or JSON without a string ``path`` (hand-edited, another tool's). Every reader skips the same lines."""

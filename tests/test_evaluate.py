@@ -151,6 +151,21 @@ def _render(renderable) -> str:
     return buf.getvalue()
 
 
+def test_scan_summary_prints_scores_near_the_threshold_so_they_compare_as_their_verdicts():
+    from deepscan.report import summary_table
+    from deepscan.results import TrackResult
+
+    model = {"threshold": 0.8954, "uncertain_band": 0.1}
+    below = VideoResult(path="below.mp4", status="ok", score=0.8953, verdict="uncertain", model=model, tracks=[
+        TrackResult(id=0, n_faces=5, score=0.8953, verdict="uncertain", first_time_s=0, last_time_s=1, counted=True),
+        TrackResult(id=1, n_faces=5, score=0.2, verdict="real", first_time_s=0, last_time_s=1, counted=True)])
+    far = VideoResult(path="far.mp4", status="ok", score=0.1, verdict="real", model=model)
+    text = _render(summary_table([below, far], 0.8954))
+    assert "threshold 0.8954" in text and "0.8953" in text and "#0 0.8953, #1 0.2000" in text
+    text = _render(summary_table([far], 0.8954))
+    assert "threshold 0.895)" in text and "0.100" in text  # three decimals where they suffice
+
+
 def test_eval_tables_print_names_and_intervals_as_text():
     from deepscan.report import eval_tables
 

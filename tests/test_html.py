@@ -270,6 +270,19 @@ def test_report_tolerates_a_threshold_that_is_no_number_and_defuses_every_csv_te
     assert (row["sha256"], row["error"], row["score"], row["threshold"]) == ("'=1+1", "'@SUM(A1)", "0.3", "")
 
 
+def test_scores_near_the_threshold_are_printed_so_they_compare_as_their_verdicts(tmp_path):
+    """An uncertain 0.8953 beside a threshold of 0.8954 read 0.895 against 0.895, as if it were fake."""
+    near = synthetic_result("near.mp4", {0: [0.8953, 0.8953]})
+    near.model["threshold"], near.verdict, near.tracks[0].verdict = 0.8954, "uncertain", "uncertain"
+    (tmp_path / "results.jsonl").write_text(json.dumps(near.to_dict()) + "\n")
+    text = "".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text)
+    assert "0.8953" in text and "0.8954" in text and "0.7954" in text and "0.895 " not in text
+    far = synthetic_result("far.mp4", {0: [0.2, 0.3]})
+    (tmp_path / "results.jsonl").write_text(json.dumps(far.to_dict()) + "\n")
+    text = "".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text)
+    assert "0.500" in text and "0.5000" not in text
+
+
 def test_lines_not_of_a_results_shape_are_skipped_and_counted(tmp_path):
     """A hand-edited or another tool's line (any JSON object with a path) used to crash the report halfway: the
     CSVs rewritten, report.html not. Each such line is now skipped and counted; the rest is reported."""

@@ -81,3 +81,16 @@ def test_a_file_name_that_is_not_utf8_is_written_not_fatal(tmp_path):
     ResultsWriter(tmp_path).write(result(name))
     line = json.loads((tmp_path / "results.jsonl").read_text())
     assert line["path"] == "bad\\xff name.mp4"
+
+
+def test_decimals_to_compare_prints_a_score_on_its_own_side_of_each_cut():
+    from deepscan.results import decimals_to_compare
+
+    assert decimals_to_compare([(0.2, (0.8954,)), (0.95, (0.8954, 0.7954))]) == 3
+    assert decimals_to_compare([(0.8954, (0.8954,))]) == 3  # at the threshold is fake, printed alike: fine
+    assert decimals_to_compare([(0.8953, (0.8954,))]) == 4  # uncertain; at 3 decimals both read 0.895
+    assert decimals_to_compare([(0.79531, (0.8954, 0.7954))]) == 4  # just below the uncertain band's start
+    assert decimals_to_compare([(0.8953, (0.8954,))], least=2) == 4
+    assert decimals_to_compare([(0.49999999, (0.5,))]) == 6  # capped: no printing tells them apart
+    assert decimals_to_compare([(None, (0.5,)), (0.3, (None,)), (True, (0.5,))]) == 3  # not numbers: no say
+    assert decimals_to_compare([]) == 3
