@@ -134,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector name or card path; repeat to compare (default: the embedded model)")
     e.add_argument("--weights", action="append", default=[],
                    help="weights for the --detector at the same position (use '-' for the default)")
-    e.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly, as for scan (default 32)")
-    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="detector precision, as for scan")
-    e.add_argument("--full-detect-every", type=_positive_int, default=4, metavar="N", help="as for scan")
-    e.add_argument("--no-follow-faces", dest="follow_faces", action="store_false", help="as for scan")
+    # Scan settings default to None so that, with --results (no scan), a setting given can be told from none.
+    e.add_argument("--frames", type=_positive_int, help="frames sampled evenly, as for scan (default 32)")
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="detector precision, as for scan (default auto)")
+    e.add_argument("--full-detect-every", type=_positive_int, metavar="N", help="as for scan (default 4)")
+    e.add_argument("--no-follow-faces", dest="follow_faces", action="store_false", default=None, help="as for scan")
     e.add_argument("--subset", type=Path,
                    help="model card whose training.validation_files restricts the clips (its held-out split)")
     e.add_argument("--out", type=Path, help="directory for metrics.json, roc.png and per-detector results "
@@ -367,9 +368,15 @@ def cmd_eval(args) -> int:
     if args.results:
         from .evaluate import metrics_from_results, pair_with_first
 
-        if args.detector or args.weights:
-            console.print("note: --detector and --weights are for scanning; with --results the scores are "
-                          "those the results files hold", style="dim", markup=False)
+        ignored = [flag for flag, value in (("--detector", args.detector), ("--weights", args.weights),
+                                            ("--frames", args.frames), ("--precision", args.precision),
+                                            ("--full-detect-every", args.full_detect_every),
+                                            ("--no-follow-faces", args.follow_faces is False), ("--force", args.force))
+                   if value not in (None, False, [])]
+        if ignored:
+            console.print(f"note: {', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for scanning; with "
+                          "--results the scores are those the results files hold, as they were scanned",
+                          style="dim", markup=False)
         entries = [metrics_from_results(clips, p) for p in args.results]
         # Two results files of one model (two scans, two runs) are told apart by their file.
         names = Counter(e["detector"] for e in entries)
@@ -383,9 +390,11 @@ def cmd_eval(args) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     else:
-        report = evaluate(clips, specs, frames=args.frames, out_dir=args.out, precision=args.precision,
-                          full_detect_every=args.full_detect_every, follow_faces=args.follow_faces, force=args.force)
-    sampled = "scored from results.jsonl" if args.results else f"{args.frames} frames each"
+        given = {"frames": args.frames, "precision": args.precision, "full_detect_every": args.full_detect_every,
+                 "follow_faces": args.follow_faces}
+        report = evaluate(clips, specs, out_dir=args.out, force=args.force,
+                          **{k: v for k, v in given.items() if v is not None})
+    sampled = "scored from results.jsonl" if args.results else f"{report['frames']} frames each"
     for table in eval_tables(report, sampled):
         console.print(table)
     if args.out:

@@ -220,9 +220,10 @@ def test_two_results_files_of_one_model_are_told_apart(tmp_path, capsys):
         (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
     out = tmp_path / "metrics"
     assert main(["eval", str(tmp_path / "labels.tsv"), "--results", str(tmp_path / "a" / "results.jsonl"),
-                 "--results", str(tmp_path / "b" / "results.jsonl"), "--detector", "x", "--out", str(out)]) == 0
+                 "--results", str(tmp_path / "b" / "results.jsonl"), "--detector", "x", "--frames", "8",
+                 "--no-follow-faces", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     names = [d["detector"] for d in report["detectors"]]
     assert len(set(names)) == 2 and all(n.startswith("m (") for n in names)  # both were "m"
     assert report["detectors"][1]["paired_with_first"]["against"] == names[0]
-    assert "--detector and --weights are for scanning" in capsys.readouterr().out
+    assert "--detector, --frames, --no-follow-faces are for scanning" in capsys.readouterr().out
