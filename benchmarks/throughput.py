@@ -4,8 +4,9 @@
 
 Prints frames/s per stage, the ratios end-to-end / slowest stage and end-to-end / naive loop (medians of
 ``--repeats`` runs), peak RSS while scanning long generated clips, and how time grows with clip length.
-Clips are generated from the project's own sample clip (a 10 s 720p H.264 clip with a face), never
-downloaded. Timings on a shared machine are noisy: compare ratios measured in the same run.
+Clips are generated from the project's own sample clip (``sample_clips/astronaut_real.mp4``: 4 s, 480x480, one
+face), never downloaded: looped to 10 s, scaled to 720 px high and padded with black to 1280x720 for the stage
+and end-to-end timings; looped, scaled and padded to 640x360 for the long clips. Timings on a shared machine are noisy: compare ratios measured in the same run.
 """
 
 from __future__ import annotations
@@ -50,26 +51,22 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def timed(fn, repeats: int):
-    times = []
-    out = None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+def naive_mtcnn(settings):
+    """MTCNN as the scanner's full search builds it (same thresholds and smallest face), none of its levers."""
+    from facenet_pytorch import MTCNN
+
+    return MTCNN(keep_all=True, device="cpu", thresholds=list(settings.thresholds),
+                 min_face_size=max(12, int(settings.min_face_px * 0.5)), post_process=False)
 
 
-def naive_loop(path: Path, frames: int, detector, settings):
+def naive_loop(path: Path, frames: int, detector, settings, mtcnn):
     """The FaceForensics++-style reference: read every frame with OpenCV, and on each sampled frame run
-    MTCNN at full resolution and classify each face on its own."""
+    MTCNN at full resolution and classify each face on its own (faces kept by the card's rules, as the scan)."""
     import cv2
     import numpy as np
-    from facenet_pytorch import MTCNN
 
     from deepscan.crops import crop_face
 
-    mtcnn = MTCNN(keep_all=True, device="cpu", thresholds=list(settings.thresholds))
     cap = cv2.VideoCapture(str(path))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     wanted = set(np.linspace(0, total - 1, frames).round().astype(int).tolist())
@@ -83,7 +80,7 @@ def naive_loop(path: Path, frames: int, detector, settings):
             boxes, probs = mtcnn.detect(rgb)
             for box, prob in zip(boxes if boxes is not None else [], probs if probs is not None else [],
                                  strict=True):
-                if prob >= settings.min_prob:
+                if prob >= settings.min_prob and min(box[2] - box[0], box[3] - box[1]) >= settings.min_face_px:
                     crop = crop_face(rgb, box, detector.card.crop_margin, detector.card.input_size)
                     scores.append(float(detector.predict(crop[None]).probs[0]))
         i += 1
@@ -98,13 +95,16 @@ def fresh_process(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def long_clip_run(path: Path, frames: int, keyframes: bool | None = None, hwaccel: str = "none") -> dict:
-    """Scan one clip in a fresh process and report its wall time and peak RSS."""
+def long_clip_run(path: Path, frames: int, warm_up: Path, keyframes: bool | None = None, hwaccel: str = "none",
+                  threads: int | None = None) -> dict:
+    """Scan one clip in a fresh process, after a scan of ``warm_up`` (first calls pay for allocations and
+    thread pools), and report its wall time and the process's peak RSS (ffmpeg's own memory not included)."""
     patch = (f"import deepscan.scanner as m;f=m.iter_frames;"
              f"m.iter_frames=lambda *a,**k:f(*a,keyframes={keyframes},**k);") if keyframes is not None else ""
     code = (
         "import json,sys,time;from deepscan import Scanner;" + patch +
-        f"s=Scanner(frames={frames},keep_heatmaps=False,hwaccel={hwaccel!r});s.detector;s.face_finder;t=time.perf_counter();"
+        f"s=Scanner(frames={frames},keep_heatmaps=False,hwaccel={hwaccel!r},threads={threads!r});"
+        f"s.scan_video({str(warm_up)!r});t=time.perf_counter();"
         f"r=s.scan_video({str(path)!r});"
         "print(json.dumps({'wall_s':time.perf_counter()-t,'status':r.status,'faces':r.n_faces,"
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child started by this (big)
@@ -188,19 +188,24 @@ def main(argv=None) -> int:
 
         def detect():  # the scanner's own strategy: a full search every Nth frame, a short pyramid between
             state: dict = {}
-            return [x for i in range(0, len(frames), 16) for x in scanner._find_faces(frames[i:i + 16], i, state)]
+            b = scanner.batch_frames
+            return [x for i in range(0, len(frames), b) for x in scanner._find_faces(frames[i:i + b], i, state)]
 
         faces = detect()
         crops = np.stack([crop_face(img, f.box, det.card.crop_margin, det.card.input_size)
                           for img, fs in zip(images, faces, strict=True) for f in fs])
-        # Stages alone get every thread (configure_threads before each); the scan splits them itself.
-        # Rounds interleave the four measurements, so a burst of load on this shared machine hits them alike.
-        runs: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "e2e": []}
+        naive_face_finder = naive_mtcnn(det.card.face_detector)
+        # Stages alone and the naive loop get every thread (configure_threads before each: the scan leaves
+        # torch on its own share); the scan splits them itself. Rounds interleave the five measurements, so a
+        # burst of load on this shared machine hits them alike.
+        runs: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "e2e": [], "naive": []}
         cpu: dict[str, list[float]] = {k: [] for k in runs}  # CPU seconds: this process's threads + ffmpeg's
         result = None
         for _ in range(args.repeats):
             for name, fn in (("decode", decode), ("detect", detect), ("classify", lambda: det.predict(crops)),
-                             ("e2e", lambda: scanner.scan_video(clip))):
+                             ("e2e", lambda: scanner.scan_video(clip)),
+                             ("naive", lambda: naive_loop(clip, args.frames, det, det.card.face_detector,
+                                                          naive_face_finder))):
                 configure_threads(args.threads)
                 c, t = cpu_seconds(), time.perf_counter()
                 out = fn()
@@ -208,9 +213,8 @@ def main(argv=None) -> int:
                 cpu[name].append(cpu_seconds() - c)
                 if name == "e2e":
                     result = out
-        t_decode, t_detect, t_classify, t_e2e = (statistics.median(runs[k]) for k in runs)
-        c_decode, c_detect, c_classify, c_e2e = (statistics.median(cpu[k]) for k in cpu)
-        t_naive, _ = timed(lambda: naive_loop(clip, args.frames, det, det.card.face_detector), 1)
+        t_decode, t_detect, t_classify, t_e2e, t_naive = (statistics.median(runs[k]) for k in runs)
+        c_decode, c_detect, c_classify, c_e2e, c_naive = (statistics.median(cpu[k]) for k in cpu)
 
         n = len(frames)
         stages = {"decode": t_decode, "detect faces": t_detect, "classify+heatmap": t_classify}
@@ -220,7 +224,7 @@ def main(argv=None) -> int:
             print(f"{name:<22}{t:>9.3f}{n / t:>10.1f}{stage_cpu[name]:>8.3f}")
         print(f"{'end-to-end':<22}{t_e2e:>9.3f}{n / t_e2e:>10.1f}{c_e2e:>8.3f}   ({result.n_faces} faces, "
               f"{result.status})")
-        print(f"{'naive loop (1 run)':<22}{t_naive:>9.3f}{n / t_naive:>10.1f}")
+        print(f"{'naive loop':<22}{t_naive:>9.3f}{n / t_naive:>10.1f}{c_naive:>8.3f}")
         slowest = max(stages, key=stages.get)
         print(f"\nend-to-end / slowest stage ({slowest}): {t_e2e / stages[slowest]:.2f}x")
         # However well the stages overlap, the scan's CPU work has to fit on the cores there are (a stage alone
@@ -241,7 +245,8 @@ def main(argv=None) -> int:
                         "shorter pyramid instead of following faces": {"follow_faces": False},
                         "no classify/detect overlap": {"overlap": False}, "fp32 detector instead of bf16": {"precision": "fp32"}}
             for label, change in variants.items():
-                r = variant_run(clip, args.frames, args.repeats, {"hwaccel": args.hwaccel, **change})
+                r = variant_run(clip, args.frames, args.repeats,
+                                {"hwaccel": args.hwaccel, "threads": args.threads, **change})
                 print(f"{label:<44}{r['median_s']:>9.3f}{r['score']:>8.3f}   ({r['precision']})")
 
         if args.folder_clips:
@@ -256,7 +261,8 @@ def main(argv=None) -> int:
             scores = {}
             for _ in range(args.repeats):
                 for ahead in (True, False):
-                    r = folder_run(folder, args.frames, {"hwaccel": args.hwaccel, "prepare_ahead": ahead})
+                    r = folder_run(folder, args.frames,
+                                   {"hwaccel": args.hwaccel, "threads": args.threads, "prepare_ahead": ahead})
                     walls[ahead].append(r["wall_s"])
                     scores[ahead] = r["scores"]
             on, off = statistics.median(walls[True]), statistics.median(walls[False])
@@ -266,12 +272,15 @@ def main(argv=None) -> int:
                   f"same scores: {scores[True] == scores[False]}")
 
         if not args.skip_long:
-            print(f"\n{'clip':<12}{'wall s':>8}{'peak RSS MB':>13}{'faces':>7}   "
+            print(f"\nlong clips: 640x360 H.264, {args.frames} sampled frames, one scan each in a fresh process after a "
+                  "warm-up scan; peak RSS of that process (ffmpeg's not included)")
+            print(f"{'clip':<12}{'wall s':>8}{'peak RSS MB':>13}{'faces':>7}   "
                   f"{'every frame decoded: wall s':>28}{'peak RSS MB':>13}")
             for minutes in args.long_minutes:
                 long = make_clip(Path(tmp) / f"long_{minutes}m.mp4", minutes * 60, size="640:360")
-                stats = long_clip_run(long, args.frames, hwaccel=args.hwaccel)
-                full = long_clip_run(long, args.frames, keyframes=False, hwaccel=args.hwaccel)
+                stats = long_clip_run(long, args.frames, clip, hwaccel=args.hwaccel, threads=args.threads)
+                full = long_clip_run(long, args.frames, clip, keyframes=False, hwaccel=args.hwaccel,
+                                     threads=args.threads)
                 print(f"{minutes:>5g} min   {stats['wall_s']:>8.2f}{stats['peak_rss_mb']:>13.0f}{stats['faces']:>7}   "
                       f"{full['wall_s']:>28.2f}{full['peak_rss_mb']:>13.0f}")
                 long.unlink()
