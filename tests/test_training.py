@@ -1075,6 +1075,7 @@ def test_lp_ft_trains_only_the_heads_first_then_everything_on_a_fresh_schedule(c
     # Probing warms up and holds; fine-tuning warms up again and decays over the 6 steps left to 0.02.
     assert [round(train_module.lr_factor(s, 0.0, sched), 3) for s in (0, 1, 3, 4, 5)] == [0.5, 1.0, 1.0, 0.5, 1.0]
     assert train_module.lr_factor(9, 0.0, sched) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert train_module.lr_factor(0, 0.0, {**sched, "warmup_steps": 0}) == 1.0  # no warm-up: was a ZeroDivisionError
 
     real_save, states = train_module._save_ckpt, {}
 
@@ -1142,6 +1143,41 @@ def test_recomputed_batchnorm_statistics_are_the_averaged_weights_own(cache, tmp
             assert torch.allclose(new_w[k], expected[k], rtol=1e-4, atol=1e-5), k
             changed += not torch.allclose(new_w[k], kept_w[k], rtol=1e-3, atol=1e-4)
     assert changed > 0  # the snapshots' mean statistics were not already the average's own
+
+
+def test_recomputed_batchnorm_statistics_keep_the_frozen_stages_own(cache, tmp_path, monkeypatch):
+    """update_bn resets every BatchNorm, but the frozen stem and stages run in eval mode and never re-estimate:
+    with freeze_stages they were exported at mean 0 and variance 1 instead of the statistics they froze with."""
+    from safetensors.torch import load_file
+
+    import deepscan.training.train as train_module
+
+    build = train_module._build_net
+
+    def with_imagenet_like_statistics(cfg_model):  # the tests train from scratch: BatchNorm starts at 0 / 1
+        net = build(cfg_model)
+        for module in net._frozen_modules(net.freeze_stages):
+            for name, buf in module.named_buffers():
+                if name.endswith(("running_mean", "running_var")):
+                    buf.fill_(0.3 if name.endswith("mean") else 2.0)
+        return net
+
+    monkeypatch.setattr(train_module, "_build_net", with_imagenet_like_statistics)
+
+    over = {"max_steps": 4, "ckpt_every": 2, "batch_size": 4, "warmup_steps": 1, "device": "cpu",
+            "average_from": 0.5}
+    frozen = {"freeze_stages": 2}
+    kept = load_file(str(ModelCard.load(train(_write_config(tmp_path / "kept", cache, frozen, **over),
+                                                progress=False)).weights_path))
+    new = load_file(str(ModelCard.load(train(_write_config(tmp_path / "bn", cache, frozen, average_bn_batches=2,
+                                                             **over), progress=False)).weights_path))
+    frozen_stats = [k for k in kept if k.startswith(("backbone.bn1.", "backbone.blocks.0.", "backbone.blocks.1."))
+                    and k.endswith(("running_mean", "running_var"))]
+    assert frozen_stats and torch.equal(kept["backbone.bn1.running_var"], torch.full_like(kept["backbone.bn1.running_var"], 2.0))
+    for k in frozen_stats:
+        assert torch.equal(new[k], kept[k]), k
+    assert any(not torch.allclose(new[k], kept[k]) for k in kept
+               if k.startswith("backbone.blocks.3.") and k.endswith("running_mean"))
 
 
 def test_card_round_trip_and_weights_mismatch_is_refused(tiny_run, tmp_path):
@@ -1436,8 +1472,9 @@ def test_resuming_on_other_training_data_is_refused(tmp_path, monkeypatch):
     assert card.training["frame_sampling"] == "container-span"  # make_cache writes an index without one
 
 
-def test_config_changes_on_resume_ignore_options_only_one_side_has():
-    from deepscan.training.train import config_changes_on_resume
+def test_config_changes_on_resume_compare_the_recipes_as_they_train():
+    from deepscan.training.data import Augment
+    from deepscan.training.train import DEFAULTS, config_changes_on_resume
 
     saved = {"seed": 1, "model": {"dropout": 0.2}, "train": {"precision": "bf16", "retired": 1}}
     current = {"seed": 1, "model": {"dropout": 0.2, "drop_path_rate": 0.0}, "train": {"precision": "fp32"}}
@@ -1445,6 +1482,19 @@ def test_config_changes_on_resume_ignore_options_only_one_side_has():
     assert config_changes_on_resume(current, current) == {}
     with pytest.raises(ValueError, match="seed: 1 -> 2"):
         config_changes_on_resume(saved, {**current, "seed": 2})
+    # [augment] holds only the keys a file sets: a degradation switched on or dropped at resume was accepted
+    # unrecorded (the card then read as if every step had trained with it). Values are compared as they train.
+    with pytest.raises(ValueError, match="augment.p_cutout"):
+        config_changes_on_resume({**saved, "augment": {}}, {**current, "augment": {"p_cutout": 1.0}})
+    with pytest.raises(ValueError, match="augment.p_jpeg"):
+        config_changes_on_resume({**saved, "augment": {"p_jpeg": 0.123}}, {**current, "augment": {}})
+    written_out = {"p_jpeg": Augment().p_jpeg}  # the default, written in the file or not: the same recipe
+    assert config_changes_on_resume({**saved, "augment": written_out}, {**current, "augment": {}}) == {
+        "train.precision": ["bf16", "fp32"]}
+    # An option newer than the checkpoint counts as at its default there: switched on at resume, it is refused.
+    newer = next(k for k, v in DEFAULTS["val"].items() if v is False)
+    with pytest.raises(ValueError, match=f"val.{newer}"):
+        config_changes_on_resume(saved, {**current, "val": {newer: True}})
 
 
 def test_gem_pooling_spans_the_mean_and_the_maximum_and_adds_only_its_exponent():

@@ -732,7 +732,7 @@ def lr_factor(step: int, elapsed_s: float, cfg_train: dict) -> float:
     warm = cfg_train["warmup_steps"]
     head_only = cfg_train["head_only_steps"]
     if step < head_only:
-        return min(1.0, (step + 1) / warm)
+        return min(1.0, (step + 1) / max(1, warm))
     step -= head_only
     if step < warm:
         return (step + 1) / warm
@@ -763,14 +763,24 @@ def _flatten(cfg: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _as_trained(cfg: dict) -> dict:
+    """A config with every default filled in, [augment] included, as JSON holds it (tuples as lists)."""
+    full = _merge(DEFAULTS, cfg)
+    known = set(Augment.__dataclass_fields__)
+    augment = Augment.from_config({k: v for k, v in (full.get("augment") or {}).items() if k in known})
+    full["augment"] = {**full.get("augment", {}), **json.loads(json.dumps(dataclasses.asdict(augment)))}
+    return full
+
+
 def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
     """Settings that differ between a checkpoint's config and this run's, as ``{key: [saved, current]}``.
 
     Raises ``ValueError`` when any of them changes what the run learns (anything outside
-    :data:`RESUMABLE_CHANGES`): the weights would mix two recipes under one card. Keys only one side has are
-    left out: an option added since the checkpoint defaults to the old behaviour, and a removed one cannot be
-    honoured either way."""
-    old, new = _flatten(saved), _flatten(current)
+    :data:`RESUMABLE_CHANGES`): the weights would mix two recipes under one card. Both sides are compared as
+    they train, defaults filled in (``[augment]`` holds only the keys a file sets): an option added since the
+    checkpoint counts as at its default there, the old behaviour, so switching it on is refused. A removed
+    option, on the saved side only, is left out: it cannot be honoured either way."""
+    old, new = _flatten(_as_trained(saved)), _flatten(_as_trained(current))
     changes = {k: [old[k], new[k]] for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
     refused = [k for k in changes if k not in RESUMABLE_CHANGES]
     if refused:
@@ -1238,10 +1248,16 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         if ct["average_bn_batches"]:
             from torch.optim.swa_utils import update_bn
 
+            # update_bn resets every BatchNorm, then runs the net in train mode, where the frozen stages stay in
+            # eval mode and so never re-estimate: their ImageNet statistics came back as mean 0, variance 1.
+            frozen = [(m, {k: v.clone() for k, v in m.state_dict().items()})
+                      for m in getattr(net, "_frozen_modules", lambda n: [])(getattr(net, "freeze_stages", 0))]
             # Samples after the last training step: drawn like the training ones, never trained on. fp32, as at
             # inference; the running statistics become the plain mean over these batches.
             update_bn((x.to(device).contiguous(memory_format=torch.channels_last) for x, *_ in
                        batches_of(step, step + ct["average_bn_batches"])), net)
+            for module, kept in frozen:
+                module.load_state_dict(kept)
             weight_average["bn_batches"] = ct["average_bn_batches"]
     return export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, elapsed, stopped_by, history,
                   val_clips, weight_average, resumes, recon_summary, footage_across)
