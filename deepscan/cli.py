@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("labels", type=Path, help="the MANIFEST.tsv (or path,label TSV/CSV) of the training clips")
     k.add_argument("--frames", type=_positive_int, default=32, help="frames per video, as the scans will use")
     k.add_argument("--max-fpr", type=float, default=0.05, help="false-positive rate allowed on validation reals")
-    k.add_argument("--results", type=Path, help="an earlier scan's results.jsonl of those clips (no rescanning)")
+    k.add_argument("--results", type=Path, help="an earlier scan's results.jsonl of those clips (no rescanning); "
+                                                "only lines scanned with this card (weights and scoring settings), "
+                                                "at --precision and --frames, count")
     k.add_argument("--out", type=Path, help="keep the scan's results.jsonl here")
     k.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="fit the threshold for scores at this precision (default fp32: the card's threshold; "

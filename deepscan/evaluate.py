@@ -360,7 +360,7 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     (``precision_thresholds``, metrics under ``scanner_<precision>``); fp32's threshold is left alone.
     """
     from .detector import ModelCard
-    from .scanner import ResultsWriter, Scanner, ScanOptions
+    from .scanner import ResultsWriter, Scanner, ScanOptions, card_hash
     from .training.train import video_threshold
 
     card_path = Path(card_path)
@@ -388,15 +388,18 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
             # The threshold holds for video scores at `frames` per video: a scan at another count (or at a
             # frame rate) scores the same clips otherwise, and is not what this fit is for.
             sampled_alike = not config or (config.get("frames") == frames and not config.get("fps"))
-            if model.get("sha256") == card.sha256 and scored_at == precision and sampled_alike:
+            # The card hash too: a copy of the card with another temperature, crop or face detector scores the
+            # same weights otherwise (a line without one is of unknown card, as for the scanner's resume).
+            if (model.get("sha256") == card.sha256 and model.get("card_hash") == card_hash(card)
+                    and scored_at == precision and sampled_alike):
                 lines.append(d)
         found = match_results(clips, lines)
     # A clip without a score must not enter the fit as a 0: a partial results file would drag the threshold down
     # (0.891 -> 0.202 with half the split) and the card would vouch for a false-positive rate it does not have.
     missing = [str(c.path) for c, d in zip(clips, found, strict=True) if d is None]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card's weights "
-                         f"at {precision} and {frames} frames in {results_path} (e.g. {', '.join(missing[:3])}); "
+        raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card (its weights "
+                         f"and scoring settings) at {precision} and {frames} frames in {results_path} (e.g. {', '.join(missing[:3])}); "
                          "the threshold was not refitted: scan the whole split (without --results) or pass results "
                          "that cover it")
     scan_config = next((d.get("config") for d in found if d.get("config")), None)

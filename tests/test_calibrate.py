@@ -10,6 +10,7 @@ import pytest
 
 from deepscan.cli import main
 from deepscan.detector import ModelCard, resolve_card
+from deepscan.scanner import card_hash
 
 DEFAULT_CARD = resolve_card(None).path
 
@@ -27,13 +28,13 @@ def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
     labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
     real_scores = [0.05 * i for i in range(20)]  # 0.00 ... 0.95: one real (5% of 20) may score above
     results = tmp_path / "results.jsonl"
-    lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256}}
+    lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256, "card_hash": card_hash(card)}}
              for f, s in zip(files, real_scores + [0.97, 0.5, 0.99], strict=True)]
     lines.append({"path": str(tmp_path / files[0]), "score": 0.99, "model": {"sha256": "another model"}})
     # The same weights at another sampling: the fit is for 32 frames a video.
-    lines += [{"path": str(tmp_path / files[1]), "score": 0.99, "model": {"sha256": card.sha256},
+    lines += [{"path": str(tmp_path / files[1]), "score": 0.99, "model": {"sha256": card.sha256, "card_hash": card_hash(card)},
                "config": {"frames": 8, "fps": None}},
-              {"path": str(tmp_path / files[2]), "score": 0.99, "model": {"sha256": card.sha256},
+              {"path": str(tmp_path / files[2]), "score": 0.99, "model": {"sha256": card.sha256, "card_hash": card_hash(card)},
                "config": {"frames": 32, "fps": 2.0}}]
     results.write_text("".join(json.dumps(d) + "\n" for d in lines[:-4] + lines[-3:]))
     before = card_path.read_text()
@@ -95,8 +96,8 @@ def test_a_bf16_threshold_is_fitted_beside_fp32s_and_used_at_bf16(tmp_path, monk
     labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
     lines = []
     for precision, shift in (("fp32", 0.0), ("bf16", 0.02)):
-        lines += [{"path": str(tmp_path / f), "score": s + shift, "model": {"sha256": card.sha256,
-                                                                            "precision": precision}}
+        lines += [{"path": str(tmp_path / f), "score": s + shift, "model": {"sha256": card.sha256, "precision": precision,
+                                                                            "card_hash": card_hash(card)}}
                   for f, s in zip(files, [0.04 * i for i in range(20)] + [0.95], strict=True)]
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(d) + "\n" for d in lines))
@@ -261,7 +262,8 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
     labels = tmp_path / "MANIFEST.tsv"
     labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
     results = tmp_path / "results.jsonl"
-    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": {"sha256": card.sha256}})
+    model = {"sha256": card.sha256, "card_hash": card_hash(card)}
+    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": model})
                                + "\n" for f in files[:15]))
     before = card_path.read_text()
     with pytest.raises(ValueError, match=r"7 of 22 validation clips have no score .*src/real15\.mp4"):
@@ -269,3 +271,13 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
     assert card_path.read_text() == before
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) != 0
     assert card_path.read_text() == before
+
+    # Scores from a copy of the card with another temperature (same weights) were fitted on as this card's.
+    other = ModelCard.load(card_path)
+    other.temperature = card.temperature * 2
+    for stranger in ({**model, "card_hash": card_hash(other)}, {"sha256": card.sha256}):
+        results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": stranger})
+                                   + "\n" for f in files))
+        with pytest.raises(ValueError, match=r"22 of 22 validation clips have no score from this card"):
+            calibrate(card_path, labels, results_path=results)
+        assert card_path.read_text() == before
