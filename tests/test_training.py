@@ -894,6 +894,27 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     assert paired["swap_probe"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
 
 
+def test_validate_warns_when_the_cache_is_cut_otherwise_than_the_cards_run(cache, tiny_run, tmp_path):
+    """validate re-measured silently on whatever cache it was pointed at: another frame sampling, crop geometry
+    or manifest gives other crops, and figures not comparable with the card's own."""
+    import shutil
+    import warnings
+
+    from deepscan.training.train import OtherCropsWarning, load_card_validation
+
+    _, _, card_path = tiny_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OtherCropsWarning)
+        load_card_validation(card_path, cache)  # its own cache: no word
+    other = tmp_path / "recut"
+    shutil.copytree(cache, other)
+    index = json.loads((other / "index.json").read_text())
+    (other / "index.json").write_text(json.dumps({**index, "frame_sampling": "video-stream-span",
+                                                  "manifest_sha256": "f" * 64}))
+    with pytest.warns(OtherCropsWarning, match="manifest_sha256 .*; frame_sampling container-span -> video-stream"):
+        load_card_validation(card_path, other)
+
+
 def test_validate_accepts_a_card_trained_before_later_options_existed(cache, tiny_run, tmp_path):
     from deepscan.cli import main
 

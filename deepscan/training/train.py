@@ -627,6 +627,22 @@ class CardValidation:
     net: object  # channels-last, on the training run's device
 
 
+class OtherCropsWarning(UserWarning):
+    """A card re-measured on a crop cache cut otherwise than the one it was trained and validated on."""
+
+
+def _cache_differences(card: ModelCard, index: dict) -> list[str]:
+    """How ``index``'s crops differ from those the card's run saw: the manifest, frame sampling and crop geometry
+    it recorded (a card from before a setting was recorded was cut the legacy way)."""
+    t = card.training
+    recorded = {"manifest_sha256": t.get("manifest_sha256"),
+                "frame_sampling": t.get("frame_sampling", LEGACY_FRAME_SAMPLING),
+                "crop_geometry": t.get("crop_geometry", LEGACY_CROP_GEOMETRY)}
+    here = {"manifest_sha256": index.get("manifest_sha256"), **{k: cut_settings(index)[k]
+                                                              for k in ("frame_sampling", "crop_geometry")}}
+    return [f"{k} {recorded[k]} -> {here[k]}" for k in recorded if recorded[k] is not None and recorded[k] != here[k]]
+
+
 def load_card_validation(card_path, cache_dir="cache/crops") -> CardValidation:
     """Load a card's network (weights checked first) and its validation split, as its training run saw them."""
     import torch
@@ -643,6 +659,14 @@ def load_card_validation(card_path, cache_dir="cache/crops") -> CardValidation:
     wanted = set(card.training["validation_files"])
     clips = load_clips(cache_dir, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
     items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
+    differences = _cache_differences(card, index)
+    recorded_crops = (card.training.get("crops") or {}).get("val")
+    if recorded_crops is not None and recorded_crops != sum(len(it.crops) for it in items):
+        differences.append(f"validation crops {recorded_crops} -> {sum(len(it.crops) for it in items)}")
+    if differences:  # a deliberate comparison on other crops is allowed; an unnoticed one is not
+        warnings.warn(f"{card_path} is measured on crops cut otherwise than its own run's in {cache_dir} "
+                      f"({'; '.join(differences)}): its figures here are not those it was exported with",
+                      OtherCropsWarning, stacklevel=2)
     net = _build_net(cfg["model"])
     net.load_state_dict(load_file(str(card.weights_path)), strict=True)
     # On the device and in the memory layout the training run measured with: the same convolution kernels.
