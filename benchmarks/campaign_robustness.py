@@ -1,6 +1,6 @@
 """How well campaign grouping finds re-uploads, and how often it merges distinct videos.
 
-    python benchmarks/campaign_robustness.py [--clips 22] [--backend pdq|vpdq] [--pcts 50 60 70 80 90]
+    python benchmarks/campaign_robustness.py [--clips 22] [--backend pdq|vpdq] [--pcts 50 60 70 80]
 
 From the labelled clips in $DEEPSCAN_SHARED/data/clips (chosen across sources, including DeepFaceLive
 left/right panel pairs: the same motion with a different face, the main false-merge risk), it writes
@@ -249,7 +249,8 @@ def main() -> int:
         print(f"  {n}: {sum(verified[n])}/{len(verified[n])}; max difference "
               f"{max(diffs[n]) if diffs[n] else float('nan'):.3f}")
     sample = REPO / "sample_clips"
-    real, fake = (video_hash(sample / "astronaut_real.mp4"), video_hash(sample / "astronaut_mouthwarp_fake.mp4"))
+    real, fake = (video_hash(sample / "astronaut_real.mp4", backend=args.backend),
+                  video_hash(sample / "astronaut_mouthwarp_fake.mp4", backend=args.backend))
     print(f"astronaut real vs mouthwarp fake: match % {tuple(round(float(x), 1) for x in match(real, fake))}, "
           f"pixel difference {pixel_difference(real, fake):.3f}, verified copy: {is_verified_copy(fake, real)}")
     report.update(verified={n: [int(sum(v)), len(v)] for n, v in verified.items()},

@@ -10,7 +10,9 @@ decodes it and finds the faces again. This probe re-encodes the held-out clips o
 
 Conditions (libx264, yuv420p, no audio, the ``medium`` preset; ``half``: width and height halved first):
 ``crf23`` (a careful re-upload), ``crf30`` (a messenger's), ``crf36`` (a heavily squeezed copy) and
-``crf30-half``. For each card and condition it prints the video AUC with its bootstrap 95% interval, the paired
+``crf30-half``. For each card and condition it prints the video AUC with its bootstrap 95% interval (whole
+groups resampled, as ``deepscan eval`` does: a MANIFEST's identity groups; the clip-resampled one kept in the
+JSON), the paired
 difference against the originals (same clips, the copy's score in place of the original's) and the mean video
 score of the real and the fake clips, and for each further card its paired difference from the first card on the
 same copies; ``OUT/probe.json`` keeps them. Copies and scans are kept under ``OUT``
@@ -33,7 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepscan.detector.card import ModelCard  # noqa: E402
-from deepscan.evaluate import bootstrap_auc, bootstrap_auc_difference, evaluate, read_labels  # noqa: E402
+from deepscan.evaluate import (  # noqa: E402
+    auc_with_intervals,
+    bootstrap_auc_difference,
+    clip_groups,
+    evaluate,
+    read_labels,
+)
 from deepscan.training.cache import read_manifest  # noqa: E402
 from deepscan.video import ffmpeg_exe  # noqa: E402
 
@@ -89,6 +97,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
 
+    if not args.manifest.is_file():
+        sys.exit(f"no manifest at {args.manifest} (set DEEPSCAN_SHARED or pass --manifest)")
     files = ModelCard.load(args.cards[0]).training.get("validation_files") or []
     originals = read_labels(args.manifest, set(files))
     if not originals:
@@ -96,6 +106,10 @@ def main() -> None:
     label_of = {str(c.path.relative_to(args.manifest.parent)): c.label for c in originals}
     keys = sorted(label_of)
     y = np.array([label_of[k] for k in keys])
+    # Clips that are not independent (one person's clips, a demo's two panels) are resampled together.
+    group_of = dict(zip((str(c.path.relative_to(args.manifest.parent)) for c in originals), clip_groups(originals),
+                        strict=True))
+    groups = [group_of[k] for k in keys]
     roots = {"original": (args.manifest, args.manifest.parent)}
     for name in args.conditions:
         crf, scale = CONDITIONS[name]
@@ -112,9 +126,10 @@ def main() -> None:
             by_file = scores_by_file(report, root)
             s = np.array([by_file[k] for k in keys])
             base = s if base is None else base  # the originals come first
-            auc, lo, hi = bootstrap_auc(y, s)
-            diff, dlo, dhi = bootstrap_auc_difference(y, base, s)
-            per_condition[name] = {"auc": auc, "auc_ci95": [lo, hi], "vs_original": diff,
+            intervals = auc_with_intervals(y, s, groups)
+            auc, (lo, hi) = intervals["auc"], intervals["auc_ci95"]
+            diff, dlo, dhi = bootstrap_auc_difference(y, base, s, groups=groups)
+            per_condition[name] = {**intervals, "vs_original": diff,
                                    "vs_original_ci95": [dlo, dhi], "mean_real": float(s[y == 0].mean()),
                                    "mean_fake": float(s[y == 1].mean()), "n_clips": len(keys), "n_fake": int(y.sum())}
             r = per_condition[name]
@@ -123,7 +138,7 @@ def main() -> None:
             if card == args.cards[0]:
                 first_scores[name] = s
             else:  # the same copies scored by the first card: a paired comparison of the two detectors
-                fdiff, flo, fhi = bootstrap_auc_difference(y, first_scores[name], s)
+                fdiff, flo, fhi = bootstrap_auc_difference(y, first_scores[name], s, groups=groups)
                 r["vs_first_card"], r["vs_first_card_ci95"] = fdiff, [flo, fhi]
                 line += f"  vs {args.cards[0].stem} {fdiff:+.3f} [{flo:+.3f}, {fhi:+.3f}]"
             print(line, flush=True)

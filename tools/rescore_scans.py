@@ -7,7 +7,8 @@ Run from the repository root::
     python tools/rescore_scans.py ../shared/data/clips/MANIFEST.tsv runs/eval-*/*/results.jsonl
 
 Face scores: ``score`` (the scanner's), ``peak`` (the mask head's maximum), and their ``mean``, ``max`` and
-geometric mean ``geo``. Poolings of a track's scores in place of the scanner's confident strategy
+geometric mean ``geo`` (``n/a`` for a detector without a mask head: Grad-CAM maps record no peak, or, before
+session 49, one scaled to its own maximum, 1.0 on every face). Poolings of a track's scores in place of the scanner's confident strategy
 (:func:`deepscan.scoring.track_score`): plain ``mean``, ``median``, ``logit_mean`` and ``top_quarter`` (mean of the
 highest quarter). Tracks, the tracks counted and the video score come from :func:`deepscan.scoring.aggregate`, as in
 a scan. Offline only.
@@ -16,7 +17,6 @@ a scan. Offline only.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +53,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from deepscan.evaluate import read_labels
-    from deepscan.results import VideoResult
+    from deepscan.results import VideoResult, read_result_lines
     from deepscan.scoring import aggregate
 
     def scored(frames, face_score):
@@ -67,21 +67,25 @@ def main() -> None:
     print("\t".join(["run", *(f"face:{k}" for k in FACE_SCORES), *(f"pool:{k}" for k in POOLINGS)]))
     for path in args.results:
         y, by_face, by_pool = [], {k: [] for k in FACE_SCORES}, {k: [] for k in POOLINGS}
-        for line in path.read_text().splitlines():
-            result = VideoResult.from_dict(json.loads(line))
-            key = str(Path(result.path).resolve())
-            if result.status != "ok" or key not in labels:
-                continue
-            y.append(labels[key])
-            for name, face_score in FACE_SCORES.items():
+        # The last line for each path, as every reader of results.jsonl takes it (a rescan appends another).
+        lines = {d["path"]: d for d in read_result_lines(path)[0]}
+        results = [VideoResult.from_dict(d) for d in lines.values()]
+        results = [r for r in results if r.status == "ok" and str(Path(r.path).resolve()) in labels]
+        peaks = {x.heat_peak for r in results for f in r.frames for x in f.faces}
+        with_peaks = None not in peaks and len(peaks) > 2  # else no mask head: the peak ranks nothing
+        face_scores = {k: v for k, v in FACE_SCORES.items() if with_peaks or k == "score"}
+        for result in results:
+            y.append(labels[str(Path(result.path).resolve())])
+            for name, face_score in face_scores.items():
                 score, tracks = scored(result.frames, face_score)
                 by_face[name].append(score)
                 if name == "score":  # the scanner's own tracks, pooled other ways below
                     counted = [t for t in tracks if t.counted]
             for name, pool in POOLINGS.items():
                 by_pool[name].append(max(pool(t.scores) for t in counted))
-        aucs = [roc_auc_score(y, by_face[k]) for k in FACE_SCORES] + [roc_auc_score(y, by_pool[k]) for k in POOLINGS]
-        print("\t".join([path.parent.name, *(f"{a:.3f}" for a in aucs)]))
+        aucs = [f"{roc_auc_score(y, by_face[k]):.3f}" if k in face_scores else "n/a" for k in FACE_SCORES]
+        aucs += [f"{roc_auc_score(y, by_pool[k]):.3f}" for k in POOLINGS]
+        print("\t".join([path.parent.name, *aucs]))
 
 
 if __name__ == "__main__":
