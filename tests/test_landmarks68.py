@@ -150,6 +150,15 @@ def test_rebuilding_the_cache_keeps_the_landmark_summary_only_while_every_sideca
     (cache / "index.json").write_text(json.dumps({**index, "dense_landmarks": summary}))
     sidecar_path(cache, index["clips"][1]).unlink()
     assert "dense_landmarks" not in build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    # A clip cut again (here: its index predates frame_sampling) loses its sidecar, though it has as many faces
+    # as before: its points belong to the frames cut before.
+    np.save(sidecar_path(cache, index["clips"][1]), np.full((index["clips"][1]["n_crops"], 68, 2), np.nan, np.float32))
+    legacy = {k: v for k, v in index.items() if k != "frame_sampling"}
+    legacy["clips"] = [{k: v for k, v in c.items() if k != "cached_with"} for c in index["clips"]]
+    (cache / "index.json").write_text(json.dumps({**legacy, "dense_landmarks": summary}))
+    recut = build_cache(manifest, cache, frames_per_clip=2, progress=False)
+    assert [c["n_crops"] for c in recut["clips"]] == [c["n_crops"] for c in index["clips"]]
+    assert not any(sidecar_path(cache, c).exists() for c in recut["clips"]) and "dense_landmarks" not in recut
 
 
 def test_a_stale_sidecar_is_not_used_and_is_refitted_while_fitting_ones_are_kept(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..crops import crop_face, to_crop
 from ..detector.card import FaceDetectorSettings
-from .landmarks68 import sidecar_fits
+from .landmarks68 import sidecar_fits, sidecar_path
 
 # Clips whose names carry a person: the same person must never sit on both sides of a split.
 _IDENTITY_ALIASES = {"obama": "obama", "obama_short": "obama", "obama_speaking": "obama"}
@@ -115,6 +115,9 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
                          landmarks=np.asarray(marks, np.float32).reshape(-1, 5, 2),
                          frame_index=np.asarray(fidx, np.int64), prob=np.asarray(probs, np.float32))
                 tmp.replace(target)
+                # Its 68-point sidecar belongs to the frames cut before: with the same face count it would pass
+                # for these (sidecar_fits counts faces), so it goes; `deepscan landmarks` fits the new ones.
+                sidecar_path(out_dir, entry).unlink(missing_ok=True)
             with np.load(target) as z:
                 entry["n_crops"] = int(len(z["prob"]))
             index["clips"].append(entry)
