@@ -399,7 +399,8 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     missing = [str(c.path) for c, d in zip(clips, found, strict=True) if d is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card (its weights "
-                         f"and scoring settings) at {precision} and {frames} frames in {results_path} (e.g. {', '.join(missing[:3])}); "
+                         f"and scoring settings) at {precision} and {frames} frames in {results_path} "
+                         f"(e.g. {', '.join(missing[:3])}); "
                          "the threshold was not refitted: scan the whole split (without --results) or pass results "
                          "that cover it")
     scan_config = next((d.get("config") for d in found if d.get("config")), None)

@@ -394,7 +394,8 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section
             v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
     return _environment().get_template(TEMPLATE).render(
-        summary=_summary(results, bad_lines), videos=videos, digits=_score_digits(results), version=__version__, meanings=VERDICT_MEANING,
+        summary=_summary(results, bad_lines), videos=videos, digits=_score_digits(results), version=__version__,
+        meanings=VERDICT_MEANING,
         # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.
         verdict_rank={v: len(VERDICTS) - i for i, v in enumerate(VERDICTS)},
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
