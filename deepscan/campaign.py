@@ -22,8 +22,9 @@ checked on pixels where it can be: a 32x32 grey thumbnail is kept of each hashed
 frames line up (same aspect ratio, frames at the same times once the trim offset is known) are compared
 block by block. A local difference (over :attr:`Thresholds.pixel_diff`, and standing out from the rest of
 the frame by :attr:`Thresholds.min_locality`) means "same footage, locally altered": the two are kept apart (and listed as ``altered`` relations), never grouped. A member whose pixels are shown
-to be the representative's over its whole length (a verified copy: :func:`is_verified_copy`) takes the
-representative's verdict, marked as inherited;
+to be the representative's over its whole length (a verified copy: :func:`is_verified_copy`; with frame
+tracks every decoded frame is compared, without them the hash frames) takes the representative's verdict,
+marked as inherited;
 every other member (cropped, captioned, not aligned in time, hashed by the vpdq backend without
 thumbnails) is screened itself (:attr:`Group.screen_too`).
 """
@@ -72,9 +73,10 @@ class Thresholds:
     # their originals) measure >= 5.7; 150 kb/s re-encodes of the originals <= 3.4, even where their
     # largest block passes pixel_diff (benchmarks/campaign_robustness.py).
     min_locality: float = 4.5
-    # Taking a verdict without screening also asks that this share of the member's hash frames was compared and
-    # showed the same instant, and that its span (after the trim offset) lies inside the screened file's, give
-    # or take this many frames: a file with footage the screened one lacks is screened itself.
+    # Taking a verdict without screening also asks that this share of the member's frames (its track's, else
+    # its hash frames) was compared and showed the same instant, and that its span (after the trim offset) lies
+    # inside the screened file's, give or take this many frames: a file with footage the screened one lacks is
+    # screened itself.
     verify_coverage: float = 0.9
     span_slack_frames: float = 1.5
 
@@ -456,16 +458,6 @@ def _near_any(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[np.ndarray, 
     return hit_a, hit_b
 
 
-def _near_pairs(a: np.ndarray, b: np.ndarray, distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(ia, ib)`` of the row pairs within ``distance``, found block by block."""
-    ia, ib = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for lo, blo, d in _blocked_distances(a, b):
-        qi, ci = np.nonzero(d <= distance)
-        ia.append(qi + lo)
-        ib.append(ci + blo)
-    return np.concatenate(ia), np.concatenate(ib)
-
-
 if hasattr(np, "bitwise_count"):  # numpy >= 2.0
     _popcount = np.bitwise_count
 else:  # pragma: no cover - numpy 1.26
@@ -580,25 +572,45 @@ def match_offsets(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_T
     about 2.0 first when ``b`` is ``a`` with its first 2 s cut; shifts under half a second count as 0 (a frame
     or two of start difference is not a trim). Every shift within half the best one's count is returned (at
     most ``limit``): in a still or slow video every frame matches every other, so the hashes cannot tell
-    the trim and the pixel check picks among these. Empty when no frames match."""
+    the trim and the pixel check picks among these. Empty when no frames match.
+
+    The matching pairs are only ever counted block by block (a histogram of shifts to 0.1 s), never held: a
+    still video matches itself frame for frame, N² pairs (an hour of it: 13 million, 0.5 GB)."""
     bh = b.mirrored if mirrored and b.mirrored is not None else b.hashes
     ok_a, ok_b = a.quality >= thresholds.quality, b.quality >= thresholds.quality
     if not ok_a.any() or not ok_b.any():
         return []
-    ia, ib = _near_pairs(a.hashes[ok_a], bh[ok_b], thresholds.distance)
-    if not len(ia):
+    ha, hb = a.hashes[ok_a], bh[ok_b]
+    ta, tb = _content_times(a)[ok_a], _content_times(b)[ok_b]
+
+    def block_shifts():
+        """Each block's matching pairs as (shifts, their 0.1 s bins; bins under half a second are 0)."""
+        for lo, blo, d in _blocked_distances(ha, hb):
+            qi, ci = np.nonzero(d <= thresholds.distance)
+            shifts = ta[lo + qi] - tb[blo + ci]
+            bins = np.rint(shifts * 10).astype(np.int64)  # np.round(shifts, 1), in tenths
+            bins[np.abs(bins) < 5] = 0
+            yield shifts, bins
+
+    # Every bin a pair can fall in, from the two time ranges (an hour each: 72,000 counters).
+    base = min(int(np.rint((ta.min() - tb.max()) * 10)), 0)
+    size = max(int(np.rint((ta.max() - tb.min()) * 10)), 0) + 1 - base
+    counts = np.zeros(size, np.int64)
+    for _, bins in block_shifts():
+        counts += np.bincount(bins - base, minlength=size)
+    if not counts.any():
         return []
-    shifts = _content_times(a)[ok_a][ia] - _content_times(b)[ok_b][ib]
-    rounded = np.round(shifts, 1)
-    rounded[np.abs(rounded) < 0.5] = 0.0
-    values, counts = np.unique(rounded, return_counts=True)
-    order = sorted(range(len(values)), key=lambda k: (-counts[k], abs(values[k])))
-    offsets = []
-    for k in order[:limit]:
-        if counts[k] * 2 < counts[order[0]]:
-            break
-        offsets.append(0.0 if values[k] == 0 else float(np.median(shifts[rounded == values[k]])))
-    return offsets
+    present = np.nonzero(counts)[0]
+    order = sorted(present.tolist(), key=lambda k: (-counts[k], abs(k + base)))  # ties: nearer 0, negative first
+    chosen = [k for k in order[:limit] if counts[k] * 2 >= counts[order[0]]]
+    # The median shift of each chosen bin, from a second pass keeping only those bins' shifts (about one
+    # pair per frame each: hash frames are a second apart).
+    kept: dict[int, list[np.ndarray]] = {k: [] for k in chosen if k + base != 0}
+    if kept:
+        for shifts, bins in block_shifts():
+            for k in kept:
+                kept[k].append(shifts[bins == k + base])
+    return [0.0 if k + base == 0 else float(np.median(np.concatenate(kept[k]))) for k in chosen]
 
 
 @dataclass(frozen=True)
@@ -610,8 +622,9 @@ class PixelCheck:
     offset: float  # the content-time shift the frames were lined up on
     pairs: int  # frame pairs judged (showing the same instant)
     dropped: int = 0  # frame pairs compared but left out as not the same instant
-    # Share of ``b``'s hash frames compared and shown to be the same instant (on frame tracks with ``a`` the
-    # lower-rate video: ``a``'s hash frames inside ``b``'s span stand for them). Only taking a verdict uses it.
+    # Share of ``b``'s frames compared and shown to be the same instant: its hash frames, or on frame tracks every
+    # frame (with ``a`` the lower-rate video, ``a``'s frames inside ``b``'s span stand for them). Only taking a
+    # verdict uses it.
     coverage: float = 1.0
 
     def altered(self, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> bool:
@@ -628,8 +641,8 @@ def pixel_check(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THR
     difference), and the mean absolute difference is taken over an 8x8 grid of blocks; a swapped face or a
     re-animated mouth shows as a few blocks far above the rest of the frame, a low-bitrate re-encode as
     damage everywhere. With frame tracks on both sides that agree on most frames, the frames are lined up on
-    them (:func:`track_alignment`, :func:`_track_check`). Otherwise: hash frames are a second apart, so a trim or frame-rate change can leave a copy's
-    frame one frame off its source's: each pair is also compared with either side's neighbouring frames and
+    them and every frame is compared (:func:`track_alignment`, :func:`_track_check`). Otherwise: hash frames
+    are a second apart, so a trim or frame-rate change can leave a copy's frame one frame off its source's: each pair is also compared with either side's neighbouring frames and
     the closest alignment counts (a swapped face differs at every instant, so this does not hide it). Frame
     pairs whose median block differs too are not the same instant and are left out. Where the hashes allow
     several trim offsets (a still video), the one whose frames differ least is used.
@@ -693,20 +706,42 @@ def _aligned_blocks(a: VideoHash, b: VideoHash, offset: float, mirrored: bool,
     """(pairs, 64) block differences of the frame pairs at the same time once ``b`` is shifted by ``offset``,
     each pair at its closest alignment with the neighbouring frames, and ``b``'s frame in each pair; None when
     no frames fall together."""
-    fps = max(a.fps, b.fps) or 30.0
-    gaps = np.abs(_content_times(a)[:, None] - (_content_times(b)[None, :] + offset))
-    ia, ib = np.nonzero(gaps <= thresholds.time_tolerance_frames / fps)
+    ia, ib = _time_pairs(_content_times(a), _content_times(b) + offset,
+                         thresholds.time_tolerance_frames / (max(a.fps, b.fps) or 30.0))
     if not len(ia):
         return None
-    ta, tb = _with_neighbours(a, ia), _with_neighbours(b, ib)
-    if mirrored:
-        tb = tb[..., ::-1]
-    # Alignments: a's frame with b's frame or one of its neighbours, and a's neighbours with b's frame.
-    left = np.concatenate([np.repeat(ta[:, :1], tb.shape[1], axis=1), ta[:, 1:]], axis=1)
-    right = np.concatenate([tb, np.repeat(tb[:, :1], ta.shape[1] - 1, axis=1)], axis=1)
-    n, m = left.shape[:2]
-    blocks = _blocks(left.reshape(n * m, THUMB, THUMB), right.reshape(n * m, THUMB, THUMB)).reshape(n, m, -1)
-    return blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)], ib
+    chosen = []
+    for lo in range(0, len(ia), ALIGN_CHUNK):  # bounded memory: 5 alignments of ALIGN_CHUNK pairs at a time
+        ta, tb = _with_neighbours(a, ia[lo:lo + ALIGN_CHUNK]), _with_neighbours(b, ib[lo:lo + ALIGN_CHUNK])
+        if mirrored:
+            tb = tb[..., ::-1]
+        # Alignments: a's frame with b's frame or one of its neighbours, and a's neighbours with b's frame.
+        left = np.concatenate([np.repeat(ta[:, :1], tb.shape[1], axis=1), ta[:, 1:]], axis=1)
+        right = np.concatenate([tb, np.repeat(tb[:, :1], ta.shape[1] - 1, axis=1)], axis=1)
+        n, m = left.shape[:2]
+        blocks = _blocks(left.reshape(n * m, THUMB, THUMB), right.reshape(n * m, THUMB, THUMB)).reshape(n, m, -1)
+        chosen.append(blocks[np.arange(n), blocks.max(axis=2).argmin(axis=1)])
+    return np.concatenate(chosen), ib
+
+
+ALIGN_CHUNK = 512  # frame pairs compared at once by _aligned_blocks
+
+
+def _time_pairs(ta: np.ndarray, tb: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(ia, ib)`` of the pairs with ``|ta[ia] - tb[ib]| <= tolerance``, in row-major order, from
+    sorted times (searchsorted) instead of the len(ta) x len(tb) matrix of gaps."""
+    order = np.argsort(tb, kind="stable")
+    sorted_tb = tb[order]
+    slack = 1e-9 * (1.0 + np.abs(ta))  # a little wider; the exact test below decides
+    lo = np.searchsorted(sorted_tb, ta - tolerance - slack, side="left")
+    hi = np.searchsorted(sorted_tb, ta + tolerance + slack, side="right")
+    n = hi - lo
+    ia = np.repeat(np.arange(len(ta)), n)
+    ib = order[np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))] if len(ia) else ia
+    keep = np.abs(ta[ia] - tb[ib]) <= tolerance
+    ia, ib = ia[keep], ib[keep]
+    rows = np.lexsort((ib, ia))
+    return ia[rows], ib[rows]
 
 
 TRACK_SEARCH_S = 1.0  # how far around a hash-suggested trim offset the tracks are lined up (the hash grid step)
@@ -895,29 +930,65 @@ def track_alignment(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT
                           same_share=float((np.median(blocks, axis=1) < thresholds.pixel_diff).mean()))
 
 
-def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, thresholds: Thresholds) -> PixelCheck | None:
-    """:func:`pixel_check` on frame tracks lined up to a frame: at each hash time of the lower-rate video, its
-    track frame against the other's frame at the same instant (one offset for the whole video, no per-frame
-    choice, so a face swap is never lined up with whichever instant hides it best).
+TRACK_CHECK_FRAMES = 7200  # track frame pairs judged at most per check (deepscan.video.MAX_TRACK_FRAMES)
+TRACK_CHECK_CHUNK = 1024  # frame pairs compared at once: 2 x 4 MB of normalised thumbnails
 
-    Coverage counts as not compared every hash frame of ``b`` with no frame of ``a`` to compare with (outside
-    ``a``, or past a track: one keeps at most deepscan.video.MAX_TRACK_FRAMES). Where ``a`` is the lower-rate
-    video, its hash frames inside ``b``'s span stand for ``b``'s."""
+
+def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, thresholds: Thresholds) -> PixelCheck | None:
+    """:func:`pixel_check` on frame tracks lined up to a frame: every track frame of the lower-rate video
+    against the other's frame at the same instant (one offset for the whole video; no choice beyond the two
+    frames around an instant that falls between frames, so a face swap is never lined up with whichever
+    instant hides it best). Every frame, not only those at the hash times: a face swapped for half a second
+    between two whole seconds must show too. Pairs flat on both sides (black, a fade: nothing a swap could
+    hide in) count as the same instant without being judged, since a thumbnail that flat is mostly codec noise
+    once normalised.
+
+    Coverage is the share of ``b``'s frames (its track, or its hash frames' span past it) that were compared
+    and showed the same instant, in frames of the lower-rate video: a frame of ``b`` with no frame of ``a``
+    to compare with (outside ``a``, or past a track: one keeps at most deepscan.video.MAX_TRACK_FRAMES)
+    counts against it. Where ``a`` is the lower-rate video, its frames inside ``b``'s span stand for ``b``'s."""
     src, dst, sign, src_track, dst_track = _oriented(a, b, alignment.mirrored)
-    src_idx = np.unique(np.rint(_content_times(src) * (src.fps or 30.0)).astype(np.int64))
+    src_idx = np.arange(len(src_track))
+    if len(src_idx) > TRACK_CHECK_FRAMES:  # evenly spread; each stands for this many frames
+        src_idx = np.unique(np.linspace(0, len(src_track) - 1, TRACK_CHECK_FRAMES).round().astype(np.int64))
+    weight = len(src_track) / max(len(src_idx), 1)
+    # Where each frame's instant falls in dst's frames: between two of them after a frame-rate change, where
+    # the converter may have kept either, so both are compared and the closer counts (a swapped face differs
+    # from both). On a frame (within 1% of one), only that frame.
+    at = (src_idx / (src.fps or 30.0) + sign * alignment.offset) * (dst.fps or 30.0)
+    idx = np.rint(at).astype(np.int64)
+    ok = (idx >= 0) & (idx < len(dst_track))
+    src_idx, idx, at = src_idx[ok], idx[ok], at[ok]
     if not len(src_idx):
         return None
-    idx = _dst_frames(src, dst, src_idx, sign * alignment.offset)  # not clipped: outside dst is < 0 or past it
-    inside = (idx >= 0) & (idx < max(len(dst_track), round(_span(dst) * (dst.fps or 30.0))))
-    ok = inside & (src_idx < len(src_track)) & (idx < len(dst_track))
-    if not ok.any():
+    other = idx + np.where(at > idx, 1, -1)
+    between = (np.abs(at - idx) > 0.01) & (other >= 0) & (other < len(dst_track))
+    src_flat = _derived(src, "std", lambda: _track_std(src.track))[src_idx] < TRACK_MIN_STD
+    flat = src_flat & (_derived(dst, "std", lambda: _track_std(dst.track))[idx] < TRACK_MIN_STD)
+    src_idx, idx, other, between = src_idx[~flat], idx[~flat], other[~flat], between[~flat]
+    worst, median = np.zeros(len(src_idx), np.float32), np.zeros(len(src_idx), np.float32)
+    for lo in range(0, len(src_idx), TRACK_CHECK_CHUNK):  # bounded memory over a 7,200-frame track
+        part = slice(lo, lo + TRACK_CHECK_CHUNK)
+        blocks = _blocks(src_track[src_idx[part]], dst_track[idx[part]])
+        alt = np.nonzero(between[part])[0]
+        if len(alt):
+            other_blocks = _blocks(src_track[src_idx[part][alt]], dst_track[other[part][alt]])
+            closer = other_blocks.max(axis=1) < blocks[alt].max(axis=1)
+            blocks[alt[closer]] = other_blocks[closer]
+        worst[part], median[part] = blocks.max(axis=1), np.median(blocks, axis=1)
+    same = median < thresholds.pixel_diff
+    if not same.any():
         return None
-    if src is b:  # every hash frame of b should have been compared
-        expected = len(src_idx)
-    else:  # the pairs sample a's frames inside b's span: b's own frames outside a's frames count against it
-        b_idx = np.rint((_content_times(b) + alignment.offset) * (a.fps or 30.0)).astype(np.int64)
-        expected = int(inside.sum()) + int(((b_idx < 0) | (b_idx >= len(a.track))).sum())
-    return _judged(_blocks(src_track[src_idx[ok]], dst_track[idx[ok]]), alignment.offset, thresholds, expected)
+    # b's length in the lower-rate video's frames: its track, or its last hash frame where that is later.
+    b_fps = b.fps or 30.0
+    b_frames = max(len(b.track), (int(np.rint(_content_times(b)[-1] * b_fps)) + 1) if len(b.times) else 0)
+    expected = b_frames * (src.fps or 30.0) / b_fps
+    covered = (int(same.sum()) + int(flat.sum())) * weight
+    worst, median = worst[same], median[same]
+    return PixelCheck(difference=float(worst.max()),
+                      locality=float((worst / np.maximum(median, MEDIAN_FLOOR)).max()),
+                      offset=alignment.offset, pairs=len(worst), dropped=int((~same).sum()),
+                      coverage=min(1.0, covered / max(expected, 1.0)))
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -947,10 +1018,11 @@ def _span(h: VideoHash) -> float:
 def _verifies(check: PixelCheck | None, member: VideoHash, representative: VideoHash,
               thresholds: Thresholds) -> bool:
     """Whether ``check`` (``pixel_check(representative, member)``) shows every frame of ``member`` to be the
-    representative's: the difference under ``verify_diff``, ``verify_coverage`` of the member's hash frames
-    compared and the same instant (pairs left out as not the same instant count against it), and the member's
-    time span, after the trim offset, inside the representative's. A file holding part of the screened one
-    plus footage never screened (another clip appended, or a shared intro) is related, never a copy."""
+    representative's: the difference under ``verify_diff`` (on every frame pair judged), ``verify_coverage`` of
+    the member's frames compared and the same instant (pairs left out as not the same instant count against
+    it), and the member's time span, after the trim offset, inside the representative's. A file holding part
+    of the screened one plus footage never screened (another clip appended, or a shared intro) is related,
+    never a copy."""
     if check is None or check.difference >= thresholds.verify_diff or check.coverage < thresholds.verify_coverage:
         return False
     rates = [f for f in (member.fps, representative.fps) if f > 0]
@@ -1244,14 +1316,14 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     from rich.table import Table
     from rich.text import Text
 
-    from .report import VERDICT_STYLE
+    from .report import VERDICT_STYLE, distinct_names
 
     by_path = {str(r.path): r for r in results}
     if groups is None:
         found: dict[int, Group] = {}
         for r in results:
             c = (r.extra or {}).get("campaign")
-            if c:
+            if c and c.get("group") is not None:  # None: a resumed copy that could not be grouped this run
                 g = found.setdefault(c["group"], Group(id=c["group"], members=[], representative=c["representative"],
                                                         altered=list(c.get("altered_groups") or [])))
                 g.members.append(str(r.path))
@@ -1260,6 +1332,8 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     for col, justify in (("group", "right"), ("size", "right"), ("members: verdict", "left"),
                          ("first / last modified (UTC)", "left"), ("same footage, altered", "left")):
         table.add_column(col, justify=justify, overflow="fold")
+    # Two files of one name in different folders: enough of each path to tell which one was screened.
+    names = distinct_names(m for g in groups if g.size > 1 or g.altered for m in g.members)
     for g in groups:
         if g.size < 2 and not g.altered:
             continue
@@ -1278,7 +1352,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
             inherited = bool(r and ((r.extra or {}).get("campaign") or {}).get("inherited"))
             if cell:
                 cell.append("\n")
-            cell.append(Path(m).name + (" (screened)" if m == g.representative else "") + ": ")
+            cell.append(names[m] + (" (screened)" if m == g.representative else "") + ": ")
             cell.append(verdict + ("*" if inherited else ""), style=VERDICT_STYLE.get(verdict, ""))
         table.add_row(str(g.id), str(g.size), cell, span, ", ".join(f"group {a}" for a in g.altered) or "—")
     table.caption = ("* inherited from the group's screened file (a verified pixel copy of it); "
@@ -1324,9 +1398,11 @@ class StreamingGroups:
     """Groups built one file at a time, as a scan decodes each file once for both its hash and its screening
     frames (``iter_frames(hash_fps=...)``): what ``deepscan scan --dedupe`` uses.
 
-    A file joins the group of the first earlier file it matches (:func:`is_match`) unless its pixels differ
-    locally from that group's representative (then the two groups are ``altered`` relations); else it starts
-    a group of its own, as its representative. It takes the representative's verdict only when it is a
+    A file joins the closest of the groups of the earlier files it matches (:func:`is_match`): the one whose
+    representative's pixels differ least from it (:func:`pixel_check`; groups it cannot be compared with on
+    pixels come after, the lowest number first). A group whose representative's pixels differ locally from
+    the file's is never joined (the two groups are ``altered`` relations). Matching none, it starts a group of
+    its own, as its representative. It takes the representative's verdict only when it is a
     verified pixel copy of it (:func:`is_verified_copy`) with no more pixels than it (a verdict is never
     passed from a smaller copy to a larger one); every other member is screened itself (``screen_too``).
     """
@@ -1419,17 +1495,39 @@ class StreamingGroups:
         self._track.add(_track_index_codes(h), owner)
         self._track_queries.add(_hash_time_codes(h), owner)
         if self.spill_dir is not None and _has_track(h):
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            self._spilled[p] = self.spill_dir / f"track-{owner}.npy"
-            np.save(self._spilled[p], np.ascontiguousarray(h.track))
-            self.hashes[p] = replace(h, track=None)  # the caller's hash keeps its track
+            self._spill(p, h, self.spill_dir / f"track-{owner}.npy")
         return joined
 
+    def _spill(self, p: str, h: VideoHash, target: Path) -> None:
+        """Move ``p``'s frame track to ``target``; recorded as spilled only once it is wholly written. A temp
+        disk that fails (full, read-only) leaves the track in memory: the scan goes on, and later files are
+        still checked against every frame of it."""
+        try:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            np.save(target, np.ascontiguousarray(h.track))
+        except OSError:
+            try:
+                target.unlink(missing_ok=True)  # a partial file
+            except OSError:
+                pass
+            return
+        self._spilled[p] = target
+        self.hashes[p] = replace(h, track=None)  # the caller's hash keeps its track
+
     def _hash(self, path: str) -> VideoHash:
-        """A placed file's hash, with its frame track read back from disk where it was spilled."""
+        """A placed file's hash, with its frame track read back from disk where it was spilled. A track that
+        cannot be read back (deleted, damaged) is no track: that file is compared on its hash frames."""
         h = self.hashes[path]
         spilled = self._spilled.get(path)
-        return h if spilled is None else replace(h, track=np.load(spilled))
+        if spilled is None:
+            return h
+        try:
+            track = np.load(spilled, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return h
+        if track.ndim != 3 or track.shape[1:] != (THUMB, THUMB) or track.dtype != np.uint8:
+            return h
+        return replace(h, track=track)
 
     def info(self, path) -> dict:
         """``result.extra["campaign"]`` of a file screened itself: its group, the group's representative, and

@@ -85,6 +85,23 @@ def _cuts(r: VideoResult, threshold: float | None) -> tuple:
     return (cut, cut - band) if is_number(cut) and is_number(band) else (cut,)
 
 
+def distinct_names(paths) -> dict[str, str]:
+    """Each path's file name, or where other paths share that name, as many of its last parts as tell it from
+    them (``in/clip.mp4`` and ``old/in/clip.mp4`` → ``in/clip.mp4`` and ``old/in/clip.mp4``; ``a/clip.mp4``
+    and ``b/clip.mp4`` → themselves): a copy's "screened" file must be the one meant."""
+    by_name: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for p in dict.fromkeys(str(p) for p in paths):
+        by_name.setdefault(Path(p).name, []).append((p, Path(p).parts))
+    names = {}
+    for same in by_name.values():
+        for p, parts in same:
+            n = 1
+            while n < len(parts) and any(q != parts and q[-n:] == parts[-n:] for _, q in same):
+                n += 1
+            names[p] = str(Path(*parts[-n:])) if parts else p
+    return names
+
+
 def summary_table(results: list[VideoResult], threshold: float | None = None) -> Table:
     # One precision for the threshold, videos and people, so any two printed numbers compare as the verdicts do.
     digits = decimals_to_compare([(s, _cuts(r, threshold)) for r in results
@@ -102,6 +119,8 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
         from .provenance import provenance_summary
 
         table.add_column("provenance (claimed by the file)", overflow="fold")
+    screened_as = [((r.extra or {}).get("campaign") or {}).get("screened_as") for r in results]
+    names = distinct_names([*(r.path for r in results), *(p for p in screened_as if isinstance(p, str))])
     for r in sorted(results, key=lambda r: (-(r.score if r.score is not None else -1), r.path)):
         people = ""
         if len(r.tracks) > 1:
@@ -109,7 +128,8 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
         verdict = Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, ""))
         campaign = r.extra.get("campaign") or {}
         if campaign.get("inherited"):  # not judged on its own pixels: say whose result it is
-            verdict.append(f" (copy of {Path(campaign['screened_as']).name})", style="dim")
+            source = str(campaign["screened_as"])
+            verdict.append(f" (copy of {names.get(source, Path(source).name)})", style="dim")
         # Text, not str: a str cell is read as markup, and paths and container tags are the file's own words.
         row = [Text(str(r.path)), verdict, Text(_score_text(r, digits) + people), f"{r.n_faces}/{len(r.tracks)}",
                str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s"]

@@ -696,22 +696,43 @@ class Scanner:
         finally:
             tracks.cleanup()
 
-    def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult) -> VideoResult:
+    def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult, writer) -> VideoResult:
         """A file finished by an earlier run still has to be grouped for the files after it: its hash comes
-        from that run's cache, or (a run without it) from a decode at the hash rate only."""
+        from that run's cache, or (a run without it) from a decode at the hash rate only.
+
+        Group numbers belong to a run: the line it was resumed from names the earlier run's group, which here
+        may be another video's. Its ``extra["campaign"]`` is rewritten from this run's groups (an inherited
+        verdict stays inherited, from the same file) and that line appended, so results.jsonl and the report
+        group it with this run's files."""
         from .campaign import load_cached_hash, video_hash
 
         campaign = run.groups
+        was = previous.extra.get("campaign") or {}
         h = load_cached_hash(run.hash_cache, previous.sha256) if run.hash_cache else None
         if h is None:
             try:
                 h = video_hash(path, max_pixels=self.options.max_pixels,
                                max_duration_s=self.options.max_duration_s)
             except (VideoError, OSError):
-                return previous
-        group = campaign.place(path, h)
-        if str(path) == group.representative and not (previous.extra.get("campaign") or {}).get("inherited"):
-            campaign.results[str(path)] = previous
+                h = None
+        if h is not None:
+            campaign.place(path, h)
+            now = campaign.info(path)
+            if was.get("inherited"):
+                now = {**now, "inherited": True, "screened_as": was.get("screened_as")}
+            elif now["is_representative"]:
+                campaign.results[str(path)] = previous
+        elif was.get("inherited"):  # in no group of this run, but still another file's verdict
+            now = {"group": None, "inherited": True, "screened_as": was.get("screened_as")}
+        else:
+            now = None
+        previous.extra = {k: v for k, v in previous.extra.items() if k != "campaign"}  # not the writer's dict
+        if now is not None:
+            previous.extra["campaign"] = now
+        if now == (was or None):
+            writer.keep_last(previous)  # the stored line, appended again where another run wrote a later one
+        else:
+            writer.write(previous)
         return previous
 
     def _previous(self, path: Path, digest: tuple[str, int], writer, evidence: bool,
@@ -778,9 +799,9 @@ class Scanner:
         previous = prepared.previous
         if previous is not None:
             previous.resumed = True
+            if run is not None:  # its line is rewritten with this run's group
+                return self._resumed_into_campaign(run, path, previous, writer)
             writer.keep_last(previous)  # a resumed result is only ever found through a writer
-            if run is not None:
-                return self._resumed_into_campaign(run, path, previous)
             return _campaign_marked(previous, group)
         result = self._scan_video(path, lambda: prepared, progress.update if progress else None, run)
         inherited = (result.extra.get("campaign") or {}).get("inherited")

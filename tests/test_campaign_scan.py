@@ -120,3 +120,32 @@ def test_a_dedupe_scan_in_progress_keeps_its_groups_to_itself(tmp_path):
     (rest,) = list(dedupe)
     assert rest.path.endswith("b.mp4") and rest.n_frames == 4 and not rest.extra["campaign"].get("inherited")
     assert sorted(m for g in scanner.campaign_groups for m in g.members) == sorted(str(p) for p in src.iterdir())
+
+
+def test_a_resumed_file_takes_this_runs_group_number(tmp_path):
+    """Group numbers are per run: a file resumed from an earlier run's line kept that run's number, so after
+    two unrelated files sorting first were added, all four lines said group 1 and the report merged them.
+    The resumed lines are written again with this run's groups (a copy's verdict still inherited)."""
+    from deepscan.html import read_results
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "m.mp4")
+    ffmpeg("-i", str(src / "m.mp4"), "-c:v", "libx264", "-crf", "20", "-an", str(src / "m_copy.mp4"))
+    out = tmp_path / "out"
+    args = ["scan", str(src), "--frames", "4", "--threads", "1", "--out", str(out), "--dedupe"]
+    assert main(args) in (0, 1)
+    shutil.copy(SAMPLE_CLIPS / "astronaut_real.mp4", src / "a.mp4")
+    ffmpeg("-i", str(src / "a.mp4"), "-c:v", "libx264", "-crf", "20", "-an", str(src / "a_copy.mp4"))
+    assert main(args) in (0, 1)
+    last = {d["path"].rsplit("/", 1)[-1]: d["extra"]["campaign"]
+            for d in (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines())}
+    assert last["a.mp4"]["group"] == last["a_copy.mp4"]["group"] == 1
+    assert last["m.mp4"]["group"] == last["m_copy.mp4"]["group"] == 2
+    assert last["m.mp4"]["is_representative"] and not last["m.mp4"]["inherited"]
+    assert last["m_copy.mp4"]["inherited"] and last["m_copy.mp4"]["screened_as"].endswith("/m.mp4")
+    shown, bad = read_results(out / "results.jsonl")  # what the HTML report counts group sizes from
+    assert bad == 0 and sorted(d["extra"]["campaign"]["group"] for d in shown) == [1, 1, 2, 2]
+    lines = len((out / "results.jsonl").read_text().splitlines())
+    assert main(args) in (0, 1)  # the same groups again: nothing to write
+    assert len((out / "results.jsonl").read_text().splitlines()) == lines
