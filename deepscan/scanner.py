@@ -378,7 +378,8 @@ class Scanner:
         t0 = time.perf_counter()
         try:
             result.model = self.model_info()
-            result.environment = self.environment()
+            # The working directory too: a relative path in the results names a file only from there.
+            result.environment = {**self.environment(), "cwd": _working_directory()}
             self._scan_into(result, prepare(), progress, run)
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
@@ -886,6 +887,21 @@ def _campaign_marked(result: VideoResult, group) -> VideoResult:
     return result
 
 
+def _working_directory() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed while the scan runs
+        return None
+
+
+def _where_stored(d: dict) -> str:
+    """Where a results line's file is: its path, taken from the working directory the line was scanned in
+    when that path is relative and the line records one (a scan from another directory would miss it)."""
+    cwd = (d.get("environment") if isinstance(d.get("environment"), dict) else {}).get("cwd")
+    path = d["path"]
+    return os.path.join(cwd, path) if isinstance(cwd, str) and not os.path.isabs(path) else path
+
+
 class ResultsWriter:
     """Appends one JSON line per video; each line is written whole and fsynced, or not at all.
 
@@ -919,7 +935,7 @@ class ResultsWriter:
 
     def _remember(self, d: dict) -> None:
         if self._by_file is not None and d["path"] not in self._last:
-            key = file_identity(d["path"])
+            key = file_identity(_where_stored(d))
             if key is not None:
                 self._by_file.setdefault(key, d["path"])
         self._last[d["path"]] = d
@@ -947,8 +963,8 @@ class ResultsWriter:
             return name
         if self._by_file is None:  # built on the first name not found as it is: one stat per stored path
             self._by_file = {}
-            for stored in self._last:
-                stored_key = file_identity(stored)
+            for stored, d in self._last.items():
+                stored_key = file_identity(_where_stored(d))
                 if stored_key is not None:
                     self._by_file.setdefault(stored_key, stored)
         return self._by_file.get(key, name)

@@ -94,3 +94,23 @@ def test_decimals_to_compare_prints_a_score_on_its_own_side_of_each_cut():
     assert decimals_to_compare([(0.49999999, (0.5,))]) == 6  # capped: no printing tells them apart
     assert decimals_to_compare([(None, (0.5,)), (0.3, (None,)), (True, (0.5,))]) == 3  # not numbers: no say
     assert decimals_to_compare([]) == 3
+
+
+def test_a_relative_path_is_found_from_the_directory_it_was_scanned_in(tmp_path, monkeypatch):
+    """A line for ``in/a.mp4`` scanned from /data: a scan from elsewhere that names the file /data/in/a.mp4 could
+    not stat the stored relative path, screened the file again and listed it twice."""
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+    (data / "in" / "a.mp4").write_bytes(b"x")
+    (data / "in" / "b.mp4").write_bytes(b"y")
+    out = tmp_path / "out"
+    lines = [{**result(path="in/a.mp4").to_dict(), "environment": {"cwd": str(data)}},
+             {**result(path="in/b.mp4").to_dict(), "environment": {}}]  # from before the cwd was recorded
+    out.mkdir()
+    (out / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    monkeypatch.chdir(tmp_path)
+    writer = ResultsWriter(out)
+    assert writer.first_name(str(data / "in" / "a.mp4")) == "in/a.mp4"
+    assert writer.first_name(str(data / "in" / "b.mp4")) == str(data / "in" / "b.mp4")  # nothing to go on
+    assert writer.first_name("data/in/a.mp4") == "in/a.mp4"
+

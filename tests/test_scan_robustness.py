@@ -280,6 +280,7 @@ def test_a_one_thread_scan_classifies_on_the_calling_thread(monkeypatch):
     r = scanner.scan_video(CLIP)
     assert r.status == "ok" and seen and set(seen) == {threading.current_thread().name}
     assert r.environment["threads"] == 1
+    assert r.environment["cwd"] == os.getcwd()  # a relative path in the results names a file from there
 
 
 # ------------------------------------------------------------------ 7: model card fields in the resume key
