@@ -592,25 +592,24 @@ def match_offsets(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_T
             bins[np.abs(bins) < 5] = 0
             yield shifts, bins
 
-    # Every bin a pair can fall in, from the two time ranges (an hour each: 72,000 counters).
-    base = min(int(np.rint((ta.min() - tb.max()) * 10)), 0)
-    size = max(int(np.rint((ta.max() - tb.min()) * 10)), 0) + 1 - base
-    counts = np.zeros(size, np.int64)
+    # Counted per bin present, not over the whole time range: a timestamp jump (pts of 1e9 s) would otherwise
+    # ask for billions of counters.
+    counts: dict[int, int] = {}
     for _, bins in block_shifts():
-        counts += np.bincount(bins - base, minlength=size)
-    if not counts.any():
+        for k, c in zip(*np.unique(bins, return_counts=True), strict=True):
+            counts[int(k)] = counts.get(int(k), 0) + int(c)
+    if not counts:
         return []
-    present = np.nonzero(counts)[0]
-    order = sorted(present.tolist(), key=lambda k: (-counts[k], abs(k + base)))  # ties: nearer 0, negative first
+    order = sorted(counts, key=lambda k: (-counts[k], abs(k), k))  # ties: nearer 0, negative first
     chosen = [k for k in order[:limit] if counts[k] * 2 >= counts[order[0]]]
     # The median shift of each chosen bin, from a second pass keeping only those bins' shifts (about one
     # pair per frame each: hash frames are a second apart).
-    kept: dict[int, list[np.ndarray]] = {k: [] for k in chosen if k + base != 0}
+    kept: dict[int, list[np.ndarray]] = {k: [] for k in chosen if k != 0}
     if kept:
         for shifts, bins in block_shifts():
             for k in kept:
-                kept[k].append(shifts[bins == k + base])
-    return [0.0 if k + base == 0 else float(np.median(np.concatenate(kept[k]))) for k in chosen]
+                kept[k].append(shifts[bins == k])
+    return [0.0 if k == 0 else float(np.median(np.concatenate(kept[k]))) for k in chosen]
 
 
 @dataclass(frozen=True)

@@ -183,8 +183,11 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     from .detector import resolve_card
     from .scanner import ResultsWriter, Scanner, ScanOptions
 
+    # The settings the scans ran with, defaults included: metrics.json must say how its scores were made.
+    effective = ScanOptions(frames=frames, **scan_options)
+    recorded = {k: getattr(effective, k) for k in ("precision", "full_detect_every", "follow_faces")}
     report = {"n_clips": len(clips), "n_fake": sum(c.label for c in clips), "frames": frames,
-              "scan_options": scan_options, "detectors": []}
+              "scan_options": {**recorded, **scan_options}, "detectors": []}
     curves, groups = {}, clip_groups(clips)
     # Card names (the cards alone are read) to tell in advance which detectors share one: those get a key of
     # their own, else they would write into one results.jsonl and one ROC curve.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -88,17 +89,23 @@ def _cuts(r: VideoResult, threshold: float | None) -> tuple:
 def distinct_names(paths) -> dict[str, str]:
     """Each path's file name, or where other paths share that name, as many of its last parts as tell it from
     them (``in/clip.mp4`` and ``old/in/clip.mp4`` → ``in/clip.mp4`` and ``old/in/clip.mp4``; ``a/clip.mp4``
-    and ``b/clip.mp4`` → themselves): a copy's "screened" file must be the one meant."""
+    and ``b/clip.mp4`` → themselves): a copy's "screened" file must be the one meant. Suffixes are counted per
+    length, so thousands of files of one name take linear time."""
     by_name: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
     for p in dict.fromkeys(str(p) for p in paths):
         by_name.setdefault(Path(p).name, []).append((p, Path(p).parts))
     names = {}
     for same in by_name.values():
-        for p, parts in same:
-            n = 1
-            while n < len(parts) and any(q != parts and q[-n:] == parts[-n:] for _, q in same):
-                n += 1
-            names[p] = str(Path(*parts[-n:])) if parts else p
+        left, n = same, 1
+        while left:
+            counts = Counter(parts[-n:] for _, parts in same)
+            undecided = []
+            for p, parts in left:
+                if counts[parts[-n:]] == 1 or n >= len(parts):
+                    names[p] = str(Path(*parts[-n:])) if parts else p
+                else:
+                    undecided.append((p, parts))
+            left, n = undecided, n + 1
     return names
 
 
@@ -120,7 +127,8 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
 
         table.add_column("provenance (claimed by the file)", overflow="fold")
     screened_as = [((r.extra or {}).get("campaign") or {}).get("screened_as") for r in results]
-    names = distinct_names([*(r.path for r in results), *(p for p in screened_as if isinstance(p, str))])
+    names = (distinct_names([*(r.path for r in results), *(p for p in screened_as if isinstance(p, str))])
+             if any(isinstance(p, str) for p in screened_as) else {})
     for r in sorted(results, key=lambda r: (-(r.score if r.score is not None else -1), r.path)):
         people = ""
         if len(r.tracks) > 1:

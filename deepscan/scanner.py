@@ -697,14 +697,17 @@ class Scanner:
         finally:
             tracks.cleanup()
 
-    def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult, writer) -> VideoResult:
+    def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult,
+                               writer) -> VideoResult | None:
         """A file finished by an earlier run still has to be grouped for the files after it: its hash comes
         from that run's cache, or (a run without it) from a decode at the hash rate only.
 
         Group numbers belong to a run: the line it was resumed from names the earlier run's group, which here
         may be another video's. Its ``extra["campaign"]`` is rewritten from this run's groups (an inherited
         verdict stays inherited, from the same file) and that line appended, so results.jsonl and the report
-        group it with this run's files."""
+        group it with this run's files. None when an inherited verdict would head a group of this run (the file
+        it was taken from not met yet, or no longer a match): no screened file stands behind it here, so the
+        file is screened itself."""
         from .campaign import load_cached_hash, video_hash
 
         campaign = run.groups
@@ -719,6 +722,8 @@ class Scanner:
         if h is not None:
             campaign.place(path, h)
             now = campaign.info(path)
+            if was.get("inherited") and now["is_representative"]:
+                return None
             if was.get("inherited"):
                 now = {**now, "inherited": True, "screened_as": was.get("screened_as")}
             elif now["is_representative"]:
@@ -800,10 +805,13 @@ class Scanner:
         previous = prepared.previous
         if previous is not None:
             previous.resumed = True
-            if run is not None:  # its line is rewritten with this run's group
-                return self._resumed_into_campaign(run, path, previous, writer)
-            writer.keep_last(previous)  # a resumed result is only ever found through a writer
-            return _campaign_marked(previous, group)
+            if run is None:
+                writer.keep_last(previous)  # a resumed result is only ever found through a writer
+                return _campaign_marked(previous, group)
+            resumed = self._resumed_into_campaign(run, path, previous, writer)  # rewritten with this run's group
+            if resumed is not None:
+                return resumed
+            prepared = self._prepare(path, digest=prepared.digest)  # it stopped at the hash: probe it now
         result = self._scan_video(path, lambda: prepared, progress.update if progress else None, run)
         inherited = (result.extra.get("campaign") or {}).get("inherited")
         if writer and evidence and not inherited:
@@ -894,12 +902,21 @@ def _working_directory() -> str | None:
         return None
 
 
-def _where_stored(d: dict) -> str:
-    """Where a results line's file is: its path, taken from the working directory the line was scanned in
-    when that path is relative and the line records one (a scan from another directory would miss it)."""
+def _stored_cwd(d: dict) -> str | None:
     cwd = (d.get("environment") if isinstance(d.get("environment"), dict) else {}).get("cwd")
-    path = d["path"]
-    return os.path.join(cwd, path) if isinstance(cwd, str) and not os.path.isabs(path) else path
+    return cwd if isinstance(cwd, str) else None
+
+
+def _where_stored(d: dict) -> list[str]:
+    """Where a results line's file may be: a relative path taken from the working directory the line was
+    scanned in (a scan from another directory would miss it), then as it is (a line from before the directory
+    was recorded, or a folder since moved or mounted elsewhere)."""
+    path, cwd = d["path"], _stored_cwd(d)
+    return [os.path.join(cwd, path), path] if cwd and not os.path.isabs(path) else [path]
+
+
+def _identity_of_stored(d: dict) -> tuple[int, int] | None:
+    return next((key for key in map(file_identity, _where_stored(d)) if key is not None), None)
 
 
 class ResultsWriter:
@@ -935,7 +952,7 @@ class ResultsWriter:
 
     def _remember(self, d: dict) -> None:
         if self._by_file is not None and d["path"] not in self._last:
-            key = file_identity(_where_stored(d))
+            key = _identity_of_stored(d)
             if key is not None:
                 self._by_file.setdefault(key, d["path"])
         self._last[d["path"]] = d
@@ -964,7 +981,7 @@ class ResultsWriter:
         if self._by_file is None:  # built on the first name not found as it is: one stat per stored path
             self._by_file = {}
             for stored, d in self._last.items():
-                stored_key = file_identity(_where_stored(d))
+                stored_key = _identity_of_stored(d)
                 if stored_key is not None:
                     self._by_file.setdefault(stored_key, stored)
         return self._by_file.get(key, name)
@@ -992,6 +1009,8 @@ class ResultsWriter:
         first = self.first_name(result.path)
         if first != printable(result.path):
             result.path = first
+            # The first name is relative to the directory its lines were scanned in, not this one.
+            result.environment = {**result.environment, "cwd": _stored_cwd(self._last[first])}
         self._append(result.to_dict())
 
     def _append(self, d: dict) -> None:

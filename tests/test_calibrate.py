@@ -199,6 +199,8 @@ def test_eval_scores_labelled_clips_with_a_roc_and_per_source_table(tmp_path, ca
     assert main(["eval", str(labels), "--frames", "4", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert (report["n_clips"], report["n_fake"]) == (4, 2)
+    # How the scores were made, defaults included (only the flags given reached it for a while).
+    assert report["scan_options"] == {"precision": "auto", "full_detect_every": 4, "follow_faces": True}
     (entry,) = report["detectors"]
     lo, hi = entry["auc_ci95"]
     assert 0 <= lo <= entry["auc"] <= hi <= 1 and "paired_with_first" not in entry

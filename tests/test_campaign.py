@@ -722,6 +722,16 @@ def test_trim_offsets_of_a_long_still_video_take_bounded_memory():
     assert peak < 80 * 2**20
 
 
+def test_trim_offsets_survive_a_timestamp_jump():
+    """Counters were sized from the span of the two videos' timestamps: one frame stamped at 1e9 s (a broken
+    pts) asked for 149 GiB. Only the shifts that occur are counted."""
+    from deepscan.campaign import VideoHash, match_offsets
+
+    hashes = np.random.default_rng(0).integers(0, 256, (4, 32), dtype=np.uint8)
+    jumped = VideoHash(hashes, np.full(4, 90), np.array([0.0, 1.0, 2.0, 1e9]))
+    assert match_offsets(jumped, jumped) == [0.0]
+
+
 def _match_offsets_reference(a, b, thresholds=DEFAULT_THRESHOLDS, mirrored=False, limit=5):
     """match_offsets as it was, with every matching pair held (the results must not change)."""
     from deepscan.campaign import _blocked_distances, _content_times

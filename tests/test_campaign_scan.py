@@ -149,3 +149,23 @@ def test_a_resumed_file_takes_this_runs_group_number(tmp_path):
     lines = len((out / "results.jsonl").read_text().splitlines())
     assert main(args) in (0, 1)  # the same groups again: nothing to write
     assert len((out / "results.jsonl").read_text().splitlines()) == lines
+
+
+def test_a_resumed_copy_met_before_its_screened_file_is_screened_itself(tmp_path):
+    """Resumed in another order, the copy whose verdict was inherited came first, headed this run's group and
+    stayed marked inherited, while the file actually screened became an ordinary member ("m_copy (screened)")."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "m.mp4")
+    ffmpeg("-i", str(src / "m.mp4"), "-c:v", "libx264", "-crf", "20", "-an", str(src / "m_copy.mp4"))
+    out = tmp_path / "out"
+    options = ["--frames", "4", "--threads", "1", "--out", str(out), "--dedupe"]
+    assert main(["scan", str(src), *options]) in (0, 1)
+    assert main(["scan", str(src / "m_copy.mp4"), str(src / "m.mp4"), *options]) in (0, 1)
+    last = {d["path"].rsplit("/", 1)[-1]: d for d in
+            (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines())}
+    copy, screened = last["m_copy.mp4"], last["m.mp4"]
+    assert copy["status"] == "ok" and copy["extra"]["campaign"]["is_representative"]
+    assert not copy["extra"]["campaign"]["inherited"]  # screened on its own pixels this time
+    assert screened["extra"]["campaign"]["group"] == copy["extra"]["campaign"]["group"]
+    assert not screened["extra"]["campaign"]["is_representative"] and not screened["extra"]["campaign"]["inherited"]

@@ -113,4 +113,20 @@ def test_a_relative_path_is_found_from_the_directory_it_was_scanned_in(tmp_path,
     assert writer.first_name(str(data / "in" / "a.mp4")) == "in/a.mp4"
     assert writer.first_name(str(data / "in" / "b.mp4")) == str(data / "in" / "b.mp4")  # nothing to go on
     assert writer.first_name("data/in/a.mp4") == "in/a.mp4"
+    # Screened again from here under its first name, the line says where that name is relative to: a third
+    # scan from yet another directory still finds it (the line had this directory's cwd and lost it).
+    again = result(path=str(data / "in" / "a.mp4"), sha="t" * 64)
+    again.environment = {"cwd": str(tmp_path)}
+    writer.write(again)
+    assert again.path == "in/a.mp4" and again.environment["cwd"] == str(data)
+    (tmp_path / "third").mkdir()
+    monkeypatch.chdir(tmp_path / "third")
+    assert ResultsWriter(out).first_name(str(data / "in" / "a.mp4")) == "in/a.mp4"
+    # A recorded directory that is gone (the folder moved, another machine's results): the path as it is.
+    moved = {**result(path="in/c.mp4").to_dict(), "environment": {"cwd": "/no/longer/there"}}
+    (data / "in" / "c.mp4").write_bytes(b"z")
+    with open(out / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(moved) + "\n")
+    monkeypatch.chdir(data)
+    assert ResultsWriter(out).first_name(str(data / "in" / "c.mp4")) == "in/c.mp4"
 
