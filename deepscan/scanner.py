@@ -919,6 +919,15 @@ def _identity_of_stored(d: dict) -> tuple[int, int] | None:
     return next((key for key in map(file_identity, _where_stored(d)) if key is not None), None)
 
 
+def _another_file_so_named(path, d: dict) -> bool:
+    """Whether ``path`` is another file than the one a results line of the same (relative) name was scanned
+    as: both can be stat'ed, they are different files, in different places (a file replaced in place keeps its
+    name)."""
+    stored, here = _identity_of_stored(d), file_identity(path)
+    return (stored is not None and here is not None and stored != here
+            and os.path.abspath(_where_stored(d)[0]) != os.path.abspath(path))
+
+
 class ResultsWriter:
     """Appends one JSON line per video; each line is written whole and fsynced, or not at all.
 
@@ -974,7 +983,11 @@ class ResultsWriter:
         that first name, so the report lists it once. A copy elsewhere is another file."""
         name = printable(path)
         if name in self._last:
-            return name
+            if not _another_file_so_named(path, self._last[name]):
+                return name
+            name = printable(os.path.abspath(path))  # in/a.mp4 from /backup is not in/a.mp4 from /data
+            if name in self._last:
+                return name
         key = file_identity(path)
         if key is None:
             return name

@@ -130,3 +130,22 @@ def test_a_relative_path_is_found_from_the_directory_it_was_scanned_in(tmp_path,
     monkeypatch.chdir(data)
     assert ResultsWriter(out).first_name(str(data / "in" / "c.mp4")) == "in/c.mp4"
 
+
+def test_one_relative_name_from_two_directories_is_two_files(tmp_path, monkeypatch):
+    """`deepscan scan in` from /data, then from /backup, into one --out: two different files called in/a.mp4.
+    The second took the first's name, and the report showed only one of them."""
+    for root, content in (("data", b"x"), ("backup", b"y")):
+        (tmp_path / root / "in").mkdir(parents=True)
+        (tmp_path / root / "in" / "a.mp4").write_bytes(content)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = {**result(path="in/a.mp4").to_dict(), "environment": {"cwd": str(tmp_path / "data")}}
+    (out / "results.jsonl").write_text(json.dumps(line) + "\n")
+    monkeypatch.chdir(tmp_path / "backup")
+    assert ResultsWriter(out).first_name("in/a.mp4") == str(tmp_path / "backup" / "in" / "a.mp4")
+    monkeypatch.chdir(tmp_path / "data")
+    assert ResultsWriter(out).first_name("in/a.mp4") == "in/a.mp4"
+    (tmp_path / "data" / "in" / "a.mp4").unlink()  # replaced in place: the same name
+    (tmp_path / "data" / "in" / "a.mp4").write_bytes(b"z")
+    assert ResultsWriter(out).first_name("in/a.mp4") == "in/a.mp4"
+
