@@ -1022,8 +1022,8 @@ class ResultsWriter:
         first = self.first_name(result.path)
         if first != printable(result.path):
             result.path = first
-            # The first name is relative to the directory its lines were scanned in, not this one.
-            result.environment = {**result.environment, "cwd": _stored_cwd(self._last[first])}
+            if first in self._last:  # relative to the directory its lines were scanned in, not this one
+                result.environment = {**result.environment, "cwd": _stored_cwd(self._last[first])}
         self._append(result.to_dict())
 
     def _append(self, d: dict) -> None:

@@ -142,7 +142,12 @@ def test_one_relative_name_from_two_directories_is_two_files(tmp_path, monkeypat
     line = {**result(path="in/a.mp4").to_dict(), "environment": {"cwd": str(tmp_path / "data")}}
     (out / "results.jsonl").write_text(json.dumps(line) + "\n")
     monkeypatch.chdir(tmp_path / "backup")
-    assert ResultsWriter(out).first_name("in/a.mp4") == str(tmp_path / "backup" / "in" / "a.mp4")
+    writer = ResultsWriter(out)
+    assert writer.first_name("in/a.mp4") == str(tmp_path / "backup" / "in" / "a.mp4")
+    other = result(path="in/a.mp4", sha="b" * 64)
+    writer.write(other)
+    assert other.path == str(tmp_path / "backup" / "in" / "a.mp4")
+    assert [json.loads(t)["path"] for t in (out / "results.jsonl").read_text().splitlines()] == ["in/a.mp4", other.path]
     monkeypatch.chdir(tmp_path / "data")
     assert ResultsWriter(out).first_name("in/a.mp4") == "in/a.mp4"
     (tmp_path / "data" / "in" / "a.mp4").unlink()  # replaced in place: the same name
