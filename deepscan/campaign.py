@@ -678,16 +678,25 @@ def _judged(blocks: np.ndarray | None, offset: float, thresholds: Thresholds, ex
     frame each pair covers, where one frame can be in several pairs)."""
     if blocks is None:
         return None
-    same = np.median(blocks, axis=1) < thresholds.pixel_diff
-    kept = blocks[same]
-    if not len(kept):
+
+    def coverage(same: np.ndarray) -> float:
+        covered = len(np.unique(frames[same])) if frames is not None else int(same.sum())
+        return covered / max(expected, covered, 1)
+
+    return _check_of_pairs(blocks.max(axis=1), np.median(blocks, axis=1), offset, thresholds, coverage)
+
+
+def _check_of_pairs(worst: np.ndarray, median: np.ndarray, offset: float, thresholds: Thresholds,
+                    coverage) -> PixelCheck | None:
+    """The :class:`PixelCheck` of frame pairs given by each pair's largest and median block difference: the
+    pairs that agree in most blocks are judged (None when none do); ``coverage(same)`` is the share of the
+    frames expected that the judged pairs (mask ``same``) cover."""
+    same = median < thresholds.pixel_diff
+    if not same.any():
         return None
-    worst = kept.max(axis=1)
-    covered = len(np.unique(frames[same])) if frames is not None else int(same.sum())
-    return PixelCheck(difference=float(worst.max()),
-                      locality=float((worst / np.maximum(np.median(kept, axis=1), MEDIAN_FLOOR)).max()),
-                      offset=offset, pairs=len(kept), dropped=int((~same).sum()),
-                      coverage=covered / max(expected, covered, 1))
+    worst, median = worst[same], median[same]
+    return PixelCheck(difference=float(worst.max()), locality=float((worst / np.maximum(median, MEDIAN_FLOOR)).max()),
+                      offset=offset, pairs=len(worst), dropped=int((~same).sum()), coverage=coverage(same))
 
 
 def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
@@ -975,19 +984,15 @@ def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, threshol
             closer = other_blocks.max(axis=1) < blocks[alt].max(axis=1)
             blocks[alt[closer]] = other_blocks[closer]
         worst[part], median[part] = blocks.max(axis=1), np.median(blocks, axis=1)
-    same = median < thresholds.pixel_diff
-    if not same.any():
-        return None
     # b's length in the lower-rate video's frames: its track, or its last hash frame where that is later.
     b_fps = b.fps or 30.0
     b_frames = max(len(b.track), (int(np.rint(_content_times(b)[-1] * b_fps)) + 1) if len(b.times) else 0)
     expected = b_frames * (src.fps or 30.0) / b_fps
-    covered = (int(same.sum()) + int(flat.sum())) * weight
-    worst, median = worst[same], median[same]
-    return PixelCheck(difference=float(worst.max()),
-                      locality=float((worst / np.maximum(median, MEDIAN_FLOOR)).max()),
-                      offset=alignment.offset, pairs=len(worst), dropped=int((~same).sum()),
-                      coverage=min(1.0, covered / max(expected, 1.0)))
+
+    def coverage(same: np.ndarray) -> float:  # flat pairs count as covered; each pair stands for `weight` frames
+        return min(1.0, (int(same.sum()) + int(flat.sum())) * weight / max(expected, 1.0))
+
+    return _check_of_pairs(worst, median, alignment.offset, thresholds, coverage)
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from . import __version__
 from .evidence import write_atomic
 from .report import VERDICT_MEANING
-from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines
+from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, verdict_cuts
 
 TEMPLATE = "report.html.j2"
 VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "score_ci95_low", "score_ci95_high", "n_frames",
@@ -374,8 +374,7 @@ def _score_digits(results: list[dict]) -> int:
     pairs = []
     for d in results:
         model = _model_view(d.get("model"))
-        cut, band = model.get("threshold"), model.get("uncertain_band")
-        cuts = (cut, cut - band) if cut is not None and band is not None else (cut,)
+        cuts = verdict_cuts(model.get("threshold"), model.get("uncertain_band"))
         pairs += [(d.get("score"), cuts)] + [(t.get("score"), cuts) for t in d.get("tracks") or []]
     return decimals_to_compare(pairs)
 

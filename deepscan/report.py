@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .results import VideoResult, decimals_to_compare, is_number
+from .results import VideoResult, decimals_to_compare, verdict_cuts
 
 VERDICT_STYLE = {"fake": "bold red", "uncertain": "bold yellow", "real": "green", "no_face": "dim",
                  "error": "magenta"}
@@ -79,13 +79,6 @@ def _score_text(r: VideoResult, digits: int = 3) -> str:
     return f"{r.score:.{digits}f}"
 
 
-def _cuts(r: VideoResult, threshold: float | None) -> tuple:
-    """Where a result's verdict changes: its model's threshold and the start of its uncertain band."""
-    cut = r.model.get("threshold", threshold)
-    band = r.model.get("uncertain_band")
-    return (cut, cut - band) if is_number(cut) and is_number(band) else (cut,)
-
-
 def distinct_names(paths) -> dict[str, str]:
     """Each path's file name, or where other paths share that name, as many of its last parts as tell it from
     them (``in/clip.mp4`` and ``old/in/clip.mp4`` → ``in/clip.mp4`` and ``old/in/clip.mp4``; ``a/clip.mp4``
@@ -111,8 +104,8 @@ def distinct_names(paths) -> dict[str, str]:
 
 def summary_table(results: list[VideoResult], threshold: float | None = None) -> Table:
     # One precision for the threshold, videos and people, so any two printed numbers compare as the verdicts do.
-    digits = decimals_to_compare([(s, _cuts(r, threshold)) for r in results
-                                  for s in [r.score] + [t.score for t in r.tracks]])
+    digits = decimals_to_compare([(s, verdict_cuts(r.model.get("threshold", threshold), r.model.get("uncertain_band")))
+                                  for r in results for s in [r.score] + [t.score for t in r.tracks]])
     title = "deepscan results" + (f" (threshold {threshold:.{digits}f})" if threshold is not None else "")
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("file", overflow="fold")

@@ -33,6 +33,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def verdict_cuts(threshold, band) -> tuple:
+    """Where a verdict changes: the threshold and, with a band, the start of the uncertain band below it."""
+    return (threshold, threshold - band) if is_number(threshold) and is_number(band) else (threshold,)
+
+
 def decimals_to_compare(scores_and_cuts, least: int = 3, most: int = 6) -> int:
     """The fewest decimals (``least`` to ``most``) at which every score, as printed, sits on the same side of each
     of its cuts (threshold, start of the uncertain band), as printed, as it does unprinted: an ``uncertain`` 0.8953

@@ -961,9 +961,7 @@ class ResultsWriter:
 
     def _remember(self, d: dict) -> None:
         if self._by_file is not None and d["path"] not in self._last:
-            key = _identity_of_stored(d)
-            if key is not None:
-                self._by_file.setdefault(key, d["path"])
+            self._index_by_file(d)
         self._last[d["path"]] = d
         model = d.get("model")
         key = (d.get("sha256"), model.get("sha256") if isinstance(model, dict) else None, d.get("config_hash"))
@@ -993,11 +991,14 @@ class ResultsWriter:
             return name
         if self._by_file is None:  # built on the first name not found as it is: one stat per stored path
             self._by_file = {}
-            for stored, d in self._last.items():
-                stored_key = _identity_of_stored(d)
-                if stored_key is not None:
-                    self._by_file.setdefault(stored_key, stored)
+            for d in self._last.values():
+                self._index_by_file(d)
         return self._by_file.get(key, name)
+
+    def _index_by_file(self, d: dict) -> None:
+        key = _identity_of_stored(d)
+        if key is not None:
+            self._by_file.setdefault(key, d["path"])
 
     def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
         """The finished result for this content, model and configuration: under ``path`` when given (a

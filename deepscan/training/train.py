@@ -638,8 +638,9 @@ def _cache_differences(card: ModelCard, index: dict) -> list[str]:
     recorded = {"manifest_sha256": t.get("manifest_sha256"),
                 "frame_sampling": t.get("frame_sampling", LEGACY_FRAME_SAMPLING),
                 "crop_geometry": t.get("crop_geometry", LEGACY_CROP_GEOMETRY)}
-    here = {"manifest_sha256": index.get("manifest_sha256"), **{k: cut_settings(index)[k]
-                                                              for k in ("frame_sampling", "crop_geometry")}}
+    cut = cut_settings(index)
+    here = {"manifest_sha256": index.get("manifest_sha256"), "frame_sampling": cut["frame_sampling"],
+            "crop_geometry": cut["crop_geometry"]}
     return [f"{k} {recorded[k]} -> {here[k]}" for k in recorded if recorded[k] is not None and recorded[k] != here[k]]
 
 
@@ -660,9 +661,9 @@ def load_card_validation(card_path, cache_dir="cache/crops") -> CardValidation:
     clips = load_clips(cache_dir, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
     items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
     differences = _cache_differences(card, index)
-    recorded_crops = (card.training.get("crops") or {}).get("val")
-    if recorded_crops is not None and recorded_crops != sum(len(it.crops) for it in items):
-        differences.append(f"validation crops {recorded_crops} -> {sum(len(it.crops) for it in items)}")
+    recorded_crops, val_crops = (card.training.get("crops") or {}).get("val"), sum(len(it.crops) for it in items)
+    if recorded_crops is not None and recorded_crops != val_crops:
+        differences.append(f"validation crops {recorded_crops} -> {val_crops}")
     if differences:  # a deliberate comparison on other crops is allowed; an unnoticed one is not
         warnings.warn(f"{card_path} is measured on crops cut otherwise than its own run's in {cache_dir} "
                       f"({'; '.join(differences)}): its figures here are not those it was exported with",
