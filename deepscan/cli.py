@@ -249,18 +249,21 @@ def cmd_scan(args) -> int:
             console.print(f"results: {args.out / 'results.jsonl'}{note}", markup=False)
     report_failed = False
     if args.html:
+        from jinja2 import TemplateError
+
         from .html import build_report
 
         try:
             console.print(f"report: {build_report(args.out)}", markup=False)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, TemplateError) as exc:
             # The results are on disk whatever befell the report, and a fake found must still exit 1.
             _print_error(console, f"report.html not written ({type(exc).__name__}: {exc}); the results are in "
                                   f"{args.out / 'results.jsonl'}: retry with deepscan report {args.out}")
             report_failed = True
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
-    if report_failed or missing or any(r.status == "error" for r in results):
+    evidence_failed = any("evidence_error" in r.extra for r in results)  # each warned about as it happened
+    if report_failed or evidence_failed or missing or any(r.status == "error" for r in results):
         return EXIT_ERROR
     return EXIT_OK
 
@@ -292,7 +295,7 @@ def cmd_report(args) -> int:
     from .html import build_report
 
     if not (args.dir / "results.jsonl").is_file():
-        print(f"error: no results.jsonl in {args.dir}", file=sys.stderr)
+        print(f"deepscan: error: no results.jsonl in {args.dir}", file=sys.stderr)
         return EXIT_ERROR
     print(build_report(args.dir))
     return EXIT_OK

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import FaceResult, FrameResult, VideoResult, scores_by_track
+from .results import FaceResult, FrameResult, VideoResult, decimals_to_compare, scores_by_track, verdict_cuts
 
 EVIDENCE_VERSION = 1
 COLORMAP = "jet"  # blue = no evidence, red = strongest evidence: the convention readers of heatmaps expect
@@ -109,6 +109,9 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
     # A legend holds the LEGEND_PEOPLE most suspicious people, each in a colour of its own; the rest are drawn
     # in grey under one entry (a crowd's legend ran off the image, threshold entry included, and colours
     # repeated after ten).
+    # Legend scores and threshold at one precision, as many decimals as keep them on their verdicts' sides.
+    cuts = verdict_cuts(threshold, band) if threshold is not None else ()
+    digits = decimals_to_compare([(t.score, cuts) for t in result.tracks])
     ranked = sorted(per_track, key=lambda k: -max(s for _, s in per_track[k]))
     named = set(ranked[:LEGEND_PEOPLE])
     others = 0
@@ -121,7 +124,7 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
                     label=f"{len(per_track) - LEGEND_PEOPLE} other people" if others == 1 else None)
             continue
         t = track_verdict.get(track)
-        label = f"person #{track}" + (f" ({t.score:.3f})" if t is not None else "")
+        label = f"person #{track}" + (f" ({t.score:.{digits}f})" if t is not None else "")
         ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, color=f"C{ranked.index(track)}", label=label)
     empty = [f.time_s for f in result.frames if not f.faces]
     if empty:  # sampled but faceless frames: shows where nothing could be judged
@@ -132,7 +135,7 @@ def _timeline_png(result: VideoResult, threshold: float | None, band: float | No
             ax.axhspan(max(0.0, threshold - band), threshold, color=VERDICT_COLOURS["uncertain"], alpha=0.10,
                        linewidth=0)
         ax.axhline(threshold, linestyle="--", linewidth=1.2, color=VERDICT_COLOURS["fake"],
-                   label=f"threshold {threshold:.3f}")
+                   label=f"threshold {threshold:.{digits}f}")
     duration = (result.video or {}).get("duration_s")
     last = max((f.time_s for f in result.frames), default=0.0)
     ax.set_xlim(0.0, max(float(duration or 0.0), last, 1e-3) * 1.02)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from . import __version__
 from .evidence import write_atomic
 from .report import VERDICT_MEANING
-from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, verdict_cuts
+from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, shown, verdict_cuts
 
 TEMPLATE = "report.html.j2"
 VIDEO_COLUMNS = ["path", "sha256", "status", "verdict", "score", "score_ci95_low", "score_ci95_high", "n_frames",
@@ -60,13 +60,17 @@ _FRAME = {"index": (_INT,), "time_s": (_NUMBER,), "faces": (_LIST,)}
 _FACE_REQUIRED = {"box": (_LIST,), "track": (_INT,), "score": (_NUMBER,)}
 _FACE_OPTIONAL = {"prob": (_NUMBER, None), "heat_peak": (_NUMBER, None)}
 _EVIDENCE = {"timeline": (_STR, None), "colormap": (_STR, None), "faces": (_LIST, None), "tracks": (_LIST, None)}
-_EVIDENCE_FACE = {"score": (_NUMBER,), "time_s": (_NUMBER,), "frame": (_INT,), "track": (_INT,),
-                  "crop": (_STR, None), "overlay": (_STR, None)}
+_EVIDENCE_FACE_REQUIRED = {"score": (_NUMBER,), "time_s": (_NUMBER,), "frame": (_INT,), "track": (_INT,)}
+_EVIDENCE_FACE_OPTIONAL = {"crop": (_STR, None), "overlay": (_STR, None)}
 _EVIDENCE_TRACK = {"track": (_INT,), "thumb": (_STR, None)}
-_CAMPAIGN = {"group": (_INT, _STR, None), "size": (_INT,), "inherited": (_BOOL,), "screened_as": (_STR,),
-             "altered_groups": (_LIST,), "is_representative": (_BOOL,)}
+_CAMPAIGN = {"group": (_INT, _STR, None), "representative": (_STR,), "size": (_INT,), "inherited": (_BOOL,),
+             "screened_as": (_STR,), "altered_groups": (_LIST,), "is_representative": (_BOOL,)}
+_EXTRA = {"evidence_error": (_STR, None)}
 _PROVENANCE = {"notes": (_LIST,), "errors": (_LIST,), "device": (_DICT,), "c2pa": (_DICT, None),
                "container": (_DICT, None), "streams": (_LIST,)}
+_C2PA = {"status": (_STR, None), "signer": (_DICT, None)}
+_ENVIRONMENT = {"git_commit": (_STR, None), "host": (_STR, None), "device": (_STR, None),
+                "precision": (_STR, None)}
 
 
 _CHECKS = {_NUMBER: is_number, _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -127,17 +131,21 @@ def line_problem(d: dict) -> str | None:
     config = d.get("config") or {}
     if not (_of_type(config.get("fps"), (_NUMBER, None)) and _of_type(config.get("frames"), (_INT, None))):
         return "config.fps or config.frames is not a number"
-    if not _of_type((d.get("environment") or {}).get("git_commit"), (_STR, None)):
-        return "environment.git_commit is not text"
+    if d.get("environment") is not None:
+        problem = _fields_problem(d["environment"], _ENVIRONMENT, "environment")
+        if problem:
+            return problem
     extra = d.get("extra") or {}
     ev, campaign, prov = extra.get("evidence"), extra.get("campaign"), extra.get("provenance")
-    problem = ((ev is not None and _fields_problem(ev, _EVIDENCE, "evidence"))
+    problem = (_fields_problem(extra, _EXTRA, "extra")
+               or (ev is not None and _fields_problem(ev, _EVIDENCE, "evidence"))
                or (campaign is not None and _fields_problem(campaign, _CAMPAIGN, "campaign"))
                or (prov is not None and _fields_problem(prov, _PROVENANCE, "provenance")))
     if problem:
         return problem
     for f in (ev or {}).get("faces") or []:
-        problem = _fields_problem(f, _EVIDENCE_FACE, "evidence face")
+        problem = (_fields_problem(f, _EVIDENCE_FACE_REQUIRED, "evidence face", required=True)
+                   or _fields_problem(f, _EVIDENCE_FACE_OPTIONAL, "evidence face"))
         if problem:
             return problem
     for t in (ev or {}).get("tracks") or []:
@@ -149,6 +157,14 @@ def line_problem(d: dict) -> str | None:
     prov = prov or {}
     if not all(isinstance(n, str) for n in [*(prov.get("notes") or []), *(prov.get("errors") or [])]):
         return "provenance notes or errors are not text"
+    if prov.get("c2pa") is not None:
+        problem = _fields_problem(prov["c2pa"], _C2PA, "provenance c2pa")
+        if problem:
+            return problem
+    if not all(isinstance(s, dict) for s in prov.get("streams") or []):
+        return "provenance streams hold something other than objects"
+    if not all(isinstance(v, (str, type(None))) for v in (prov.get("device") or {}).values()):
+        return "provenance device holds something other than text"
     return None
 
 
@@ -290,7 +306,7 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
         "duration_s": video.get("duration_s"), "total_s": timing.get("total_s"), "video": video,
         "timing": timing, "started_at": d.get("started_at"), "finished_at": d.get("finished_at"),
         "timeline_url": _asset(out_dir, ev.get("timeline")), "faces": faces,
-        "colormap": ev.get("colormap"), "has_evidence": bool(ev),
+        "colormap": ev.get("colormap"), "has_evidence": bool(ev), "evidence_error": extra.get("evidence_error"),
         "provenance": _provenance_view(extra.get("provenance")), "campaign": campaign, "screened_anchor": None,
     }
 
@@ -366,6 +382,7 @@ def _environment():
     env.filters["timestamp"] = _timestamp
     env.filters["size"] = _size
     env.filters["csp_hash"] = _csp_hash
+    env.filters["shown"] = shown
     return env
 
 
@@ -379,17 +396,23 @@ def _score_digits(results: list[dict]) -> int:
     return decimals_to_compare(pairs)
 
 
+def _group_key(campaign: dict) -> tuple:
+    return campaign.get("group"), campaign.get("representative")
+
+
 def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str:
     order = sorted(range(len(results)),
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
                                   results[i]["path"]))
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
-    sizes = Counter(((d.get("extra") or {}).get("campaign") or {}).get("group") for d in results)
+    # Group numbers belong to a run, and runs into one --out number theirs from 1 each: a group is its number
+    # and its representative (fixed when the group is made).
+    sizes = Counter(_group_key(v["campaign"]) for v in videos)
     anchors = {v["path"]: v["anchor"] for v in videos}
     for v in videos:
         if v["campaign"].get("group") is not None:
-            v["campaign"] = {**v["campaign"], "size": sizes[v["campaign"]["group"]]}
+            v["campaign"] = {**v["campaign"], "size": sizes[_group_key(v["campaign"])]}
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section
             v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
     return _environment().get_template(TEMPLATE).render(

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .results import VideoResult, decimals_to_compare, verdict_cuts
+from .results import VideoResult, decimals_to_compare, shown, verdict_cuts
 
 VERDICT_STYLE = {"fake": "bold red", "uncertain": "bold yellow", "real": "green", "no_face": "dim",
                  "error": "magenta"}
@@ -59,7 +59,7 @@ class ScanProgress:
         if self._started:
             self.progress.advance(self.overall)
         self._started = True
-        name = Path(path).name
+        name = shown(Path(path).name)
         self.progress.reset(self.current, total=1, description=f"frames · {name[:40]}", visible=True)
 
     def update(self, done: int, total: int) -> None:
@@ -130,9 +130,9 @@ def summary_table(results: list[VideoResult], threshold: float | None = None) ->
         campaign = r.extra.get("campaign") or {}
         if campaign.get("inherited"):  # not judged on its own pixels: say whose result it is
             source = str(campaign["screened_as"])
-            verdict.append(f" (copy of {names.get(source, Path(source).name)})", style="dim")
+            verdict.append(f" (copy of {shown(names.get(source, Path(source).name))})", style="dim")
         # Text, not str: a str cell is read as markup, and paths and container tags are the file's own words.
-        row = [Text(str(r.path)), verdict, Text(_score_text(r, digits) + people), f"{r.n_faces}/{len(r.tracks)}",
+        row = [Text(shown(r.path)), verdict, Text(_score_text(r, digits) + people), f"{r.n_faces}/{len(r.tracks)}",
                str(r.n_frames), f"{r.timing.get('total_s', 0):.1f}s"]
         if with_provenance:
             row.append(Text(str(provenance_summary(r.extra.get("provenance")))))
@@ -154,7 +154,7 @@ def print_summary(console: Console, results: list[VideoResult], threshold: float
     if errors:
         console.print(Text("errors", style="bold magenta"))
         for r in errors:
-            console.print(f"  {r.path}: {r.error}", markup=False)
+            console.print(f"  {shown(r.path)}: {shown(r.error)}", markup=False)
 
 
 def _cell(value, fmt: str = ".3f", none: str = "—") -> Text:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,20 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Characters that make a name read as another (U+202E turns "invoice\u202egpj.mp4" into "invoice4pm.jpg"),
+# hide in it (zero-width) or break the line it is shown on. Joiners, which scripts need, are left alone.
+_DECEPTIVE = {0x061C, 0x200B, 0x200E, 0x200F, 0x2060, 0xFEFF, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def shown(text: str) -> str:
+    """``text`` as shown to a person (terminal, report): control, line-breaking and direction-changing
+    characters as escapes (``\\n``, ``\\u202e``), so the name shown is the name on disk. Stored results keep
+    the name as it is."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if ord(ch) in _DECEPTIVE or unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+                   for ch in printable(str(text)))
 
 
 def is_number(value) -> bool:

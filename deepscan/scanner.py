@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, suppress
@@ -193,6 +194,10 @@ def git_commit() -> str | None:
                 commit = None
         _GIT_COMMIT.append(commit)
     return _GIT_COMMIT[0]
+
+
+class EvidenceWarning(UserWarning):
+    """A result's evidence images (HTML report) could not be written; the result itself was."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -821,6 +826,9 @@ class Scanner:
                 result.extra["evidence"] = save_evidence(result, writer.dir)
             except OSError as exc:  # a full disk must not lose the result itself
                 result.extra["evidence_error"] = _one_line(exc)
+                warnings.warn(f"{path}: evidence images not written ({result.extra['evidence_error']}); the "
+                              "result is kept and the file is screened again by the next --html run",
+                              EvidenceWarning, stacklevel=2)
         _campaign_marked(result, group)
         if writer:
             writer.write(result)

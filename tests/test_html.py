@@ -297,7 +297,15 @@ def test_lines_not_of_a_results_shape_are_skipped_and_counted(tmp_path):
               {**good, "path": "h.mp4", "extra": {"campaign": {"group": [1]}}},
               {**good, "path": "i.mp4", "extra": {"provenance": {"notes": "abc"}}},
               {**good, "path": "j.mp4", "config": {"fps": "2"}},
-              {**good, "path": "k.mp4", "environment": {"git_commit": 1234}}]
+              {**good, "path": "k.mp4", "environment": {"git_commit": 1234}},
+              # Shapes the template and the provenance facts read, which crashed the report or a scan's --html:
+              {**good, "path": "l.mp4", "extra": {"evidence": {"faces": [{"score": 0.9, "time_s": 0.0, "track": 0}]}}},
+              {**good, "path": "m.mp4", "extra": {"provenance": {"c2pa": {"status": "valid", "signer": "Adobe"}}}},
+              {**good, "path": "n.mp4", "extra": {"provenance": {"c2pa": {"status": 3}}}},
+              {**good, "path": "o.mp4", "extra": {"provenance": {"streams": ["video"]}}},
+              {**good, "path": "p.mp4", "extra": {"provenance": {"device": {"make": 5}}}},
+              {**good, "path": "q.mp4", "environment": {"host": 5}},
+              {**good, "path": "r.mp4", "extra": {"evidence_error": ["disk full"]}}]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [good, *broken]))
     page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
     assert f"{len(broken)} unreadable lines" in "".join(page.text)
@@ -369,3 +377,73 @@ def test_a_crowds_timeline_keeps_its_legend_on_the_image():
         png = _timeline_png(crowd, 0.8954, 0.1)
     assert png.startswith(PNG_MAGIC) and Image.open(io.BytesIO(png)).size == (720, 240)
     assert LEGEND_PEOPLE < 40
+
+
+def test_groups_of_two_dedupe_runs_into_one_folder_stay_apart(tmp_path):
+    """Group numbers belong to a run: two --dedupe runs into one --out each number theirs from 1, and the report
+    counted members by number alone, calling four unrelated files "one of 2 copies of the same video"."""
+    lines = []
+    for run in ("a", "b"):
+        for n in (1, 2):
+            r = synthetic_result(f"{run}/clip{n}.mp4", {0: [0.1, 0.2]})
+            r.extra["campaign"] = {"group": n, "representative": r.path, "is_representative": True,
+                                   "inherited": False}
+            lines.append(r)
+    copy = synthetic_result("a/clip1-copy.mp4", {0: [0.1, 0.2]})
+    copy.extra["campaign"] = {"group": 1, "representative": "a/clip1.mp4", "is_representative": False,
+                              "inherited": False}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in [*lines, copy]))
+    text = " ".join("".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text).split())
+    assert re.findall(r"Group \d+: one of \d+ copies", text) == ["Group 1: one of 2 copies"] * 2
+
+
+def test_an_evidence_write_that_failed_is_said_so(tmp_path):
+    """A full disk during --html left extra.evidence_error in the line, and the report said the video was
+    "scanned without HTML evidence"."""
+    r = synthetic_result("clip.mp4", {0: [0.1, 0.2]})
+    r.extra["evidence_error"] = "[Errno 28] No space left on device"
+    (tmp_path / "results.jsonl").write_text(json.dumps(r.to_dict()) + "\n")
+    text = " ".join("".join(parse(build_report(tmp_path).read_text(encoding="utf-8")).text).split())
+    assert "could not be written: [Errno 28] No space left on device" in text
+    assert "scanned without HTML evidence" not in text
+
+
+def test_names_that_change_direction_or_break_lines_are_shown_escaped(tmp_path):
+    """U+202E made "invoice\\u202egpj.mp4" read as "invoice4pm.jpg" in the report and the terminal, and a
+    newline in a name split it over two lines; the stored results keep the name as it is."""
+    from deepscan.report import make_console, summary_table
+
+    names = ["clips/invoice\u202egpj.mp4", "clips/two\nlines.mp4"]
+    results = [synthetic_result(n, {0: [0.1, 0.2]}) for n in names]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in results))
+    html_text = build_report(tmp_path).read_text(encoding="utf-8")
+    page_text = "".join(parse(html_text).text)
+    assert "invoice\\u202egpj.mp4" in page_text and "two\\nlines.mp4" in page_text
+    assert "\u202e" not in html_text and "two\nlines" not in html_text
+    assert [json.loads(line)["path"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == names
+    console = make_console(io.StringIO())
+    console.print(summary_table(results, 0.5))
+    terminal = console.file.getvalue()
+    assert "invoice\\u202egpj.mp4" in terminal and "two\\nlines.mp4" in terminal and "\u202e" not in terminal
+
+
+def test_the_timeline_labels_score_and_threshold_so_they_compare_as_their_verdicts(monkeypatch):
+    """The timeline image printed an uncertain 0.8953 and its threshold 0.8954 both as 0.895."""
+    from matplotlib.axes import Axes
+
+    from deepscan.evidence import _timeline_png
+
+    labels = []
+    legend = Axes.legend
+
+    def spy(self, *args, **kwargs):
+        labels.extend(self.get_legend_handles_labels()[1])
+        return legend(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    near = synthetic_result("near.mp4", {0: [0.8953, 0.8953]})
+    _timeline_png(near, 0.8954, 0.1)
+    assert labels == ["person #0 (0.8953)", "threshold 0.8954"]
+    labels.clear()
+    _timeline_png(synthetic_result("far.mp4", {0: [0.2, 0.3]}), 0.5, 0.1)
+    assert labels == ["person #0 (0.250)", "threshold 0.500"]

@@ -391,3 +391,16 @@ def test_a_report_that_cannot_be_written_keeps_the_fake_exit_status(tmp_path, sa
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("deepscan: error: report.html not written") and "deepscan report" in err
     assert json.loads((tmp_path / "results.jsonl").read_text())["verdict"] == "fake"
+
+
+def test_evidence_that_could_not_be_written_is_warned_of_and_exits_2(tmp_path, sample_clip, capsys):
+    """--html with an assets/ that cannot be made (a full disk, here a file in its place): the result was kept
+    but the scan said nothing and exited 0, and the report called the video "scanned without HTML evidence"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "assets").write_text("not a folder")
+    code = cli_main(["scan", str(sample_clip), "--frames", "4", "--threshold", "1", "--out", str(out), "--html"])
+    err = capsys.readouterr().err
+    assert code == 2 and "evidence images not written" in err
+    (line,) = (out / "results.jsonl").read_text().splitlines()
+    assert json.loads(line)["extra"]["evidence_error"] and (out / "report.html").is_file()
