@@ -40,6 +40,13 @@ def _positive_finite(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = _probability(text)
+    if value >= 1.0:  # every real flagged: a percentage typed as a number (5 for 5%) lands here too
+        raise argparse.ArgumentTypeError(f"must be below 1 (0.05 is 5%), not {text!r}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -153,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("card", type=Path, help="model card JSON (rewritten: threshold and metrics.scanner)")
     k.add_argument("labels", type=Path, help="the MANIFEST.tsv (or path,label TSV/CSV) of the training clips")
     k.add_argument("--frames", type=_positive_int, default=32, help="frames per video, as the scans will use")
-    k.add_argument("--max-fpr", type=float, default=0.05, help="false-positive rate allowed on validation reals")
+    k.add_argument("--max-fpr", type=_rate, default=0.05,
+                   help="false-positive rate allowed on validation reals, from 0 to 1 (default 0.05: 5%%)")
     k.add_argument("--results", type=Path, help="an earlier scan's results.jsonl of those clips (no rescanning); "
                                                 "only lines scanned with this card (weights and scoring settings), "
                                                 "at --precision and --frames, count")
@@ -355,6 +363,7 @@ def cmd_eval(args) -> int:
     from .detector import ModelCard
     from .evaluate import evaluate, read_labels
     from .report import eval_tables, make_console
+    from .results import json_safe
 
     console = make_console()
     subset = None
@@ -393,7 +402,7 @@ def cmd_eval(args) -> int:
         report = {"n_clips": entries[0]["n_clips"], "n_fake": entries[0]["n_fake"], "detectors": entries}
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
+            (args.out / "metrics.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
         given = {"frames": args.frames, "precision": args.precision, "full_detect_every": args.full_detect_every,
                  "follow_faces": args.follow_faces}
@@ -435,6 +444,7 @@ def cmd_validate(args) -> int:
     from rich.table import Table
 
     from .report import make_console
+    from .results import json_safe
     from .training.data import PROBE_DEGRADATIONS
     from .training.train import validate_card
 
@@ -468,7 +478,7 @@ def cmd_validate(args) -> int:
     if len(measured) > 1:
         console.print(_paired_table(measured))
     if args.json:
-        args.json.write_text(json.dumps(measured, indent=1) + "\n")
+        args.json.write_text(json.dumps(json_safe(measured), indent=1, allow_nan=False) + "\n")
     return EXIT_OK
 
 

@@ -13,7 +13,10 @@ one, a MANIFEST's clips are grouped by who and what is on screen (the training s
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import is_number, read_result_lines
+from .results import is_number, json_safe, read_result_lines
 
 
 @dataclass
@@ -37,46 +40,77 @@ class LabelWarning(UserWarning):
     """Labelled clips left out of an evaluation: rows with an unknown label, clips without a result."""
 
 
-def read_labels(path, subset: set[str] | None = None) -> list[LabelledClip]:
+def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False) -> list[LabelledClip]:
     """The ``real``/``fake`` rows of a labels file (``subset``: only these ``file``/``path`` values). Rows with
-    any other label are skipped, and their number is reported as a :class:`LabelWarning`."""
+    any other label are skipped, and their number is reported as a :class:`LabelWarning`; so are ``subset``
+    values the file does not list at all (an error with ``whole_subset``: a fit on part of a split). Column names are
+    matched without regard to case or surrounding spaces, and the delimiter (tab or comma) is the header
+    line's, whatever the file's suffix. A clip listed twice counts once (warned of); listed as both real
+    and fake, it is an error."""
     path = Path(path)
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     # utf-8-sig: a spreadsheet's CSV export may start with a byte-order mark, which would otherwise rename the
     # first column ("\ufeffpath") and so drop every row.
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh, delimiter=delimiter))
-    clips, unknown = [], 0
-    for row in rows:
-        rel = (row.get("file") or row.get("path") or "").strip()
+        text = fh.read()
+    header = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in header or ("," not in header and path.suffix.lower() in (".tsv", ".txt")) else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+    path_column = columns.get("file") or columns.get("path")
+    if path_column is None or "label" not in columns:
+        raise ValueError(f"{path}: needs a 'path' (or 'file') and a 'label' column; its header has "
+                         f"{', '.join(repr(c) for c in reader.fieldnames or []) or 'none'}")
+
+    def cell(row: dict, name: str) -> str:
+        return (row.get(columns.get(name, name)) or "").strip()
+
+    clips: dict[Path, LabelledClip] = {}
+    unknown = repeated = 0
+    listed = set()
+    for row in reader:
+        rel = (row.get(path_column) or "").strip()
         if not rel or (subset is not None and rel not in subset):
             continue
-        label = (row.get("label") or "").strip().lower()
+        listed.add(rel)
+        label = cell(row, "label").lower()
         if label not in ("real", "fake"):
             unknown += 1
             continue
         p = Path(rel)
         full = p if p.is_absolute() else path.parent / p
         # An explicit source column wins; else a relative path's first folder (the MANIFEST's layout).
-        source = (row.get("source") or "").strip()
+        source = cell(row, "source")
         if not source:
             source = p.parts[0] if not p.is_absolute() and len(p.parts) > 1 else "-"
-        clips.append(LabelledClip(full, int(label == "fake"), source, row.get("method") or "",
-                                  _group_of(row, rel)))
+        group = cell(row, "group") or (_manifest_group(rel) if path_column == columns.get("file") else "")
+        clip = LabelledClip(full, int(label == "fake"), source, cell(row, "method"), group)
+        key = Path(os.path.normpath(full.absolute()))  # ./a.mp4 and a.mp4 are one clip
+        if key in clips:
+            if clips[key].label != clip.label:
+                raise ValueError(f"{path}: {rel} is labelled both real and fake")
+            repeated += 1
+            continue
+        clips[key] = clip
     if unknown:
         warnings.warn(f"{path}: {unknown} row(s) skipped: label not real or fake", LabelWarning, stacklevel=2)
-    return clips
+    if repeated:
+        warnings.warn(f"{path}: {repeated} row(s) skipped: a clip listed again", LabelWarning, stacklevel=2)
+    absent = sorted(set(subset or ()) - listed)
+    if absent:
+        message = (f"{path} does not list {len(absent)} of the {len(subset)} clips asked for "
+                   f"(e.g. {', '.join(absent[:3])})")
+        if whole_subset:
+            raise ValueError(message + ": the threshold was not refitted; pass the labels file the split was "
+                                       "drawn from")
+        warnings.warn(message, LabelWarning, stacklevel=2)
+    return list(clips.values())
 
 
-def _group_of(row: dict, rel: str) -> str:
-    group = (row.get("group") or "").strip()
-    if group:
-        return group
-    if row.get("file"):  # the MANIFEST format: the shared clips' naming tells who (and which demo) is shown
-        from .training.cache import identity_group
+def _manifest_group(rel: str) -> str:
+    """A MANIFEST clip's group: the shared clips' naming tells who (and which demo) is shown."""
+    from .training.cache import identity_group
 
-        return identity_group(rel)
-    return ""
+    return identity_group(rel)
 
 
 def clip_groups(clips: list[LabelledClip]) -> list[str]:
@@ -223,7 +257,7 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
     pair_with_first(report["detectors"])
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         plot_roc(curves, report, out_dir / "roc.png")
     return report
 
@@ -250,7 +284,8 @@ def match_results(clips: list[LabelledClip], lines: list[dict]) -> list[dict | N
 
 
 def _number(value) -> float | None:
-    return float(value) if is_number(value) else None
+    """A score as read from a line, or None (unscored): JSON has no NaN, but another tool's line may hold one."""
+    return float(value) if is_number(value) and math.isfinite(value) else None
 
 
 def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
@@ -366,12 +401,14 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
     from .scanner import ResultsWriter, Scanner, ScanOptions, card_hash
     from .training.train import video_threshold
 
+    if not (is_number(max_fpr) and 0.0 <= max_fpr < 1.0):
+        raise ValueError(f"max_fpr must be from 0 to below 1 (0.05 is 5%), not {max_fpr!r}")
     card_path = Path(card_path)
     card = ModelCard.load(card_path)
     subset = set(card.training.get("validation_files") or [])
     if not subset:
         raise ValueError(f"{card_path} names no training.validation_files")
-    clips = read_labels(labels, subset)
+    clips = read_labels(labels, subset, whole_subset=True)
     if len({c.label for c in clips}) < 2:
         raise ValueError("the validation split needs labelled real and fake clips")
     if results_path is None:

@@ -283,3 +283,34 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
         with pytest.raises(ValueError, match=r"22 of 22 validation clips have no score from this card"):
             calibrate(card_path, labels, results_path=results)
         assert card_path.read_text() == before
+
+
+def test_calibrate_refuses_labels_that_miss_part_of_the_split_and_rates_out_of_range(tmp_path, capsys):
+    """A labels file listing 10 of the card's 40 validation clips refitted on those 10 (0.891 -> 0.565) and
+    rewrote the card; --max-fpr 5 (meant as 5%) wrote a threshold that flags every real clip."""
+    card_path = tmp_path / "model.json"
+    shutil.copy(DEFAULT_CARD, card_path)
+    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
+    card = ModelCard.load(card_path)
+    files = [f"src/real{i}.mp4" for i in range(8)] + ["src/fake0.mp4", "src/fake1.mp4"]
+    card.training["validation_files"] = files
+    card.weights = "model.safetensors"
+    card.save(card_path)
+    labels = tmp_path / "MANIFEST.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files[4:]))
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.1 * i, "model": {
+        "sha256": card.sha256, "card_hash": card_hash(card)}}) + "\n" for i, f in enumerate(files)))
+    before = card_path.read_text()
+    assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) == 2
+    assert "does not list 4 of the 10 clips" in capsys.readouterr().err and card_path.read_text() == before
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    for rate in ("5", "1", "-0.1", "nan"):
+        with pytest.raises(SystemExit):
+            main(["calibrate", str(card_path), str(labels), "--results", str(results), "--max-fpr", rate])
+    from deepscan.evaluate import calibrate
+
+    with pytest.raises(ValueError, match="max_fpr"):
+        calibrate(card_path, labels, results_path=results, max_fpr=5)
+    assert card_path.read_text() == before
+    assert main(["calibrate", str(card_path), str(labels), "--results", str(results), "--max-fpr", "0"]) == 0

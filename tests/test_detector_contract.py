@@ -94,6 +94,11 @@ def test_a_name_two_cards_claim_or_a_broken_card_is_not_resolved_silently(tmp_pa
     with pytest.warns(UserWarning, match="model card not loaded"):
         fallback = resolve_card(DEFAULT_MODEL)  # the repository's card, but no longer without a word
     assert fallback.path.parent != tmp_path
+    # Fields read with .items()/.get(): of another type they made every lookup by name fail (AttributeError).
+    for odd in ({"precision_thresholds": None}, {"training": []}, {"input_size": "224"}, {"std": [0, 1, 1]}):
+        (tmp_path / f"{DEFAULT_MODEL}.json").write_text(json.dumps({**card, **odd}))
+        with pytest.warns(UserWarning, match="model card not loaded"):
+            assert resolve_card(DEFAULT_MODEL).path.parent != tmp_path
 
 
 def test_a_persons_most_suspicious_faces_keep_their_pixels_and_no_more():

@@ -227,3 +227,46 @@ def test_two_results_files_of_one_model_are_told_apart(tmp_path, capsys):
     assert len(set(names)) == 2 and all(n.startswith("m (") for n in names)  # both were "m"
     assert report["detectors"][1]["paired_with_first"]["against"] == names[0]
     assert "--detector, --frames, --no-follow-faces are for scanning" in capsys.readouterr().out
+
+
+def test_labels_headers_are_matched_loosely_and_the_delimiter_is_the_header_lines(tmp_path):
+    """A `Path,Label` header, a comma-separated .txt or a tab-separated .csv dropped every row ("need labelled
+    real and fake clips", blaming the data); a file without such columns now says which columns it has."""
+    for name, text in [("upper.csv", "Path, Label \na.mp4,fake\nb.mp4,real\n"),
+                       ("commas.txt", "path,label\na.mp4,fake\nb.mp4,real\n"),
+                       ("tabs.csv", "path\tlabel\na.mp4,x\tfake\nb.mp4\treal\n")]:
+        (tmp_path / name).write_text(text)
+        clips = read_labels(tmp_path / name)
+        assert [c.label for c in clips] == [1, 0], name
+    assert read_labels(tmp_path / "tabs.csv")[0].path == tmp_path / "a.mp4,x"
+    (tmp_path / "bare.csv").write_text("a.mp4,fake\nb.mp4,real\n")
+    with pytest.raises(ValueError, match="needs a 'path' .* its header has 'a.mp4', 'fake'"):
+        read_labels(tmp_path / "bare.csv")
+
+
+def test_a_clip_listed_twice_counts_once_and_two_labels_for_one_clip_are_refused(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,fake\nb.mp4,real\na.mp4,fake\n./a.mp4,fake\n")
+    with pytest.warns(LabelWarning, match="2 row.* listed again"):
+        clips = read_labels(labels)
+    assert [(c.path.name, c.label) for c in clips] == [("a.mp4", 1), ("b.mp4", 0)]
+    labels.write_text("path,label\na.mp4,fake\nb.mp4,real\n./b.mp4,fake\n")
+    with pytest.raises(ValueError, match="labelled both real and fake"):
+        read_labels(labels)
+
+
+def test_eval_metrics_json_holds_no_nan(tmp_path):
+    """A source of reals only has no TPR: metrics.json held a bare NaN, which JSON readers reject."""
+    from deepscan.cli import main
+
+    clips, lines = _clips_and_results(tmp_path)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    lines[0]["score"] = float("nan")  # another tool's line: unscored, not a crash in scikit-learn
+    (tmp_path / "nan.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    for results in ("results.jsonl", "nan.jsonl"):
+        out = tmp_path / f"out-{results}"
+        assert main(["eval", str(tmp_path / "labels.tsv"), "--results", str(tmp_path / results),
+                     "--out", str(out)]) == 0
+        text = (out / "metrics.json").read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert [u["path"] for u in json.loads(text)["detectors"][0]["unscored"]] == [str(clips[0].path)]

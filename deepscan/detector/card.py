@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..results import is_number
+from ..results import is_number, json_safe
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -86,6 +86,20 @@ class ModelCard:
         # A card decides verdicts: a NaN threshold makes every fake "real", a negative temperature inverts every
         # score, and a card declaring another output would be read as a fake probability. Refused on loading.
         problems = []
+        # Read with .get/.items everywhere: one card of another shape in a models folder made every lookup by
+        # name fail (AttributeError) instead of being passed over with a warning.
+        for key in ("precision_thresholds", "training", "metrics", "extra"):
+            if not isinstance(getattr(self, key), dict):
+                problems.append(f"{key} must be an object, not {getattr(self, key)!r}")
+                setattr(self, key, {})
+        if not (isinstance(self.input_size, int) and not isinstance(self.input_size, bool) and self.input_size > 0):
+            problems.append(f"input_size must be a positive whole number, not {self.input_size!r}")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if not (len(value) == 3 and all(_finite(v) for v in value)) or (key == "std" and min(value) <= 0):
+                problems.append(f"{key} must be three (positive, for std) numbers, not {list(value)!r}")
+        if not (_finite(self.crop_margin) and self.crop_margin >= 0):
+            problems.append(f"crop_margin must be a number of at least 0, not {self.crop_margin!r}")
         for key, value in [("threshold", self.threshold),
                            *((f"precision_thresholds.{k}", v) for k, v in self.precision_thresholds.items())]:
             if not (_finite(value) and 0.0 <= value <= 1.0):
@@ -143,7 +157,8 @@ class ModelCard:
 
     def save(self, path) -> None:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        # JSON has no NaN (a rate with no clips of a class): null, which every reader takes.
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n")
         self.path = path.resolve()
 
     def verify_weights(self, weights_path=None) -> str:
