@@ -121,7 +121,11 @@ def main() -> int:
     ap.add_argument("--pcts", type=float, nargs="+", default=[50, 60, 70, 80])
     ap.add_argument("--work", type=Path, help="keep the transformed copies here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--run-frames", type=int, default=DEFAULT_THRESHOLDS.run_frames,
+                    help="consecutive track frames a difference must hold over (Thresholds.run_frames; "
+                         f"default {DEFAULT_THRESHOLDS.run_frames})")
     args = ap.parse_args()
+    base = replace(DEFAULT_THRESHOLDS, run_frames=args.run_frames)
     shared = Path(os.environ.get("DEEPSCAN_SHARED", REPO.parent / "shared"))
     clips_dir = shared / "data" / "clips"
     if not (clips_dir / "MANIFEST.tsv").is_file():
@@ -173,7 +177,7 @@ def main() -> int:
     print(" | ".join("---" for _ in header))
     details = {}
     for pct in args.pcts:
-        th = replace(DEFAULT_THRESHOLDS, min_pct=pct)
+        th = replace(base, min_pct=pct)
         groups = group(hashes, th, order=[str(p) for p in all_clips] + list(copies))
         gid = {m: g.id for g in groups for m in g.members}
         members_of = {g.id: g.members for g in groups}
@@ -209,19 +213,19 @@ def main() -> int:
     close = []
     for i, j in candidate_pairs([hashes[k] for k in keys]):
         a, b = hashes[keys[i]], hashes[keys[j]]
-        (pa, pb), mirrored = match(a, b, return_mirrored=True)
-        close.append((min(pa, pb), max(pa, pb), mirrored, pixel_check(a, b), keys[i], keys[j]))
+        (pa, pb), mirrored = match(a, b, base, return_mirrored=True)
+        close.append((min(pa, pb), max(pa, pb), mirrored, pixel_check(a, b, base), keys[i], keys[j]))
     close.sort(key=lambda x: (-x[0], x[4]))
     vpdq_matching = [x for x in close if x[0] >= DEFAULT_THRESHOLDS.min_pct]
     print(f"\nshared-clip pairs matching by vPDQ alone at {DEFAULT_THRESHOLDS.min_pct:g}%: {len(vpdq_matching)}; "
           f"kept apart by the pixel check (a local difference: >= {DEFAULT_THRESHOLDS.pixel_diff}, "
           f"locality >= {DEFAULT_THRESHOLDS.min_locality}): "
-          f"{sum(x[3] is not None and x[3].altered() for x in vpdq_matching)}; "
+          f"{sum(x[3] is not None and x[3].altered(base) for x in vpdq_matching)}; "
           f"pixel check not applicable: {sum(x[3] is None for x in vpdq_matching)}")
     print("matching pairs that the pixel check does not separate (min %, max %, mirrored, pixel difference, "
           "locality):")
     for lo, hi, mirrored, px, a, b in vpdq_matching:
-        if px is None or not px.altered():
+        if px is None or not px.altered(base):
             print(f"  {lo:5.1f} {hi:5.1f} {'M' if mirrored else ' '} "
                   f"{'—' if px is None else f'{px.difference:.3f} {px.locality:5.1f}'} {short(a)} ~ {short(b)}")
     dfl = [x[3] for x in vpdq_matching if x[3] is not None and "__left_original" in x[4] + x[5]
@@ -239,9 +243,9 @@ def main() -> int:
     verified = {n: [] for n in TRANSFORMS}
     diffs = {n: [] for n in TRANSFORMS}
     for c, (o, name) in copies.items():
-        verified[name].append(is_verified_copy(hashes[c], hashes[o]))
-        px = pixel_difference(hashes[o], hashes[c])
-        if px is not None and is_match(hashes[o], hashes[c]):
+        verified[name].append(is_verified_copy(hashes[c], hashes[o], base))
+        px = pixel_difference(hashes[o], hashes[c], base)
+        if px is not None and is_match(hashes[o], hashes[c], base):
             diffs[name].append(px)
     print("\nverified pixel copies (may inherit the verdict: difference < "
           f"{DEFAULT_THRESHOLDS.verify_diff}), per transformation; largest pixel difference:")
@@ -252,11 +256,12 @@ def main() -> int:
     real, fake = (video_hash(sample / "astronaut_real.mp4", backend=args.backend),
                   video_hash(sample / "astronaut_mouthwarp_fake.mp4", backend=args.backend))
     print(f"astronaut real vs mouthwarp fake: match % {tuple(round(float(x), 1) for x in match(real, fake))}, "
-          f"pixel difference {pixel_difference(real, fake):.3f}, verified copy: {is_verified_copy(fake, real)}")
+          f"pixel difference {pixel_difference(real, fake, base):.3f}, verified copy: {is_verified_copy(fake, real, base)}")
     report.update(verified={n: [int(sum(v)), len(v)] for n, v in verified.items()},
                   max_copy_pixel_difference={n: max(v) if v else None for n, v in diffs.items()},
                   astronaut={"match": [float(x) for x in match(real, fake)],
-                             "pixel_difference": pixel_difference(real, fake)},
+                             "pixel_difference": pixel_difference(real, fake, base)},
+                  run_frames=args.run_frames,
                   hashing={"seconds": seconds_hashing, "video_seconds": video_seconds})
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=float))

@@ -79,6 +79,13 @@ class Thresholds:
     # screened itself.
     verify_coverage: float = 0.9
     span_slack_frames: float = 1.5
+    # On frame tracks (every frame compared), a difference counts only where it holds over this many
+    # consecutive judged frames: each run's smallest difference (and locality) is what is judged. One frame
+    # alone is mostly a re-encode's worst frame (two: 150 kb/s re-encodes verified 8 -> 10 of 22, recall
+    # 97.3% -> 98.2%, every swap and altered recording still kept apart; three let one altered recording
+    # join: benchmarks/campaign_robustness.py --run-frames, docs/campaign.md). A one-frame edit is below
+    # what screening samples anyway (32 frames a video by default).
+    run_frames: int = 2
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -687,16 +694,38 @@ def _judged(blocks: np.ndarray | None, offset: float, thresholds: Thresholds, ex
 
 
 def _check_of_pairs(worst: np.ndarray, median: np.ndarray, offset: float, thresholds: Thresholds,
-                    coverage) -> PixelCheck | None:
+                    coverage, run_frames: int = 1) -> PixelCheck | None:
     """The :class:`PixelCheck` of frame pairs given by each pair's largest and median block difference: the
     pairs that agree in most blocks are judged (None when none do); ``coverage(same)`` is the share of the
-    frames expected that the judged pairs (mask ``same``) cover."""
+    frames expected that the judged pairs (mask ``same``) cover. With ``run_frames`` > 1 the pairs are
+    consecutive frames and a difference (or locality) counts at the level it holds over that many judged
+    pairs in a row; a pair left out breaks a run."""
     same = median < thresholds.pixel_diff
     if not same.any():
         return None
-    worst, median = worst[same], median[same]
-    return PixelCheck(difference=float(worst.max()), locality=float((worst / np.maximum(median, MEDIAN_FLOOR)).max()),
-                      offset=offset, pairs=len(worst), dropped=int((~same).sum()), coverage=coverage(same))
+    locality = worst / np.maximum(median, MEDIAN_FLOOR)
+    difference, local = _sustained(worst, same, run_frames), _sustained(locality, same, run_frames)
+    return PixelCheck(difference=difference, locality=local, offset=offset, pairs=int(same.sum()),
+                      dropped=int((~same).sum()), coverage=coverage(same))
+
+
+def _sustained(values: np.ndarray, judged: np.ndarray, run_frames: int) -> float:
+    """The largest level ``values`` hold over ``run_frames`` judged pairs in a row (1: the largest judged
+    value). Fewer judged pairs than that in a row anywhere: the largest run's level, so a short clip is still
+    judged on all its frames."""
+    kept = np.where(judged, values, -np.inf).astype(np.float64)
+    longest = _longest_run(judged)
+    k = max(1, min(run_frames, longest))
+    if k == 1:
+        return float(kept.max())
+    return float(np.lib.stride_tricks.sliding_window_view(kept, k).min(axis=1).max())
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return int((ends - starts).max()) if len(starts) else 0
 
 
 def pixel_difference(a: VideoHash, b: VideoHash, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
@@ -992,7 +1021,7 @@ def _track_check(a: VideoHash, b: VideoHash, alignment: TrackAlignment, threshol
     def coverage(same: np.ndarray) -> float:  # flat pairs count as covered; each pair stands for `weight` frames
         return min(1.0, (int(same.sum()) + int(flat.sum())) * weight / max(expected, 1.0))
 
-    return _check_of_pairs(worst, median, alignment.offset, thresholds, coverage)
+    return _check_of_pairs(worst, median, alignment.offset, thresholds, coverage, thresholds.run_frames)
 
 
 def _with_neighbours(h: VideoHash, idx: np.ndarray) -> np.ndarray:
@@ -1321,17 +1350,20 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     from rich.text import Text
 
     from .report import VERDICT_STYLE, distinct_names
+    from .results import shown
 
     by_path = {str(r.path): r for r in results}
     if groups is None:
-        found: dict[int, Group] = {}
+        found: dict[tuple, Group] = {}
         for r in results:
             c = (r.extra or {}).get("campaign")
             if c and c.get("group") is not None:  # None: a resumed copy that could not be grouped this run
-                g = found.setdefault(c["group"], Group(id=c["group"], members=[], representative=c["representative"],
-                                                        altered=list(c.get("altered_groups") or [])))
+                # Group numbers belong to a run: results of several runs are told apart by the representative.
+                rep = c.get("representative")
+                g = found.setdefault((c["group"], rep), Group(id=c["group"], members=[], representative=rep,
+                                                              altered=list(c.get("altered_groups") or [])))
                 g.members.append(str(r.path))
-        groups = sorted(found.values(), key=lambda g: g.id)
+        groups = sorted(found.values(), key=lambda g: (g.id, str(g.representative)))
     table = Table(title="campaigns: copies of the same video", header_style="bold")
     for col, justify in (("group", "right"), ("size", "right"), ("members: verdict", "left"),
                          ("first / last modified (UTC)", "left"), ("same footage, altered", "left")):
@@ -1356,7 +1388,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
             inherited = bool(r and ((r.extra or {}).get("campaign") or {}).get("inherited"))
             if cell:
                 cell.append("\n")
-            cell.append(names[m] + (" (screened)" if m == g.representative else "") + ": ")
+            cell.append(shown(names[m]) + (" (screened)" if m == g.representative else "") + ": ")
             cell.append(verdict + ("*" if inherited else ""), style=VERDICT_STYLE.get(verdict, ""))
         table.add_row(str(g.id), str(g.size), cell, span, ", ".join(f"group {a}" for a in g.altered) or "—")
     table.caption = ("* inherited from the group's screened file (a verified pixel copy of it); "

@@ -826,3 +826,26 @@ def test_a_track_that_cannot_be_spilled_stays_in_memory_and_one_unreadable_is_no
     groups._spilled["fake"].write_bytes(b"\x93NUMPY broken")  # deleted or damaged under the scan
     assert groups._hash("fake").track is None
     assert groups.place("other", other).members == ["other"]
+
+
+def test_a_difference_must_hold_over_run_frames_consecutive_frames():
+    """Thresholds.run_frames: on frame tracks a lone frame's difference (a re-encode's worst frame) counts at
+    the level it holds over that many judged frames in a row; a pair left out (not the same instant) breaks a
+    run, and a clip with fewer judged frames in a row than that is judged on its longest run."""
+    from deepscan.campaign import _check_of_pairs, _sustained
+
+    values = np.array([0.01, 0.20, 0.01, 0.09, 0.10, 0.11, 0.02])
+    judged = np.ones(len(values), bool)
+    assert _sustained(values, judged, 1) == pytest.approx(0.20)
+    assert _sustained(values, judged, 2) == pytest.approx(0.10)  # frames 4-5 hold 0.10; the spike does not
+    assert _sustained(values, judged, 3) == pytest.approx(0.09)
+    judged[4] = False  # the run 3-5 is broken: no 3 judged frames in a row above 0.01
+    assert _sustained(values, judged, 3) == pytest.approx(0.01)
+    assert _sustained(values[:2], np.ones(2, bool), 5) == pytest.approx(0.01)  # longest run: both frames
+    worst = np.array([0.02, 0.30, 0.02, 0.02])
+    median = np.full(4, 0.01)
+    lone = _check_of_pairs(worst, median, 0.0, DEFAULT_THRESHOLDS, lambda same: 1.0)
+    assert lone.difference == pytest.approx(0.30) and lone.altered()
+    smoothed = _check_of_pairs(worst, median, 0.0, DEFAULT_THRESHOLDS, lambda same: 1.0, run_frames=2)
+    assert smoothed.difference == pytest.approx(0.02) and not smoothed.altered()
+    assert smoothed.pairs == 4 and smoothed.locality == pytest.approx(2.0)
