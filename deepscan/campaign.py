@@ -424,12 +424,13 @@ def video_hash(source, info=None, backend: str | None = None, seconds_per_hash: 
 def _vpdq_hash(path, seconds_per_hash: float) -> VideoHash:
     import vpdq
 
+    from .runtime import threads_from_environment
     from .video import VideoError
 
     # An absolute path starts with "/", so libavformat reads it as a plain file, never as "concat:" & co.
     try:
         features = vpdq.computeHash(str(Path(path).absolute()), seconds_per_hash=seconds_per_hash,
-                                    thread_count=int(os.environ.get("DEEPSCAN_THREADS", "1") or 1))
+                                    thread_count=threads_from_environment() or 1)
     except Exception as exc:  # noqa: BLE001 - vpdq raises a bare Exception when decoding fails
         raise VideoError(f"vpdq could not hash the video ({exc})") from None
     hashes = np.array([np.frombuffer(bytes.fromhex(f.hex), np.uint8) for f in features], np.uint8)

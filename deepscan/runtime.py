@@ -22,7 +22,22 @@ def configure_threads(threads: int | None = None) -> int:
 
 def total_threads(threads: int | None = None) -> int:
     """The CPU threads deepscan may use: the given number, else $DEEPSCAN_THREADS, else every core."""
-    return threads or int(os.environ.get("DEEPSCAN_THREADS", "0")) or os.cpu_count() or 1
+    return threads or threads_from_environment() or os.cpu_count() or 1
+
+
+def threads_from_environment() -> int | None:
+    """$DEEPSCAN_THREADS as a positive whole number, None when unset or empty; anything else is refused with
+    its name (``int()``'s own message did not say which setting was wrong)."""
+    text = os.environ.get("DEEPSCAN_THREADS", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"DEEPSCAN_THREADS must be a positive whole number of threads, not {text!r}")
+    return value
 
 
 def can_overlap(threads: int | None = None) -> bool:

@@ -23,7 +23,7 @@ import traceback
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -194,6 +194,14 @@ def git_commit() -> str | None:
                 commit = None
         _GIT_COMMIT.append(commit)
     return _GIT_COMMIT[0]
+
+
+def _without_pixels(result: VideoResult) -> VideoResult:
+    """A copy of ``result`` whose faces hold no crop or heatmap: what a campaign keeps of each group's screened
+    file for the copies after it (the caller's result keeps its pixels; a kept one would hold ~8 MB a video
+    for the whole scan)."""
+    frames = [replace(fr, faces=[replace(f, crop=None, heatmap=None) for f in fr.faces]) for fr in result.frames]
+    return replace(result, frames=frames)
 
 
 class EvidenceWarning(UserWarning):
@@ -613,7 +621,7 @@ class Scanner:
                 pass  # only a cache: the scan goes on
         if screened:
             if str(path) == group.representative:
-                campaign.results[str(path)] = result
+                campaign.results[str(path)] = _without_pixels(result)
             result.extra["campaign"] = campaign.info(path)
             return False
         rep = campaign.inheritable(path)
@@ -680,7 +688,7 @@ class Scanner:
                         continue
                 result = self._screen_one(prepare(), writer, progress, evidence, g)
                 if g is not None:
-                    screened[str(path)] = result
+                    screened[str(path)] = _without_pixels(result)
                 yield result
 
     def _scan_streaming(self, found: list[Path], writer, progress, force: bool, evidence: bool):
@@ -940,9 +948,12 @@ class ResultsWriter:
     """Appends one JSON line per video; each line is written whole and fsynced, or not at all.
 
     On opening an existing file it keeps the finished results (the resume index) and cuts off a trailing
-    partial line, which only a crash in the middle of a write could leave. Readers take the last line for
-    each path (:func:`deepscan.html.read_results`), so :meth:`keep_last` appends a resumed result again when
-    another run wrote a later line for its path.
+    partial line, which only a crash in the middle of a write could leave: appends and that cut hold an
+    exclusive lock on the file (``flock``), so a scan opening the folder never takes another process's line
+    being written for a leftover. Readers take the last line for each path
+    (:func:`deepscan.html.read_results`), so :meth:`keep_last` appends a resumed result again when another run
+    wrote a later line for its path. Its lookups and writes may come from two threads (a scan prepares the
+    next file while it writes this one's result): one lock orders them.
     """
 
     def __init__(self, out_dir):
@@ -952,16 +963,17 @@ class ResultsWriter:
         self._done: dict[tuple, dict] = {}
         self._last: dict[str, dict] = {}  # path -> the dict of its last line
         self._by_file: dict[tuple, str] | None = None  # (device, inode) -> the first name a file has here
+        self._lock = threading.RLock()
         if self.path.exists():
             self._load()
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            keep = raw.rfind(b"\n") + 1
-            with open(self.path, "r+b") as fh:
+        with open(self.path, "r+b") as fh, _file_lock(fh.fileno()):
+            raw = fh.read()
+            if raw and not raw.endswith(b"\n"):
+                keep = raw.rfind(b"\n") + 1
                 fh.truncate(keep)
-            raw = raw[:keep]
+                raw = raw[:keep]
         for line in raw.splitlines():
             d = result_line(line)  # a line that is not a result (hand-edited, another tool's) is skipped
             if d is not None:
@@ -987,6 +999,10 @@ class ResultsWriter:
         """The name this file has in the results: ``path``, unless the same file (absolute then, relative or
         through a link now) has lines under another name. Resumed or screened again, it is then kept under
         that first name, so the report lists it once. A copy elsewhere is another file."""
+        with self._lock:
+            return self._first_name(path)
+
+    def _first_name(self, path: str) -> str:
         name = printable(path)
         if name in self._last:
             if not _another_file_so_named(path, self._last[name]):
@@ -1011,7 +1027,8 @@ class ResultsWriter:
     def done(self, sha256: str, model_sha256: str, config_hash: str, path=None) -> VideoResult | None:
         """The finished result for this content, model and configuration: under ``path`` when given (a
         byte-identical copy under another name needs a line of its own), else under any name."""
-        d = self._stored(sha256, model_sha256, config_hash, path)
+        with self._lock:
+            d = self._stored(sha256, model_sha256, config_hash, path)
         if not d:
             return None
         try:
@@ -1023,39 +1040,61 @@ class ResultsWriter:
         """Make a resumed ``result`` (from :meth:`done`) the last line for its path again: a run with other
         settings may have written a later one, which the report would show instead. Its stored line is
         appended unchanged."""
-        d = self._stored(result.sha256, (result.model or {}).get("sha256"), result.config_hash, result.path)
-        if d is not None and self._last.get(d["path"]) is not d:
-            self._append(d)
+        with self._lock:
+            d = self._stored(result.sha256, (result.model or {}).get("sha256"), result.config_hash, result.path)
+            if d is not None and self._last.get(d["path"]) is not d:
+                self._append(d)
 
     def write(self, result: VideoResult) -> None:
-        first = self.first_name(result.path)
-        if first != printable(result.path):
-            result.path = first
-            if first in self._last:  # relative to the directory its lines were scanned in, not this one
-                result.environment = {**result.environment, "cwd": _stored_cwd(self._last[first])}
-        self._append(result.to_dict())
+        with self._lock:
+            first = self._first_name(result.path)
+            if first != printable(result.path):
+                result.path = first
+                if first in self._last:  # relative to the directory its lines were scanned in, not this one
+                    result.environment = {**result.environment, "cwd": _stored_cwd(self._last[first])}
+            self._append(result.to_dict())
 
     def _append(self, d: dict) -> None:
         line = (dumps_line(d) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            start = os.fstat(fd).st_size
-            try:
-                view = memoryview(line)
-                while view:  # a write may take fewer bytes than given (a signal, a file size limit)
-                    n = os.write(fd, view)
-                    if n <= 0:
-                        raise OSError(errno.EIO, f"could not write {self.path}")
-                    view = view[n:]
-                os.fsync(fd)
-            except BaseException:
-                # No partial line may stay: the next line would be glued to it and both lost to readers.
-                with suppress(OSError):
-                    os.ftruncate(fd, start)
-                raise
+            with _file_lock(fd):
+                self._append_locked(fd, line)
         finally:
             os.close(fd)
         self._remember(d)  # only once the whole line is on disk
+
+    def _append_locked(self, fd: int, line: bytes) -> None:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:  # a write may take fewer bytes than given (a signal, a file size limit)
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"could not write {self.path}")
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            # No partial line may stay: the next line would be glued to it and both lost to readers.
+            with suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+
+
+@contextmanager
+def _file_lock(fd: int):
+    """An exclusive advisory lock on an open file for the block (flock: every deepscan process writing one
+    results.jsonl takes it; where there is no flock, nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _evidence_on_disk(result: VideoResult, out_dir: Path) -> bool:

@@ -1106,7 +1106,9 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
             n = min(len(track_bytes) // (TRACK_SIDE * TRACK_SIDE), MAX_TRACK_FRAMES)
             track(np.frombuffer(track_bytes, np.uint8, count=n * TRACK_SIDE * TRACK_SIDE)
                   .reshape(n, TRACK_SIDE, TRACK_SIDE).copy())  # a copy: the reader may still hold the buffer
-        if produced == 0:
+        # With a hash schedule, hash frames alone (a cut-off file decoding only its first instants) are no
+        # screening: the file would read as "no face" where no sampled frame was ever seen.
+        if produced == 0 or (samples is not None and sampled == 0):
             if any(w.startswith(_TRUNCATED_MP4) for w in info.warnings):
                 raise VideoError(_TRUNCATED_MP4 + "; no frame in what is there could be decoded")
             if proc.returncode not in (0, None):

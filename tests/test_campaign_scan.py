@@ -169,3 +169,31 @@ def test_a_resumed_copy_met_before_its_screened_file_is_screened_itself(tmp_path
     assert not copy["extra"]["campaign"]["inherited"]  # screened on its own pixels this time
     assert screened["extra"]["campaign"]["group"] == copy["extra"]["campaign"]["group"]
     assert not screened["extra"]["campaign"]["is_representative"] and not screened["extra"]["campaign"]["inherited"]
+
+
+def test_a_cut_off_file_with_no_screening_frame_is_an_error_with_dedupe_too(tmp_path):
+    """Its first instants decode (hash frames) but no sampled frame does: with --dedupe it read "no_face"
+    (exit 0), as if its frames had been searched; alone it is an error."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "cut.mp4").write_bytes((SAMPLE_CLIPS / "astronaut_real.mp4").read_bytes()[:50_000])
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "whole.mp4")
+    results = {r.path.rsplit("/", 1)[-1]: r for r in Scanner(frames=4, threads=1).scan([src], dedupe=True)}
+    cut = results["cut.mp4"]
+    assert (cut.status, cut.n_frames) == ("error", 0) and "no frame" in cut.error
+    assert results["whole.mp4"].status == "ok"
+
+
+def test_a_campaign_keeps_its_screened_results_without_their_pixels(tmp_path):
+    """Each group's screened result is kept for the copies after it: with its crops and heatmaps that was about
+    8 MB a video for the whole scan, whatever the caller dropped."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("carphone_real.mp4", "astronaut_real.mp4"):
+        shutil.copy(SAMPLE_CLIPS / name, src / name)
+    scanner = Scanner(frames=4, threads=1)
+    results = list(scanner.scan([src], dedupe=True))
+    assert all(f.crop is not None for r in results for fr in r.frames for f in fr.faces)  # the caller's
+    kept = scanner._last_campaign.results
+    assert len(kept) == 2 and all(fr.faces for r in kept.values() for fr in r.frames[:1])
+    assert all(f.crop is None and f.heatmap is None for r in kept.values() for fr in r.frames for f in fr.faces)

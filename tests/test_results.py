@@ -154,3 +154,54 @@ def test_one_relative_name_from_two_directories_is_two_files(tmp_path, monkeypat
     (tmp_path / "data" / "in" / "a.mp4").write_bytes(b"z")
     assert ResultsWriter(out).first_name("in/a.mp4") == "in/a.mp4"
 
+
+
+def test_a_writer_opening_the_folder_keeps_a_line_another_process_is_writing(tmp_path):
+    """A scan opening --out cut a trailing partial line as a crash's leftover; with another process half-way
+    through writing a large line, that line was lost once its write completed. The cut and every append hold
+    the file's lock, so the opening writer waits for the line instead."""
+    import fcntl
+    import threading
+
+    ResultsWriter(tmp_path).write(result("a.mp4", sha="a" * 64))
+    line = (result("b.mp4", sha="b" * 64).to_json() + "\n").encode()
+    with open(tmp_path / "results.jsonl", "ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        other.write(line[:50])
+        other.flush()
+        opened = []
+        opener = threading.Thread(target=lambda: opened.append(ResultsWriter(tmp_path)))
+        opener.start()
+        opener.join(0.3)
+        assert opener.is_alive()  # waiting on the lock, not cutting
+        other.write(line[50:])
+        other.flush()
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    opener.join(5)
+    paths = [json.loads(x)["path"] for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert paths == ["a.mp4", "b.mp4"] and opened[0].done("b" * 64, "m" * 64, "c1").path == "b.mp4"
+
+
+def test_lookups_from_the_preparing_thread_and_writes_do_not_race(tmp_path):
+    """The scan looks up the next file's earlier result (building the by-file index over every stored line)
+    while it writes this file's: "dictionary changed size during iteration" made a good video an error."""
+    import threading
+
+    (tmp_path / "results.jsonl").write_text("".join(
+        json.dumps({"path": f"old/{i}.mp4", "status": "ok", "sha256": f"{i:064x}"}) + "\n" for i in range(20000)))
+    (tmp_path / "new.mp4").write_bytes(b"x")
+    writer = ResultsWriter(tmp_path)
+    errors = []
+
+    def look_up():
+        try:
+            writer.first_name(str(tmp_path / "new.mp4"))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    lookup = threading.Thread(target=look_up)
+    lookup.start()
+    for i in range(200):
+        writer.write(result(f"fresh/{i}.mp4", sha=f"{i:064x}"[::-1]))
+    lookup.join()
+    assert errors == []

@@ -266,6 +266,12 @@ def test_one_thread_does_not_overlap_the_stages(monkeypatch):
     assert Scanner(threads=2).overlapping and not Scanner(threads=2, overlap=False).overlapping
     monkeypatch.setenv("DEEPSCAN_THREADS", "1")
     assert not Scanner().overlapping
+    for bad in ("abc", "0", "-2", "1.5"):  # named, not int()'s "invalid literal for int() with base 10"
+        monkeypatch.setenv("DEEPSCAN_THREADS", bad)
+        with pytest.raises(ValueError, match="DEEPSCAN_THREADS must be a positive whole number"):
+            runtime.total_threads()
+    monkeypatch.setenv("DEEPSCAN_THREADS", " ")
+    assert runtime.total_threads() >= 1
 
 
 def test_a_one_thread_scan_classifies_on_the_calling_thread(monkeypatch):
