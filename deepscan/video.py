@@ -117,6 +117,10 @@ class VideoInfo:
     # Width / height of one coded pixel (SAR). width and height above already include it (a 1440x1080 HDV
     # stream with SAR 4:3 is 1920x1080), so frames come out at the shape the video is shown at.
     sample_aspect: float = 1.0
+    # When the video stream's first frame comes after the file's start (audio first), by how much, in the
+    # decoder's time (the file's start at 0); measured by measure_video_stream, else 0. Frame indices count
+    # from it.
+    video_start_s: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -334,9 +338,14 @@ _INPUT = re.compile(r"^Input #0, (.+?), from '", re.M)
 _DURATION = re.compile(r"^  Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)(?:,\s*start:\s*(-?[\d.]+))?"
                        r"(?:,\s*bitrate:\s*(\d+))?", re.M)
 _ANY_STREAM = re.compile(r"^  Stream #0:(\d+)[^:\n]*: (\w+): (.*)$", re.M)
-_DIMS = re.compile(r"(?<![\w.])(\d{1,6})x(\d{1,6})(?![\w.])")
+# A frame size is a field of its own (", 480x480 [SAR ..."): a codec tag of hex digits ("[2][0][0][0] / 0x0002",
+# MPEG-2 in a transport stream) must not read as one.
+_DIMS = re.compile(r"(?:^|, )(\d{1,6})x(\d{1,6})(?=[ ,]|$)")
 _FPS = re.compile(r"([\d.]+)(k?) fps")
 _SAR = re.compile(r"\[SAR (\d+):(\d+) DAR \d+:\d+\]")
+# The stream's own SAR (an MP4 pasp box, Matroska's display size), printed unbracketed after the codec's: where
+# it is given, ffmpeg's decode (and every player) uses it instead of the bitstream's.
+_STREAM_SAR = re.compile(r", SAR (\d+):(\d+) DAR \d+:\d+")
 _TBR = re.compile(r"([\d.]+)(k?) tbr")
 _ROTATE = re.compile(r"^\s+Display ?matrix:? rotation of (-?[\d.]+) degrees", re.I | re.M)
 _ROTATE_TAG = re.compile(r"^\s+rotate\s*:\s*(-?\d+)\s*$", re.M)
@@ -412,7 +421,7 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
         rotation = int(tag.group(1)) % 360 if int(tag.group(1)) % 90 == 0 else 0
     if rotation in (90, 270):
         width, height = height, width
-    sar_m = _SAR.search(rest)
+    sar_m = _STREAM_SAR.search(rest) or _SAR.search(rest)
     sar = _sample_aspect(int(sar_m.group(1)), int(sar_m.group(2))) if sar_m else 1.0
     width, height = _display_size(width, height, rotation, sar)
     n_frames = int(round(duration * fps)) if duration and fps else None
@@ -580,8 +589,12 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
     if head[4:8] in _ISO_BOX_TYPES and _iso_truncated(path):
         info.warnings.append(_TRUNCATED_MP4 + "; screened on the frames that are there")
     # The container's duration and start are those of its longest / earliest stream (or unknown, for an
-    # elementary stream): samples spread over them can miss the video. Then the video is measured itself.
-    if info.duration_s <= 0 or n_streams > 1:
+    # elementary stream): samples spread over them can miss the video. Then the video is measured itself. So
+    # too where the container's duration is not the stream's length even with one stream: a transport stream
+    # (segments joined byte-wise, whose clock restarts: ffmpeg re-times them on reading) and Matroska/WebM
+    # (its Duration is the end time, a cut made with -copyts starts late), or any file not starting at 0.
+    if (info.duration_s <= 0 or n_streams > 1 or info.start_time_s
+            or info.container.split(",")[0] in ("mpegts", "matroska")):
         measure_video_stream(path, info, max(0.0, deadline - time.monotonic()), max_pixels, max_duration_s)
     check_limits(info, max_pixels, max_duration_s)
     return info
@@ -669,6 +682,7 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
                              f"duration")
         return
     info.duration_s = round((end - first) * time_base, 6)
+    info.video_start_s = max(0.0, round(first * time_base, 6))
     if not over:
         info.n_frames = count
         if not info.fps:
@@ -1071,7 +1085,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 t = stamps[produced][1] if ready else float("nan")
                 pts = stamps[produced][2] if ready else None
             rel = t if t == t else offset + produced * step
-            index = int(round(rel * info.fps)) if info.fps else produced
+            index = int(round(max(0.0, rel - info.video_start_s) * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
             produced += 1
             is_sample, is_hash = True, False

@@ -267,3 +267,53 @@ def test_frame_track_is_every_decoded_frame_in_order(tmp_path, rate):
     levels = got[0].reshape(58, -1).mean(1)
     assert np.abs(levels - (4 * np.arange(58) + 20)).max() <= 1.5  # frame k, in order, none missing
     assert all(f.index < 58 and abs(levels[f.index] - f.image.mean()) <= 1.5 for f in frames)
+
+
+def test_parse_banner_frame_size_and_the_streams_own_aspect():
+    """MPEG-2 in a transport stream: its codec tag "0x0002" read as a 0x2 frame ("no frame size"). A SAR set
+    in the container (MP4 pasp, Matroska) is printed unbracketed and was ignored: frames came out squeezed."""
+    head = "Input #0, mpegts, from 'file:/x/a.ts':\n  Duration: 00:00:04.00, start: 1.440000, bitrate: 2835 kb/s\n"
+    ts = parse_ffmpeg_banner(head + "  Stream #0:0[0x100]: Video: mpeg2video (Main) ([2][0][0][0] / 0x0002), "
+                             "yuv420p(tv, progressive), 480x480 [SAR 1:1 DAR 1:1], 25 fps, 25 tbr, 90k tbn\n")
+    assert (ts.width, ts.height, ts.codec) == (480, 480, "mpeg2video")
+    container = parse_ffmpeg_banner(head + "  Stream #0:0: Video: h264 (High), yuv420p(progressive), 360x480 "
+                                    "[SAR 1:1 DAR 3:4], SAR 4:3 DAR 1:1, 25 fps, 25 tbr, 1k tbn (default)\n")
+    assert container.sample_aspect == pytest.approx(4 / 3) and (container.width, container.height) == (480, 480)
+
+
+def test_a_transport_stream_joined_from_segments_is_sampled_over_all_of_it(tmp_path):
+    """Two segments joined byte-wise, the second's clock restarting (as a segment downloader writes them): the
+    container said 2 s, so every sample fell in the first segment and a fake second half went unseen. Such
+    files (transport streams, Matroska, any file not starting at 0) have their video stream measured."""
+    from conftest import SAMPLE_CLIPS
+
+    parts = []
+    for name in ("astronaut_real.mp4", "astronaut_mouthwarp_fake.mp4"):
+        part = tmp_path / f"{name}.ts"
+        ffmpeg("-i", str(SAMPLE_CLIPS / name), "-t", "2", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+               "-f", "mpegts", str(part))
+        parts.append(part.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    info = probe(joined)
+    assert info.duration_s == pytest.approx(4.0, abs=0.1)
+    times = [f.time_s for f in all_frames(joined, n_frames=8)]
+    assert len(times) == 8 and max(times) > 3.0
+    late = tmp_path / "late.mkv"  # Matroska's Duration is its end time: 1,004 s for 4 s of video
+    ffmpeg("-i", str(SAMPLE_CLIPS / "astronaut_real.mp4"), "-an", "-c", "copy", "-output_ts_offset", "1000",
+           str(late))
+    assert probe(late).duration_s == pytest.approx(probe(SAMPLE_CLIPS / "astronaut_real.mp4").duration_s, abs=0.1)
+
+
+def test_frame_indices_count_from_the_video_streams_first_frame(tmp_path):
+    """Audio 3 s before the video: the samples were numbered from the file's start (88 of 100 frames for the
+    14th), not as frames of the video."""
+    from conftest import SAMPLE_CLIPS
+
+    late = tmp_path / "video_late.mp4"
+    ffmpeg("-itsoffset", "3", "-i", str(SAMPLE_CLIPS / "astronaut_real.mp4"), "-f", "lavfi", "-i", "sine=d=10",
+           "-map", "0:v", "-map", "1", "-c:v", "copy", "-c:a", "aac", str(late))
+    plain = [(f.index, f.time_s) for f in all_frames(SAMPLE_CLIPS / "astronaut_real.mp4", n_frames=4)]
+    shifted = [(f.index, f.time_s) for f in all_frames(late, n_frames=4)]
+    assert [i for i, _ in shifted] == [i for i, _ in plain]
+    assert [t for _, t in shifted] == pytest.approx([t + 3.0 for _, t in plain], abs=0.05)
