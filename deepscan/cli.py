@@ -235,16 +235,29 @@ def cmd_scan(args) -> int:
             console.print("note: copies of the same video are not grouped (pip install 'deepscan[campaign]' "
                           "for --dedupe)", style="dim", markup=False)
             dedupe = False
+    if args.provenance:
+        from .provenance import c2pa_available
+
+        if not c2pa_available():
+            console.print("note: C2PA credentials are not checked (pip install 'deepscan[provenance]')",
+                          style="dim", markup=False)
+    write_failed = None
     with ScanProgress(console, len(paths)) as progress:
-        for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force,
-                                   evidence=args.html, dedupe=dedupe):
-            drop_pixels(result)  # evidence is on disk; don't keep every crop of a long scan in memory
-            results.append(result)
-            if args.json:
-                sys.stdout.write(result.to_json() + "\n")
-                sys.stdout.flush()
+        try:
+            for result in scanner.scan(paths, out_dir=args.out, progress=progress, force=args.force,
+                                       evidence=args.html, dedupe=dedupe):
+                drop_pixels(result)  # evidence is on disk; don't keep every crop of a long scan in memory
+                results.append(result)
+                if args.json:
+                    sys.stdout.write(result.to_json() + "\n")
+                    sys.stdout.flush()
+        except OSError as exc:  # results.jsonl could not be written (a full disk): the scan stops here
+            write_failed = exc
         progress.finish()
-    if not args.json:
+    if write_failed is not None:
+        # Said after the bars are gone; what was judged before still counts (a fake found exits 1).
+        _print_error(console, f"the scan stopped: {write_failed} ({len(results)} of {len(paths)} videos done)")
+    if not args.json and (results or write_failed is None):
         print_summary(console, results, scanner.threshold, time.perf_counter() - t0)
         groups = scanner.campaign_groups if dedupe else []
         if any(g.size > 1 or g.altered for g in groups):
@@ -271,7 +284,8 @@ def cmd_scan(args) -> int:
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
     evidence_failed = any("evidence_error" in r.extra for r in results)  # each warned about as it happened
-    if report_failed or evidence_failed or missing or any(r.status == "error" for r in results):
+    if (report_failed or evidence_failed or write_failed or missing
+            or any(r.status == "error" for r in results)):
         return EXIT_ERROR
     return EXIT_OK
 
@@ -490,6 +504,8 @@ def _print_error(console, message: str) -> None:
 
     from .report import make_console
 
+    # One line: a library's message may span several (torch's CUDA errors do).
+    message = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     make_console(sys.stderr).print(Text.assemble(("deepscan: error:", "bold red"), " ", message))
 
 
@@ -557,7 +573,10 @@ def main(argv=None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - a traceback's exit status 1 would read as "a video judged fake"
         if os.environ.get("DEEPSCAN_DEBUG"):
-            raise
+            import traceback
+
+            traceback.print_exc()
+            return EXIT_ERROR  # not the interpreter's 1, which means "a video judged fake"
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if not isinstance(exc, OSError):  # an OSError's text says what failed; others need their kind
             message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__

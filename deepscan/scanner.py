@@ -196,6 +196,18 @@ def git_commit() -> str | None:
     return _GIT_COMMIT[0]
 
 
+def _with_provenance(result: VideoResult, provenance: dict | None) -> bool:
+    """Put ``provenance`` (read now) into a resumed ``result`` where it differs from the stored one (as JSON
+    holds it); True when it did. None (not asked for, unreadable) keeps what is stored."""
+    if provenance is None:
+        return False
+    fresh = json.loads(dumps_line(provenance))
+    if fresh == result.extra.get("provenance"):
+        return False
+    result.extra = {**result.extra, "provenance": fresh}  # a new dict: the writer's index holds the old one
+    return True
+
+
 def _without_pixels(result: VideoResult) -> VideoResult:
     """A copy of ``result`` whose faces hold no crop or heatmap: what a campaign keeps of each group's screened
     file for the copies after it (the caller's result keeps its pixels; a kept one would hold ~8 MB a video
@@ -422,6 +434,9 @@ class Scanner:
             if previous is not None:
                 prepared.previous = previous(path, prepared.digest)
                 if prepared.previous is not None:
+                    # Provenance never changes the score, so a result resumes whatever it was read with; but
+                    # it is read again (no decode), so other trust anchors or a run that had it off show now.
+                    prepared.provenance = self._provenance_or_none(path)
                     return prepared
             prepared.info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
             if opts.provenance:
@@ -434,6 +449,17 @@ class Scanner:
         finally:
             prepared.seconds = time.perf_counter() - t
         return prepared
+
+    def _provenance_or_none(self, path: Path) -> dict | None:
+        """The file's provenance when the options ask for it (None otherwise, or where it cannot be read)."""
+        if not self.options.provenance:
+            return None
+        from .provenance import read_provenance
+
+        try:
+            return read_provenance(path, trust_anchors=self.options.c2pa_trust_anchors)
+        except Exception:  # noqa: BLE001 - a resumed result keeps the provenance it was stored with
+            return None
 
     def _scan_into(self, result: VideoResult, prepared: _Prepared, progress=None,
                    run: _CampaignRun | None = None) -> None:
@@ -711,7 +737,7 @@ class Scanner:
             tracks.cleanup()
 
     def _resumed_into_campaign(self, run: _CampaignRun, path: Path, previous: VideoResult,
-                               writer) -> VideoResult | None:
+                               writer, reread: bool = False) -> VideoResult | None:
         """A file finished by an earlier run still has to be grouped for the files after it: its hash comes
         from that run's cache, or (a run without it) from a decode at the hash rate only.
 
@@ -748,7 +774,7 @@ class Scanner:
         previous.extra = {k: v for k, v in previous.extra.items() if k != "campaign"}  # not the writer's dict
         if now is not None:
             previous.extra["campaign"] = now
-        if now == (was or None):
+        if now == (was or None) and not reread:
             writer.keep_last(previous)  # the stored line, appended again where another run wrote a later one
         else:
             writer.write(previous)
@@ -818,10 +844,14 @@ class Scanner:
         previous = prepared.previous
         if previous is not None:
             previous.resumed = True
+            reread = _with_provenance(previous, prepared.provenance)
             if run is None:
-                writer.keep_last(previous)  # a resumed result is only ever found through a writer
+                if reread:
+                    writer.write(previous)  # the same result, with what the file claims as read now
+                else:
+                    writer.keep_last(previous)  # a resumed result is only ever found through a writer
                 return _campaign_marked(previous, group)
-            resumed = self._resumed_into_campaign(run, path, previous, writer)  # rewritten with this run's group
+            resumed = self._resumed_into_campaign(run, path, previous, writer, reread)  # with this run's group
             if resumed is not None:
                 return resumed
             prepared = self._prepare(path, digest=prepared.digest)  # it stopped at the hash: probe it now

@@ -251,7 +251,8 @@ def make_corpus(root, secret_path: Path | None = None, leak_url: str | None = No
                  "30")
     ffmpeg(*lavfi, "testsrc=size=161x97:rate=25", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv444p",
            add("odd_size_161x97.mp4", "no_face", "odd frame size 161x97 (4:4:4, as 4:2:0 needs even)"))
-    ffmpeg(*lavfi, "testsrc=size=160x120:rate=25", "-t", "2", "-vf",
+    # -frames:v, not -t: an output duration of 2 s dropped the second second's frames, moved past it.
+    ffmpeg(*lavfi, "testsrc=size=160x120:rate=25", "-frames:v", "50", "-vf",
            "setpts='(N/25+if(gte(N,25),2,0))/TB'", "-fps_mode", "vfr", *h264,
            add("variable_frame_rate.mp4", "no_face", "variable frame rate: 1 s, a 2 s gap, 1 s"))
     pattern_clip(work / "payload.mp4", 1.2)

@@ -404,3 +404,54 @@ def test_evidence_that_could_not_be_written_is_warned_of_and_exits_2(tmp_path, s
     assert code == 2 and "evidence images not written" in err
     (line,) = (out / "results.jsonl").read_text().splitlines()
     assert json.loads(line)["extra"]["evidence_error"] and (out / "report.html").is_file()
+
+
+def test_a_resumed_result_has_its_provenance_read_as_asked_now(tmp_path, sample_clip):
+    """Provenance never changes a score, so a result resumes whatever it was read with; but a run with it off
+    (or with other C2PA trust anchors) was resumed with that: the report showed no provenance, or a signer's old
+    standing. It is read again (no decode); a changed one is written with the result, an unchanged one is not."""
+    out = tmp_path / "out"
+    (first,) = Scanner(frames=4, threads=1, provenance=False, keep_heatmaps=False).scan([sample_clip], out_dir=out)
+    assert "provenance" not in first.extra
+    (again,) = Scanner(frames=4, threads=1, keep_heatmaps=False).scan([sample_clip], out_dir=out)
+    assert again.resumed and again.extra["provenance"]["container"]["format"].startswith("mov,mp4")
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["extra"]["provenance"] == again.extra["provenance"]
+    assert lines[1]["score"] == lines[0]["score"]
+    (third,) = Scanner(frames=4, threads=1, keep_heatmaps=False).scan([sample_clip], out_dir=out)
+    assert third.resumed and len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_results_file_that_cannot_be_written_stops_the_scan_and_a_fake_found_still_exits_1(
+        tmp_path, monkeypatch, capsys):
+    """A full disk after a fake was found exited 2 through the generic handler, as if nothing had been judged."""
+    import errno
+
+    from deepscan.scanner import ResultsWriter
+
+    writes = []
+    real_append = ResultsWriter._append_locked
+
+    def full_after_one(self, fd, line):
+        writes.append(line)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, fd, line)
+
+    monkeypatch.setattr(ResultsWriter, "_append_locked", full_after_one)
+    clips = [SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4", SAMPLE_CLIPS / "carphone_real.mp4"]
+    code = cli_main(["scan", *map(str, clips), "--frames", "4", "--threshold", "0.5", "--no-dedupe",
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and "the scan stopped: [Errno 28] No space left on device (1 of 2 videos done)" in err
+
+
+def test_debug_tracebacks_exit_2_not_1(tmp_path, monkeypatch, capsys):
+    """DEEPSCAN_DEBUG=1 re-raised, so Python exited 1: the status of "a video judged fake"."""
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Scanner, "scan", broken)
+    monkeypatch.setenv("DEEPSCAN_DEBUG", "1")
+    assert cli_main(["scan", str(SAMPLE_CLIPS / "carphone_real.mp4"), "--no-dedupe"]) == 2
+    assert "Traceback" in capsys.readouterr().err
