@@ -283,7 +283,8 @@ def cmd_scan(args) -> int:
             report_failed = True
     if any(r.verdict == "fake" for r in results):
         return EXIT_FAKE
-    evidence_failed = any("evidence_error" in r.extra for r in results)  # each warned about as it happened
+    # Each warned about as it happened; a resumed line's old failure is this run's concern only with --html.
+    evidence_failed = args.html and any("evidence_error" in r.extra and not r.resumed for r in results)
     if (report_failed or evidence_failed or write_failed or missing
             or any(r.status == "error" for r in results)):
         return EXIT_ERROR

@@ -56,8 +56,11 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
     delimiter = "\t" if "\t" in header or ("," not in header and path.suffix.lower() in (".tsv", ".txt")) else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-    path_column = columns.get("file") or columns.get("path")
-    if path_column is None or "label" not in columns:
+    # The MANIFEST's `file` column (named exactly so) first, row by row, then `path` (loosely matched): a
+    # MANIFEST with `path,label` rows appended keeps both, and a `path,label,File` CSV reads its paths.
+    file_column = "file" if "file" in (reader.fieldnames or []) else None
+    path_column = columns.get("path") or (columns.get("file") if file_column is None else None)
+    if (file_column is None and path_column is None) or "label" not in columns:
         raise ValueError(f"{path}: needs a 'path' (or 'file') and a 'label' column; its header has "
                          f"{', '.join(repr(c) for c in reader.fieldnames or []) or 'none'}")
 
@@ -68,7 +71,9 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
     unknown = repeated = 0
     listed = set()
     for row in reader:
-        rel = (row.get(path_column) or "").strip()
+        from_manifest = bool(file_column and (row.get(file_column) or "").strip())
+        rel = ((row.get(file_column) if from_manifest else row.get(path_column) if path_column else None)
+               or "").strip()
         if not rel or (subset is not None and rel not in subset):
             continue
         listed.add(rel)
@@ -82,7 +87,7 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
         source = cell(row, "source")
         if not source:
             source = p.parts[0] if not p.is_absolute() and len(p.parts) > 1 else "-"
-        group = cell(row, "group") or (_manifest_group(rel) if path_column == columns.get("file") else "")
+        group = cell(row, "group") or (_manifest_group(rel) if from_manifest else "")
         clip = LabelledClip(full, int(label == "fake"), source, cell(row, "method"), group)
         key = Path(os.path.normpath(full.absolute()))  # ./a.mp4 and a.mp4 are one clip
         if key in clips:

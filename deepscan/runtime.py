@@ -26,18 +26,18 @@ def total_threads(threads: int | None = None) -> int:
 
 
 def threads_from_environment() -> int | None:
-    """$DEEPSCAN_THREADS as a positive whole number, None when unset or empty; anything else is refused with
-    its name (``int()``'s own message did not say which setting was wrong)."""
+    """$DEEPSCAN_THREADS as a positive whole number, None when unset, empty or 0 (every core, as it always
+    meant); anything else is refused with its name (``int()``'s own message did not say which setting)."""
     text = os.environ.get("DEEPSCAN_THREADS", "").strip()
     if not text:
         return None
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"DEEPSCAN_THREADS must be a positive whole number of threads, not {text!r}")
-    return value
+        value = -1
+    if value < 0:
+        raise ValueError(f"DEEPSCAN_THREADS must be a whole number of threads (0: every core), not {text!r}")
+    return value or None
 
 
 def can_overlap(threads: int | None = None) -> bool:

@@ -201,11 +201,24 @@ def _with_provenance(result: VideoResult, provenance: dict | None) -> bool:
     holds it); True when it did. None (not asked for, unreadable) keeps what is stored."""
     if provenance is None:
         return False
-    fresh = json.loads(dumps_line(provenance))
-    if fresh == result.extra.get("provenance"):
+    fresh, stored = json.loads(dumps_line(provenance)), result.extra.get("provenance")
+    if fresh == stored:
+        return False
+    if isinstance(stored, dict) and _read_less(fresh, stored):
         return False
     result.extra = {**result.extra, "provenance": fresh}  # a new dict: the writer's index holds the old one
     return True
+
+
+def _read_less(fresh: dict, stored: dict) -> bool:
+    """Whether ``fresh`` (provenance read now) saw less than ``stored``: C2PA not checked now (the extra missing,
+    a failure) where it was, or errors now where there were none. Such a read never replaces the stored one
+    (a signer and a generative-AI declaration would vanish from the report)."""
+    unchecked = ("unavailable", "error")
+    fresh_c2pa, stored_c2pa = fresh.get("c2pa") or {}, stored.get("c2pa") or {}
+    if fresh_c2pa.get("status") in unchecked and stored_c2pa.get("status") not in (None, *unchecked):
+        return True
+    return bool(fresh.get("errors")) and not stored.get("errors")
 
 
 def _without_pixels(result: VideoResult) -> VideoResult:
@@ -998,11 +1011,14 @@ class ResultsWriter:
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, "r+b") as fh, _file_lock(fh.fileno()):
+        # Read-only to lock and read (a folder one may read but not write still resumes); opened for writing
+        # only to cut a crash's leftover, still under the lock.
+        with open(self.path, "rb") as fh, _file_lock(fh.fileno()):
             raw = fh.read()
             if raw and not raw.endswith(b"\n"):
                 keep = raw.rfind(b"\n") + 1
-                fh.truncate(keep)
+                with open(self.path, "r+b") as writable:
+                    writable.truncate(keep)
                 raw = raw[:keep]
         for line in raw.splitlines():
             d = result_line(line)  # a line that is not a result (hand-edited, another tool's) is skipped

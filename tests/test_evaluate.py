@@ -270,3 +270,14 @@ def test_eval_metrics_json_holds_no_nan(tmp_path):
         text = (out / "metrics.json").read_text()
         json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     assert [u["path"] for u in json.loads(text)["detectors"][0]["unscored"]] == [str(clips[0].path)]
+
+
+def test_a_manifest_with_path_rows_and_a_path_csv_with_a_file_column_read_as_before(tmp_path):
+    """Picking one column for the whole file dropped a MANIFEST's appended `path` rows, and matching names
+    loosely read a `path,label,File` CSV's upload names (`File`) instead of its paths."""
+    both = tmp_path / "both.tsv"
+    both.write_text("file\tpath\tlabel\nsrc/a.mp4\t\tfake\n\tb.mp4\treal\n\tc.mp4\tfake\n")
+    assert [c.path.name for c in read_labels(both)] == ["a.mp4", "b.mp4", "c.mp4"]
+    upload = tmp_path / "upload.csv"
+    upload.write_text("path,label,File\nclips/x.mp4,fake,IMG_0001.MOV\nclips/y.mp4,real,IMG_0002.MOV\n")
+    assert [(c.path.name, c.group) for c in read_labels(upload)] == [("x.mp4", ""), ("y.mp4", "")]

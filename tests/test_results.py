@@ -205,3 +205,20 @@ def test_lookups_from_the_preparing_thread_and_writes_do_not_race(tmp_path):
         writer.write(result(f"fresh/{i}.mp4", sha=f"{i:064x}"[::-1]))
     lookup.join()
     assert errors == []
+
+
+def test_a_results_folder_one_may_read_but_not_write_still_resumes(tmp_path, monkeypatch):
+    """Opening the file for writing to take its lock refused a folder shared read-only (PermissionError), where
+    every result would have resumed with nothing to write."""
+    import builtins
+
+    ResultsWriter(tmp_path).write(result("a.mp4", sha="a" * 64))
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if str(file).endswith("results.jsonl") and any(c in mode for c in "wa+"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    assert ResultsWriter(tmp_path).done("a" * 64, "m" * 64, "c1").path == "a.mp4"
