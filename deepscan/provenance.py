@@ -253,6 +253,19 @@ def _timescale(fh, a: int, b: int) -> int:
     return struct.unpack(">I", raw[offset:offset + 4])[0] if len(raw) >= offset + 4 else 0
 
 
+def _media_duration(fh, a: int, b: int) -> int:
+    """``mdhd``'s duration in its timescale (0 when unset or unreadable: a fragmented file's)."""
+    fh.seek(a)
+    raw = fh.read(min(b - a, 32))
+    version = raw[0] if raw else 0
+    offset, fmt = (24, ">Q") if version == 1 else (16, ">I")
+    size = struct.calcsize(fmt)
+    if len(raw) < offset + size:
+        return 0
+    value = struct.unpack(fmt, raw[offset:offset + size])[0]
+    return 0 if value in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) else value
+
+
 def _track(fh, a: int, b: int, budget) -> dict:
     track: dict = {"handler": None, "media_timescale": 0, "edits": None}
     stack = [(a, b)]
@@ -261,13 +274,16 @@ def _track(fh, a: int, b: int, budget) -> dict:
         for kind, ka, kb in _boxes(fh, sa, sb, budget):
             if kind in _CONTAINERS:
                 stack.append((ka, kb))
-            elif kind == b"hdlr":
+            elif kind == b"hdlr" and track["handler"] is None:
                 fh.seek(ka)
                 raw = fh.read(12)
-                if len(raw) == 12:
+                # QuickTime puts a second hdlr in minf, the data handler ("dhlr", subtype "url "/"alis"): the
+                # media's handler ("vide", "soun") is the first, in mdia.
+                if len(raw) == 12 and raw[4:8] != b"dhlr":
                     track["handler"] = _text(raw[8:12].decode("latin-1"), 4)
             elif kind == b"mdhd":
                 track["media_timescale"] = _timescale(fh, ka, kb)
+                track["media_duration"] = _media_duration(fh, ka, kb)
             elif kind == b"elst":
                 fh.seek(ka)
                 raw = fh.read(min(kb - ka, 8 + MAX_EDITS * 20))  # only the entries kept are read
@@ -294,6 +310,9 @@ def _edit_times(track: dict, movie_timescale: int) -> None:
     """Edit entries in seconds: (duration on the timeline, media time or None for an empty edit, rate)."""
     raw = track.pop("edits")
     mts = track.pop("media_timescale") or 0
+    media_duration = track.pop("media_duration", 0)
+    if mts and media_duration:
+        track["media_duration_s"] = round(media_duration / mts, 4)
     count = track.pop("edit_count", 0)
     if raw is None:
         track["edits"] = None
@@ -314,7 +333,9 @@ def edit_list_notes(structure: dict | None) -> list[str]:
         edits = t.get("edits") or []
         kind = {"vide": "video", "soun": "audio"}.get(t.get("handler") or "", f"track {i + 1}")
         media = [e for e in edits if e["media_time_s"] is not None]
-        empty = sum((e["duration_s"] or 0.0) for e in edits if e["media_time_s"] is None)
+        # Empty edits before the first media edit delay the track; later ones are gaps in it.
+        leading = next((n for n, e in enumerate(edits) if e["media_time_s"] is not None), len(edits))
+        empty = sum((e["duration_s"] or 0.0) for e in edits[:leading])
         if t.get("edits_cut"):
             notes.append(f"{kind} edit list has {t['edit_count']} entries (only the first {len(edits)} read)")
         if len(media) > 1:
@@ -325,8 +346,25 @@ def edit_list_notes(structure: dict | None) -> list[str]:
                          f"from playback by the edit list")
         if empty > EDIT_NOTE_S:
             notes.append(f"{kind} starts {empty:.2f} s late (empty edit)")
+        at = 0.0  # where each later edit begins on the timeline
+        for n, e in enumerate(edits):
+            length = e["duration_s"] or 0.0
+            if n >= leading and e["media_time_s"] is None and length > EDIT_NOTE_S:
+                notes.append(f"{kind}: a {length:.2f} s gap at {at:.2f} s (empty edit)")
+            elif e["media_time_s"] is not None and e["rate"] == 0.0 and length > EDIT_NOTE_S:
+                notes.append(f"{kind}: the frame at {e['media_time_s']:.2f} s of the stored media is held for "
+                             f"{length:.2f} s (dwell)")
+            at += length
         if any(e["rate"] not in (1.0, 0.0) for e in edits):
             notes.append(f"{kind} edit list plays media at a rate other than 1")
+        stored = t.get("media_duration_s")
+        played = [(e["media_time_s"], e["media_time_s"] + (e["duration_s"] or 0.0) * e["rate"])
+                  for e in media if e["duration_s"] is not None and e["rate"] > 0]
+        if stored and played and not t.get("edits_cut"):
+            tail = stored - max(end for _, end in played)
+            if tail > EDIT_NOTE_S:
+                notes.append(f"{kind}: the last {tail:.2f} s of the stored media are hidden from playback by the "
+                             f"edit list")
     if structure.get("tracks_cut"):
         notes.insert(0, f"the file has {structure['n_tracks']} tracks (only the first {MAX_TRACKS} read)")
     if len(notes) > MAX_EDIT_NOTES:
@@ -456,6 +494,14 @@ def _claim_generator(manifest: dict) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- facade
+def _by_lower_name(tags: dict) -> dict:
+    """``tags`` keyed by lower-case name (the first of names that differ only in case)."""
+    named: dict = {}
+    for k, v in tags.items():
+        named.setdefault(str(k).lower(), v)
+    return named
+
+
 def read_provenance(path, timeout_s: float = PROBE_TIMEOUT_S, trust_anchors: str | None = None) -> dict:
     """What the file says about its origin (see the module docstring). Never raises for a bad file: a part
     that cannot be read says so under ``errors``."""
@@ -474,19 +520,23 @@ def read_provenance(path, timeout_s: float = PROBE_TIMEOUT_S, trust_anchors: str
     structure = read_mp4_structure(path)
     if meta:
         tags = meta["tags"]
+        # Looked up without regard to case: Matroska/WebM tags come out of ffmpeg upper case (ENCODER,
+        # HANDLER_NAME), MP4's lower case; the stored tags stay as the file has them.
+        named = _by_lower_name(tags)
         out["container"] = {"format": meta["format"], "read_with": meta["read_with"],
-                            **{k: tags.get(k) for k in ("major_brand", "minor_version", "compatible_brands",
-                                                        "creation_time", "encoder")},
+                            **{k: named.get(k) for k in ("major_brand", "minor_version", "compatible_brands",
+                                                         "creation_time", "encoder")},
                             "tags": tags}
         for s in meta["streams"]:
+            stream_named = _by_lower_name(s["tags"])
             out["streams"].append({"index": s["index"], "type": s["type"], "codec": s["codec"],
-                                   "handler_name": s["tags"].get("handler_name"),
-                                   "encoder": s["tags"].get("encoder"),
-                                   "creation_time": s["tags"].get("creation_time"),
+                                   "handler_name": stream_named.get("handler_name"),
+                                   "encoder": stream_named.get("encoder"),
+                                   "creation_time": stream_named.get("creation_time"),
                                    "rotation": s.get("rotation", 0), "tags": s["tags"]})
-        all_tags = [tags] + [s["tags"] for s in meta["streams"]]
+        all_tags = [named] + [_by_lower_name(s["tags"]) for s in meta["streams"]]
         for field, keys in DEVICE_TAGS.items():
-            value = next((t[k] for k in keys for t in all_tags if t.get(k)), None)
+            value = next((t[k.lower()] for k in keys for t in all_tags if t.get(k.lower())), None)
             if value:
                 out["device"][field] = value
     if structure is not None:

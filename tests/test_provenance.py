@@ -260,3 +260,39 @@ def test_c2pa_of_a_vanished_file_is_an_error_record(tmp_path):
     pytest.importorskip("c2pa")
     info = read_c2pa(tmp_path / "gone.mp4")
     assert info["present"] is None and info["status"] == "error" and "could not read" in info["error"]
+
+
+def test_edit_list_notes_say_where_media_is_hidden_held_or_missing():
+    """Only the start of the first media edit was read: a hidden tail said nothing (4 of 6 s stored but never
+    played, nor screened: ffmpeg applies the list), a gap after 1 s read "starts 2.00 s late", and a frozen
+    frame (rate 0) was not mentioned."""
+    def notes(*edits, stored=6.0):
+        return edit_list_notes({"tracks": [{"handler": "vide", "media_duration_s": stored, "edits": [
+            {"duration_s": d, "media_time_s": t, "rate": r} for d, t, r in edits]}]})
+
+    assert notes((2.0, 0.0, 1.0)) == ["video: the last 4.00 s of the stored media are hidden from playback by the "
+                                      "edit list"]
+    assert notes((1.0, 0.0, 1.0), (2.0, None, 1.0), (5.0, 1.0, 1.0)) == [
+        "video edit list splices 2 segments of the stored media", "video: a 2.00 s gap at 1.00 s (empty edit)"]
+    assert "video: the frame at 1.00 s of the stored media is held for 3.00 s (dwell)" in notes(
+        (1.0, 0.0, 1.0), (3.0, 1.0, 0.0))
+    assert notes((2.0, None, 1.0), (6.0, 0.0, 1.0)) == ["video starts 2.00 s late (empty edit)"]
+    assert notes((5.92, 0.08, 1.0)) == []  # an encoder's B-frame delay: nothing hidden worth a note
+
+
+def test_quicktime_tracks_and_matroska_tags_are_named_like_mp4s(tmp_path):
+    """A .mov's tracks read as handler "url " (QuickTime's data handler, in minf, overwrote the media's), so its
+    notes said "track 1" for the video; Matroska's upper-case tags (ENCODER, HANDLER_NAME) were not found, so a
+    file remuxed by ffmpeg read as untouched."""
+    src = make_test_video(tmp_path / "src.mp4", seconds=3.0, size="160x120", rate=25,
+                          codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "100"))
+    cut = tmp_path / "cut.mov"
+    ffmpeg("-ss", "1.5", "-i", str(src), "-c", "copy", str(cut))
+    structure = read_mp4_structure(cut)
+    assert [t["handler"] for t in structure["tracks"]] == ["vide"]
+    assert any(n.startswith("video: the first") for n in edit_list_notes(structure))
+    mkv = tmp_path / "remuxed.mkv"
+    ffmpeg("-i", str(src), "-c", "copy", str(mkv))
+    prov = read_provenance(mkv)
+    assert prov["container"]["encoder"].startswith("Lavf") and "ENCODER" in prov["container"]["tags"]
+    assert any("FFmpeg's muxer" in n for n in prov["notes"])
