@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", type=Path)
     c.add_argument("out", type=Path)
     c.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly over each clip (default 32)")
+    c.add_argument("--context-margin", type=_positive_finite, default=1.0,
+                   help="context cached around each face: the crop's side is the box's longer side x (1 + this) "
+                        "(default 1.0); a model's crop margin and box jitter must stay inside it")
 
     lm = sub.add_parser("landmarks", help="add dlib's 68-point landmarks to a crop cache (extra 'landmarks'), for "
                                           "self-blends shaped like SBI's (train.sbi_dense_landmarks)")
@@ -350,9 +353,11 @@ def cmd_models(_args) -> int:
 def cmd_cache(args) -> int:
     from .training.cache import build_cache
 
-    index = build_cache(args.manifest, args.out, frames_per_clip=args.frames)
+    index = build_cache(args.manifest, args.out, frames_per_clip=args.frames, context_margin=args.context_margin)
     print(f"{len(index['clips'])} clips, {sum(c['n_crops'] for c in index['clips'])} face crops → {args.out}")
-    return EXIT_OK
+    for failed in index.get("failed", []):
+        print(f"deepscan: warning: {failed['file']}: not cached ({failed['error']})", file=sys.stderr)
+    return EXIT_ERROR if index.get("failed") else EXIT_OK
 
 
 def cmd_landmarks(args) -> int:
@@ -426,6 +431,11 @@ def cmd_eval(args) -> int:
     sampled = "scored from results.jsonl" if args.results else f"{report['frames']} frames each"
     for table in eval_tables(report, sampled):
         console.print(table)
+    for d in report["detectors"]:  # each clip not scored, by name: an error is left out, no face scores 0
+        for u in d["unscored"]:
+            why = "left out" if u.get("status") == "error" else "scored 0"
+            console.print(f"{d['detector']}: {u['path']}: {u.get('status')}, {why}"
+                          + (f" ({u['error']})" if u.get("error") else ""), markup=False)
     if args.out:
         console.print(f"metrics: {args.out / 'metrics.json'}" + ("" if args.results else f", ROC: {args.out / 'roc.png'}"),
                       markup=False)

@@ -70,13 +70,18 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
     clips: dict[Path, LabelledClip] = {}
     unknown = repeated = 0
     listed = set()
+    wanted = None if subset is None else {_as_listed(s, path.parent): s for s in subset}
     for row in reader:
         from_manifest = bool(file_column and (row.get(file_column) or "").strip())
         rel = ((row.get(file_column) if from_manifest else row.get(path_column) if path_column else None)
                or "").strip()
-        if not rel or (subset is not None and rel not in subset):
+        if not rel:
             continue
-        listed.add(rel)
+        if wanted is not None:  # ./a.mp4, a/../a.mp4 and an absolute path under the labels' folder are a.mp4
+            listed_as = wanted.get(_as_listed(rel, path.parent))
+            if listed_as is None:
+                continue
+            listed.add(listed_as)
         label = cell(row, "label").lower()
         if label not in ("real", "fake"):
             unknown += 1
@@ -109,6 +114,18 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
                                        "drawn from")
         warnings.warn(message, LabelWarning, stacklevel=2)
     return list(clips.values())
+
+
+def _as_listed(name: str, base: Path) -> str:
+    """A clip's name as a split lists it: relative to the labels file's folder where it lies inside it,
+    normalised (``./a.mp4`` → ``a.mp4``)."""
+    p = Path(os.path.normpath(name))
+    if p.is_absolute():
+        try:
+            p = p.relative_to(Path(os.path.normpath(base.absolute())))
+        except ValueError:
+            pass
+    return p.as_posix()
 
 
 def _manifest_group(rel: str) -> str:
@@ -209,6 +226,10 @@ def scan_or_resume(scanner, path: Path, writer=None, force: bool = False):
     result = scanner.scan_video(path, sha256=digest)
     if writer is not None:
         writer.write(result)
+    # The score as results.jsonl holds it (6 decimals), so a resumed evaluation scores exactly as a fresh one
+    # (rounding only at resume could create ties and move a score across the threshold).
+    if result.score is not None:
+        result.score = round(float(result.score), 6)
     return result
 
 
@@ -242,21 +263,29 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
             while name in curves:  # the same card and weights twice
                 name, n = f"{base}-{n}", n + 1
         writer = ResultsWriter(out_dir / name) if out_dir else None
-        ys, ss, srcs, failed, resumed = [], [], [], [], 0
-        for clip in clips:
+        ids, ys, ss, srcs, kept_groups, failed, resumed = [], [], [], [], [], [], 0
+        for clip, group in zip(clips, groups, strict=True):
             r = scan_or_resume(scanner, clip.path, writer, force)
             resumed += r.resumed
             if progress:
                 progress(name, clip, r)
-            if r.score is None:  # no face or error: counted as "not flagged" with score 0, and listed
+            if r.score is None:
                 failed.append({"path": str(clip.path), "status": r.status, "error": r.error})
+            if r.status == "error":  # not judged: left out, as a clip without a result is (scored 0 it read as
+                continue  # a correct "real" for a real clip, flattering the rates)
+            # No face: judged "not flagged", scored 0.
+            ids.append(clip.path)
             ys.append(clip.label)
             ss.append(0.0 if r.score is None else r.score)
             srcs.append(clip.source)
+            kept_groups.append(group)
+        if len(set(ys)) < 2:
+            raise ValueError(f"{name}: {len(ys)} of {len(clips)} clips were judged, not both real and fake")
         entry = {"detector": name, "card": card_name, "weights_sha256": scanner.detector.weights_sha256,
-                 **auc_with_intervals(ys, ss, groups), "at_threshold": rates_at(ys, ss, scanner.threshold),
+                 "precision": scanner.detector.precision, "n_clips": len(ys), "n_fake": int(sum(ys)),
+                 **auc_with_intervals(ys, ss, kept_groups), "at_threshold": rates_at(ys, ss, scanner.threshold),
                  "unscored": failed, "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
-                 "video_scores": video_scores([c.path for c in clips], ys, ss, groups), "resumed": resumed}
+                 "video_scores": video_scores(ids, ys, ss, kept_groups), "resumed": resumed}
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
     pair_with_first(report["detectors"])
@@ -311,6 +340,8 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         score = _number(d.get("score"))
         if score is None:
             unscored.append({"path": str(clip.path), "status": d.get("status"), "error": d.get("error")})
+            if d.get("status") == "error":  # not judged: left out (see evaluate)
+                continue
         ids.append(clip.path)
         ys.append(clip.label)
         ss.append(0.0 if score is None else score)

@@ -177,7 +177,9 @@ def eval_tables(report: dict, sampled: str) -> list[Table]:
     for d in report["detectors"]:
         t, pair = d["at_threshold"], d.get("paired_with_first")
         unit = d.get("resampled") or {"unit": "clip", "n": d.get("n_clips", report["n_clips"])}
-        table.add_row(Text(str(d["detector"])), _cell(d["auc"]),
+        # The precision it ran at, where it says (its threshold is that precision's).
+        label = str(d["detector"]) + (f" ({d['precision']})" if d.get("precision") else "")
+        table.add_row(Text(label), _cell(d["auc"]),
                       Text(f"[{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}]"), Text(f"{unit['n']} {unit['unit']}s"),
                       Text("—" if pair is None else paired_cell(pair)), _cell(t["threshold"]), _cell(t["accuracy"]),
                       _cell(t["tpr"]), _cell(t["fpr"]), Text(str(len(d["unscored"]))))

@@ -113,7 +113,7 @@ def _fake_scanners(monkeypatch):
         def __init__(self, options):
             self.weights = options.weights
             digest = hashlib.sha256(str(options.weights).encode()).hexdigest()
-            self.detector = types.SimpleNamespace(name=name, weights_sha256=digest)
+            self.detector = types.SimpleNamespace(name=name, weights_sha256=digest, precision="fp32")
             self.threshold = 0.5
 
         def scan_video(self, path, sha256=None):
@@ -281,3 +281,44 @@ def test_a_manifest_with_path_rows_and_a_path_csv_with_a_file_column_read_as_bef
     upload = tmp_path / "upload.csv"
     upload.write_text("path,label,File\nclips/x.mp4,fake,IMG_0001.MOV\nclips/y.mp4,real,IMG_0002.MOV\n")
     assert [(c.path.name, c.group) for c in read_labels(upload)] == [("x.mp4", ""), ("y.mp4", "")]
+
+
+def test_eval_leaves_clips_it_could_not_read_out_names_them_and_scores_as_stored(tmp_path, monkeypatch, capsys):
+    """Two unreadable real clips counted as correct "real" calls (score 0): AUC 0.750 -> 0.833, FPR 0.250 ->
+    0.167, and the console named neither. A resumed evaluation scored the stored 6-decimal scores, a fresh one
+    the full ones: two metrics.json for one set of results. And metrics.json recorded precision "auto"."""
+    import deepscan.scanner
+    from deepscan.cli import main
+
+    _fake_scanners(monkeypatch)
+    fake_scanner = deepscan.scanner.Scanner
+    scan = fake_scanner.scan_video
+
+    def scan_or_fail(self, path, sha256=None):
+        if "broken" in path.name:
+            return VideoResult(path=str(path), status="error", verdict="error", error="not a video file")
+        r = scan(self, path, sha256)
+        r.score += 1e-7 * len(path.name)  # digits past the 6th, which results.jsonl does not keep
+        return r
+
+    monkeypatch.setattr(fake_scanner, "scan_video", scan_or_fail)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{n}.mp4,{'fake' if 'fake' in n else 'real'}\n" for n in (
+        "real1", "real2", "fake1", "fake2", "broken1", "broken2")))
+    assert main(["eval", str(labels), "--weights", "good", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("error, left out (not a video file)") == 2 and "broken1.mp4" in printed
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    (entry,) = metrics["detectors"]
+    assert entry["n_clips"] == 4 and entry["at_threshold"]["fpr"] == 0.0 and entry["precision"] == "fp32"
+    assert [round(s, 6) for s in entry["video_scores"]["scores"]] == entry["video_scores"]["scores"]
+    assert [u["path"].rsplit("/", 1)[-1] for u in entry["unscored"]] == ["broken1.mp4", "broken2.mp4"]
+
+
+def test_a_subset_matches_label_paths_however_they_are_written(tmp_path):
+    """`--subset CARD` compared the raw cell: ./a.mp4 or an absolute path under the labels' folder matched none
+    of the card's validation files."""
+    labels = tmp_path / "labels.tsv"
+    labels.write_text(f"path\tlabel\n./src/a.mp4\tfake\n{tmp_path}/src/b.mp4\treal\nsrc/c.mp4\treal\n")
+    clips = read_labels(labels, {"src/a.mp4", "src/b.mp4"})
+    assert [c.path.name for c in clips] == ["a.mp4", "b.mp4"]

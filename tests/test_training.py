@@ -1917,3 +1917,66 @@ def test_training_with_renderings_needs_them_and_records_the_autoencoder(recon_c
     other = _write_config(tmp_path, cache, sbi_p_recon=0.5, recon_steps=TINY_AE.steps + 1)
     with pytest.raises(ValueError, match="deepscan recon"):
         train(other, progress=False)
+
+
+def test_a_crop_wider_than_the_cache_holds_is_refused():
+    """crop_margin 1.5 on a cache of context margin 1.0 trained on edge-padded crops (the scanner cuts real
+    pixels there) without a word."""
+    from deepscan.training.train import check_crop_reach
+
+    check_crop_reach({"context_margin": 1.0}, 0.25, 0.04)  # the shipped recipe
+    check_crop_reach({"context_margin": 1.0}, 1.0, 0.0)  # exactly the cached square
+    for margin, jitter in ((1.5, 0.04), (1.0, 0.04)):
+        with pytest.raises(ValueError, match="reaches past the crop cache's context margin"):
+            check_crop_reach({"context_margin": 1.0}, margin, jitter)
+
+
+def test_the_crop_cache_goes_on_past_a_broken_clip_and_always_describes_its_files(tmp_path, monkeypatch):
+    """One clip that failed to decode stopped `deepscan cache` with no index written (and an earlier index left
+    describing crops cut before, which a resume then trained on unchecked); a clip replaced under the same name
+    kept its old crops under the new manifest's hash."""
+    import shutil
+
+    from deepscan.training import cache as cache_module
+    from deepscan.training.cache import build_cache
+    from deepscan.training.data import load_index
+
+    clips = Path(__file__).resolve().parents[1] / "sample_clips"
+    (tmp_path / "sample").mkdir()
+    for name in ("astronaut_real.mp4", "carphone_real.mp4"):
+        shutil.copy(clips / name, tmp_path / "sample" / name)
+    (tmp_path / "sample" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("file\tlabel\n" + "".join(f"sample/{n}\treal\n" for n in (
+        "astronaut_real.mp4", "broken.mp4", "carphone_real.mp4")))
+    crops = tmp_path / "crops"
+    index = build_cache(manifest, crops, frames_per_clip=2, progress=False)
+    assert [c["file"] for c in index["clips"]] == ["sample/astronaut_real.mp4", "sample/carphone_real.mp4"]
+    assert [f["file"] for f in index["failed"]] == ["sample/broken.mp4"] and index["complete"]
+    assert load_index(crops)["clips"] == index["clips"]
+
+    # Replaced under the same name: cut again (its crops now show the other clip's face).
+    first = crops / index["clips"][0]["npz"]
+    before = first.read_bytes()
+    shutil.copy(clips / "astronaut_mouthwarp_fake.mp4", tmp_path / "sample" / "astronaut_real.mp4")
+    build_cache(manifest, crops, frames_per_clip=2, progress=False)
+    assert first.read_bytes() != before
+
+    # Interrupted while cutting at another frame count: the index says so, and nothing trains on it.
+    real_save = np.savez
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(manifest, crops, frames_per_clip=3, progress=False)
+    monkeypatch.setattr(cache_module.np, "savez", real_save)
+    with pytest.raises(ValueError, match="build did not finish"):
+        load_index(crops)
+    done = build_cache(manifest, crops, frames_per_clip=3, progress=False)  # goes on where it stopped
+    assert done["complete"] and all(c["cached_with"]["frames_per_clip"] == 3 for c in done["clips"])

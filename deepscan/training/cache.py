@@ -68,11 +68,15 @@ def _keep_faces(faces, label: str):
 def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, context_margin: float = 1.0,
                 context_size: int = 384, settings: FaceDetectorSettings | None = None, limit: int | None = None,
                 progress: bool = True) -> dict:
-    """Write ``out_dir/index.json`` and one ``<id>.npz`` per clip; clips already cached are kept."""
+    """Write ``out_dir/index.json`` and one ``<id>.npz`` per clip; clips already cached are kept.
+
+    A clip that cannot be read is left out and listed under ``failed`` (the others are cached). The index is
+    rewritten after every clip cut, marked ``complete: false`` until the build ends, so it always describes
+    the crops on disk: an interrupted build resumes where it stopped, and training refuses an unfinished one."""
     from rich.progress import Progress
 
     from ..faces import FaceFinder
-    from ..video import iter_frames, probe
+    from ..video import VideoError, iter_frames, probe
 
     settings = settings or FaceDetectorSettings()
     clips_dir = manifest.parent
@@ -83,8 +87,19 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
     finder = FaceFinder(settings)
     index = {"context_margin": context_margin, "context_size": context_size, "frames_per_clip": frames_per_clip,
              "face_detector": asdict(settings), "frame_sampling": FRAME_SAMPLING, "crop_geometry": CROP_GEOMETRY,
-             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "clips": []}
+             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "clips": [], "failed": [],
+             "complete": False}
     before = {c["id"]: c for c in (previous or {}).get("clips", [])}
+    pending = [c for c in (previous or {}).get("clips", [])]  # still on disk as the earlier index says
+
+    def write_index() -> None:
+        # The clips cut so far, then those not reached yet as the earlier index has them: what is on disk now.
+        done = {c["id"] for c in index["clips"]}
+        current = {**index, "clips": index["clips"] + [c for c in pending if c["id"] not in done]}
+        tmp = index_path.with_suffix(".tmp.json")
+        tmp.write_text(json.dumps(current, indent=1))
+        tmp.replace(index_path)
+
     t0 = time.time()
     with Progress(disable=not progress) as bar:
         task = bar.add_task("caching faces", total=len(rows))
@@ -96,19 +111,29 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
             target = out_dir / entry["npz"]
             # A clip's crops are kept only if they were cut as they would be now: another face detector, frame
             # count, crop size, sampling, or label (fakes keep only their largest face) re-cuts them.
-            entry["cached_with"] = _cut_with(index, row["label"])
-            if not target.exists() or _cached_with(previous, before.get(clip_id)) != entry["cached_with"]:
+            # The clip's file too (its size and the manifest's commit): one replaced under the same name is cut
+            # again, not described by the new manifest's hash with the old file's crops.
+            source = {"bytes": _file_size(clips_dir / rel), "commit": row.get("commit") or None}
+            entry["cached_with"] = {**_cut_with(index, row["label"]), "source": source}
+            if not target.exists() or not _same_cut(_cached_with(previous, before.get(clip_id)), entry["cached_with"]):
                 crops, boxes, marks, fidx, probs = [], [], [], [], []
-                info = probe(clips_dir / rel)
-                for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
-                    for frame, faces in zip(batch, finder.detect([f.image for f in batch]), strict=True):
-                        for face in _keep_faces(faces, row["label"]):
-                            crops.append(crop_face(frame.image, face.box, context_margin, context_size))
-                            corners = np.reshape(face.box[:4], (2, 2))
-                            boxes.append(to_crop(corners, face.box, context_margin, context_size).ravel())
-                            marks.append(to_crop(face.landmarks, face.box, context_margin, context_size))
-                            fidx.append(frame.index)
-                            probs.append(face.prob)
+                try:
+                    info = probe(clips_dir / rel)
+                    for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
+                        for frame, faces in zip(batch, finder.detect([f.image for f in batch]), strict=True):
+                            for face in _keep_faces(faces, row["label"]):
+                                crops.append(crop_face(frame.image, face.box, context_margin, context_size))
+                                corners = np.reshape(face.box[:4], (2, 2))
+                                boxes.append(to_crop(corners, face.box, context_margin, context_size).ravel())
+                                marks.append(to_crop(face.landmarks, face.box, context_margin, context_size))
+                                fidx.append(frame.index)
+                                probs.append(face.prob)
+                except (VideoError, OSError) as exc:
+                    index["failed"].append({"file": rel, "error": str(exc)})
+                    pending[:] = [c for c in pending if c["id"] != clip_id]  # its old crops describe another file
+                    bar.advance(task)
+                    write_index()
+                    continue
                 tmp = target.with_suffix(".tmp.npz")
                 np.savez(tmp, crops=np.asarray(crops, np.uint8).reshape(-1, context_size, context_size, 3),
                          boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
@@ -118,11 +143,18 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
                 # Its 68-point sidecar belongs to the frames cut before: with the same face count it would pass
                 # for these (sidecar_fits counts faces), so it goes; `deepscan landmarks` fits the new ones.
                 sidecar_path(out_dir, entry).unlink(missing_ok=True)
-            with np.load(target) as z:
-                entry["n_crops"] = int(len(z["prob"]))
-            index["clips"].append(entry)
+                index["clips"].append(entry)
+                with np.load(target) as z:
+                    entry["n_crops"] = int(len(z["prob"]))
+                write_index()
+            else:
+                with np.load(target) as z:
+                    entry["n_crops"] = int(len(z["prob"]))
+                index["clips"].append(entry)
             bar.advance(task)
     index["build_seconds"] = round(time.time() - t0, 1)
+    index["complete"] = True
+    pending = []
     if _dense_landmarks_still_apply(out_dir, previous, index["clips"]):
         index["dense_landmarks"] = previous["dense_landmarks"]
     tmp = index_path.with_suffix(".tmp.json")
@@ -144,6 +176,23 @@ def cut_settings(index: dict) -> dict:
 def _cut_with(index: dict, label) -> dict:
     """How a clip's crops are cut under ``index``'s settings: :func:`cut_settings` and the clip's label."""
     return {**cut_settings(index), "label": label}
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _same_cut(before: dict | None, now: dict) -> bool:
+    """Whether crops cut as ``before`` says are those ``now`` asks for; a record from before clips' files were
+    recorded (no ``source``) is compared on the rest, so an existing cache is not cut again for it."""
+    if before is None:
+        return False
+    if "source" not in before:
+        now = {k: v for k, v in now.items() if k != "source"}
+    return before == now
 
 
 def _cached_with(previous: dict | None, entry: dict | None) -> dict | None:

@@ -39,7 +39,13 @@ REAL_LABELS = ("real", "unknown")
 
 
 def load_index(cache_dir) -> dict:
-    return json.loads((Path(cache_dir) / "index.json").read_text())
+    """A crop cache's index.json; refused while its build has not finished (``complete: false``: an
+    interrupted ``deepscan cache``, whose clips are cut in part one way and in part another)."""
+    index = json.loads((Path(cache_dir) / "index.json").read_text())
+    if index.get("complete") is False:
+        raise ValueError(f"{cache_dir}: the crop cache's build did not finish; run deepscan cache again (it goes on "
+                         f"where it stopped)")
+    return index
 
 
 def _group_hash(group: str, seed: int) -> float:

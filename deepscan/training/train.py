@@ -657,6 +657,7 @@ def load_card_validation(card_path, cache_dir="cache/crops") -> CardValidation:
     # was trained with (new options default to off).
     cfg = _merge(DEFAULTS, card.training["config"])
     index = load_index(cache_dir)
+    check_crop_reach(index, card.crop_margin)  # validation crops are not jittered
     wanted = set(card.training["validation_files"])
     clips = load_clips(cache_dir, [c for c in index["clips"] if c["file"] in wanted and c["label"] in ("real", "fake")])
     items = val_items(clips, card.input_size, card.crop_margin, cfg["val"]["frames_per_clip"])
@@ -813,6 +814,19 @@ def config_changes_on_resume(saved: dict, current: dict) -> dict[str, list]:
         raise ValueError(f"the checkpoint was trained with other settings ({listed}); resuming would mix two "
                          "recipes in one set of weights. Restore them, or start afresh with --no-resume")
     return changes
+
+
+def check_crop_reach(index: dict, crop_margin: float, box_jitter: float = 0.0) -> None:
+    """Refuse a crop wider than the cache holds: crops are cut from the cached context crops (side: the box's
+    longer side × (1 + ``context_margin``)), and a training crop (× (1 + ``crop_margin``)) of a box scaled by
+    up to 1 + ``box_jitter`` and moved by up to ``box_jitter`` of its size would reach past them, padded by
+    edge replication where the scanner cuts real pixels."""
+    context = float(index.get("context_margin", 1.0))
+    if (1.0 + box_jitter) * (1.0 + crop_margin) + 2.0 * box_jitter > 1.0 + context + 1e-9:
+        raise ValueError(f"model.crop_margin {crop_margin:g} (with box jitter {box_jitter:g}) reaches past the crop "
+                         f"cache's context margin {context:g}: training crops would be edge-padded where the scanner "
+                         f"cuts real pixels; rebuild the cache with a larger context (deepscan cache "
+                         f"--context-margin) or use a smaller crop margin")
 
 
 def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[dict]) -> str:
@@ -1024,9 +1038,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     run_dir = Path(cfg["runs_dir"]) / cfg["name"]
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "ckpt.pt"
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     index = load_index(cache_dir)
+    check_crop_reach(index, cm["crop_margin"], float(cfg["augment"].get("box_jitter", Augment().box_jitter)))
     footage_pairs = same_footage_pairs(cache_dir, index["clips"])  # once: the split and the card both read them
     train_meta, val_meta = _split(cfg, index, footage_pairs)
     footage_across = shared_footage(footage_pairs, train_meta, val_meta)
@@ -1078,6 +1092,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
         resumes = list(state.get("resumes", []))
         if changes:
             resumes.append({"step": state["step"], "changes": changes})
+    # Only once a resume is accepted: a refused one left the run's config.json saying what its checkpoint is not.
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if state is None and cm.get("init_from"):
         # A second stage starts from an earlier stage's exported weights (checked against its card's sha256).
         from safetensors.torch import load_file
