@@ -230,6 +230,8 @@ def read_mp4_structure(path) -> dict | None:
                     for k2, a2, b2 in _boxes(fh, a, b, budget):
                         if k2 == b"mvhd":
                             movie_timescale = _timescale(fh, a2, b2)
+                        elif k2 == b"mvex":  # fragmented: mdhd counts only the samples in moov
+                            out["fragmented"] = True
                         elif k2 == b"trak":
                             out["n_tracks"] = out.get("n_tracks", 0) + 1
                             if len(out["tracks"]) < MAX_TRACKS:
@@ -360,7 +362,10 @@ def edit_list_notes(structure: dict | None) -> list[str]:
         stored = t.get("media_duration_s")
         played = [(e["media_time_s"], e["media_time_s"] + (e["duration_s"] or 0.0) * e["rate"])
                   for e in media if e["duration_s"] is not None and e["rate"] > 0]
-        if stored and played and not t.get("edits_cut"):
+        # Not for a fragmented file (its stored length is not mdhd's), nor where an edit runs to the end of
+        # the media (duration 0, as fragmented files write them).
+        to_the_end = any(e["duration_s"] == 0 for e in media)
+        if stored and played and not (t.get("edits_cut") or structure.get("fragmented") or to_the_end):
             tail = stored - max(end for _, end in played)
             if tail > EDIT_NOTE_S:
                 notes.append(f"{kind}: the last {tail:.2f} s of the stored media are hidden from playback by the "

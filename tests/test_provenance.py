@@ -296,3 +296,16 @@ def test_quicktime_tracks_and_matroska_tags_are_named_like_mp4s(tmp_path):
     prov = read_provenance(mkv)
     assert prov["container"]["encoder"].startswith("Lavf") and "ENCODER" in prov["container"]["tags"]
     assert any("FFmpeg's muxer" in n for n in prov["notes"])
+
+
+def test_a_fragmented_file_with_an_edit_to_the_end_hides_nothing(tmp_path):
+    """A fragmented MP4's edit of duration 0 runs to the end of the media, and its mdhd counts only the samples
+    in moov: read as an edit ending where it starts, it got a false "last 0.93 s hidden" note."""
+    src = make_test_video(tmp_path / "src.mp4", seconds=3.0, size="160x120", rate=15)
+    frag = tmp_path / "frag.mp4"
+    ffmpeg("-i", str(src), "-c", "copy", "-movflags", "frag_keyframe", "-use_editlist", "1", str(frag))
+    structure = read_mp4_structure(frag)
+    assert structure.get("fragmented")
+    assert not any("last" in n for n in edit_list_notes(structure))
+    assert edit_list_notes({"tracks": [{"handler": "vide", "media_duration_s": 6.0, "edits": [
+        {"duration_s": 0.0, "media_time_s": 0.08, "rate": 1.0}]}]}) == []
