@@ -1130,13 +1130,20 @@ class ResultsWriter:
 @contextmanager
 def _file_lock(fd: int):
     """An exclusive advisory lock on an open file for the block (flock: every deepscan process writing one
-    results.jsonl takes it; where there is no flock, nothing)."""
+    results.jsonl takes it; where there is no flock, or a filesystem refuses it, nothing: the writes go on
+    unlocked, as they did before there was a lock)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        yield  # some network mounts have no locks
+        return
     try:
         yield
     finally:

@@ -222,3 +222,16 @@ def test_a_results_folder_one_may_read_but_not_write_still_resumes(tmp_path, mon
 
     monkeypatch.setattr(builtins, "open", read_only)
     assert ResultsWriter(tmp_path).done("a" * 64, "m" * 64, "c1").path == "a.mp4"
+
+
+def test_a_filesystem_without_locks_still_takes_results(tmp_path, monkeypatch):
+    """Some network mounts refuse flock (ENOLCK, EOPNOTSUPP): the append failed there, losing the result."""
+    import errno
+    import fcntl
+
+    def refused(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    ResultsWriter(tmp_path).write(result("a.mp4", sha="a" * 64))
+    assert ResultsWriter(tmp_path).done("a" * 64, "m" * 64, "c1").path == "a.mp4"
