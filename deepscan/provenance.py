@@ -229,7 +229,7 @@ def read_mp4_structure(path) -> dict | None:
                 elif kind == b"moov":
                     for k2, a2, b2 in _boxes(fh, a, b, budget):
                         if k2 == b"mvhd":
-                            movie_timescale = _timescale(fh, a2, b2)
+                            movie_timescale = _time_header(fh, a2, b2)[0]
                         elif k2 == b"mvex":  # fragmented: mdhd counts only the samples in moov
                             out["fragmented"] = True
                         elif k2 == b"trak":
@@ -245,27 +245,19 @@ def read_mp4_structure(path) -> dict | None:
         return None
 
 
-def _timescale(fh, a: int, b: int) -> int:
+def _time_header(fh, a: int, b: int) -> tuple[int, int]:
+    """(timescale, duration) of an ``mvhd`` or ``mdhd`` box (one layout up to there); 0 for a field that is
+    unreadable, and for a duration left unset (all ones: a fragmented file's)."""
     fh.seek(a)
     raw = fh.read(min(b - a, 32))
     if len(raw) < 24:
-        return 0
+        return 0, 0
     version = raw[0]
-    offset = 20 if version == 1 else 12
-    return struct.unpack(">I", raw[offset:offset + 4])[0] if len(raw) >= offset + 4 else 0
-
-
-def _media_duration(fh, a: int, b: int) -> int:
-    """``mdhd``'s duration in its timescale (0 when unset or unreadable: a fragmented file's)."""
-    fh.seek(a)
-    raw = fh.read(min(b - a, 32))
-    version = raw[0] if raw else 0
-    offset, fmt = (24, ">Q") if version == 1 else (16, ">I")
-    size = struct.calcsize(fmt)
-    if len(raw) < offset + size:
-        return 0
-    value = struct.unpack(fmt, raw[offset:offset + size])[0]
-    return 0 if value in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) else value
+    offset, fmt = (20, ">IQ") if version == 1 else (12, ">II")
+    if len(raw) < offset + struct.calcsize(fmt):
+        return (struct.unpack(">I", raw[offset:offset + 4])[0] if len(raw) >= offset + 4 else 0), 0
+    timescale, duration = struct.unpack(fmt, raw[offset:offset + struct.calcsize(fmt)])
+    return timescale, 0 if duration in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) else duration
 
 
 def _track(fh, a: int, b: int, budget) -> dict:
@@ -284,8 +276,7 @@ def _track(fh, a: int, b: int, budget) -> dict:
                 if len(raw) == 12 and raw[4:8] != b"dhlr":
                     track["handler"] = _text(raw[8:12].decode("latin-1"), 4)
             elif kind == b"mdhd":
-                track["media_timescale"] = _timescale(fh, ka, kb)
-                track["media_duration"] = _media_duration(fh, ka, kb)
+                track["media_timescale"], track["media_duration"] = _time_header(fh, ka, kb)
             elif kind == b"elst":
                 fh.seek(ka)
                 raw = fh.read(min(kb - ka, 8 + MAX_EDITS * 20))  # only the entries kept are read
