@@ -15,17 +15,27 @@ from deepscan.scanner import card_hash
 DEFAULT_CARD = resolve_card(None).path
 
 
-def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
+def _card_with_split(tmp_path, validation_files, labelled=None, **fields):
+    """A copy of the shipped card (and its weights) in ``tmp_path`` naming ``validation_files`` as its held-out
+    split, with ``fields`` set on it, and a MANIFEST.tsv labelling ``labelled`` (default: the split) by name."""
     card_path = tmp_path / "model.json"
     shutil.copy(DEFAULT_CARD, card_path)
     shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
     card = ModelCard.load(card_path)
-    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4", "other/skip.mp4"]
-    card.training["validation_files"] = files[:-1]
+    for name, value in fields.items():
+        setattr(card, name, value)
+    card.training["validation_files"] = list(validation_files)
     card.weights = "model.safetensors"
     card.save(card_path)
     labels = tmp_path / "MANIFEST.tsv"
-    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n"
+                                                for f in (validation_files if labelled is None else labelled)))
+    return card_path, card, labels
+
+
+def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4", "other/skip.mp4"]
+    card_path, card, labels = _card_with_split(tmp_path, files[:-1], labelled=files)
     real_scores = [0.05 * i for i in range(20)]  # 0.00 ... 0.95: one real (5% of 20) may score above
     results = tmp_path / "results.jsonl"
     lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256, "card_hash": card_hash(card)}}
@@ -54,16 +64,8 @@ def test_calibrate_scanning_itself_uses_the_scores_it_scans(tmp_path, monkeypatc
     from deepscan.evaluate import calibrate
     from deepscan.results import VideoResult
 
-    card_path = tmp_path / "model.json"
-    shutil.copy(DEFAULT_CARD, card_path)
-    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
-    card = ModelCard.load(card_path)
     files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4"]
-    card.training["validation_files"] = files
-    card.weights = "model.safetensors"
-    card.save(card_path)
-    labels = tmp_path / "MANIFEST.tsv"
-    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    card_path, card, labels = _card_with_split(tmp_path, files)
     score_of = {str(tmp_path / f): s for f, s in zip(files, [0.05 * i for i in range(20)] + [0.97, 0.5], strict=True)}
 
     def fake_scan(self, path, progress=None, sha256=None):
@@ -83,17 +85,8 @@ def test_a_bf16_threshold_is_fitted_beside_fp32s_and_used_at_bf16(tmp_path, monk
     import deepscan.detector as detector_module
     from deepscan import Scanner
 
-    card_path = tmp_path / "model.json"
-    shutil.copy(DEFAULT_CARD, card_path)
-    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
-    card = ModelCard.load(card_path)
-    card.precision_thresholds = {}
     files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4"]
-    card.training["validation_files"] = files
-    card.weights = "model.safetensors"
-    card.save(card_path)
-    labels = tmp_path / "MANIFEST.tsv"
-    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    card_path, card, labels = _card_with_split(tmp_path, files, precision_thresholds={})
     lines = []
     for precision, shift in (("fp32", 0.0), ("bf16", 0.02)):
         lines += [{"path": str(tmp_path / f), "score": s + shift, "model": {"sha256": card.sha256, "precision": precision,
@@ -255,14 +248,8 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
     fitted and the card is left as it was."""
     from deepscan.evaluate import calibrate
 
-    card_path = tmp_path / "model.json"
-    shutil.copy(DEFAULT_CARD, card_path)
-    card = ModelCard.load(card_path)
     files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4"]
-    card.training["validation_files"] = files
-    card.save(card_path)
-    labels = tmp_path / "MANIFEST.tsv"
-    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files))
+    card_path, card, labels = _card_with_split(tmp_path, files)
     results = tmp_path / "results.jsonl"
     model = {"sha256": card.sha256, "card_hash": card_hash(card)}
     results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": model})
@@ -288,16 +275,8 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
 def test_calibrate_refuses_labels_that_miss_part_of_the_split_and_rates_out_of_range(tmp_path, capsys):
     """A labels file listing 10 of the card's 40 validation clips refitted on those 10 (0.891 -> 0.565) and
     rewrote the card; --max-fpr 5 (meant as 5%) wrote a threshold that flags every real clip."""
-    card_path = tmp_path / "model.json"
-    shutil.copy(DEFAULT_CARD, card_path)
-    shutil.copy(DEFAULT_CARD.with_suffix(".safetensors"), tmp_path / "model.safetensors")
-    card = ModelCard.load(card_path)
     files = [f"src/real{i}.mp4" for i in range(8)] + ["src/fake0.mp4", "src/fake1.mp4"]
-    card.training["validation_files"] = files
-    card.weights = "model.safetensors"
-    card.save(card_path)
-    labels = tmp_path / "MANIFEST.tsv"
-    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if 'fake' in f else 'real'}\n" for f in files[4:]))
+    card_path, card, labels = _card_with_split(tmp_path, files, labelled=files[4:])
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.1 * i, "model": {
         "sha256": card.sha256, "card_hash": card_hash(card)}}) + "\n" for i, f in enumerate(files)))
