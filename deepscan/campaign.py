@@ -1261,6 +1261,13 @@ def plan(paths: Iterable, thresholds: Thresholds = DEFAULT_THRESHOLDS, backend: 
 
 
 # ------------------------------------------------------------------------------------------ scan results
+def group_key(info: dict) -> tuple:
+    """Which group a result's ``extra["campaign"]`` names across runs: group numbers belong to a run (runs into
+    one --out each number theirs from 1), so a group is its number and its representative (fixed when the
+    group is made)."""
+    return info.get("group"), info.get("representative")
+
+
 def campaign_info(group_: Group, path) -> dict:
     """What ``result.extra["campaign"]`` holds for a member of a group of two or more."""
     p = str(path)
@@ -1359,10 +1366,9 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
         for r in results:
             c = (r.extra or {}).get("campaign")
             if c and c.get("group") is not None:  # None: a resumed copy that could not be grouped this run
-                # Group numbers belong to a run: results of several runs are told apart by the representative.
-                rep = c.get("representative")
-                g = found.setdefault((c["group"], rep), Group(id=c["group"], members=[], representative=rep,
-                                                              altered=list(c.get("altered_groups") or [])))
+                g = found.setdefault(group_key(c), Group(id=c["group"], members=[],
+                                                         representative=c.get("representative"),
+                                                         altered=list(c.get("altered_groups") or [])))
                 g.members.append(str(r.path))
         groups = sorted(found.values(), key=lambda g: (g.id, str(g.representative)))
     table = Table(title="campaigns: copies of the same video", header_style="bold")

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from . import __version__
+from .campaign import group_key
 from .evidence import write_atomic
 from .report import VERDICT_MEANING
 from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, shown, verdict_cuts
@@ -396,23 +397,17 @@ def _score_digits(results: list[dict]) -> int:
     return decimals_to_compare(pairs)
 
 
-def _group_key(campaign: dict) -> tuple:
-    return campaign.get("group"), campaign.get("representative")
-
-
 def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str:
     order = sorted(range(len(results)),
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
                                   results[i]["path"]))
     videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
-    # Group numbers belong to a run, and runs into one --out number theirs from 1 each: a group is its number
-    # and its representative (fixed when the group is made).
-    sizes = Counter(_group_key(v["campaign"]) for v in videos)
+    sizes = Counter(group_key(v["campaign"]) for v in videos)
     anchors = {v["path"]: v["anchor"] for v in videos}
     for v in videos:
         if v["campaign"].get("group") is not None:
-            v["campaign"] = {**v["campaign"], "size": sizes[_group_key(v["campaign"])]}
+            v["campaign"] = {**v["campaign"], "size": sizes[group_key(v["campaign"])]}
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section
             v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
     return _environment().get_template(TEMPLATE).render(
