@@ -449,30 +449,25 @@ class Scanner:
                 if prepared.previous is not None:
                     # Provenance never changes the score, so a result resumes whatever it was read with; but
                     # it is read again (no decode), so other trust anchors or a run that had it off show now.
-                    prepared.provenance = self._provenance_or_none(path)
+                    with suppress(Exception):  # unreadable: the result keeps the provenance it was stored with
+                        prepared.provenance = self._provenance(path)
                     return prepared
             prepared.info = probe(path, max_pixels=opts.max_pixels, max_duration_s=opts.max_duration_s)
-            if opts.provenance:
-                from .provenance import read_provenance
-
-                # What the file claims about its origin, read before any pixel is judged; never changes the score.
-                prepared.provenance = read_provenance(path, trust_anchors=opts.c2pa_trust_anchors)
+            prepared.provenance = self._provenance(path)
         except Exception as exc:  # noqa: BLE001 - raised again in the file's turn, where it becomes its record
             prepared.error = exc
         finally:
             prepared.seconds = time.perf_counter() - t
         return prepared
 
-    def _provenance_or_none(self, path: Path) -> dict | None:
-        """The file's provenance when the options ask for it (None otherwise, or where it cannot be read)."""
+    def _provenance(self, path: Path) -> dict | None:
+        """What the file claims about its origin (never changes the score); None when the options say not to
+        read it."""
         if not self.options.provenance:
             return None
         from .provenance import read_provenance
 
-        try:
-            return read_provenance(path, trust_anchors=self.options.c2pa_trust_anchors)
-        except Exception:  # noqa: BLE001 - a resumed result keeps the provenance it was stored with
-            return None
+        return read_provenance(path, trust_anchors=self.options.c2pa_trust_anchors)
 
     def _scan_into(self, result: VideoResult, prepared: _Prepared, progress=None,
                    run: _CampaignRun | None = None) -> None:
