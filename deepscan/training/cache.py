@@ -115,7 +115,9 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
             # again, not described by the new manifest's hash with the old file's crops.
             source = {"bytes": _file_size(clips_dir / rel), "commit": row.get("commit") or None}
             entry["cached_with"] = {**_cut_with(index, row["label"]), "source": source}
-            if not target.exists() or not _same_cut(_cached_with(previous, before.get(clip_id)), entry["cached_with"]):
+            cut = not target.exists() or not _same_cut(_cached_with(previous, before.get(clip_id)),
+                                                       entry["cached_with"])
+            if cut:
                 crops, boxes, marks, fidx, probs = [], [], [], [], []
                 try:
                     info = probe(clips_dir / rel)
@@ -143,23 +145,18 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
                 # Its 68-point sidecar belongs to the frames cut before: with the same face count it would pass
                 # for these (sidecar_fits counts faces), so it goes; `deepscan landmarks` fits the new ones.
                 sidecar_path(out_dir, entry).unlink(missing_ok=True)
-                index["clips"].append(entry)
-                with np.load(target) as z:
-                    entry["n_crops"] = int(len(z["prob"]))
+            with np.load(target) as z:
+                entry["n_crops"] = int(len(z["prob"]))
+            index["clips"].append(entry)
+            if cut:
                 write_index()
-            else:
-                with np.load(target) as z:
-                    entry["n_crops"] = int(len(z["prob"]))
-                index["clips"].append(entry)
             bar.advance(task)
     index["build_seconds"] = round(time.time() - t0, 1)
     index["complete"] = True
-    pending = []
+    pending.clear()  # the finished index holds this manifest's clips only
     if _dense_landmarks_still_apply(out_dir, previous, index["clips"]):
         index["dense_landmarks"] = previous["dense_landmarks"]
-    tmp = index_path.with_suffix(".tmp.json")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(index_path)
+    write_index()
     return index
 
 
