@@ -1040,7 +1040,7 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     ckpt_path = run_dir / "ckpt.pt"
 
     index = load_index(cache_dir)
-    check_crop_reach(index, cm["crop_margin"], float(cfg["augment"].get("box_jitter", Augment().box_jitter)))
+    check_crop_reach(index, cm["crop_margin"], Augment.from_config(cfg["augment"]).box_jitter)
     footage_pairs = same_footage_pairs(cache_dir, index["clips"])  # once: the split and the card both read them
     train_meta, val_meta = _split(cfg, index, footage_pairs)
     footage_across = shared_footage(footage_pairs, train_meta, val_meta)
