@@ -20,6 +20,25 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
+class CallersThreads:
+    """The torch thread count the caller had when a scan began, handed back whenever control returns to it.
+
+    A scan sets torch's threads for its own stages (overlapped on 2 cores, the calling thread gets one):
+    without this an evidence pipeline's own torch models ran on half the cores after ``Scanner.scan_video``,
+    and between the results a scan yields."""
+
+    def __init__(self):
+        import torch
+
+        self.count = torch.get_num_threads()
+
+    def restore(self) -> None:
+        import torch
+
+        if torch.get_num_threads() != self.count:
+            torch.set_num_threads(self.count)
+
+
 def total_threads(threads: int | None = None) -> int:
     """The CPU threads deepscan may use: the given number, else $DEEPSCAN_THREADS, else every core."""
     return threads or threads_from_environment() or os.cpu_count() or 1

@@ -398,9 +398,15 @@ class Scanner:
     def scan_video(self, path, progress=None, sha256: tuple[str, int] | None = None) -> VideoResult:
         """Screen one video. ``progress(done_frames, total_frames)`` is called after each decoded batch;
         ``sha256`` passes an already computed (digest, size) of the file."""
+        from . import runtime
+
         path = Path(path)
-        self._load()
-        return self._scan_video(path, lambda: self._prepare(path, digest=sha256), progress)
+        callers = runtime.CallersThreads()
+        try:
+            self._load()
+            return self._scan_video(path, lambda: self._prepare(path, digest=sha256), progress)
+        finally:
+            callers.restore()
 
     def _load(self) -> None:
         """Load the detector (and with it the device) before any video: a bad detector name, weights file or
@@ -682,8 +688,22 @@ class Scanner:
         pixel by pixel to be a copy of an earlier group's representative takes that result, marked
         ``extra["campaign"]["inherited"]``, and every other file is screened; :attr:`campaign_groups` holds
         the groups afterwards. With precomputed ``groups`` from :func:`deepscan.campaign.plan` (which hashes
-        every file first), the same holds for those groups.
+        every file first), the same holds for those groups. torch's thread count is the caller's again at
+        each result yielded and after the scan (the scan sets its own while it works).
         """
+        from . import runtime
+
+        callers = runtime.CallersThreads()
+        results = self._scan(paths, out_dir, progress, force, evidence, dedupe, groups)
+        try:
+            for result in results:
+                callers.restore()
+                yield result
+        finally:
+            results.close()
+            callers.restore()
+
+    def _scan(self, paths, out_dir, progress, force: bool, evidence: bool, dedupe: bool, groups):
         self._load()
         writer = ResultsWriter(out_dir) if out_dir else None
         found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))

@@ -81,6 +81,29 @@ def test_a_bad_detector_or_device_is_raised_once_not_recorded_per_video(tmp_path
     assert not (tmp_path / "out" / "results.jsonl").exists() or not (tmp_path / "out" / "results.jsonl").read_text()
 
 
+@pytest.mark.parametrize("device", ["meta", "mps", "bogus", "cuda", "cuda:2"])
+def test_a_device_deepscan_cannot_run_on_is_refused_by_name(tmp_path, monkeypatch, device):
+    import torch
+
+    from deepscan.detector import select_device
+
+    # As on a machine with one GPU: cuda:2 is not there. "meta" used to load and fail every video with an
+    # internal error; the CUDA ones with torch's driver message at the first tensor moved.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: device == "cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if device == "cuda:2" else 0)
+    with pytest.raises(ValueError, match=f"device '{device}'"):
+        select_device(device)
+    clip = SAMPLE_CLIPS / "carphone_real.mp4"
+    if clip.is_file():
+        with pytest.raises(ValueError, match="device"):
+            list(scan([clip], out_dir=tmp_path / "out", device=device))
+        assert not (tmp_path / "out" / "results.jsonl").exists() or not (tmp_path / "out" / "results.jsonl").read_text()
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if device == "cuda:2" else "cpu")
+    if device == "cuda:2":
+        assert select_device("cuda:0") == torch.device("cuda:0")
+
+
 def test_a_name_two_cards_claim_or_a_broken_card_is_not_resolved_silently(tmp_path, monkeypatch):
     card = _card_dict()
     monkeypatch.setenv("DEEPSCAN_MODELS", str(tmp_path))

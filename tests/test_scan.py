@@ -304,6 +304,26 @@ def test_a_scan_stopped_early_leaves_nothing_running(tmp_path, sample_clip):
     assert not [t.name for t in threading.enumerate() if t.name.startswith(("deepscan-prepare", "deepscan-decode"))]
 
 
+def test_the_callers_torch_threads_are_its_own_again_between_results_and_after(sample_clip):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        # An odd count: the scan sets its own (on 2 cores, overlapped, the calling thread got 1 and kept it).
+        torch.set_num_threads(3)
+        scanner = Scanner(frames=4, keep_heatmaps=False, threads=2)
+        scanner.scan_video(sample_clip)
+        assert torch.get_num_threads() == 3
+        seen = [torch.get_num_threads() for _ in scanner.scan([sample_clip, sample_clip.parent])]
+        assert seen and set(seen) == {3} and torch.get_num_threads() == 3
+        results = scanner.scan([sample_clip.parent])
+        next(results)
+        results.close()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_resumed_scan_prepares_nothing_beyond_the_hash(tmp_path, sample_clip, monkeypatch):
     """Files an earlier run finished are neither probed nor decoded ahead: resuming stays a hash per file."""
     import deepscan.scanner

@@ -128,14 +128,30 @@ def find_weights(card: ModelCard, weights: str | os.PathLike | None = None) -> P
     )
 
 
-def select_device(device: str | None = None):
+def select_device(device=None):
+    """The torch device to run on: "auto" (or None) = CUDA when available, else the CPU; "cpu"; "cuda" or
+    "cuda:N". Anything else, or a CUDA device this machine does not have, is refused here with what there is:
+    torch's own errors surface only at the first tensor moved (and the "meta" device ran the detector on
+    shapes alone, failing every video with an internal error)."""
     import torch
 
     if device in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r}: deepscan runs on 'cpu', 'cuda' or 'cuda:N' (or 'auto')")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: torch sees no CUDA device here (use 'cpu' or 'auto')")
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(f"device {str(device)!r}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return chosen
 
 
 @dataclass
