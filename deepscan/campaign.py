@@ -1085,6 +1085,14 @@ class Group:
     screen_too: list[str] = field(default_factory=list)
     # Ids of groups with the same footage but locally different pixels (e.g. a face swapped in).
     altered: list[int] = field(default_factory=list)
+    # Their representatives, in the same order: group numbers belong to a run, and runs into one --out reuse
+    # them, so a report names an altered group by its representative.
+    altered_with: list[str] = field(default_factory=list)
+
+    def add_altered(self, other: Group) -> None:
+        if other.id not in self.altered:
+            self.altered.append(other.id)
+            self.altered_with.append(other.representative)
 
     @property
     def size(self) -> int:
@@ -1220,10 +1228,8 @@ def group(hashes: dict[str, VideoHash | None], thresholds: Thresholds = DEFAULT_
     for a, b in altered_pairs:
         ga, gb = group_of[a], group_of[b]
         if ga != gb:  # linked another way, the pair still shares a group: its members are screened apart
-            if gb not in groups[ga - 1].altered:
-                groups[ga - 1].altered.append(gb)
-            if ga not in groups[gb - 1].altered:
-                groups[gb - 1].altered.append(ga)
+            groups[ga - 1].add_altered(groups[gb - 1])
+            groups[gb - 1].add_altered(groups[ga - 1])
     return groups
 
 
@@ -1275,7 +1281,22 @@ def campaign_info(group_: Group, path) -> dict:
             "is_representative": p == group_.representative, "inherited": False}
     if group_.altered:
         info["altered_groups"] = list(group_.altered)
+        info["altered_representatives"] = list(group_.altered_with)
     return info
+
+
+def altered_relations(campaigns: Iterable[dict]) -> dict[str, list[str]]:
+    """Representative -> the representatives of the groups it is "same footage, altered" with, both ways,
+    from results' ``extra["campaign"]``: a --dedupe scan writes each line as its file finishes, so only the
+    later of two altered groups names the other."""
+    related: dict[str, set[str]] = {}
+    for c in campaigns:
+        own = c.get("representative")
+        for other in c.get("altered_representatives") or []:
+            if own and other and other != own:
+                related.setdefault(own, set()).add(other)
+                related.setdefault(other, set()).add(own)
+    return {k: sorted(v) for k, v in related.items()}
 
 
 # The pixel check looks at 32x32 thumbnails: a face smaller than this share of the frame's height covers
@@ -1363,12 +1384,16 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     by_path = {str(r.path): r for r in results}
     if groups is None:
         found: dict[tuple, Group] = {}
+        campaigns = [c for r in results if (c := (r.extra or {}).get("campaign"))]
+        related = altered_relations(campaigns)
         for r in results:
             c = (r.extra or {}).get("campaign")
             if c and c.get("group") is not None:  # None: a resumed copy that could not be grouped this run
-                g = found.setdefault(group_key(c), Group(id=c["group"], members=[],
-                                                         representative=c.get("representative"),
-                                                         altered=list(c.get("altered_groups") or [])))
+                rep = c.get("representative")
+                # Lines written before altered_representatives was recorded name run-local numbers only.
+                altered = [] if related.get(rep) else list(c.get("altered_groups") or [])
+                g = found.setdefault(group_key(c), Group(id=c["group"], members=[], representative=rep,
+                                                         altered=altered, altered_with=related.get(rep, [])))
                 g.members.append(str(r.path))
         groups = sorted(found.values(), key=lambda g: (g.id, str(g.representative)))
     table = Table(title="campaigns: copies of the same video", header_style="bold")
@@ -1376,10 +1401,10 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
                          ("first / last modified (UTC)", "left"), ("same footage, altered", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     # Two files of one name in different folders: enough of each path to tell which one was screened.
-    names = distinct_names(m for g in groups if g.size > 1 or g.altered for m in g.members)
-    for g in groups:
-        if g.size < 2 and not g.altered:
-            continue
+    shown_groups = [g for g in groups if g.size > 1 or g.altered or g.altered_with]
+    names = distinct_names({*(m for g in shown_groups for m in g.members),
+                            *(a for g in shown_groups for a in g.altered_with)})
+    for g in shown_groups:
         times = []
         for m in g.members:
             try:
@@ -1397,7 +1422,10 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
                 cell.append("\n")
             cell.append(shown(names[m]) + (" (screened)" if m == g.representative else "") + ": ")
             cell.append(verdict + ("*" if inherited else ""), style=VERDICT_STYLE.get(verdict, ""))
-        table.add_row(str(g.id), str(g.size), cell, span, ", ".join(f"group {a}" for a in g.altered) or "—")
+        # Named by representative: two runs into one --out each have a group 1.
+        altered = ([shown(names[a]) for a in g.altered_with] if g.altered_with
+                   else [f"group {a}" for a in g.altered])
+        table.add_row(str(g.id), str(g.size), cell, span, "\n".join(altered) or "—")
     table.caption = ("* inherited from the group's screened file (a verified pixel copy of it); "
                      "'altered': the same footage with locally different pixels, e.g. a swapped face")
     return table
@@ -1525,11 +1553,8 @@ class StreamingGroups:
             if not (verified and h.width * h.height <= rep.width * rep.height):
                 joined.screen_too.append(p)
         for gid in altered:
-            if gid not in joined.altered:
-                joined.altered.append(gid)
-            other_group = self.groups[gid - 1]
-            if joined.id not in other_group.altered:
-                other_group.altered.append(joined.id)
+            joined.add_altered(self.groups[gid - 1])
+            self.groups[gid - 1].add_altered(joined)
         self.hashes[p] = h
         self.group_of[p] = joined
         self._order.append(p)
@@ -1580,6 +1605,7 @@ class StreamingGroups:
              "inherited": False}
         if g.altered:
             d["altered_groups"] = list(g.altered)
+            d["altered_representatives"] = list(g.altered_with)
         return d
 
     def inheritable(self, path) -> object | None:

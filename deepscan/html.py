@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from . import __version__
-from .campaign import group_key
+from .campaign import altered_relations, group_key
 from .evidence import write_atomic
-from .report import VERDICT_MEANING
+from .report import VERDICT_MEANING, distinct_names
 from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, shown, verdict_cuts
 
 TEMPLATE = "report.html.j2"
@@ -65,7 +65,8 @@ _EVIDENCE_FACE_REQUIRED = {"score": (_NUMBER,), "time_s": (_NUMBER,), "frame": (
 _EVIDENCE_FACE_OPTIONAL = {"crop": (_STR, None), "overlay": (_STR, None)}
 _EVIDENCE_TRACK = {"track": (_INT,), "thumb": (_STR, None)}
 _CAMPAIGN = {"group": (_INT, _STR, None), "representative": (_STR,), "size": (_INT,), "inherited": (_BOOL,),
-             "screened_as": (_STR,), "altered_groups": (_LIST,), "is_representative": (_BOOL,)}
+             "screened_as": (_STR,), "altered_groups": (_LIST,), "altered_representatives": (_LIST,),
+             "is_representative": (_BOOL,)}
 _EXTRA = {"evidence_error": (_STR, None)}
 _PROVENANCE = {"notes": (_LIST,), "errors": (_LIST,), "device": (_DICT,), "c2pa": (_DICT, None),
                "container": (_DICT, None), "streams": (_LIST,)}
@@ -155,6 +156,8 @@ def line_problem(d: dict) -> str | None:
             return problem
     if not all(isinstance(g, (int, str)) for g in (campaign or {}).get("altered_groups") or []):
         return "campaign.altered_groups holds something other than group numbers"
+    if not all(isinstance(g, str) for g in (campaign or {}).get("altered_representatives") or []):
+        return "campaign.altered_representatives holds something other than paths"
     prov = prov or {}
     if not all(isinstance(n, str) for n in [*(prov.get("notes") or []), *(prov.get("errors") or [])]):
         return "provenance notes or errors are not text"
@@ -405,7 +408,11 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
     sizes = Counter(group_key(v["campaign"]) for v in videos)
     anchors = {v["path"]: v["anchor"] for v in videos}
+    related = altered_relations(v["campaign"] for v in videos)
+    names = distinct_names({a for reps in related.values() for a in reps})
     for v in videos:
+        # Named and linked by representative: group numbers restart with each run into one --out.
+        v["altered_links"] = [(names[a], anchors.get(a)) for a in related.get(v["campaign"].get("representative"), [])]
         if v["campaign"].get("group") is not None:
             v["campaign"] = {**v["campaign"], "size": sizes[group_key(v["campaign"])]}
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section

@@ -15,9 +15,11 @@ from deepscan.campaign import (
     DEFAULT_THRESHOLDS,
     VARIANTS,
     Group,
+    StreamingGroups,
     VideoHash,
     apply_group_result,
     available_backend,
+    campaign_info,
     campaign_table,
     can_inherit,
     candidate_pairs,
@@ -290,7 +292,14 @@ def test_damage_spread_over_the_frame_is_not_a_local_edit():
     groups = group({"source": source, "reencoded": reencoded, "swapped": swapped})
     assert [g.members for g in groups] == [["source", "reencoded"], ["swapped"]]
     assert groups[0].screen_too == ["reencoded"]  # grouped, but not a verified copy: screened itself
-    assert groups[0].altered == [2]
+    assert groups[0].altered == [2] and groups[0].altered_with == ["swapped"]
+    # Named by representative too: group numbers restart with each run into one --out.
+    assert campaign_info(groups[1], "swapped")["altered_representatives"] == ["source"]
+    streaming = StreamingGroups()
+    for name, h in (("source", source), ("reencoded", reencoded), ("swapped", swapped)):
+        streaming.place(name, h)
+    assert streaming.info("swapped")["altered_representatives"] == ["source"]
+    assert streaming.info("source")["altered_representatives"] == ["swapped"]
 
 
 def _rep_result(path: str, face_height: float, frame_height: int = 480) -> VideoResult:

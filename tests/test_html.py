@@ -397,6 +397,42 @@ def test_groups_of_two_dedupe_runs_into_one_folder_stay_apart(tmp_path):
     assert re.findall(r"Group \d+: one of \d+ copies", text) == ["Group 1: one of 2 copies"] * 2
 
 
+def test_altered_groups_of_two_dedupe_runs_are_named_by_the_file_screened_for_them(tmp_path):
+    """Run a: group 1 (orig) and group 2 (its face swap), altered; run b: group 1 (unrelated) and group 2
+    (unrelated). "Same footage as group 1" pointed at two groups 1; and only the later of an altered pair
+    named the other (a streaming scan writes each line as its file finishes)."""
+    from deepscan.campaign import campaign_table
+    from deepscan.results import VideoResult as Result
+
+    def member(path, group, altered=()):
+        r = synthetic_result(path, {0: [0.1, 0.2]})
+        r.extra["campaign"] = {"group": group, "representative": path, "is_representative": True, "size": 1,
+                               "inherited": False}
+        if altered:
+            r.extra["campaign"].update(altered_groups=[g for g, _ in altered],
+                                       altered_representatives=[p for _, p in altered])
+        return r
+
+    results = [member("a/orig.mp4", 1), member("a/swap.mp4", 2, [(1, "a/orig.mp4")]),
+               member("b/other.mp4", 1), member("b/else.mp4", 2)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in results))
+    page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
+    anchors = {a.get("aria-label"): a["id"] for a in page.find("section") if a.get("aria-label")}
+    text = " ".join("".join(page.text).split())
+    assert "as group" not in text and text.count("Same footage, with locally different pixels") == 2
+    links = {a.get("href") for a in page.find("a") if a.get("class") == "mono"}
+    assert {f"#{anchors['orig.mp4']}", f"#{anchors['swap.mp4']}"} <= links
+    assert f"#{anchors['other.mp4']}" not in links
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(campaign_table([Result.from_dict(r.to_dict()) for r in results]))
+    rows = {line.split("│")[3].strip(): line.split("│")[5].strip() for line in console.export_text().splitlines()
+            if line.count("│") >= 6 and ".mp4" in line}
+    assert rows == {"orig.mp4 (screened): real": "swap.mp4", "swap.mp4 (screened): real": "orig.mp4"}
+
+
 def test_an_evidence_write_that_failed_is_said_so(tmp_path):
     """A full disk during --html left extra.evidence_error in the line, and the report said the video was
     "scanned without HTML evidence"."""
