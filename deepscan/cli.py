@@ -323,8 +323,16 @@ def cmd_report(args) -> int:
     if not (args.dir / "results.jsonl").is_file():
         print(f"deepscan: error: no results.jsonl in {args.dir}", file=sys.stderr)
         return EXIT_ERROR
-    print(build_report(args.dir))
-    return EXIT_OK
+    from .html import MissingEvidenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingEvidenceWarning)
+        report = build_report(args.dir)
+    print(report)
+    missing = [w for w in caught if issubclass(w.category, MissingEvidenceWarning)]
+    for w in missing:
+        print(f"deepscan: warning: {w.message}", file=sys.stderr)
+    return EXIT_ERROR if missing else EXIT_OK
 
 
 def cmd_models(_args) -> int:

@@ -13,6 +13,7 @@ import base64
 import csv
 import hashlib
 import io
+import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -20,7 +21,7 @@ from urllib.parse import quote
 
 from . import __version__
 from .campaign import altered_relations, group_key
-from .evidence import write_atomic
+from .evidence import image_paths, write_atomic
 from .report import VERDICT_MEANING, distinct_names
 from .results import VERDICTS, decimals_to_compare, is_number, read_result_lines, shown, verdict_cuts
 
@@ -279,7 +280,23 @@ def frame_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def _video_view(i: int, d: dict, out_dir: Path) -> dict:
+class MissingEvidenceWarning(UserWarning):
+    """Evidence images that results.jsonl names are not in the report folder's assets/ (moved or deleted):
+    the report is built without them, each video saying how many it lacks."""
+
+
+def _missing_images(d: dict, out_dir: Path) -> int:
+    """How many of the evidence images a result names the report cannot show (absent, or outside assets/)."""
+    return sum(_asset(out_dir, n) is None for n in image_paths((d.get("extra") or {}).get("evidence") or {}))
+
+
+def anchor_of(path: str) -> str:
+    """A video section's id, from its path: stable across rebuilds, so a link noted in a case file
+    (``report.html#v…``) keeps opening the same video when later results change the order."""
+    return "v" + hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _video_view(d: dict, out_dir: Path, name: str) -> dict:
     extra = d.get("extra") or {}
     ev = extra.get("evidence") or {}
     faces = []
@@ -297,7 +314,7 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
     # A verified copy was not decoded for faces: its counts are the screened file's business, not zeros.
     counted = not campaign.get("inherited")
     return {
-        "anchor": f"v{i}", "path": path, "name": Path(path).name or path,
+        "anchor": anchor_of(path), "path": path, "name": name,
         "sha256": d.get("sha256"), "size_bytes": d.get("size_bytes"), "status": d.get("status"),
         "verdict": d.get("verdict") if d.get("verdict") in VERDICTS else "error",
         "score": d.get("score"), "score_ci95": d.get("score_ci95"), "error": d.get("error"),
@@ -311,6 +328,7 @@ def _video_view(i: int, d: dict, out_dir: Path) -> dict:
         "timing": timing, "started_at": d.get("started_at"), "finished_at": d.get("finished_at"),
         "timeline_url": _asset(out_dir, ev.get("timeline")), "faces": faces,
         "colormap": ev.get("colormap"), "has_evidence": bool(ev), "evidence_error": extra.get("evidence_error"),
+        "missing_images": _missing_images(d, out_dir),
         "provenance": _provenance_view(extra.get("provenance")), "campaign": campaign, "screened_anchor": None,
     }
 
@@ -404,7 +422,9 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
     order = sorted(range(len(results)),
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
                                   results[i]["path"]))
-    videos = [_video_view(n, results[i], out_dir) for n, i in enumerate(order)]
+    # Two files of one name in different folders are told apart by as much of the path as it takes.
+    shown_names = distinct_names(d["path"] for d in results)
+    videos = [_video_view(results[i], out_dir, shown_names[results[i]["path"]] or results[i]["path"]) for i in order]
     # A streaming --dedupe scan writes each line before later copies join its group: count members here.
     sizes = Counter(group_key(v["campaign"]) for v in videos)
     anchors = {v["path"]: v["anchor"] for v in videos}
@@ -435,4 +455,9 @@ def build_report(out_dir: Path) -> Path:
                "report.html": render_report(results, out_dir, bad_lines)}
     for name, text in outputs.items():
         write_atomic(out_dir / name, text.encode("utf-8"))
+    missing = [n for d in results if (n := _missing_images(d, out_dir))]
+    if missing:
+        warnings.warn(MissingEvidenceWarning(
+            f"{sum(missing)} evidence images of {len(missing)} videos named in results.jsonl are not in "
+            f"{out_dir / 'assets'}: the report shows those videos without them"), stacklevel=2)
     return out_dir / "report.html"

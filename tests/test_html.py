@@ -433,6 +433,39 @@ def test_altered_groups_of_two_dedupe_runs_are_named_by_the_file_screened_for_th
     assert rows == {"orig.mp4 (screened): real": "swap.mp4", "swap.mp4 (screened): real": "orig.mp4"}
 
 
+def test_links_names_and_missing_images_a_case_file_can_rely_on(tmp_path, capsys):
+    """Section ids came from the score order (``#v1`` opened another video once a higher score was added);
+    two files of one name in different folders read alike in the table; and a results.jsonl copied without
+    its assets/ gave a report without a single image and no word said (exit 0)."""
+    from deepscan.cli import main as cli_main
+    from deepscan.html import MissingEvidenceWarning, anchor_of
+
+    writer = ResultsWriter(tmp_path)
+    phones = [synthetic_result(f"case/phone_{p}/IMG_0001.MP4", {0: [s, s]}) for p, s in (("A", 0.9), ("B", 0.2))]
+    for r in phones:
+        r.extra["evidence"] = save_evidence(r, tmp_path, top_k=2)
+        writer.write(r)
+    ids = {a["aria-label"]: a["id"] for a in parse(build_report(tmp_path).read_text(encoding="utf-8")).find("section")
+           if a.get("aria-label")}
+    assert ids == {"phone_A/IMG_0001.MP4": anchor_of(phones[0].path), "phone_B/IMG_0001.MP4": anchor_of(phones[1].path)}
+    writer.write(synthetic_result("case/higher.mp4", {0: [0.99, 0.99]}))  # now first in score order
+    page = parse(build_report(tmp_path).read_text(encoding="utf-8"))
+    assert {a["aria-label"]: a["id"] for a in page.find("section") if a.get("aria-label")} == {
+        **ids, "higher.mp4": anchor_of("case/higher.mp4")}
+    assert [a.get("title") for a in page.find("a") if a.get("title")][1:] == [r.path for r in phones]
+
+    assert cli_main(["report", str(tmp_path)]) == 0
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(tmp_path / "results.jsonl", moved / "results.jsonl")
+    with pytest.warns(MissingEvidenceWarning, match="of 2 videos"):
+        text = " ".join("".join(parse(build_report(moved).read_text(encoding="utf-8")).text).split())
+    assert len(re.findall(r"\d+ evidence images named in results.jsonl are not in this folder's assets/", text)) == 2
+    capsys.readouterr()
+    assert cli_main(["report", str(moved)]) == 2
+    assert "are not in" in capsys.readouterr().err
+
+
 def test_an_evidence_write_that_failed_is_said_so(tmp_path):
     """A full disk during --html left extra.evidence_error in the line, and the report said the video was
     "scanned without HTML evidence"."""
