@@ -155,6 +155,14 @@ def print_summary(console: Console, results: list[VideoResult], threshold: float
         console.print(Text("errors", style="bold magenta"))
         for r in errors:
             console.print(f"  {shown(r.path)}: {shown(r.error)}", markup=False)
+    # What the video stage had to work around (a second video stream not screened, a truncated file): the
+    # verdict holds for what was screened, and the analyst must know what that was.
+    warned = [(r, w) for r in results if r.status != "error" for w in (r.video or {}).get("warnings") or []
+              if isinstance(w, str)]
+    if warned:
+        console.print(Text("video warnings", style="bold yellow"))
+        for r, w in warned:
+            console.print(f"  {shown(r.path)}: {shown(w)}", markup=False)
 
 
 def _cell(value, fmt: str = ".3f", none: str = "—") -> Text:

@@ -374,6 +374,20 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(os.fsencode(url).decode("utf-8", "replace"), "<input>")
 
 
+def _chosen_stream(candidates: list[tuple[int, int, bool]]) -> tuple[int, str | None]:
+    """Which of several video streams to screen, as (position in ``candidates``, warning or None), from each
+    stream's (index, coded pixels, default disposition): the one ffmpeg and players show, by ffmpeg's own rule
+    (pixels, plus 5,000,000 for the default mark; the first on a tie). Stream 0 was taken before: a file with
+    a disabled real stream 0 and a default fake stream 1 played the fake and was screened on the real."""
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][1] + 5_000_000 * candidates[i][2], -i))
+    if len(candidates) < 2:
+        return best, None
+    others = ", ".join(f"#{c[0]}" for i, c in enumerate(candidates) if i != best)
+    why = "marked default" if candidates[best][2] else "the largest"
+    return best, (f"{len(candidates)} video streams: screened stream #{candidates[best][0]} (the one players show, "
+                  f"{why}); not screened: {others}")
+
+
 def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> VideoInfo:
     """Read what ``ffmpeg -i`` prints about its input (used when ffprobe is absent).
 
@@ -390,7 +404,13 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
               and "(thumbnail)" not in m.group(3)]
     if not videos:
         raise VideoError("no video stream (audio-only or not a video)")
-    stream_m = videos[0]
+
+    def pixels(m) -> int:
+        d = _DIMS.search(m.group(3))
+        return int(d.group(1)) * int(d.group(2)) if d else 0
+
+    chosen, several = _chosen_stream([(int(m.group(1)), pixels(m), "(default)" in m.group(3)) for m in videos])
+    stream_m = videos[chosen]
     nxt = next((m.start() for m in streams if m.start() > stream_m.start()), len(text))
     block = text[stream_m.end():nxt]  # side data and metadata of the chosen stream only
     rest = stream_m.group(3)
@@ -428,7 +448,7 @@ def parse_ffmpeg_banner(text: str, path: str = "", url: str | None = None) -> Vi
     return VideoInfo(path=path, container=container_m.group(1), codec=codec, width=width, height=height,
                      fps=fps, duration_s=duration, n_frames=n_frames, rotation=rotation, start_time_s=start,
                      bit_rate=bitrate, pix_fmt=pix_fmt, probed_with="ffmpeg",
-                     stream_index=int(stream_m.group(1)), sample_aspect=sar)
+                     stream_index=int(stream_m.group(1)), sample_aspect=sar, warnings=[several] if several else [])
 
 
 def _sample_aspect(num: int, den: int) -> float:
@@ -455,7 +475,13 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
         raise VideoError("not a recognisable media file")
     if not videos:
         raise VideoError("no video stream (audio-only or not a video)")
-    s = videos[0]
+
+    def whole(value) -> int:
+        return int(value) if isinstance(value, int) or str(value).isdigit() else 0
+
+    chosen, several = _chosen_stream([(whole(v.get("index")), whole(v.get("width")) * whole(v.get("height")),
+                                       bool((v.get("disposition") or {}).get("default"))) for v in videos])
+    s = videos[chosen]
 
     def ratio(txt):
         try:
@@ -496,7 +522,7 @@ def parse_ffprobe_json(data: dict, path: str = "") -> VideoInfo:
                      start_time_s=number(s.get("start_time")) or number(fmt.get("start_time")),
                      bit_rate=int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
                      pix_fmt=s.get("pix_fmt"), tags=dict(fmt.get("tags") or {}), probed_with="ffprobe",
-                     stream_index=int(s.get("index") or 0), sample_aspect=sar)
+                     stream_index=int(s.get("index") or 0), sample_aspect=sar, warnings=[several] if several else [])
 
 
 def _size_failure(stderr: str) -> str | None:

@@ -5,7 +5,15 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import all_frames, decoded_index, ffmpeg, index_video, make_test_video, write_frames_video
+from conftest import (
+    SAMPLE_CLIPS,
+    all_frames,
+    decoded_index,
+    ffmpeg,
+    index_video,
+    make_test_video,
+    write_frames_video,
+)
 
 from deepscan.video import VideoError, discover, iter_frames, parse_ffmpeg_banner, probe
 
@@ -285,7 +293,6 @@ def test_a_transport_stream_joined_from_segments_is_sampled_over_all_of_it(tmp_p
     """Two segments joined byte-wise, the second's clock restarting (as a segment downloader writes them): the
     container said 2 s, so every sample fell in the first segment and a fake second half went unseen. Such
     files (transport streams, Matroska, any file not starting at 0) have their video stream measured."""
-    from conftest import SAMPLE_CLIPS
 
     parts = []
     for name in ("astronaut_real.mp4", "astronaut_mouthwarp_fake.mp4"):
@@ -317,3 +324,36 @@ def test_frame_indices_count_from_the_video_streams_first_frame(tmp_path):
     shifted = [(f.index, f.time_s) for f in all_frames(late, n_frames=4)]
     assert [i for i, _ in shifted] == [i for i, _ in plain]
     assert [t for _, t in shifted] == pytest.approx([t + 3.0 for _, t in plain], abs=0.05)
+
+
+def test_the_video_stream_players_show_is_the_one_screened(tmp_path):
+    """A disabled real stream 0 beside a default fake stream 1: players and ffmpeg show the fake, deepscan
+    screened stream 0 ("real 0.372", no word of the other stream). Now the default-marked stream (ffmpeg's
+    rule: pixels plus a bonus for the mark), with a warning naming the stream not screened."""
+    from deepscan import Scanner
+    from deepscan.video import parse_ffprobe_json
+
+    real, fake = SAMPLE_CLIPS / "astronaut_real.mp4", SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4"
+    if not (real.is_file() and fake.is_file()):
+        pytest.skip("sample clips missing")
+    decoy = tmp_path / "decoy.mp4"
+    ffmpeg("-i", str(real), "-i", str(fake), "-map", "0:v", "-map", "1:v", "-c", "copy",
+           "-disposition:v:0", "0", "-disposition:v:1", "default", str(decoy))
+    info = probe(decoy)
+    assert info.stream_index == 1 and info.warnings == [
+        "2 video streams: screened stream #1 (the one players show, marked default); not screened: #0"]
+    result = Scanner(frames=8, keep_heatmaps=False).scan_video(decoy)
+    alone = Scanner(frames=8, keep_heatmaps=False).scan_video(fake)
+    assert result.video["stream_index"] == 1 and result.score == pytest.approx(alone.score, abs=1e-6)
+
+    def stream(index, size, default):
+        return {"index": index, "codec_type": "video", "width": size, "height": size, "avg_frame_rate": "25/1",
+                "disposition": {"default": int(default), "attached_pic": 0}}
+
+    fmt = {"format_name": "mov", "duration": "4"}
+    # No mark on either: the larger, as ffmpeg picks; one stream: no warning.
+    unmarked = parse_ffprobe_json({"format": fmt, "streams": [stream(0, 240, False), stream(1, 480, False)]})
+    assert unmarked.stream_index == 1 and "the largest" in unmarked.warnings[0]
+    marked = parse_ffprobe_json({"format": fmt, "streams": [stream(0, 480, False), stream(1, 240, True)]})
+    assert marked.stream_index == 1 and "marked default" in marked.warnings[0]
+    assert parse_ffprobe_json({"format": fmt, "streams": [stream(0, 240, True)]}).warnings == []
