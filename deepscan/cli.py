@@ -296,8 +296,10 @@ def cmd_scan(args) -> int:
 
 def cmd_probe(args) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from .report import make_console
+    from .results import shown
     from .video import VideoError, ffmpeg_exe, probe
 
     console = make_console()
@@ -309,10 +311,11 @@ def cmd_probe(args) -> int:
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
         return EXIT_OK
-    table = Table(title=str(args.video), show_header=False)
+    # Text, never rich markup, and shown escaped: a file named "clip[red]x.mp4" was titled "clipx.mp4".
+    table = Table(title=Text(shown(str(args.video))), show_header=False)
     for key, value in info.to_dict().items():
-        table.add_row(key, str(value))
-    table.add_row("ffmpeg", ffmpeg_exe())
+        table.add_row(key, Text(shown(str(value))))
+    table.add_row("ffmpeg", Text(shown(ffmpeg_exe())))
     console.print(table)
     return EXIT_OK
 
@@ -337,23 +340,30 @@ def cmd_report(args) -> int:
 
 def cmd_models(_args) -> int:
     from rich.table import Table
+    from rich.text import Text
 
-    from .detector import ModelCard, available_models, default_model_name, find_weights
+    from .detector import ModelCard, default_model_name, find_cards, find_weights
     from .report import make_console
+    from .results import shown
 
     console = make_console()
     table = Table(title="detectors", header_style="bold")
     for col in ("name", "architecture", "input", "heatmap", "threshold", "weights", "card"):
         table.add_column(col, overflow="fold")
-    for name, card_path in sorted(available_models().items()):
+    models, ambiguous = find_cards()
+    for name, card_path in sorted(models.items()):
         card = ModelCard.load(card_path)
         try:
             weights = str(find_weights(card))
         except FileNotFoundError:
             weights = f"(not found: {card.weights}; pass --weights)"
         label = name + (" (default)" if name == default_model_name() else "")
-        table.add_row(label, card.architecture, str(card.input_size), card.heatmap, f"{card.threshold:.3f}",
-                      weights, str(card_path))
+        if name in ambiguous:  # every scan by this name is refused: say so here, and what to pass instead
+            label += " (ambiguous: " + ", ".join(p.name for p in ambiguous[name]) + "; pass a card's path)"
+        # Cells as text, never rich markup: a card named "x[bold]y" was listed as "xy".
+        table.add_row(*(Text(shown(cell)) for cell in (
+            label, card.architecture, str(card.input_size), card.heatmap, f"{card.threshold:.3f}", weights,
+            str(card_path))))
     console.print(table)
     return EXIT_OK
 
@@ -488,13 +498,27 @@ def cmd_validate(args) -> int:
     probes = ("none", *PROBE_DEGRADATIONS)
     for col in ("card", *probes, "swap probe", "swap probe degraded", "box probe"):
         table.add_column(col, justify="left" if col == "card" else "right")
-    measured = {}
+    # What can fail in seconds fails before minutes of measuring, not after them.
+    from .detector import ModelCard, WeightsMismatch
+
+    for card in args.cards:
+        try:
+            ModelCard.load(card)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _print_error(console, f"{card}: {exc}")
+            return EXIT_ERROR
+    if args.json and not args.json.parent.is_dir():
+        _print_error(console, f"--json {args.json}: no folder {args.json.parent}")
+        return EXIT_ERROR
+    measured, failed = {}, False
     for card in args.cards:
         try:
             m = validate_card(card, args.cache)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, WeightsMismatch) as exc:
+            # The other cards are still measured, shown and written.
             _print_error(console, f"{card}: {exc}")
-            return EXIT_ERROR
+            failed = True
+            continue
         measured[str(card)] = m
         swap = m["swap_probe"]
         cells = ["—" if c["video_auc"] is None else f"{c['video_auc']:.3f} ({c['mean_real_score']:.2f})"
@@ -512,7 +536,7 @@ def cmd_validate(args) -> int:
         console.print(_paired_table(measured))
     if args.json:
         args.json.write_text(json.dumps(json_safe(measured), indent=1, allow_nan=False) + "\n")
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _print_error(console, message: str) -> None:

@@ -11,7 +11,14 @@ import pytest
 from conftest import SAMPLE_CLIPS
 
 from deepscan import Scanner, scan
-from deepscan.detector import DEFAULT_MODEL, ModelCard, WeightsMismatch, load_detector, resolve_card
+from deepscan.detector import (
+    DEFAULT_MODEL,
+    CardWarning,
+    ModelCard,
+    WeightsMismatch,
+    load_detector,
+    resolve_card,
+)
 from deepscan.scanner import ScanOptions
 
 
@@ -118,10 +125,41 @@ def test_a_name_two_cards_claim_or_a_broken_card_is_not_resolved_silently(tmp_pa
         fallback = resolve_card(DEFAULT_MODEL)  # the repository's card, but no longer without a word
     assert fallback.path.parent != tmp_path
     # Fields read with .items()/.get(): of another type they made every lookup by name fail (AttributeError).
-    for odd in ({"precision_thresholds": None}, {"training": []}, {"input_size": "224"}, {"std": [0, 1, 1]}):
+    # A name or weights of another type broke `deepscan models` (sorting names, joining paths).
+    for odd in ({"precision_thresholds": None}, {"training": []}, {"input_size": "224"}, {"std": [0, 1, 1]},
+                {"name": 123}, {"weights": 5}, {"name": " "}):
         (tmp_path / f"{DEFAULT_MODEL}.json").write_text(json.dumps({**card, **odd}))
-        with pytest.warns(UserWarning, match="model card not loaded"):
+        with pytest.warns(CardWarning, match="model card not loaded"):
             assert resolve_card(DEFAULT_MODEL).path.parent != tmp_path
+    # A recalibrated card with a typo (a trailing comma) was passed over in silence for the repository's.
+    (tmp_path / f"{DEFAULT_MODEL}.json").write_text(json.dumps({**card, "threshold": 0.5})[:-1] + ",}")
+    with pytest.warns(CardWarning, match="not read as a model card"):
+        assert resolve_card(DEFAULT_MODEL).path.parent != tmp_path
+
+
+def test_models_lists_every_card_as_text_and_says_which_names_are_ambiguous(tmp_path, monkeypatch, capsys):
+    from deepscan.cli import main as cli_main
+
+    card = _card_dict()
+    monkeypatch.setenv("DEEPSCAN_MODELS", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    (tmp_path / "a.json").write_text(json.dumps(card))
+    (tmp_path / "b.json").write_text(json.dumps({**card, "threshold": 0.99}))
+    (tmp_path / "c.json").write_text(json.dumps({**card, "name": "lite0[bold]v2"}))
+    (tmp_path / "d.json").write_text(json.dumps({**card, "name": 123}))
+    assert cli_main(["models"]) == 0
+    out, err = capsys.readouterr()
+    assert "deepscan: warning:" in err and "d.json: model card not loaded" in err
+    # The name column of each row, its folded lines joined (160 columns off a terminal; a row's first line is
+    # the one with an architecture).
+    names = []
+    for cells in (line.split("│") for line in out.splitlines() if line.startswith("│")):
+        if cells[2].strip():
+            names.append(cells[1].strip())
+        else:
+            names[-1] = (names[-1] + " " + cells[1].strip()).strip()
+    assert f"{DEFAULT_MODEL} (default) (ambiguous: a.json, b.json; pass a card's path)" in names
+    assert "lite0[bold]v2" in names  # was read as rich markup: "lite0v2", a name no --detector finds
 
 
 def test_a_persons_most_suspicious_faces_keep_their_pixels_and_no_more():

@@ -113,6 +113,15 @@ def test_probe_and_models_commands(sample_clip, capsys):
     assert "mesonet4-df" in listing and "(default)" in listing
 
 
+def test_probe_shows_a_name_as_it_is_on_disk(tmp_path, sample_clip, capsys):
+    """The table read names as rich markup ("clip[red]x.mp4" titled "clipx.mp4") and printed U+202E raw."""
+    odd = tmp_path / "clip[red]x\u202egpj.mp4"
+    shutil.copy(sample_clip, odd)
+    assert cli_main(["probe", str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert "clip[red]x\\u202egpj.mp4" in out and "\u202e" not in out
+
+
 @pytest.mark.slow
 def test_shared_clips_with_mesonet(shared, mesonet_weights, tmp_path):
     clips = shared / "data" / "clips" / "deepfacelive_split"

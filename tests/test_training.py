@@ -893,6 +893,16 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     assert paired["validation"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
     assert paired["swap_probe"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
 
+    # Refused before measuring (they failed after it, every finished figure lost): a card that does not
+    # load, a --json folder that is not there. A card failing while measured costs only itself.
+    assert main(["validate", str(card_path), str(tmp_path / "missing.json"), "--cache", str(cache),
+                 "--json", str(out2)]) == 2
+    assert main(["validate", str(card_path), "--cache", str(cache), "--json", str(tmp_path / "no" / "v.json")]) == 2
+    (twin.parent / card.weights_path.name).write_bytes(b"not these weights")
+    out3 = tmp_path / "one-failed.json"
+    assert main(["validate", str(card_path), str(twin), "--cache", str(cache), "--json", str(out3)]) == 2
+    assert list(json.loads(out3.read_text())) == [str(card_path)]
+
 
 def test_validate_warns_when_the_cache_is_cut_otherwise_than_the_cards_run(cache, tiny_run, tmp_path):
     """validate re-measured silently on whatever cache it was pointed at: another frame sampling, crop geometry

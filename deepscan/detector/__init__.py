@@ -31,6 +31,8 @@ __all__ = [
     "load_detector",
     "resolve_card",
     "select_device",
+    "find_cards",
+    "CardWarning",
     "sha256_file",
 ]
 
@@ -50,17 +52,22 @@ def shared_dir() -> Path:
     return Path(os.environ.get("DEEPSCAN_SHARED", "../shared"))
 
 
+class CardWarning(UserWarning):
+    """A file in a models folder that is meant as a model card but is passed over (it cannot be read)."""
+
+
 def available_models() -> dict[str, Path]:
     """Model name → card path, for every card found (first directory wins on a name clash)."""
-    return _cards()[0]
+    return find_cards()[0]
 
 
-def _cards() -> tuple[dict[str, Path], dict[str, list[Path]]]:
+def find_cards() -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """(name → card path, name → every card of the winning directory that claims it, where more than one do).
 
     A JSON file that is no card (no ``architecture`` and ``weights``) is passed over in silence; one that is
-    meant as a card but does not load is passed over with a warning, since a name it claims would otherwise
-    quietly resolve to another directory's card."""
+    meant as a card but does not load, or cannot be read as JSON at all (a card with a typo cannot say what it
+    was meant as), is passed over with a warning, since a name it claims would otherwise quietly resolve to
+    another directory's card."""
     found: dict[str, Path] = {}
     claims: dict[str, list[Path]] = {}
     for d in models_dirs():
@@ -69,15 +76,16 @@ def _cards() -> tuple[dict[str, Path], dict[str, list[Path]]]:
         here: dict[str, list[Path]] = {}
         for p in sorted(d.glob("*.json")):
             try:
-                data = json.loads(p.read_text())
-            except (OSError, ValueError):
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                warnings.warn(CardWarning(f"{p}: not read as a model card ({type(exc).__name__}: {exc})"), stacklevel=3)
                 continue
             if not (isinstance(data, dict) and "architecture" in data and "weights" in data):
                 continue
             try:
                 name = ModelCard.from_dict(data, path=p.resolve()).name
             except (TypeError, ValueError, KeyError) as exc:
-                warnings.warn(f"{p}: model card not loaded ({type(exc).__name__}: {exc})", stacklevel=3)
+                warnings.warn(CardWarning(f"{p}: model card not loaded ({type(exc).__name__}: {exc})"), stacklevel=3)
                 continue
             here.setdefault(name, []).append(p)
         for name, paths in here.items():
@@ -100,7 +108,7 @@ def resolve_card(name_or_path: str | None) -> ModelCard:
     p = Path(name_or_path)
     if p.suffix == ".json" and p.is_file():
         return ModelCard.load(p)
-    models, ambiguous = _cards()
+    models, ambiguous = find_cards()
     if name_or_path not in models:
         known = ", ".join(sorted(models)) or "none"
         raise KeyError(f"unknown detector {name_or_path!r} (known: {known})")

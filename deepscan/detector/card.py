@@ -86,6 +86,9 @@ class ModelCard:
         # A card decides verdicts: a NaN threshold makes every fake "real", a negative temperature inverts every
         # score, and a card declaring another output would be read as a fake probability. Refused on loading.
         problems = []
+        for key in ("name", "architecture", "weights"):  # a card named 123 broke `deepscan models`' sorting
+            if not (isinstance(getattr(self, key), str) and getattr(self, key).strip()):
+                problems.append(f"{key} must be non-empty text, not {getattr(self, key)!r}")
         # Read with .get/.items everywhere: one card of another shape in a models folder made every lookup by
         # name fail (AttributeError) instead of being passed over with a warning.
         for key in ("precision_thresholds", "training", "metrics", "extra"):

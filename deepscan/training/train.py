@@ -684,6 +684,8 @@ def validate_card(card_path, cache_dir="cache/crops", batch_size: int = 32) -> d
 
     loaded = load_card_validation(card_path, cache_dir)
     card, cfg, clips, items, net = loaded.card, loaded.config, loaded.clips, loaded.items, loaded.net
+    if not items:  # numpy's "need at least one array to concatenate" said nothing of why
+        raise ValueError(f"none of the card's validation clips is in the crop cache {cache_dir}")
 
     def predict(crops):
         return predict_logits(net, card, crops, batch_size)
