@@ -26,6 +26,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _thread_count(text: str) -> int:
+    from .runtime import check_threads
+
+    value = _positive_int(text)
+    try:
+        check_threads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("threads must be", "must be")) from None
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -82,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="detector precision; auto: fp16 on CUDA, bf16 on CPUs with bf16 instructions when the "
                         "model card has a bf16 threshold, else fp32")
-    s.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
+    s.add_argument("--threads", type=_thread_count, help="CPU threads for torch (default: all cores; at most 4 "
+                                                         "per core)")
     s.add_argument("--threshold", type=_probability, help="override the model card's decision threshold (0 to 1)")
     s.add_argument("--batch-faces", type=_positive_int,
                    help="faces per detector batch (default 16 on CPU, 64 on CUDA)")

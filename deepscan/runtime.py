@@ -39,6 +39,24 @@ class CallersThreads:
             torch.set_num_threads(self.count)
 
 
+THREADS_PER_CORE = 4  # the most torch threads a scan takes per core: more only thrash (4096 on 2 cores: 55x slower)
+
+
+def max_threads() -> int:
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_threads(value, name: str = "threads") -> None:
+    """Refuse a thread count that is not a whole number from 0 (every core) to :func:`max_threads`: 20,000
+    made OpenMP fail to start threads (exit 1, read as "a fake found"); 100,000 exhausted the address space
+    while the weights loaded."""
+    if value is None:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= max_threads()):
+        raise ValueError(f"{name} must be a whole number from 1 to {max_threads()} ({THREADS_PER_CORE} per core "
+                         f"here; 0: every core), not {value!r}")
+
+
 def total_threads(threads: int | None = None) -> int:
     """The CPU threads deepscan may use: the given number, else $DEEPSCAN_THREADS, else every core."""
     return threads or threads_from_environment() or os.cpu_count() or 1
@@ -54,8 +72,9 @@ def threads_from_environment() -> int | None:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise ValueError(f"DEEPSCAN_THREADS must be a whole number of threads (0: every core), not {text!r}")
+    if not 0 <= value <= max_threads():
+        raise ValueError(f"DEEPSCAN_THREADS must be a whole number of threads from 1 to {max_threads()} (0: every "
+                         f"core), not {text!r}")
     return value or None
 
 

@@ -120,6 +120,16 @@ class ScanOptions:
             raise ValueError(f"heatmaps_per_person must be a whole number (or None), not {self.heatmaps_per_person!r}")
         if self.fps is not None and not (is_number(self.fps) and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a positive number (or None), not {self.fps!r}")
+        # Unchecked, batch_faces=-1 made every video an "internal error" (the CLI checked; the API did not).
+        for name in ("batch_frames", "batch_faces"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, value := int(value))
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1 (or None), not {value!r}")
+        from . import runtime
+
+        runtime.check_threads(self.threads)
         self.precision = checked_precision(self.precision)
 
     def to_dict(self) -> dict:

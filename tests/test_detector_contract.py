@@ -24,7 +24,10 @@ from deepscan.scanner import ScanOptions
 
 @pytest.mark.parametrize("options", [
     {"precision": "FP32"}, {"precision": "fp64"}, {"frames": 0}, {"frames": -3}, {"fps": 0.0}, {"fps": -1.0},
-    {"fps": float("nan")}, {"full_detect_every": -2}, {"frames": 2.5}])
+    {"fps": float("nan")}, {"full_detect_every": -2}, {"frames": 2.5},
+    # batch_faces=-1 made every video an internal error; 20,000 threads exited 1 ("a fake found").
+    {"batch_faces": -1}, {"batch_faces": 2.5}, {"batch_frames": 0}, {"threads": -1}, {"threads": 20000},
+    {"threads": 1.5}])
 def test_options_that_would_be_taken_as_something_else_are_refused(options):
     # precision "FP32" ran bf16 judged at fp32's threshold; frames=0 sampled 32; fps=-1 every frame.
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -36,6 +39,26 @@ def test_numbers_from_numpy_are_numbers():
     assert (options.threshold, options.frames, options.fps, options.precision) == (0.5, 8, 2.0, "auto")
     assert type(options.threshold) is float and type(options.frames) is int
     assert ScanOptions(threshold=np.int64(1)).threshold == 1.0
+    assert type(ScanOptions(batch_faces=np.int64(4)).batch_faces) is int
+
+
+def test_a_thread_count_beyond_what_helps_is_refused_and_fp16_on_a_cpu_is_warned_of(monkeypatch, capsys):
+    import os
+
+    from deepscan.cli import main as cli_main
+    from deepscan.detector import PrecisionWarning
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert ScanOptions(threads=8).threads == 8 and ScanOptions(threads=0).threads == 0
+    with pytest.raises(SystemExit):
+        cli_main(["scan", "x.mp4", "--threads", "9"])
+    assert "from 1 to 8" in capsys.readouterr().err
+    monkeypatch.setenv("DEEPSCAN_THREADS", "100")
+    with pytest.raises(ValueError, match="DEEPSCAN_THREADS"):
+        Scanner(frames=1).scan_video(SAMPLE_CLIPS / "carphone_real.mp4")
+    monkeypatch.delenv("DEEPSCAN_THREADS")
+    with pytest.warns(PrecisionWarning, match="emulated"):
+        load_detector(None, device="cpu", precision="fp16")
 
 
 def _card_dict() -> dict:
