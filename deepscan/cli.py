@@ -546,7 +546,7 @@ def cmd_validate(args) -> int:
     console.print(table)
     if len(measured) > 1:
         console.print(_paired_table(measured))
-    if args.json:
+    if args.json and measured:  # a run that measured nothing leaves an earlier file as it was
         args.json.write_text(json.dumps(json_safe(measured), indent=1, allow_nan=False) + "\n")
     return EXIT_ERROR if failed else EXIT_OK
 

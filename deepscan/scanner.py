@@ -102,7 +102,7 @@ class ScanOptions:
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not isinstance(value, bool):
                 setattr(self, name, float(value))
-        for name in ("frames", "full_detect_every", "heatmaps_per_person"):
+        for name in ("frames", "full_detect_every", "heatmaps_per_person", "threads"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 setattr(self, name, int(value))
@@ -121,10 +121,11 @@ class ScanOptions:
         if self.fps is not None and not (is_number(self.fps) and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a positive number (or None), not {self.fps!r}")
         # Unchecked, batch_faces=-1 made every video an "internal error" (the CLI checked; the API did not).
+        # 0 meant the default, as None does, and still does.
         for name in ("batch_frames", "batch_faces"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-                setattr(self, name, value := int(value))
+                setattr(self, name, value := int(value) or None)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be a whole number of at least 1 (or None), not {value!r}")
         from . import runtime
@@ -709,6 +710,7 @@ class Scanner:
             for result in results:
                 callers.restore()
                 yield result
+                callers = runtime.CallersThreads()  # the caller may have set its own while it held the result
         finally:
             results.close()
             callers.restore()

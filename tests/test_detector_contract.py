@@ -40,6 +40,8 @@ def test_numbers_from_numpy_are_numbers():
     assert type(options.threshold) is float and type(options.frames) is int
     assert ScanOptions(threshold=np.int64(1)).threshold == 1.0
     assert type(ScanOptions(batch_faces=np.int64(4)).batch_faces) is int
+    assert type(ScanOptions(threads=np.int64(2)).threads) is int
+    assert ScanOptions(batch_faces=0, batch_frames=0).batch_faces is None  # 0 meant the default before the check
 
 
 def test_a_thread_count_beyond_what_helps_is_refused_and_fp16_on_a_cpu_is_warned_of(monkeypatch, capsys):

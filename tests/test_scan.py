@@ -325,6 +325,13 @@ def test_the_callers_torch_threads_are_its_own_again_between_results_and_after(s
         assert torch.get_num_threads() == 3
         seen = [torch.get_num_threads() for _ in scanner.scan([sample_clip, sample_clip.parent])]
         assert seen and set(seen) == {3} and torch.get_num_threads() == 3
+        # A count the caller sets while it holds a result is the one handed back from then on.
+        seen = []
+        for _ in scanner.scan([sample_clip.parent]):
+            seen.append(torch.get_num_threads())
+            torch.set_num_threads(1)
+        assert seen[0] == 3 and set(seen[1:]) == {1} and torch.get_num_threads() == 1
+        torch.set_num_threads(3)
         results = scanner.scan([sample_clip.parent])
         next(results)
         results.close()

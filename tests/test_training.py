@@ -898,6 +898,9 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     assert main(["validate", str(card_path), str(tmp_path / "missing.json"), "--cache", str(cache),
                  "--json", str(out2)]) == 2
     assert main(["validate", str(card_path), "--cache", str(cache), "--json", str(tmp_path / "no" / "v.json")]) == 2
+    before = out2.read_text()  # every card failing measures nothing: an earlier file is left as it was
+    assert main(["validate", str(card_path), "--cache", str(tmp_path / "no-cache"), "--json", str(out2)]) == 2
+    assert out2.read_text() == before
     (twin.parent / card.weights_path.name).write_bytes(b"not these weights")
     out3 = tmp_path / "one-failed.json"
     assert main(["validate", str(card_path), str(twin), "--cache", str(cache), "--json", str(out3)]) == 2
