@@ -48,6 +48,11 @@ from .video import (
 )
 
 
+class _CallersError(Exception):
+    """Carries an exception raised by the caller's progress callback past the per-video error handling:
+    recorded as the video's "internal error", a pipeline could not cancel a scan from its callback."""
+
+
 @dataclass
 class ScanOptions:
     detector: str | None = None  # registry name or model-card path; None = the embedded default
@@ -116,7 +121,8 @@ class ScanOptions:
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
         if self.heatmaps_per_person is not None and not (
-                isinstance(self.heatmaps_per_person, int) and self.heatmaps_per_person >= 0):
+                isinstance(self.heatmaps_per_person, int) and not isinstance(self.heatmaps_per_person, bool)
+                and self.heatmaps_per_person >= 0):
             raise ValueError(f"heatmaps_per_person must be a whole number (or None), not {self.heatmaps_per_person!r}")
         if self.fps is not None and not (is_number(self.fps) and math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a positive number (or None), not {self.fps!r}")
@@ -128,6 +134,20 @@ class ScanOptions:
                 setattr(self, name, value := int(value) or None)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name} must be a whole number of at least 1 (or None), not {value!r}")
+        # The video stage's limits: -5 failed every video, 0 lifted the limit unasked (the CLI refused both).
+        for name, whole, optional in (("max_side", True, False), ("max_pixels", True, False),
+                                      ("timeout_s", False, True), ("max_duration_s", False, True)):
+            value = getattr(self, name)
+            if optional and value is None:
+                continue
+            if whole and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, value := int(value))
+            elif not whole and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                setattr(self, name, value := float(value))
+            kind = int if whole else (int, float)
+            if not (isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive {'whole ' if whole else ''}number"
+                                 f"{' (or None)' if optional else ''}, not {value!r}")
         from . import runtime
 
         runtime.check_threads(self.threads)
@@ -398,7 +418,7 @@ class Scanner:
 
             self._environment = {
                 "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                "torch": torch.__version__, "ffmpeg": ffmpeg_version(), "device": str(self.detector.device),
+                "torch": str(torch.__version__), "ffmpeg": ffmpeg_version(), "device": str(self.detector.device),
                 "precision": self.detector.precision,
                 # Overlapped, the two stages share them (runtime.split_threads); else both use them all.
                 "threads": runtime.total_threads(self.options.threads),
@@ -436,6 +456,8 @@ class Scanner:
             # The working directory too: a relative path in the results names a file only from there.
             result.environment = {**self.environment(), "cwd": _working_directory()}
             self._scan_into(result, prepare(), progress, run)
+        except _CallersError as caller:  # the caller's own (a cancel, a bug), not this video's: theirs to see
+            raise caller.__cause__ from None
         except (VideoError, OSError) as exc:
             result.status, result.verdict, result.error = "error", "error", _one_line(exc)
         except Exception as exc:  # noqa: BLE001 - one video's failure must never stop a scan
@@ -510,6 +532,8 @@ class Scanner:
         runtime.configure_threads(runtime.split_threads(opts.threads)[0] if overlap else opts.threads)
         tracker = Tracker()
         expected = (max(1, int(info.duration_s * opts.fps)) if opts.fps else opts.frames)
+        if info.n_frames:  # a short clip gives fewer: a caller's bar stopped at 30-40% (frames=300, 120 there)
+            expected = min(expected, info.n_frames)
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
         decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
@@ -589,7 +613,10 @@ class Scanner:
                     pending = ((self._classifier().submit(classify, stacked) if overlap
                                 else _finished(classify(stacked))), owners, crops)
                 if progress:
-                    progress(len(frames_out), expected)
+                    try:
+                        progress(len(frames_out), expected)
+                    except Exception as exc:
+                        raise _CallersError from exc
                 t_wait = time.perf_counter()
             if pending is not None:
                 finish(pending)

@@ -26,8 +26,11 @@ from deepscan.scanner import ScanOptions
     {"precision": "FP32"}, {"precision": "fp64"}, {"frames": 0}, {"frames": -3}, {"fps": 0.0}, {"fps": -1.0},
     {"fps": float("nan")}, {"full_detect_every": -2}, {"frames": 2.5},
     # batch_faces=-1 made every video an internal error; 20,000 threads exited 1 ("a fake found").
-    {"batch_faces": -1}, {"batch_faces": 2.5}, {"batch_frames": 0}, {"threads": -1}, {"threads": 20000},
-    {"threads": 1.5}])
+    {"batch_faces": -1}, {"batch_faces": 2.5}, {"batch_frames": -2}, {"threads": -1}, {"threads": 20000},
+    {"threads": 1.5},
+    # The video stage's limits: -5 failed every video; 0 lifted the limit unasked.
+    {"max_side": -5}, {"max_side": 0}, {"max_side": 100.5}, {"timeout_s": -1}, {"timeout_s": 0},
+    {"max_pixels": -1}, {"max_duration_s": 0}, {"heatmaps_per_person": True}])
 def test_options_that_would_be_taken_as_something_else_are_refused(options):
     # precision "FP32" ran bf16 judged at fp32's threshold; frames=0 sampled 32; fps=-1 every frame.
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -42,6 +45,7 @@ def test_numbers_from_numpy_are_numbers():
     assert type(ScanOptions(batch_faces=np.int64(4)).batch_faces) is int
     assert type(ScanOptions(threads=np.int64(2)).threads) is int
     assert ScanOptions(batch_faces=0, batch_frames=0).batch_faces is None  # 0 meant the default before the check
+    assert ScanOptions(timeout_s=None, max_duration_s=None, max_side=np.int64(640)).max_side == 640
 
 
 def test_a_thread_count_beyond_what_helps_is_refused_and_fp16_on_a_cpu_is_warned_of(monkeypatch, capsys):

@@ -340,6 +340,37 @@ def test_the_callers_torch_threads_are_its_own_again_between_results_and_after(s
         torch.set_num_threads(before)
 
 
+def test_the_callers_own_exception_in_its_progress_callback_reaches_it(tmp_path, sample_clip):
+    """A pipeline cancelling from its callback: the exception was recorded as the video's "internal error"
+    (written to results.jsonl) and the scan went on; scan_video returned an error result."""
+
+    class Cancelled(Exception):
+        pass
+
+    class Progress:
+        def __init__(self):
+            self.seen = []
+
+        def start(self, path):
+            pass
+
+        def update(self, done, total):
+            self.seen.append((done, total))
+            raise Cancelled("stop")
+
+    scanner = Scanner(frames=300, keep_heatmaps=False)
+    with pytest.raises(Cancelled):
+        list(scanner.scan([sample_clip, sample_clip.parent], out_dir=tmp_path, progress=(progress := Progress())))
+    assert not (tmp_path / "results.jsonl").exists() or not (tmp_path / "results.jsonl").read_text()
+    with pytest.raises(ZeroDivisionError):
+        scanner.scan_video(sample_clip, progress=lambda done, total: 1 / 0)
+    # The total is what the clip can give (it said 300 for a 100-frame clip, and the bar stopped at a third).
+    totals = []
+    result = scanner.scan_video(sample_clip, progress=lambda done, total: totals.append((done, total)))
+    assert totals[-1][0] == totals[-1][1] == result.n_frames and progress.seen[0][1] == result.n_frames
+    assert type(result.to_dict()["environment"]["torch"]) is str  # was torch's TorchVersion: not plain data
+
+
 def test_a_resumed_scan_prepares_nothing_beyond_the_hash(tmp_path, sample_clip, monkeypatch):
     """Files an earlier run finished are neither probed nor decoded ahead: resuming stays a hash per file."""
     import deepscan.scanner
