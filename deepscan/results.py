@@ -105,11 +105,15 @@ def scores_by_track(frames) -> dict[int, list[tuple[float, float]]]:
 def json_safe(value):
     """``value`` with every NaN or infinite float replaced by None: JSON has no such numbers (Python would write
     ``NaN``, which other readers reject), and a probe or container tag may hold one. Scores never do: the
-    scanner makes a non-finite face score an error result."""
+    scanner makes a non-finite face score an error result. Every text is :func:`printable`: a file name that
+    is not UTF-8 reaches more fields than ``path`` (a campaign group's representative), and one such name
+    stopped the whole scan when its line could not be encoded."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {printable(k) if isinstance(k, str) else k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value

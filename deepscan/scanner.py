@@ -33,7 +33,16 @@ import numpy as np
 from . import __version__
 from .crops import crop_face
 from .detector.card import checked_precision
-from .results import FaceResult, FrameResult, VideoResult, dumps_line, is_number, printable, result_line
+from .results import (
+    FaceResult,
+    FrameResult,
+    VideoResult,
+    dumps_line,
+    is_number,
+    json_safe,
+    printable,
+    result_line,
+)
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
     MAX_DURATION_S,
@@ -841,7 +850,9 @@ class Scanner:
         previous.extra = {k: v for k, v in previous.extra.items() if k != "campaign"}  # not the writer's dict
         if now is not None:
             previous.extra["campaign"] = now
-        if now == (was or None) and not reread:
+        # Compared as stored: a name that is not UTF-8 is kept escaped (json_safe), and compared raw it
+        # differed on every rerun, appending its line each time.
+        if json_safe(now) == (was or None) and not reread:
             writer.keep_last(previous)  # the stored line, appended again where another run wrote a later one
         else:
             writer.write(previous)

@@ -197,3 +197,23 @@ def test_a_campaign_keeps_its_screened_results_without_their_pixels(tmp_path):
     kept = scanner._last_campaign.results
     assert len(kept) == 2 and all(fr.faces for r in kept.values() for fr in r.frames[:1])
     assert all(f.crop is None and f.heatmap is None for r in kept.values() for fr in r.frames for f in fr.faces)
+
+
+def test_a_name_that_is_not_utf8_neither_stops_a_dedupe_scan_nor_grows_its_results(tmp_path):
+    """Its surrogate escapes reached extra.campaign.representative, which could not be encoded: the whole
+    scan stopped at that file (no later video screened). Once written escaped, a rerun compared the stored
+    (escaped) group with the raw one and appended the line again, every time."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE_CLIPS / "astronaut_real.mp4", folder / "a_real.mp4")
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", os.fsdecode(os.fsencode(folder) + b"/clip\xff.mp4"))
+    shutil.copy(SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4", folder / "z_fake.mp4")
+    out = tmp_path / "out"
+    assert main(["scan", str(folder), "--out", str(out), "--frames", "4", "--dedupe"]) == 1
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(line["path"].rsplit("/", 1)[1] for line in lines) == ["a_real.mp4", "clip\\xff.mp4", "z_fake.mp4"]
+    assert all(line_problem(line) is None for line in lines)
+    assert main(["scan", str(folder), "--out", str(out), "--frames", "4", "--dedupe"]) == 1
+    assert len((out / "results.jsonl").read_text(encoding="utf-8").splitlines()) == 3
