@@ -32,7 +32,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -622,8 +622,31 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
     if (info.duration_s <= 0 or n_streams > 1 or info.start_time_s
             or info.container.split(",")[0] in ("mpegts", "matroska")):
         measure_video_stream(path, info, max(0.0, deadline - time.monotonic()), max_pixels, max_duration_s)
+    else:
+        _check_declared_length(path, info, max(0.0, deadline - time.monotonic()), max_pixels, max_duration_s)
     check_limits(info, max_pixels, max_duration_s)
     return info
+
+
+def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, max_duration_s) -> None:
+    """A single-stream file's declared length, checked against its stream: an MP4 whose headers said 1 s for a
+    20-s video was sampled in its first 1.3 s (32 frames of a real intro; the fake 19 s unseen). The measured
+    span and count are taken only where they disagree with the header by more than a frame and 1%: an
+    honest file samples exactly as it did (its header's rounding, 8.03 s for 8.033, would move a few frames)."""
+    measured = replace(info, warnings=[])
+    measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s)
+    if measured.warnings:  # not measured: the header's values stay, as before this check
+        return
+    frame_s = 1.0 / (info.fps or measured.fps or 25.0)
+    tolerance = max(frame_s, 0.01 * max(info.duration_s, measured.duration_s))
+    if abs(measured.duration_s - info.duration_s) <= tolerance and (
+            not info.n_frames or abs(measured.n_frames - info.n_frames) <= max(1, 0.01 * info.n_frames)):
+        return
+    info.warnings.append(f"the container declares {info.duration_s:.2f} s and {info.n_frames or '?'} frames; the "
+                         f"video stream runs {measured.duration_s:.2f} s, {measured.n_frames} frames: sampled over "
+                         f"the stream")
+    info.duration_s, info.n_frames = measured.duration_s, measured.n_frames
+    info.video_start_s, info.fps = measured.video_start_s, measured.fps
 
 
 _NOPTS = -(2**63)  # AV_NOPTS_VALUE, as framecrc prints it

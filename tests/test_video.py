@@ -371,3 +371,30 @@ def test_a_raw_h264_stream_is_counted_at_its_own_frame_rate(tmp_path):
     assert bare.fps == pytest.approx(wrapped.fps, rel=0.005) and bare.n_frames == wrapped.n_frames
     frames = [(f.index, round(f.time_s, 3)) for batch in iter_frames(raw, n_frames=4) for f in batch]
     assert frames == [(f.index, round(f.time_s, 3)) for batch in iter_frames(clip, n_frames=4) for f in batch]
+
+
+def test_an_mp4_whose_headers_understate_its_length_is_sampled_over_its_stream(tmp_path):
+    """mvhd/tkhd/mdhd rewritten to say 1 s of a 4-s clip (every frame still there, a player plays 4 s): the
+    samples all fell in the first 1.3 s. An honest header is kept exactly (its rounding would move frames)."""
+    import struct
+
+    src = tmp_path / "honest.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=4", "-c:v", "libx264", "-bf", "0",
+           "-pix_fmt", "yuv420p", str(src))
+    data = bytearray(src.read_bytes())
+    movie_timescale = None
+    for box, offset in ((b"mvhd", 16), (b"tkhd", 20), (b"mdhd", 16)):  # version-0 boxes: duration's offset
+        pos = data.find(box)
+        assert pos > 0 and data[pos + 4] == 0
+        at = pos + 4 + offset
+        timescale = movie_timescale if box == b"tkhd" else struct.unpack(">I", data[at - 4:at])[0]
+        movie_timescale = movie_timescale or timescale
+        struct.pack_into(">I", data, at, timescale)  # 1 s
+    lying = tmp_path / "lying.mp4"
+    lying.write_bytes(bytes(data))
+    honest, info = probe(src), probe(lying)
+    assert honest.warnings == [] and honest.n_frames == 100
+    assert info.duration_s == pytest.approx(4.0, abs=0.05) and info.n_frames == 100
+    assert "declares 1.00 s" in info.warnings[0]
+    times = [f.time_s for batch in iter_frames(lying, info, n_frames=8) for f in batch]
+    assert len(times) == 8 and times[-1] > 3.0
