@@ -636,6 +636,12 @@ class Scanner:
             batches.close()
         result.frames = frames_out
         result.timing.update(timing)
+        if len(frames_out) < expected / 2:
+            # The samples are times over the stream's span: 100 frames in 4 s and one more an hour later gave
+            # one sample ("no_face") from a 101-frame stream, with no word said.
+            result.video.setdefault("warnings", []).append(
+                f"only {len(frames_out)} of {expected} sampled frames could be taken (the stream's frames are "
+                f"unevenly spread in time, or its keyframes far apart): much of the video was not screened")
         score, verdict, tracks = aggregate(frames_out, self.threshold, card.uncertain_band, opts.aggregation)
         result.score, result.verdict, result.tracks = score, verdict, tracks
         result.score_ci95 = score_interval(tracks, opts.aggregation)

@@ -529,3 +529,19 @@ def test_a_provenance_read_that_saw_less_never_replaces_the_stored_one():
     assert r.extra["provenance"] is stored
     trusted = {**stored, "c2pa": {**stored["c2pa"], "status": "valid"}}  # read with trust anchors now
     assert _with_provenance(r, trusted) and r.extra["provenance"]["c2pa"]["status"] == "valid"
+
+
+def test_a_stream_whose_frames_are_far_apart_in_time_says_how_little_was_screened(tmp_path, sample_clip):
+    """4 s of frames and one more an hour later: the samples, times over the stream's span, took one frame
+    ("no_face", exit 0) from a 101-frame stream and said nothing."""
+    from conftest import ffmpeg
+
+    joined = tmp_path / "longtail.mp4"
+    ffmpeg("-i", str(sample_clip), "-f", "lavfi", "-i", "color=black:s=480x480:r=25:d=0.04", "-filter_complex",
+           "[0:v][1:v]concat=n=2:v=1,setpts='if(eq(N,100),PTS+3600/TB,PTS)'", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", str(joined))
+    result = Scanner(frames=32, keep_heatmaps=False).scan_video(joined)
+    assert result.n_frames < 16
+    assert any("sampled frames could be taken" in w for w in result.video["warnings"])
+    assert not any("sampled frames" in w for w in
+                   Scanner(frames=32, keep_heatmaps=False).scan_video(sample_clip).video["warnings"])
