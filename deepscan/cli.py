@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="between full searches, search for faces at least half as large as those found instead "
                         "of following them (slower)")
     s.add_argument("--max-side", type=_positive_int, default=1920, help="downscale larger frames to this")
+    s.add_argument("--keyframes-only", action="store_true",
+                   help="in videos of a minute or more sampled at least 4 s apart, decode keyframes only (time flat "
+                        "in length; but a file's author who keeps its keyframes real can pass a fake as real)")
     s.add_argument("--hwaccel", default="none",
                    help="hardware video decoding: none (default) or an ffmpeg -hwaccel name such as cuda (NVDEC); "
                         "the same frames; falls back to CPU decoding where it fails")
@@ -220,7 +223,7 @@ def cmd_scan(args) -> int:
     options = ScanOptions(detector=args.detector, weights=args.weights, frames=args.frames, fps=args.fps,
                           device=args.device, precision=args.precision, threads=args.threads,
                           threshold=args.threshold, batch_faces=args.batch_faces, max_side=args.max_side,
-                          hwaccel=args.hwaccel,
+                          keyframes_only=args.keyframes_only, hwaccel=args.hwaccel,
                           full_detect_every=args.full_detect_every, follow_faces=args.follow_faces,
                           timeout_s=args.timeout, max_pixels=args.max_pixels,
                           max_duration_s=args.max_duration, keep_heatmaps=args.html, provenance=args.provenance,
