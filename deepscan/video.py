@@ -634,9 +634,11 @@ def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, 
     span and count are taken only where they disagree with the header by more than a frame and 1%: an
     honest file samples exactly as it did (its header's rounding, 8.03 s for 8.033, would move a few frames)."""
     measured = replace(info, warnings=[])
-    measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s)
+    measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s, typical_last_frame=True)
     if measured.warnings:  # not measured: the header's values stay, as before this check
         return
+    if max_duration_s and measured.duration_s > max_duration_s and info.duration_s > max_duration_s:
+        return  # refused either way; the measure stopped at the limit, the header says how far it goes
     frame_s = 1.0 / (info.fps or measured.fps or 25.0)
     tolerance = max(frame_s, 0.01 * max(info.duration_s, measured.duration_s))
     if abs(measured.duration_s - info.duration_s) <= tolerance and (
@@ -650,11 +652,14 @@ def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, 
 
 
 _NOPTS = -(2**63)  # AV_NOPTS_VALUE, as framecrc prints it
+# Demuxers of bare coded streams, whose frame rate ffmpeg's header guesses (25) unless the stream says it.
+_ELEMENTARY_STREAMS = ("h264", "hevc", "vvc", "mpegvideo", "m4v", "cavsvideo", "avs2", "avs3")
 _PKT_FLAG_DISCARD = 0x4  # a packet the demuxer reads only to decode others (outside an MP4 edit list)
 
 
 def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT_S,
-                         max_pixels: int | None = MAX_PIXELS, max_duration_s: float | None = None) -> None:
+                         max_pixels: int | None = MAX_PIXELS, max_duration_s: float | None = None,
+                         typical_last_frame: bool = False) -> None:
     """Set ``info``'s duration and frame count to the video stream's own, from one demux-only pass.
 
     ``ffmpeg -c copy -f framecrc`` lists every packet of the stream (time base, pts, dts, duration) without
@@ -662,6 +667,10 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
     file as the decoder will (same input options), stops once the span is over ``max_duration_s`` (the
     refusal follows in :func:`check_limits`) and is killed after ``timeout_s``. When it fails, the container's
     values stay and ``info.warnings`` says so.
+
+    ``typical_last_frame``: the span ends one typical (median) packet duration after the last frame's start,
+    not at the largest start plus duration: with B-frames a packet's duration is its decode-order step, so a
+    gap's long step can land on a later frame (a 4-s VFR clip with a 2-s gap measured 5.04 s).
     """
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
             *input_options(max_pixels or _FFMPEG_INT_MAX, info.container), "-i", ffmpeg_input(path),
@@ -682,7 +691,8 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
     timer = threading.Timer(max(timeout_s, 0.001), kill)
     timer.start()
     time_base = 0.0
-    first = end = None
+    first = end = last_start = None
+    steps: list[int] = []
     count = 0
     over = False
     try:
@@ -712,6 +722,9 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
                 duration = int(round(1.0 / info.fps / time_base))
             first = ts if first is None else min(first, ts)
             end = ts + max(duration, 0) if end is None else max(end, ts + max(duration, 0))
+            last_start = ts if last_start is None else max(last_start, ts)
+            if typical_last_frame and duration > 0:
+                steps.append(duration)
             if max_duration_s and (end - first) * time_base > max_duration_s:
                 over = True  # long enough to refuse: the rest need not be read
                 break
@@ -730,14 +743,18 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
         info.warnings.append(f"could not measure the video stream ({why}): sampled over the container's "
                              f"duration")
         return
+    if typical_last_frame and steps and not over:
+        end = last_start + sorted(steps)[len(steps) // 2]
     info.duration_s = round((end - first) * time_base, 6)
     info.video_start_s = max(0.0, round(first * time_base, 6))
     if not over:
         info.n_frames = count
         measured = round(count / info.duration_s, 3)
         # A raw elementary stream's header says ffmpeg's default 25 fps (a 29.97 fps .h264 read 25): frame
-        # numbers computed from it were 17% low. The stream's own rate wins where the two disagree by over 1%.
-        if not info.fps or (count >= 10 and abs(measured / info.fps - 1.0) > 0.01):
+        # numbers computed from it were 17% low. There the stream's own rate wins where the two disagree by
+        # over 1%; elsewhere the header's (a stream with a gap in time averages far fewer frames a second).
+        elementary = info.container.split(",")[0] in _ELEMENTARY_STREAMS
+        if not info.fps or (elementary and count >= 10 and abs(measured / info.fps - 1.0) > 0.01):
             info.fps = measured
 
 

@@ -398,3 +398,8 @@ def test_an_mp4_whose_headers_understate_its_length_is_sampled_over_its_stream(t
     assert "declares 1.00 s" in info.warnings[0]
     times = [f.time_s for batch in iter_frames(lying, info, n_frames=8) for f in batch]
     assert len(times) == 8 and times[-1] > 3.0
+    # With B-frames a gap's long decode-order step can land on a later frame: an honest 4-s clip with a 2-s
+    # gap measured 5.04 s, which would have overruled its (right) header. The span ends a typical step after
+    # the last frame's start.
+    gap = vfr_clip(tmp_path / "gap.mp4")
+    assert probe(gap).warnings == [] and probe(gap).duration_s == pytest.approx(4.0, abs=0.05)
