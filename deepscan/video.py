@@ -1252,7 +1252,8 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
     skipped), whatever they are: a broken link, a link loop or a FIFO named ``.mp4`` gets an error result.
     Content is sniffed only in regular files (opening a FIFO would block). Symlinked directories are not
     followed, so a symlink loop cannot trap the walk; symlinked files are followed (the folder's owner put
-    them there). Hidden files (``.name``, e.g. macOS ``._clip.mp4`` resource forks) are skipped.
+    them there). Hidden folders (``.git``, ``.cache``) and macOS ``._clip.mp4`` resource forks are skipped; a
+    hidden file named or sniffed as a video is not (a ``.clip.mp4`` among the clips, a fake, went unmentioned).
     """
     seen: set = set()
     for root in paths:
@@ -1288,5 +1289,5 @@ def _walk(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith("."):
+            if not name.startswith("._"):
                 yield Path(dirpath) / name

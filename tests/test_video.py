@@ -222,8 +222,13 @@ def test_discover_by_extension_and_content(tmp_path, test_video):
     (root / "notes.txt").write_text("not a video")
     (root / "fake.mp4").write_text("text in a .mp4")
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # must not trap the walk
+    # A hidden clip among the clips was skipped without a word; a resource fork and a hidden folder still are.
+    shutil.copy(test_video, root / ".hidden.mp4")
+    (root / "._a.mp4").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / ".cache").mkdir()
+    shutil.copy(test_video, root / ".cache" / "thumb.mp4")
     found = sorted(p.relative_to(root).as_posix() for p in discover([root]))
-    assert found == ["a.mp4", "fake.mp4", "sub/payload.bin"]
+    assert found == [".hidden.mp4", "a.mp4", "fake.mp4", "sub/payload.bin"]
 
 
 def test_discover_gives_a_file_reached_by_two_names_once(tmp_path, test_video, monkeypatch):
