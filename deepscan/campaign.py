@@ -1379,9 +1379,10 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     from rich.text import Text
 
     from .report import VERDICT_STYLE, distinct_names
-    from .results import shown
+    from .results import printable, shown
 
-    by_path = {str(r.path): r for r in results}
+    # Keyed as stored: a resumed result's name that is not UTF-8 is escaped, a live group's member is not.
+    by_path = {printable(str(r.path)): r for r in results}
     if groups is None:
         found: dict[tuple, Group] = {}
         campaigns = [c for r in results if (c := (r.extra or {}).get("campaign"))]
@@ -1415,7 +1416,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
                           for t in sorted({min(times), max(times)})) if times else "—"
         cell = Text()
         for m in g.members:
-            r = by_path.get(m)
+            r = by_path.get(printable(m))
             verdict = r.verdict if r else "not screened"
             inherited = bool(r and ((r.extra or {}).get("campaign") or {}).get("inherited"))
             if cell:

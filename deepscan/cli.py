@@ -243,6 +243,14 @@ def cmd_scan(args) -> int:
     results = []
     t0 = time.perf_counter()
     dedupe = args.dedupe is not False and len(paths) > 1
+    if dedupe and args.keyframes_only:
+        # Grouping hashes every frame, so nothing would be decoded keyframes only, yet results would say so.
+        if args.dedupe:
+            _print_error(console, "--keyframes-only and --dedupe exclude each other (grouping decodes every frame)")
+            return EXIT_ERROR
+        console.print("note: --keyframes-only: copies of the same video are not grouped (grouping decodes every "
+                      "frame; --no-dedupe says this)", style="dim", markup=False)
+        dedupe = False
     if dedupe:
         from .campaign import available_backend
 

@@ -153,6 +153,8 @@ class ScanOptions:
         for name, whole, optional in (("max_side", True, False), ("max_pixels", True, False),
                                       ("timeout_s", False, True), ("max_duration_s", False, True)):
             value = getattr(self, name)
+            if optional and is_number(value) and value == math.inf:  # `--timeout inf`: how the CLI says "none"
+                setattr(self, name, value := None)
             if optional and value is None:
                 continue
             if whole and isinstance(value, numbers.Integral) and not isinstance(value, bool):
@@ -174,7 +176,12 @@ class ScanOptions:
         return d
 
     def config_hash(self) -> str:
-        text = json.dumps(self.scoring_config(), sort_keys=True, default=str)
+        config = self.scoring_config()
+        # Added in session 52: left out at its default so that results stored before it still resume (a
+        # long video they may have sampled keyframes only is screened again: Scanner._judged_alike).
+        if not config["keyframes_only"]:
+            del config["keyframes_only"]
+        text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def scoring_config(self) -> dict:
@@ -184,6 +191,23 @@ class ScanOptions:
         d = {k: getattr(self, k) for k in keys}
         d["aggregation"] = asdict(self.aggregation)
         return d
+
+
+def _maybe_keyframes_only(result: VideoResult) -> bool:
+    """Whether a stored result may have been sampled keyframes only without asking: results from before session
+    52 (no ``keyframes_only`` in their config) of a video of a minute or more sampled 4 s apart or more,
+    screened outside a --dedupe scan (which decoded every frame). Such a result is screened again."""
+    config = result.config or {}
+    if "keyframes_only" in config or (result.extra or {}).get("campaign"):
+        return False
+    from .video import KEYFRAME_STEP_S
+
+    duration = (result.video or {}).get("duration_s") or 0.0
+    fps, frames = config.get("fps"), config.get("frames") or 32
+    if not (is_number(duration) and duration >= 60.0):
+        return False
+    step = 1.0 / fps if is_number(fps) and fps > 0 else duration / max(1, int(frames) if is_number(frames) else 32)
+    return step >= KEYFRAME_STEP_S
 
 
 def _is_probability(value) -> bool:
@@ -764,6 +788,8 @@ class Scanner:
             callers.restore()
 
     def _scan(self, paths, out_dir, progress, force: bool, evidence: bool, dedupe: bool, groups):
+        if (dedupe or groups) and self.options.keyframes_only:
+            raise ValueError("keyframes_only and dedupe exclude each other: grouping decodes every frame")
         self._load()
         writer = ResultsWriter(out_dir) if out_dir else None
         found = list(discover([paths] if isinstance(paths, (str, os.PathLike)) else paths))
@@ -903,7 +929,7 @@ class Scanner:
                 and then.get("precision") == now["precision"] and then.get("uncertain_band") == now["uncertain_band"]
                 and isinstance(then.get("threshold"), (int, float))
                 and abs(then["threshold"] - now["threshold"]) <= 1e-6)
-        return previous if same else None
+        return previous if same and not _maybe_keyframes_only(previous) else None
 
     def _preparations(self, found: list[Path], writer, force: bool, evidence: bool,
                       run: _CampaignRun | None = None) -> Iterator[tuple]:

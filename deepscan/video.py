@@ -634,15 +634,17 @@ def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, 
     span and count are taken only where they disagree with the header by more than a frame and 1%: an
     honest file samples exactly as it did (its header's rounding, 8.03 s for 8.033, would move a few frames)."""
     measured = replace(info, warnings=[])
-    measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s, typical_last_frame=True)
+    step = measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s, typical_last_frame=True)
     if measured.warnings:  # not measured: the header's values stay, as before this check
         return
     if max_duration_s and measured.duration_s > max_duration_s and info.duration_s > max_duration_s:
         return  # refused either way; the measure stopped at the limit, the header says how far it goes
+    # The span's end is known to a frame's length (the last frame's own is not stored: a slideshow's last
+    # image may show 0.04 s after 2-s steps). Only the span decides: a header's frame count may include
+    # frames an edit list hides (a stream-copy cut), which the measure leaves out.
     frame_s = 1.0 / (info.fps or measured.fps or 25.0)
-    tolerance = max(frame_s, 0.01 * max(info.duration_s, measured.duration_s))
-    if abs(measured.duration_s - info.duration_s) <= tolerance and (
-            not info.n_frames or abs(measured.n_frames - info.n_frames) <= max(1, 0.01 * info.n_frames)):
+    tolerance = max(frame_s, 1.5 * (step or 0.0), 0.01 * max(info.duration_s, measured.duration_s))
+    if abs(measured.duration_s - info.duration_s) <= tolerance:
         return
     info.warnings.append(f"the container declares {info.duration_s:.2f} s and {info.n_frames or '?'} frames; the "
                          f"video stream runs {measured.duration_s:.2f} s, {measured.n_frames} frames: sampled over "
@@ -659,7 +661,7 @@ _PKT_FLAG_DISCARD = 0x4  # a packet the demuxer reads only to decode others (out
 
 def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT_S,
                          max_pixels: int | None = MAX_PIXELS, max_duration_s: float | None = None,
-                         typical_last_frame: bool = False) -> None:
+                         typical_last_frame: bool = False) -> float | None:
     """Set ``info``'s duration and frame count to the video stream's own, from one demux-only pass.
 
     ``ffmpeg -c copy -f framecrc`` lists every packet of the stream (time base, pts, dts, duration) without
@@ -670,7 +672,8 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
 
     ``typical_last_frame``: the span ends one typical (median) packet duration after the last frame's start,
     not at the largest start plus duration: with B-frames a packet's duration is its decode-order step, so a
-    gap's long step can land on a later frame (a 4-s VFR clip with a 2-s gap measured 5.04 s).
+    gap's long step can land on a later frame (a 4-s VFR clip with a 2-s gap measured 5.04 s). It then returns
+    that typical step in seconds (None otherwise), the uncertainty of the span's end.
     """
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
             *input_options(max_pixels or _FFMPEG_INT_MAX, info.container), "-i", ffmpeg_input(path),
@@ -725,7 +728,8 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
             last_start = ts if last_start is None else max(last_start, ts)
             if typical_last_frame and duration > 0:
                 steps.append(duration)
-            if max_duration_s and (end - first) * time_base > max_duration_s:
+            # (The last start, in that mode: a gap's step on a later frame must not refuse an honest clip.)
+            if max_duration_s and ((last_start if typical_last_frame else end) - first) * time_base > max_duration_s:
                 over = True  # long enough to refuse: the rest need not be read
                 break
     finally:
@@ -742,9 +746,12 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
     if why:
         info.warnings.append(f"could not measure the video stream ({why}): sampled over the container's "
                              f"duration")
-        return
-    if typical_last_frame and steps and not over:
-        end = last_start + sorted(steps)[len(steps) // 2]
+        return None
+    typical_step = None
+    if typical_last_frame and steps:
+        typical_step = sorted(steps)[len(steps) // 2]
+        if not over:
+            end = last_start + typical_step
     info.duration_s = round((end - first) * time_base, 6)
     info.video_start_s = max(0.0, round(first * time_base, 6))
     if not over:
@@ -756,6 +763,7 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
         elementary = info.container.split(",")[0] in _ELEMENTARY_STREAMS
         if not info.fps or (elementary and count >= 10 and abs(measured / info.fps - 1.0) > 0.01):
             info.fps = measured
+    return None if typical_step is None else typical_step * time_base
 
 
 def _explain_failure(stderr: str, url: str, timeout_s: float, head: bytes = b"") -> str:

@@ -171,16 +171,19 @@ def test_a_resumed_copy_met_before_its_screened_file_is_screened_itself(tmp_path
     assert not screened["extra"]["campaign"]["is_representative"] and not screened["extra"]["campaign"]["inherited"]
 
 
-def test_a_cut_off_file_with_no_screening_frame_is_an_error_with_dedupe_too(tmp_path):
-    """Its first instants decode (hash frames) but no sampled frame does: with --dedupe it read "no_face"
-    (exit 0), as if its frames had been searched; alone it is an error."""
+def test_a_cut_off_file_is_screened_alike_with_dedupe_and_alone(tmp_path):
+    """Its first instants decode (hash frames) but, sampled over the 4 s its header declares, no sampled frame
+    did: with --dedupe it read "no_face" (exit 0), as if its frames had been searched; alone an error. Since
+    session 52 its stream is measured (0.52 s there) and both screen the frames that are there, saying so."""
     src = tmp_path / "in"
     src.mkdir()
     (src / "cut.mp4").write_bytes((SAMPLE_CLIPS / "astronaut_real.mp4").read_bytes()[:50_000])
     shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", src / "whole.mp4")
     results = {r.path.rsplit("/", 1)[-1]: r for r in Scanner(frames=4, threads=1).scan([src], dedupe=True)}
-    cut = results["cut.mp4"]
-    assert (cut.status, cut.n_frames) == ("error", 0) and "no frame" in cut.error
+    cut, alone = results["cut.mp4"], Scanner(frames=4, threads=1).scan_video(src / "cut.mp4")
+    assert (cut.status, cut.n_frames) == (alone.status, alone.n_frames) == ("ok", 2)
+    assert [f.time_s for f in cut.frames] == [f.time_s for f in alone.frames]
+    assert any(w.startswith("truncated MP4") for w in cut.video["warnings"])
     assert results["whole.mp4"].status == "ok"
 
 
@@ -199,7 +202,7 @@ def test_a_campaign_keeps_its_screened_results_without_their_pixels(tmp_path):
     assert all(f.crop is None and f.heatmap is None for r in kept.values() for fr in r.frames for f in fr.faces)
 
 
-def test_a_name_that_is_not_utf8_neither_stops_a_dedupe_scan_nor_grows_its_results(tmp_path):
+def test_a_name_that_is_not_utf8_neither_stops_a_dedupe_scan_nor_grows_its_results(tmp_path, capsys):
     """Its surrogate escapes reached extra.campaign.representative, which could not be encoded: the whole
     scan stopped at that file (no later video screened). Once written escaped, a rerun compared the stored
     (escaped) group with the raw one and appended the line again, every time."""
@@ -210,10 +213,15 @@ def test_a_name_that_is_not_utf8_neither_stops_a_dedupe_scan_nor_grows_its_resul
     shutil.copy(SAMPLE_CLIPS / "astronaut_real.mp4", folder / "a_real.mp4")
     shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", os.fsdecode(os.fsencode(folder) + b"/clip\xff.mp4"))
     shutil.copy(SAMPLE_CLIPS / "astronaut_mouthwarp_fake.mp4", folder / "z_fake.mp4")
+    shutil.copy(SAMPLE_CLIPS / "carphone_real.mp4", folder / "zz_copy.mp4")  # the odd name heads a group
     out = tmp_path / "out"
     assert main(["scan", str(folder), "--out", str(out), "--frames", "4", "--dedupe"]) == 1
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert sorted(line["path"].rsplit("/", 1)[1] for line in lines) == ["a_real.mp4", "clip\\xff.mp4", "z_fake.mp4"]
+    assert sorted(line["path"].rsplit("/", 1)[1] for line in lines) == [
+        "a_real.mp4", "clip\\xff.mp4", "z_fake.mp4", "zz_copy.mp4"]
     assert all(line_problem(line) is None for line in lines)
+    capsys.readouterr()
     assert main(["scan", str(folder), "--out", str(out), "--frames", "4", "--dedupe"]) == 1
-    assert len((out / "results.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+    assert len((out / "results.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+    # Resumed, its stored (escaped) name was not found among the live group's: "(screened): not screened".
+    assert "clip\\xff.mp4 (screened): real" in capsys.readouterr().out

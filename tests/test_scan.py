@@ -566,3 +566,25 @@ def test_long_videos_are_decoded_in_full_unless_keyframes_only_is_asked(sample_c
     Scanner(frames=2, keep_heatmaps=False, keyframes_only=True).scan_video(sample_clip)
     assert asked == [False, None]  # None: iter_frames' own rule (a minute or more, 4 s apart)
     assert ScanOptions(keyframes_only=True).config_hash() != ScanOptions().config_hash()
+    # Left out of the hash at its default: every stored result would have been screened again, silently.
+    assert ScanOptions().config_hash() == "0ff79684589b8f35"  # the hash of the same options before session 52
+    with pytest.raises(ValueError, match="exclude each other"):
+        next(Scanner(keyframes_only=True).scan([sample_clip, sample_clip.parent], dedupe=True))
+
+
+def test_a_stored_result_that_may_have_been_sampled_keyframes_only_is_screened_again():
+    from deepscan.scanner import _maybe_keyframes_only
+
+    def stored(duration, config, campaign=None):
+        r = VideoResult(path="x.mp4", config=config, video={"duration_s": duration})
+        if campaign:
+            r.extra["campaign"] = campaign
+        return r
+
+    before = {"frames": 32, "fps": None}
+    assert _maybe_keyframes_only(stored(600.0, before))  # 18.75 s apart: keyframes only, unasked
+    assert not _maybe_keyframes_only(stored(30.0, before))  # under a minute: never
+    assert not _maybe_keyframes_only(stored(600.0, {**before, "fps": 1.0}))  # 1 s apart: never
+    assert not _maybe_keyframes_only(stored(600.0, before, campaign={"group": 1}))  # --dedupe decoded all
+    assert not _maybe_keyframes_only(stored(600.0, {**before, "keyframes_only": False}))  # since session 52
+    assert ScanOptions(timeout_s=float("inf"), max_duration_s=float("inf")).timeout_s is None  # `--timeout inf`

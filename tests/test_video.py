@@ -408,3 +408,15 @@ def test_an_mp4_whose_headers_understate_its_length_is_sampled_over_its_stream(t
     # the last frame's start.
     gap = vfr_clip(tmp_path / "gap.mp4")
     assert probe(gap).warnings == [] and probe(gap).duration_s == pytest.approx(4.0, abs=0.05)
+    # ffprobe's frame count includes frames an edit list hides (a stream-copy cut), the measure does not: the
+    # count alone gave a false warning. Only the span decides.
+    from dataclasses import replace
+
+    from deepscan.video import _check_declared_length
+
+    cut = tmp_path / "cut.mp4"
+    ffmpeg("-ss", "1.5", "-i", str(src), "-t", "2", "-c", "copy", str(cut))
+    as_ffprobe_says = replace(probe(cut), warnings=[])
+    as_ffprobe_says.n_frames += 40
+    _check_declared_length(cut, as_ffprobe_says, 30.0, None, None)
+    assert as_ffprobe_says.warnings == []
