@@ -1381,8 +1381,10 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
     from .report import VERDICT_STYLE, distinct_names
     from .results import printable, shown
 
-    # Keyed as stored: a resumed result's name that is not UTF-8 is escaped, a live group's member is not.
-    by_path = {printable(str(r.path)): r for r in results}
+    # A resumed result's name that is not UTF-8 is stored escaped, a live group's member is not: that form
+    # only where the raw name finds nothing (a name may hold a literal "\xff" too).
+    by_path = {str(r.path): r for r in results}
+    by_stored_name = {printable(str(r.path)): r for r in results}
     if groups is None:
         found: dict[tuple, Group] = {}
         campaigns = [c for r in results if (c := (r.extra or {}).get("campaign"))]
@@ -1416,7 +1418,7 @@ def campaign_table(results, groups: Sequence[Group] | None = None):
                           for t in sorted({min(times), max(times)})) if times else "—"
         cell = Text()
         for m in g.members:
-            r = by_path.get(printable(m))
+            r = by_path.get(m) or by_stored_name.get(printable(m))
             verdict = r.verdict if r else "not screened"
             inherited = bool(r and ((r.extra or {}).get("campaign") or {}).get("inherited"))
             if cell:

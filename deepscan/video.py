@@ -642,15 +642,19 @@ def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, 
     # The span's end is known to a frame's length (the last frame's own is not stored: a slideshow's last
     # image may show 0.04 s after 2-s steps). Only the span decides: a header's frame count may include
     # frames an edit list hides (a stream-copy cut), which the measure leaves out.
-    frame_s = 1.0 / (info.fps or measured.fps or 25.0)
-    tolerance = max(frame_s, 1.5 * (step or 0.0), 0.01 * max(info.duration_s, measured.duration_s))
+    # (The step as measured between frames: the header's frame rate is the file's say, as its lengths are.)
+    frame_s = step or 1.0 / (info.fps or measured.fps or 25.0)
+    tolerance = max(1.5 * frame_s, 0.01 * max(info.duration_s, measured.duration_s))
     if abs(measured.duration_s - info.duration_s) <= tolerance:
         return
     info.warnings.append(f"the container declares {info.duration_s:.2f} s and {info.n_frames or '?'} frames; the "
                          f"video stream runs {measured.duration_s:.2f} s, {measured.n_frames} frames: sampled over "
                          f"the stream")
-    info.duration_s, info.n_frames = measured.duration_s, measured.n_frames
-    info.video_start_s, info.fps = measured.video_start_s, measured.fps
+    info.duration_s, info.n_frames, info.video_start_s = measured.duration_s, measured.n_frames, measured.video_start_s
+    # A header that lies about the length lies about the rate too (0.05 fps from 20-s steps collapsed the
+    # schedule onto the first 0.3 s): the stream's own average.
+    if measured.duration_s > 0 and measured.n_frames:
+        info.fps = round(measured.n_frames / measured.duration_s, 3)
 
 
 _NOPTS = -(2**63)  # AV_NOPTS_VALUE, as framecrc prints it
@@ -670,7 +674,7 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
     refusal follows in :func:`check_limits`) and is killed after ``timeout_s``. When it fails, the container's
     values stay and ``info.warnings`` says so.
 
-    ``typical_last_frame``: the span ends one typical (median) packet duration after the last frame's start,
+    ``typical_last_frame``: the span ends one typical (median) gap between frame starts after the last one,
     not at the largest start plus duration: with B-frames a packet's duration is its decode-order step, so a
     gap's long step can land on a later frame (a 4-s VFR clip with a 2-s gap measured 5.04 s). It then returns
     that typical step in seconds (None otherwise), the uncertainty of the span's end.
@@ -695,7 +699,7 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
     timer.start()
     time_base = 0.0
     first = end = last_start = None
-    steps: list[int] = []
+    starts: list[int] = []
     count = 0
     over = False
     try:
@@ -726,8 +730,8 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
             first = ts if first is None else min(first, ts)
             end = ts + max(duration, 0) if end is None else max(end, ts + max(duration, 0))
             last_start = ts if last_start is None else max(last_start, ts)
-            if typical_last_frame and duration > 0:
-                steps.append(duration)
+            if typical_last_frame:
+                starts.append(ts)
             # (The last start, in that mode: a gap's step on a later frame must not refuse an honest clip.)
             if max_duration_s and ((last_start if typical_last_frame else end) - first) * time_base > max_duration_s:
                 over = True  # long enough to refuse: the rest need not be read
@@ -748,8 +752,12 @@ def measure_video_stream(path, info: VideoInfo, timeout_s: float = PROBE_TIMEOUT
                              f"duration")
         return None
     typical_step = None
-    if typical_last_frame and steps:
-        typical_step = sorted(steps)[len(steps) // 2]
+    # The typical gap between presentation times, not the packets' stored durations: those are decode-order
+    # steps the file sets (20-s steps with ctts putting the frames back 0.04 s apart hid a 1-s header lie).
+    ordered = sorted(starts)
+    gaps = sorted(b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > a)
+    if gaps:
+        typical_step = gaps[len(gaps) // 2]
         if not over:
             end = last_start + typical_step
     info.duration_s = round((end - first) * time_base, 6)
@@ -1272,8 +1280,9 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
             candidates = [root]
         for p in candidates:
             suffix = p.suffix.lower()
+            # A hidden file only by its name: sniffed, a Mac's .DS_Store reads as an H.264 stream.
             if not (p is root or suffix in VIDEO_EXTENSIONS or suffix in PLAYLIST_EXTENSIONS
-                    or (p.is_file() and looks_like_video(p))):
+                    or (not p.name.startswith(".") and p.is_file() and looks_like_video(p))):
                 continue
             # One file reached by two names (an absolute and a relative path, a symlinked folder given too, a
             # link beside its target) is screened once, under the first.

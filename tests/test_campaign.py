@@ -858,3 +858,22 @@ def test_a_difference_must_hold_over_run_frames_consecutive_frames():
     smoothed = _check_of_pairs(worst, median, 0.0, DEFAULT_THRESHOLDS, lambda same: 1.0, run_frames=2)
     assert smoothed.difference == pytest.approx(0.02) and not smoothed.altered()
     assert smoothed.pairs == 4 and smoothed.locality == pytest.approx(2.0)
+
+
+def test_the_campaign_table_tells_a_raw_name_from_its_escaped_look_alike():
+    """Keyed by the escaped form, byte 0xFF in one name and a literal backslash-x-f-f in another were one key:
+    a member was shown with the other file's verdict. The escaped form is only a fallback (a resumed line)."""
+    import os
+
+    from rich.console import Console
+
+    raw, literal = os.fsdecode(b"camp/x\xff.mp4"), "camp/x\\xff.mp4"
+    rep = VideoResult(path="camp/copy.mp4", verdict="fake", status="ok")
+    copy = VideoResult(path=literal, verdict="fake", status="ok", extra={"campaign": {"inherited": True}})
+    other = VideoResult(path=raw, verdict="uncertain", status="ok")
+    groups = [Group(id=1, members=["camp/copy.mp4", literal], representative="camp/copy.mp4"),
+              Group(id=2, members=[raw], representative=raw, altered=[1], altered_with=["camp/copy.mp4"])]
+    console = Console(width=200, record=True)
+    console.print(campaign_table([rep, copy, other], groups))
+    text = console.export_text()
+    assert "x\\xff.mp4: fake*" in text and "x\\xff.mp4 (screened): uncertain" in text

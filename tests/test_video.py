@@ -225,6 +225,7 @@ def test_discover_by_extension_and_content(tmp_path, test_video):
     # A hidden clip among the clips was skipped without a word; a resource fork and a hidden folder still are.
     shutil.copy(test_video, root / ".hidden.mp4")
     (root / "._a.mp4").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))  # sniffed, it read as H.264
     (root / ".cache").mkdir()
     shutil.copy(test_video, root / ".cache" / "thumb.mp4")
     found = sorted(p.relative_to(root).as_posix() for p in discover([root]))
@@ -420,3 +421,25 @@ def test_an_mp4_whose_headers_understate_its_length_is_sampled_over_its_stream(t
     as_ffprobe_says.n_frames += 40
     _check_declared_length(cut, as_ffprobe_says, 30.0, None, None)
     assert as_ffprobe_says.warnings == []
+
+
+def test_the_declared_length_check_trusts_the_stream_not_the_headers_rate(monkeypatch):
+    """20-s decode steps in stts (a ctts putting the frames back 0.04 s apart) made the header's rate 0.05 fps:
+    its 20-s "frame" was the tolerance, and a 1-s header over an 8-s stream passed unwarned, sampled in 0.3 s."""
+    from dataclasses import replace
+
+    import deepscan.video as video
+
+    def measured(path, info, *args, **kwargs):
+        info.duration_s, info.n_frames, info.video_start_s = 8.0, 200, 0.0
+        return 0.04  # the typical gap between frame starts
+
+    monkeypatch.setattr(video, "measure_video_stream", measured)
+    header = video.VideoInfo(path="x.mp4", container="mov,mp4", codec="h264", width=64, height=64, fps=0.05,
+                             duration_s=1.0, n_frames=0, rotation=0)
+    lying = replace(header, warnings=[])
+    video._check_declared_length("x.mp4", lying, 30.0, None, None)
+    assert (lying.duration_s, lying.n_frames, lying.fps) == (8.0, 200, 25.0) and lying.warnings
+    honest = replace(header, fps=25.0, duration_s=7.98, n_frames=200, warnings=[])  # half a frame off: kept
+    video._check_declared_length("x.mp4", honest, 30.0, None, None)
+    assert (honest.duration_s, honest.fps, honest.warnings) == (7.98, 25.0, [])
