@@ -631,8 +631,8 @@ def _probe(path: Path, head: bytes, timeout_s: float, max_pixels: int | None,
 def _check_declared_length(path, info: VideoInfo, timeout_s: float, max_pixels, max_duration_s) -> None:
     """A single-stream file's declared length, checked against its stream: an MP4 whose headers said 1 s for a
     20-s video was sampled in its first 1.3 s (32 frames of a real intro; the fake 19 s unseen). The measured
-    span and count are taken only where they disagree with the header by more than a frame and 1%: an
-    honest file samples exactly as it did (its header's rounding, 8.03 s for 8.033, would move a few frames)."""
+    span and count are taken only where the spans disagree by more than 1.5 typical gaps between frames and 1%:
+    an honest file samples exactly as it did (its header's rounding, 8.03 s for 8.033, would move a few frames)."""
     measured = replace(info, warnings=[])
     step = measure_video_stream(path, measured, timeout_s, max_pixels, max_duration_s, typical_last_frame=True)
     if measured.warnings:  # not measured: the header's values stay, as before this check
@@ -1269,7 +1269,8 @@ def discover(paths, recursive: bool = True) -> Iterator[Path]:
     Content is sniffed only in regular files (opening a FIFO would block). Symlinked directories are not
     followed, so a symlink loop cannot trap the walk; symlinked files are followed (the folder's owner put
     them there). Hidden folders (``.git``, ``.cache``) and macOS ``._clip.mp4`` resource forks are skipped; a
-    hidden file named or sniffed as a video is not (a ``.clip.mp4`` among the clips, a fake, went unmentioned).
+    hidden file named as a video is not (a ``.clip.mp4`` among the clips, a fake, went unmentioned), one named
+    otherwise is never sniffed (a ``.DS_Store`` reads as H.264).
     """
     seen: set = set()
     for root in paths:
