@@ -33,7 +33,8 @@ def _thread_count(text: str) -> int:
     try:
         check_threads(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("threads must be", "must be")) from None
+        raise argparse.ArgumentTypeError(str(exc).replace("threads must be", "must be")
+                                         .replace("; 0: every core", "")) from None
     return value
 
 

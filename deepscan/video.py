@@ -376,14 +376,16 @@ def _scrub(text: str, url: str) -> str:
 
 def _chosen_stream(candidates: list[tuple[int, int, bool]]) -> tuple[int, str | None]:
     """Which of several video streams to screen, as (position in ``candidates``, warning or None), from each
-    stream's (index, coded pixels, default disposition): the one ffmpeg and players show, by ffmpeg's own rule
-    (pixels, plus 5,000,000 for the default mark; the first on a tie). Stream 0 was taken before: a file with
-    a disabled real stream 0 and a default fake stream 1 played the fake and was screened on the real."""
-    best = max(range(len(candidates)), key=lambda i: (candidates[i][1] + 5_000_000 * candidates[i][2], -i))
+    stream's (index, coded pixels, default disposition): the one players show, the default-marked (an MP4
+    track's enabled flag reads as that mark), else the largest; the first on a tie. Stream 0 was taken before:
+    a file with a disabled real stream 0 and a default fake stream 1 played the fake and was screened on the
+    real. (ffmpeg's command line adds only 5,000,000 pixels for the mark, so a disabled 4K real stream beat a
+    default 480-px fake: not what a player shows.)"""
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][2], candidates[i][1], -i))
     if len(candidates) < 2:
         return best, None
     others = ", ".join(f"#{c[0]}" for i, c in enumerate(candidates) if i != best)
-    why = "marked default" if candidates[best][2] else "the largest"
+    why = "marked default" if candidates[best][2] else "none marked default: the largest"
     return best, (f"{len(candidates)} video streams: screened stream #{candidates[best][0]} (the one players show, "
                   f"{why}); not screened: {others}")
 

@@ -357,11 +357,15 @@ def test_the_video_stream_players_show_is_the_one_screened(tmp_path):
                 "disposition": {"default": int(default), "attached_pic": 0}}
 
     fmt = {"format_name": "mov", "duration": "4"}
-    # No mark on either: the larger, as ffmpeg picks; one stream: no warning.
+    # No mark on either: the larger; one stream: no warning.
     unmarked = parse_ffprobe_json({"format": fmt, "streams": [stream(0, 240, False), stream(1, 480, False)]})
     assert unmarked.stream_index == 1 and "the largest" in unmarked.warnings[0]
     marked = parse_ffprobe_json({"format": fmt, "streams": [stream(0, 480, False), stream(1, 240, True)]})
     assert marked.stream_index == 1 and "marked default" in marked.warnings[0]
+    # A disabled 4K stream beside a default 480-px one: ffmpeg's command line maps the 4K (it adds only 5 M
+    # pixels for the mark), a player shows the marked one, and so does deepscan.
+    huge = parse_ffprobe_json({"format": fmt, "streams": [stream(0, 3840, False), stream(1, 480, True)]})
+    assert huge.stream_index == 1
     assert parse_ffprobe_json({"format": fmt, "streams": [stream(0, 240, True)]}).warnings == []
 
 
