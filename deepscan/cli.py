@@ -244,23 +244,24 @@ def cmd_scan(args) -> int:
     results = []
     t0 = time.perf_counter()
     dedupe = args.dedupe is not False and len(paths) > 1
-    if dedupe and args.keyframes_only:
-        # Grouping hashes every frame, so nothing would be decoded keyframes only, yet results would say so.
-        if args.dedupe:
-            _print_error(console, "--keyframes-only and --dedupe exclude each other (grouping decodes every frame)")
-            return EXIT_ERROR
-        console.print("note: --keyframes-only: copies of the same video are not grouped (grouping decodes every "
-                      "frame; --no-dedupe says this)", style="dim", markup=False)
-        dedupe = False
     if dedupe:
         from .campaign import available_backend
 
-        if available_backend() != "pdq":  # grouping while screening hashes deepscan's own frames (pdqhash)
+        # Why copies cannot be grouped here, as (the error when --dedupe was asked for, the note when not).
+        if args.keyframes_only:  # grouping hashes every frame: nothing would be keyframes only, yet results say so
+            unable = ("--keyframes-only and --dedupe exclude each other (grouping decodes every frame)",
+                      "--keyframes-only: copies of the same video are not grouped (grouping decodes every frame; "
+                      "--no-dedupe says this)")
+        elif available_backend() != "pdq":  # grouping while screening hashes deepscan's own frames (pdqhash)
+            unable = ("--dedupe needs pdqhash: pip install 'deepscan[campaign]'",
+                      "copies of the same video are not grouped (pip install 'deepscan[campaign]' for --dedupe)")
+        else:
+            unable = None
+        if unable:
             if args.dedupe:
-                _print_error(console, "--dedupe needs pdqhash: pip install 'deepscan[campaign]'")
+                _print_error(console, unable[0])
                 return EXIT_ERROR
-            console.print("note: copies of the same video are not grouped (pip install 'deepscan[campaign]' "
-                          "for --dedupe)", style="dim", markup=False)
+            console.print("note: " + unable[1], style="dim", markup=False)
             dedupe = False
     if args.provenance:
         from .provenance import c2pa_available

@@ -418,7 +418,8 @@ def _score_digits(results: list[dict]) -> int:
     return decimals_to_compare(pairs)
 
 
-def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str:
+def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> tuple[str, list[int]]:
+    """The report's HTML, and for each video that lacks evidence images it names, how many."""
     order = sorted(range(len(results)),
                    key=lambda i: (-(results[i].get("score") if results[i].get("score") is not None else -1.0),
                                   results[i]["path"]))
@@ -437,12 +438,13 @@ def render_report(results: list[dict], out_dir: Path, bad_lines: int = 0) -> str
             v["campaign"] = {**v["campaign"], "size": sizes[group_key(v["campaign"])]}
         if v["campaign"].get("inherited"):  # its evidence is the screened file's section
             v["screened_anchor"] = anchors.get(v["campaign"].get("screened_as"))
-    return _environment().get_template(TEMPLATE).render(
+    html = _environment().get_template(TEMPLATE).render(
         summary=_summary(results, bad_lines), videos=videos, digits=_score_digits(results), version=__version__,
         meanings=VERDICT_MEANING,
         # Higher rank = more suspicious, so the first click on "Verdict" (numeric: descending) puts fakes on top.
         verdict_rank={v: len(VERDICTS) - i for i, v in enumerate(VERDICTS)},
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return html, [v["missing_images"] for v in videos if v["missing_images"]]
 
 
 def build_report(out_dir: Path) -> Path:
@@ -450,12 +452,11 @@ def build_report(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     results, bad_lines = read_results(out_dir / "results.jsonl")
     # All three rendered before any is written: a failure leaves the earlier three as they were, not a mix.
+    html, missing = render_report(results, out_dir, bad_lines)
     outputs = {"videos.csv": _csv_text(VIDEO_COLUMNS, video_rows(results)),
-               "frames.csv": _csv_text(FRAME_COLUMNS, frame_rows(results)),
-               "report.html": render_report(results, out_dir, bad_lines)}
+               "frames.csv": _csv_text(FRAME_COLUMNS, frame_rows(results)), "report.html": html}
     for name, text in outputs.items():
         write_atomic(out_dir / name, text.encode("utf-8"))
-    missing = [n for d in results if (n := _missing_images(d, out_dir))]
     if missing:
         warnings.warn(MissingEvidenceWarning(
             f"{sum(missing)} evidence images of {len(missing)} videos named in results.jsonl are not in "
