@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--detector", help="detector name (see `deepscan models`) or a model-card JSON path")
     s.add_argument("--weights", help="weights file for the detector (e.g. a MesoNet .h5)")
     sampling = s.add_mutually_exclusive_group()
-    sampling.add_argument("--frames", type=_positive_int, default=32, help="frames sampled evenly (default 32)")
-    sampling.add_argument("--fps", type=_positive_finite, help="sample at this many frames per second instead")
+    sampling.add_argument("--frames", type=_positive_int, default=32,
+                          help="frames sampled, one in each of N equal slices, placed by the file's hash (default 32)")
+    sampling.add_argument("--fps", type=_positive_finite, help="instead: one frame in each 1/R-s interval, placed alike")
     s.add_argument("--out", type=Path, help="directory for results.jsonl (one line per video, as each finishes)")
     s.add_argument("--json", action="store_true", help="print one JSON line per video instead of the table")
     s.add_argument("--html", action="store_true",

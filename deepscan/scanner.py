@@ -47,6 +47,7 @@ from .scoring import Aggregation, aggregate, score_interval
 from .video import (
     MAX_DURATION_S,
     MAX_PIXELS,
+    SAMPLING,
     VideoError,
     check_input,
     decode_size,
@@ -66,7 +67,7 @@ class _CallersError(Exception):
 class ScanOptions:
     detector: str | None = None  # registry name or model-card path; None = the embedded default
     weights: str | None = None  # another weights file for the detector's architecture
-    frames: int = 32  # frames sampled evenly over the duration
+    frames: int = 32  # frames sampled, one in each of N equal slices, placed by the file's sha256
     fps: float | None = None  # sample at this rate instead (overrides ``frames``)
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None = CUDA when available
     # Detector precision: auto (fp16 on CUDA; bf16 on CPUs with native bf16, fp32 on others), fp32, bf16, fp16.
@@ -176,12 +177,7 @@ class ScanOptions:
         return d
 
     def config_hash(self) -> str:
-        config = self.scoring_config()
-        # Added in session 52: left out at its default so that results stored before it still resume (a
-        # long video they may have sampled keyframes only is screened again: Scanner._judged_alike).
-        if not config["keyframes_only"]:
-            del config["keyframes_only"]
-        text = json.dumps(config, sort_keys=True, default=str)
+        text = json.dumps(self.scoring_config(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def scoring_config(self) -> dict:
@@ -190,24 +186,10 @@ class ScanOptions:
                 "full_detect_every", "follow_faces", "keyframes_only")
         d = {k: getattr(self, k) for k in keys}
         d["aggregation"] = asdict(self.aggregation)
+        # Where samples fall: results stored on the fixed schedule (before session 53), which a file's author
+        # could steer, have none of this and so never resume: such a file is screened again.
+        d["sampling"] = SAMPLING
         return d
-
-
-def _maybe_keyframes_only(result: VideoResult) -> bool:
-    """Whether a stored result may have been sampled keyframes only without asking: results from before session
-    52 (no ``keyframes_only`` in their config) of a video of a minute or more sampled 4 s apart or more,
-    screened outside a --dedupe scan (which decoded every frame). Such a result is screened again."""
-    config = result.config or {}
-    if "keyframes_only" in config or (result.extra or {}).get("campaign"):
-        return False
-    from .video import KEYFRAME_STEP_S
-
-    duration = (result.video or {}).get("duration_s") or 0.0
-    fps, frames = config.get("fps"), config.get("frames") or 32
-    if not (is_number(duration) and duration >= 60.0):
-        return False
-    step = 1.0 / fps if is_number(fps) and fps > 0 else duration / max(1, int(frames) if is_number(frames) else 32)
-    return step >= KEYFRAME_STEP_S
 
 
 def _is_probability(value) -> bool:
@@ -576,7 +558,8 @@ class Scanner:
         timing = {"decode_s": 0.0, "detect_s": 0.0, "classify_s": 0.0}
         frames_out: list[FrameResult] = []
         decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
-                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel)
+                      timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel,
+                      sample_seed=result.sha256)
         hasher = None
         if run is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher
@@ -929,7 +912,7 @@ class Scanner:
                 and then.get("precision") == now["precision"] and then.get("uncertain_band") == now["uncertain_band"]
                 and isinstance(then.get("threshold"), (int, float))
                 and abs(then["threshold"] - now["threshold"]) <= 1e-6)
-        return previous if same and not _maybe_keyframes_only(previous) else None
+        return previous if same else None
 
     def _preparations(self, found: list[Path], writer, force: bool, evidence: bool,
                       run: _CampaignRun | None = None) -> Iterator[tuple]:

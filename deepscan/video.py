@@ -22,6 +22,7 @@ Inputs are hostile until proven otherwise (docs/bad_inputs.md lists what was tri
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -820,6 +821,43 @@ def sample_schedule(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
     return step, step / 2.0
 
 
+# A seeded schedule's shifts repeat after this many slices: the select expression holds them as a lookup
+# tree, about 33 characters a shift, which must fit one command-line argument (Linux: 128 KB). Repeating does
+# not help an author: the shifts are unknown until the file (and so its hash) is final.
+SEEDED_SHIFT_PERIOD = 512
+# The scheme a scan records in its configuration (``ScanOptions.scoring_config``): each sample's place in its
+# slice drawn from the file's sha256 (:func:`sample_shifts`).
+SAMPLING = "seeded-by-sha256"
+
+
+def seeded_shifts(seed: str, count: int, span_s: float) -> list[float]:
+    """``count`` shifts in [0, ``span_s``], each from its own hash of ``seed`` and its slice number, rounded to
+    the 6 decimals a select expression carries."""
+    shifts = []
+    for k in range(count):
+        draw = hashlib.blake2b(f"{seed}|{k}".encode(), digest_size=8).digest()
+        shifts.append(float(f"{int.from_bytes(draw, 'big') / 2.0**64 * span_s:.6f}"))
+    return shifts
+
+
+def sample_shifts(info: VideoInfo, n_frames: int | None = 32, fps: float | None = None,
+                  seed: str | None = None) -> list[float] | None:
+    """Where inside its slice each sample falls when the schedule is seeded (``seed``: the file's sha256), so
+    that a file's author cannot know which frames are screened: slice k's target is ``k·step + shifts[k mod
+    len(shifts)]``, anywhere from the slice's start to one frame period before its end (so a frame starts
+    inside it). None (the fixed schedule of :func:`sample_schedule`) without a seed, or when every frame is
+    taken."""
+    step, _ = sample_schedule(info, n_frames, fps)
+    if not seed or step == EVERY_FRAME_S:
+        return None
+    span = max(0.0, step - 1.0 / info.fps) if info.fps else step / 2.0
+    if fps:
+        count = math.ceil(info.duration_s * fps) + 1 if info.duration_s > 0 else SEEDED_SHIFT_PERIOD
+    else:
+        count = max(1, int(n_frames or 32))
+    return seeded_shifts(seed, min(count, SEEDED_SHIFT_PERIOD), span)
+
+
 # Frame periods around each hash target within which decoded frames also come out (its neighbours).
 HASH_NEIGHBOUR_FRAMES = 1.5
 TRACK_SIDE = 32  # side of the grey thumbnail of every decoded frame (``iter_frames(track=...)``)
@@ -880,6 +918,52 @@ class Schedule:
         return False
 
 
+def seeded_select_expression(step_s: float, shifts: list[float]) -> str:
+    """ffmpeg ``select`` expression of a seeded schedule (:func:`sample_shifts`), counted from the first frame.
+
+    Register 0 holds how many targets a taken frame had passed; a frame is taken when more targets lie at or
+    before it (``rel``: register 3) than that: the targets of the slices before its own (register 2) and its
+    own slice's when passed. The shift of slice k is looked up by ``k mod len(shifts)`` (register 7) in a
+    balanced tree of comparisons. Registers 1 and 6 stay free for a hash schedule. :class:`SeededSchedule` is
+    its exact twin in Python.
+    """
+    def lookup(lo: int, hi: int) -> str:
+        if hi - lo == 1:
+            return f"{shifts[lo]:.6f}"
+        mid = (lo + hi) // 2
+        return f"if(lt(ld(7)\\,{mid})\\,{lookup(lo, mid)}\\,{lookup(mid, hi)})"
+
+    step = f"{step_s:.6f}"
+    return (f"st(5\\,if(eq(n\\,0)\\,t\\,ld(5)))*0+st(3\\,{_time_from_first_frame(0)})*0"
+            f"+st(2\\,floor(ld(3)/{step}))*0+st(7\\,mod(ld(2)\\,{len(shifts)}))*0"
+            f"+st(4\\,ld(2)+gte(ld(3)\\,ld(2)*{step}+{lookup(0, len(shifts))}))*0"
+            f"+if(gt(ld(4)\\,ld(0))\\,st(0\\,ld(4))*0+1\\,0)")
+
+
+class SeededSchedule:
+    """:func:`seeded_select_expression`'s decision replayed in Python (as :class:`Schedule` for the fixed one)."""
+
+    def __init__(self, step_s: float, shifts: list[float]):
+        self.step = float(f"{step_s:.6f}")
+        self.shifts = [float(f"{v:.6f}") for v in shifts]
+        self.first: float | None = None
+        self.passed = 0.0  # register 0
+
+    def target(self, k: int) -> float:
+        return k * self.step + self.shifts[k % len(self.shifts)]
+
+    def hit(self, t: float) -> bool:
+        if self.first is None:
+            self.first = t
+        rel = (t - self.first) + 0.0001
+        k = math.floor(rel / self.step)
+        passed = k + (rel >= k * self.step + self.shifts[k % len(self.shifts)])
+        if passed > self.passed:
+            self.passed = passed
+            return True
+        return False
+
+
 def decode_size(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
     w, h = info.width, info.height
     if max_side and max(w, h) > max_side:
@@ -906,13 +990,17 @@ def iter_frames(
     keyframes: bool | None = None,
     hwaccel: str | None = None,
     track=None,
+    sample_seed: str | None = None,
 ) -> Iterator[list[Frame]]:
     """Yield batches of sampled frames, upright RGB, streaming so memory stays flat in the video's length.
 
     ``n_frames`` spreads N samples evenly over the video stream's duration from its first frame (each at the
     middle of its slice, or earlier in slices under two frames long: :func:`sample_schedule`); ``fps``
-    samples at a fixed rate from the first frame instead. Frames larger than ``max_side`` are downscaled
-    inside ffmpeg.
+    samples at a fixed rate from the first frame instead. With ``sample_seed`` (a scan passes the file's
+    sha256) each sample falls anywhere in its slice (or rate interval), at a place drawn from the seed
+    (:func:`sample_shifts`): the same file is sampled alike on every run, but its author cannot choose which
+    frames are screened (on the fixed schedule a fake whose frames at those times were left real read as
+    real). Frames larger than ``max_side`` are downscaled inside ffmpeg.
     ``timeout_s`` bounds the time the stream spends waiting on ffmpeg (not the time its consumer holds a
     batch: detecting faces in a long video sampled densely can take longer than decoding it); past it
     ffmpeg is killed and reaped and :class:`VideoError` is raised. ``max_pixels`` (default: :data:`MAX_PIXELS`, or the size ``info`` was
@@ -942,7 +1030,7 @@ def iter_frames(
     if info is None:
         info = probe(path, max_pixels=max_pixels or MAX_PIXELS, max_duration_s=max_duration_s)
     options = dict(n_frames=n_frames, fps=fps, batch_size=batch_size, max_side=max_side, timeout_s=timeout_s,
-                   max_pixels=max_pixels, hash_fps=hash_fps, track=track)
+                   max_pixels=max_pixels, hash_fps=hash_fps, track=track, sample_seed=sample_seed)
     if keyframes is None:
         keyframes = (not hash_fps and info.duration_s >= 60.0
                      and sample_interval(info, n_frames, fps) >= KEYFRAME_STEP_S)
@@ -1021,7 +1109,7 @@ class _Stopwatch:
 
 def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side, timeout_s, max_pixels,
                    hash_fps, keyframes: bool, hwaccel: str | None = None,
-                   track=None, spent_s: float = 0.0) -> Iterator[list[Frame]]:
+                   track=None, sample_seed: str | None = None, spent_s: float = 0.0) -> Iterator[list[Frame]]:
     """:func:`iter_frames` (same arguments, all given) with the video probed and the keyframe choice made.
 
     ``spent_s``: seconds of ``timeout_s`` already spent by earlier attempts at this video."""
@@ -1039,6 +1127,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     decoder_limit = int(max(max_pixels or MAX_PIXELS, info.width * info.height,
                             info.width * info.height / (info.sample_aspect or 1.0)) * 1.05)
     step, offset = sample_schedule(info, n_frames, fps)
+    shifts = sample_shifts(info, n_frames, fps, sample_seed)
     limit = None if fps else max(1, int(n_frames or 32))
     out_w, out_h = decode_size(info, max_side)
     # ffmpeg-python hashes its arguments as UTF-8, which a file name need not be: it builds the command
@@ -1048,10 +1137,14 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
     # filter and showinfo's pts_time are already relative to the start (an MPEG-TS often starts at 1.4 s).
     # Targets count from the first video frame: the file's start may be another stream's (audio before the
     # video), and the duration N samples spread over is the video's own (see measure_video_stream).
-    expression = select_expression(step, offset, 0.0, from_first_frame=True)
+    if shifts is None:
+        expression = select_expression(step, offset, 0.0, from_first_frame=True)
+        twin = Schedule(step, offset, from_first_frame=True)
+    else:
+        expression, twin = seeded_select_expression(step, shifts), SeededSchedule(step, shifts)
     samples = hashes = None
     if hash_fps:
-        samples = Schedule(step, offset, from_first_frame=True)
+        samples = twin
         hashes = Schedule(1.0 / hash_fps, 0.0, from_first_frame=True)
         expression += "+" + select_expression(1.0 / hash_fps, 0.0, 0.0, register=1, from_first_frame=True)
         # Register 1 now holds the next hash target: also take the frames just before it and, once it is hit
@@ -1171,7 +1264,7 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
                 ready = len(stamps) > produced and stamps[produced][0] >= 0
                 t = stamps[produced][1] if ready else float("nan")
                 pts = stamps[produced][2] if ready else None
-            rel = t if t == t else offset + produced * step
+            rel = t if t == t else (offset + produced * step if shifts is None else twin.target(produced))
             index = int(round(max(0.0, rel - info.video_start_s) * info.fps)) if info.fps else produced
             image = np.frombuffer(buf, np.uint8).reshape(out_h, out_w, 3)
             produced += 1

@@ -566,25 +566,38 @@ def test_long_videos_are_decoded_in_full_unless_keyframes_only_is_asked(sample_c
     Scanner(frames=2, keep_heatmaps=False, keyframes_only=True).scan_video(sample_clip)
     assert asked == [False, None]  # None: iter_frames' own rule (a minute or more, 4 s apart)
     assert ScanOptions(keyframes_only=True).config_hash() != ScanOptions().config_hash()
-    # Left out of the hash at its default: every stored result would have been screened again, silently.
-    assert ScanOptions().config_hash() == "0ff79684589b8f35"  # the hash of the same options before session 52
     with pytest.raises(ValueError, match="exclude each other"):
         next(Scanner(keyframes_only=True).scan([sample_clip, sample_clip.parent], dedupe=True))
 
 
-def test_a_stored_result_that_may_have_been_sampled_keyframes_only_is_screened_again():
-    from deepscan.scanner import _maybe_keyframes_only
+def test_the_samples_fall_where_the_files_hash_puts_them_and_older_results_are_screened_again(
+        tmp_path, sample_clip, monkeypatch):
+    """On the fixed schedule a file's author who knew the sample times could leave exactly those frames real
+    and pass a fake as real; each file is now sampled where its own sha256 says (the same on every run), and a
+    result stored on the fixed schedule (its configuration has no ``sampling``) is screened again."""
+    import hashlib
 
-    def stored(duration, config, campaign=None):
-        r = VideoResult(path="x.mp4", config=config, video={"duration_s": duration})
-        if campaign:
-            r.extra["campaign"] = campaign
-        return r
+    import deepscan.scanner as scanner_module
 
-    before = {"frames": 32, "fps": None}
-    assert _maybe_keyframes_only(stored(600.0, before))  # 18.75 s apart: keyframes only, unasked
-    assert not _maybe_keyframes_only(stored(30.0, before))  # under a minute: never
-    assert not _maybe_keyframes_only(stored(600.0, {**before, "fps": 1.0}))  # 1 s apart: never
-    assert not _maybe_keyframes_only(stored(600.0, before, campaign={"group": 1}))  # --dedupe decoded all
-    assert not _maybe_keyframes_only(stored(600.0, {**before, "keyframes_only": False}))  # since session 52
+    seeds = []
+    real_iter_frames = scanner_module.iter_frames
+    monkeypatch.setattr(scanner_module, "iter_frames", lambda *a, **k: seeds.append(k.get("sample_seed"))
+                        or real_iter_frames(*a, **k))
+    out = tmp_path / "out"
+    first = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
+    assert seeds == [first[0].sha256] and first[0].config["sampling"] == "seeded-by-sha256"
+    assert [r.resumed for r in Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out)] == [True]
+    # The same line as written before session 53: no "sampling" in its configuration or its hash.
+    lines = out / "results.jsonl"
+    stored = json.loads(lines.read_text().splitlines()[0])
+    del stored["config"]["sampling"]
+    hashed = {k: v for k, v in stored["config"].items() if k != "keyframes_only"}  # left out when off
+    stored["config_hash"] = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
+    lines.write_text(json.dumps(stored) + "\n")
+    again = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
+    assert [r.resumed for r in again] == [False] and seeds == [first[0].sha256] * 2
+    assert again[0].score == pytest.approx(first[0].score)  # the same file: the same samples
+
+
+def test_scan_options_refuse_what_would_fail_every_video():
     assert ScanOptions(timeout_s=float("inf"), max_duration_s=float("inf")).timeout_s is None  # `--timeout inf`

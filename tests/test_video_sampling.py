@@ -117,6 +117,61 @@ def test_ordinary_mp4_sample_times_are_unchanged():
     assert frames[0].time_s == pytest.approx(0.066733) and frames[-1].time_s == pytest.approx(3.970633)
 
 
+
+# ------------------------------------------------------------------ 4b. seeded places (a scan's schedule)
+def test_seeded_samples_take_one_frame_of_each_slice_where_the_seed_says(tmp_path):
+    """A scan seeds each sample's place in its slice with the file's sha256: on the fixed schedule its author
+    could leave exactly the sampled frames real. The same seed gives the same frames; the twin in Python
+    (used when a hash schedule shares the decode) agrees with ffmpeg's select."""
+    path = index_video(tmp_path / "idx.mp4", n=58)
+    info = probe(path)
+    for n in (8, 32):
+        step, _ = sample_schedule(info, n)
+        fixed = [decoded_index(f) for f in all_frames(path, info=info, n_frames=n)]
+        shared_with_fixed = 0
+        for seed in ("a" * 64, "b" * 64, "c" * 64):
+            got = [decoded_index(f) for f in all_frames(path, info=info, n_frames=n, sample_seed=seed)]
+            assert [int(i / 25 // step) for i in got] == list(range(n))  # one frame in each slice
+            assert got == [decoded_index(f) for f in all_frames(path, info=info, n_frames=n, sample_seed=seed)]
+            union = all_frames(path, info=info, n_frames=n, sample_seed=seed, hash_fps=2.0)
+            assert [decoded_index(f) for f in union if f.sample] == got
+            shared_with_fixed += len(set(got) & set(fixed))
+        if n == 8:  # 7-frame slices: a seeded place is the fixed one about 1 time in 6
+            assert shared_with_fixed <= 3 * n // 2
+        assert [decoded_index(f) for f in all_frames(path, info=info, n_frames=n, sample_seed="d" * 64)] != fixed
+
+
+def test_seeded_rate_sampling_takes_one_frame_per_interval_across_a_hole(tmp_path):
+    path = tmp_path / "hole.mp4"  # 25 frames at 25 fps, a 3 s hole, 75 more
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-frames:v", "100", "-vf",
+           "setpts='N+if(gte(N\\,25)\\,75\\,0)'", "-fps_mode", "passthrough", "-c:v", "libx264", "-bf", "0",
+           "-pix_fmt", "yuv420p", str(path))
+    info = probe(path)
+    frame_times = [k / 25 for k in range(25)] + [4 + k / 25 for k in range(75)]
+    for seed in ("a" * 64, "e" * 64):
+        times = [f.time_s for f in all_frames(path, info=info, n_frames=None, fps=5, sample_seed=seed)]
+        union = all_frames(path, info=info, n_frames=None, fps=5, sample_seed=seed, hash_fps=1.0)
+        assert [f.time_s for f in union if f.sample] == times
+        # The first frame at or after each target (interval j's at 0.2·j + its shift), each frame once: after
+        # the hole, 4.0 s stands for every target in the hole and the next frame past 4.0 + shift for its own.
+        shifts = video.sample_shifts(info, None, fps=5, seed=seed)
+        targets = [0.2 * j + shifts[j] for j in range(35)]
+        expected = sorted({min(t for t in frame_times if t >= target - 1e-4) for target in targets
+                           if target - 1e-4 <= frame_times[-1]})
+        assert times == pytest.approx(expected)
+
+
+def test_seeded_shifts_stay_in_their_slice_and_the_expression_fits_one_argument():
+    info = video.VideoInfo(path="x", container="mov", codec="h264", width=64, height=48, fps=25.0,
+                           duration_s=3600.0, n_frames=90000, rotation=0)
+    shifts = video.sample_shifts(info, None, fps=10.0, seed="f" * 64)
+    assert len(shifts) == video.SEEDED_SHIFT_PERIOD and min(shifts) >= 0.0 and max(shifts) <= 0.1 - 0.04
+    assert len(set(shifts)) > 0.9 * len(shifts)
+    assert len(video.seeded_select_expression(0.1, shifts)) < 64 * 1024  # Linux: 128 KB an argument
+    assert video.sample_shifts(info, 32, seed="f" * 64) != video.sample_shifts(info, 32, seed="0" * 64)
+    assert video.sample_shifts(info, 32) is None  # no seed: the fixed schedule
+    assert video.sample_shifts(info, 100000, seed="f" * 64) is None  # every frame: nothing to place
+
 # ------------------------------------------------------------------ 5. what is retried
 @pytest.fixture
 def launches(monkeypatch):

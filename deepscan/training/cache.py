@@ -121,6 +121,8 @@ def build_cache(manifest: Path, out_dir: Path, frames_per_clip: int = 32, contex
                 crops, boxes, marks, fidx, probs = [], [], [], [], []
                 try:
                     info = probe(clips_dir / rel)
+                    # The fixed schedule (no sample_seed): a cache is cut as every earlier one was, so a config
+                    # trains on the same crops; a scan's seeded places are as evenly spread.
                     for batch in iter_frames(clips_dir / rel, info, n_frames=frames_per_clip, batch_size=16):
                         for frame, faces in zip(batch, finder.detect([f.image for f in batch]), strict=True):
                             for face in _keep_faces(faces, row["label"]):
