@@ -43,6 +43,7 @@ from .results import (
     printable,
     result_line,
 )
+from .samplekey import file_seed
 from .scoring import Aggregation, aggregate, score_interval
 from .video import (
     MAX_DURATION_S,
@@ -435,15 +436,19 @@ class Scanner:
             import torch
 
             from . import runtime
+            from .samplekey import key_id, load_sample_key
             from .video import ffmpeg_version
 
+            self._sample_key = load_sample_key()
             self._environment = {
                 "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                 "torch": str(torch.__version__), "ffmpeg": ffmpeg_version(), "device": str(self.detector.device),
                 "precision": self.detector.precision,
                 # Overlapped, the two stages share them (runtime.split_threads); else both use them all.
                 "threads": runtime.total_threads(self.options.threads),
-                "git_commit": git_commit()}
+                "git_commit": git_commit(),
+                # Which key placed the samples (video.sample_shifts): the same key samples a file alike.
+                "sample_key": key_id(self._sample_key)}
         return self._environment
 
     # ------------------------------------------------------------------------------------------ per video
@@ -559,7 +564,7 @@ class Scanner:
         frames_out: list[FrameResult] = []
         decode = dict(n_frames=opts.frames, fps=opts.fps, batch_size=self.batch_frames, max_side=opts.max_side,
                       timeout_s=opts.timeout_s, max_pixels=opts.max_pixels, hwaccel=self.hwaccel,
-                      sample_seed=result.sha256)
+                      sample_seed=file_seed(result.sha256, self._sample_key) if result.sha256 else None)
         hasher = None
         if run is not None:
             from .campaign import SECONDS_PER_HASH, FrameHasher

@@ -822,12 +822,12 @@ def sample_schedule(info: VideoInfo, n_frames: int | None = 32, fps: float | Non
 
 
 # A seeded schedule's shifts repeat after this many slices: the select expression holds them as a lookup
-# tree, about 33 characters a shift, which must fit one command-line argument (Linux: 128 KB). Repeating does
-# not help an author: the shifts are unknown until the file (and so its hash) is final.
+# tree, about 30 characters a shift, which must fit one command-line argument (Linux: 128 KB). Repeating does
+# not help an author: without the scan's key (deepscan.samplekey) no shift can be computed.
 SEEDED_SHIFT_PERIOD = 512
 # The scheme a scan records in its configuration (``ScanOptions.scoring_config``): each sample's place in its
-# slice drawn from the file's sha256 (:func:`sample_shifts`).
-SAMPLING = "seeded-by-sha256"
+# slice drawn from the file's sha256 under a secret key (:func:`sample_shifts`, :mod:`deepscan.samplekey`).
+SAMPLING = "seeded-by-sha256-and-key"
 
 
 def seeded_shifts(seed: str, count: int, span_s: float) -> list[float]:
@@ -842,11 +842,12 @@ def seeded_shifts(seed: str, count: int, span_s: float) -> list[float]:
 
 def sample_shifts(info: VideoInfo, n_frames: int | None = 32, fps: float | None = None,
                   seed: str | None = None) -> list[float] | None:
-    """Where inside its slice each sample falls when the schedule is seeded (``seed``: the file's sha256), so
-    that a file's author cannot know which frames are screened: slice k's target is ``k·step + shifts[k mod
-    len(shifts)]``, anywhere from the slice's start to one frame period before its end (so a frame starts
-    inside it). None (the fixed schedule of :func:`sample_schedule`) without a seed, or when every frame is
-    taken."""
+    """Where inside its slice each sample falls when the schedule is seeded (``seed``: a scan's is the file's
+    sha256 under its secret key, :func:`deepscan.samplekey.file_seed`), so that a file's author cannot know
+    which frames are screened: slice k's target is ``k·step + shifts[k mod len(shifts)]``, anywhere from the
+    slice's start to one frame period before its end (so a frame starts inside it), but never after
+    :func:`last_target`. None (the fixed schedule of :func:`sample_schedule`) without a seed, or when every
+    frame is taken."""
     step, _ = sample_schedule(info, n_frames, fps)
     if not seed or step == EVERY_FRAME_S:
         return None
@@ -856,6 +857,15 @@ def sample_shifts(info: VideoInfo, n_frames: int | None = 32, fps: float | None 
     else:
         count = max(1, int(n_frames or 32))
     return seeded_shifts(seed, min(count, SEEDED_SHIFT_PERIOD), span)
+
+
+def last_target(info: VideoInfo) -> float | None:
+    """The latest a seeded target may fall (from the first frame): a frame period before the last frame's
+    start, so a length overstated by less than that still leaves it a frame, and so does the last, partial
+    interval of a rate (the fixed schedule's rate targets sat at each interval's start). None when unknown."""
+    if not (info.fps and info.duration_s > 0):
+        return None
+    return float(f"{max(0.0, info.duration_s - 2.0 / info.fps):.6f}")
 
 
 # Frame periods around each hash target within which decoded frames also come out (its neighbours).
@@ -918,14 +928,14 @@ class Schedule:
         return False
 
 
-def seeded_select_expression(step_s: float, shifts: list[float]) -> str:
+def seeded_select_expression(step_s: float, shifts: list[float], last_s: float | None = None) -> str:
     """ffmpeg ``select`` expression of a seeded schedule (:func:`sample_shifts`), counted from the first frame.
 
     Register 0 holds how many targets a taken frame had passed; a frame is taken when more targets lie at or
     before it (``rel``: register 3) than that: the targets of the slices before its own (register 2) and its
     own slice's when passed. The shift of slice k is looked up by ``k mod len(shifts)`` (register 7) in a
-    balanced tree of comparisons. Registers 1 and 6 stay free for a hash schedule. :class:`SeededSchedule` is
-    its exact twin in Python.
+    balanced tree of comparisons, and kept from reaching past ``last_s`` (:func:`last_target`). Registers 1
+    and 6 stay free for a hash schedule. :class:`SeededSchedule` is its exact twin in Python.
     """
     def lookup(lo: int, hi: int) -> str:
         if hi - lo == 1:
@@ -934,30 +944,35 @@ def seeded_select_expression(step_s: float, shifts: list[float]) -> str:
         return f"if(lt(ld(7)\\,{mid})\\,{lookup(lo, mid)}\\,{lookup(mid, hi)})"
 
     step = f"{step_s:.6f}"
+    shift = lookup(0, len(shifts))
+    if last_s is not None:
+        shift = f"min({shift}\\,{last_s:.6f}-ld(2)*{step})"
     return (f"st(5\\,if(eq(n\\,0)\\,t\\,ld(5)))*0+st(3\\,{_time_from_first_frame(0)})*0"
             f"+st(2\\,floor(ld(3)/{step}))*0+st(7\\,mod(ld(2)\\,{len(shifts)}))*0"
-            f"+st(4\\,ld(2)+gte(ld(3)\\,ld(2)*{step}+{lookup(0, len(shifts))}))*0"
+            f"+st(4\\,ld(2)+gte(ld(3)\\,ld(2)*{step}+{shift}))*0"
             f"+if(gt(ld(4)\\,ld(0))\\,st(0\\,ld(4))*0+1\\,0)")
 
 
 class SeededSchedule:
     """:func:`seeded_select_expression`'s decision replayed in Python (as :class:`Schedule` for the fixed one)."""
 
-    def __init__(self, step_s: float, shifts: list[float]):
+    def __init__(self, step_s: float, shifts: list[float], last_s: float | None = None):
         self.step = float(f"{step_s:.6f}")
         self.shifts = [float(f"{v:.6f}") for v in shifts]
+        self.last = None if last_s is None else float(f"{last_s:.6f}")
         self.first: float | None = None
         self.passed = 0.0  # register 0
 
     def target(self, k: int) -> float:
-        return k * self.step + self.shifts[k % len(self.shifts)]
+        shift = self.shifts[k % len(self.shifts)]
+        return k * self.step + (shift if self.last is None else min(shift, self.last - k * self.step))
 
     def hit(self, t: float) -> bool:
         if self.first is None:
             self.first = t
         rel = (t - self.first) + 0.0001
         k = math.floor(rel / self.step)
-        passed = k + (rel >= k * self.step + self.shifts[k % len(self.shifts)])
+        passed = k + (rel >= self.target(k))
         if passed > self.passed:
             self.passed = passed
             return True
@@ -1141,7 +1156,8 @@ def _decode_frames(path, info: VideoInfo, *, n_frames, fps, batch_size, max_side
         expression = select_expression(step, offset, 0.0, from_first_frame=True)
         twin = Schedule(step, offset, from_first_frame=True)
     else:
-        expression, twin = seeded_select_expression(step, shifts), SeededSchedule(step, shifts)
+        last = last_target(info)
+        expression, twin = seeded_select_expression(step, shifts, last), SeededSchedule(step, shifts, last)
     samples = hashes = None
     if hash_fps:
         samples = twin

@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CLIPS = REPO / "sample_clips"
+# One sample key for every test (and every deepscan they start): none is made in the user's data folder, and
+# runs sample alike wherever they run. tests/test_samplekey.py tests the key file itself.
+TEST_SAMPLE_KEY = "5eed" * 16
+os.environ["DEEPSCAN_SAMPLE_KEY"] = TEST_SAMPLE_KEY
 
 
 def shared_dir() -> Path:

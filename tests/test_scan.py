@@ -573,11 +573,16 @@ def test_long_videos_are_decoded_in_full_unless_keyframes_only_is_asked(sample_c
 def test_the_samples_fall_where_the_files_hash_puts_them_and_older_results_are_screened_again(
         tmp_path, sample_clip, monkeypatch):
     """On the fixed schedule a file's author who knew the sample times could leave exactly those frames real
-    and pass a fake as real; each file is now sampled where its own sha256 says (the same on every run), and a
-    result stored on the fixed schedule (its configuration has no ``sampling``) is screened again."""
+    and pass a fake as real; each file is now sampled where its sha256 under the installation's secret key
+    says (the same on every run; results name the key, never hold it), and a result stored on the fixed
+    schedule (its configuration has no ``sampling``) is screened again."""
     import hashlib
 
     import deepscan.scanner as scanner_module
+    from deepscan.samplekey import file_seed, key_id, load_sample_key
+
+    def lines_text(out):
+        return (out / "results.jsonl").read_text()
 
     seeds = []
     real_iter_frames = scanner_module.iter_frames
@@ -585,7 +590,9 @@ def test_the_samples_fall_where_the_files_hash_puts_them_and_older_results_are_s
                         or real_iter_frames(*a, **k))
     out = tmp_path / "out"
     first = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
-    assert seeds == [first[0].sha256] and first[0].config["sampling"] == "seeded-by-sha256"
+    key = load_sample_key()
+    assert seeds == [file_seed(first[0].sha256, key)] and first[0].config["sampling"] == "seeded-by-sha256-and-key"
+    assert first[0].environment["sample_key"] == key_id(key) and key.hex() not in lines_text(tmp_path / "out")
     assert [r.resumed for r in Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out)] == [True]
     # The same line as written before session 53: no "sampling" in its configuration or its hash.
     lines = out / "results.jsonl"
@@ -595,7 +602,7 @@ def test_the_samples_fall_where_the_files_hash_puts_them_and_older_results_are_s
     stored["config_hash"] = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
     lines.write_text(json.dumps(stored) + "\n")
     again = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
-    assert [r.resumed for r in again] == [False] and seeds == [first[0].sha256] * 2
+    assert [r.resumed for r in again] == [False] and seeds == [seeds[0]] * 2
     assert again[0].score == pytest.approx(first[0].score)  # the same file: the same samples
 
 

@@ -154,11 +154,33 @@ def test_seeded_rate_sampling_takes_one_frame_per_interval_across_a_hole(tmp_pat
         assert [f.time_s for f in union if f.sample] == times
         # The first frame at or after each target (interval j's at 0.2·j + its shift), each frame once: after
         # the hole, 4.0 s stands for every target in the hole and the next frame past 4.0 + shift for its own.
-        shifts = video.sample_shifts(info, None, fps=5, seed=seed)
-        targets = [0.2 * j + shifts[j] for j in range(35)]
+        shifts, last = video.sample_shifts(info, None, fps=5, seed=seed), video.last_target(info)
+        targets = [0.2 * j + min(shifts[j], last - 0.2 * j) for j in range(35)]
         expected = sorted({min(t for t in frame_times if t >= target - 1e-4) for target in targets
                            if target - 1e-4 <= frame_times[-1]})
         assert times == pytest.approx(expected)
+
+
+def test_seeded_targets_never_fall_after_the_last_frame(tmp_path):
+    """A rate's last interval is partial, and a clip may be shorter than one interval; a header may overstate
+    the length a little: a target past the last frame took nothing (a 0.4-s clip at --fps 1 had no sample, an
+    error "no frames could be decoded", where the fixed schedule took its first frame)."""
+    path = index_video(tmp_path / "short.mp4", n=10)  # 0.4 s
+    info = probe(path)
+    two = index_video(tmp_path / "two.mp4", n=58)  # 2.32 s: intervals [0, 1), [1, 2), [2, 2.32)
+    two_info = probe(two)
+    for k in range(12):
+        seed = f"{k:064x}"
+        assert len(all_frames(path, info=info, n_frames=None, fps=1, sample_seed=seed)) == 1
+        assert len(all_frames(path, info=info, n_frames=None, fps=0.2, sample_seed=seed)) == 1
+        got = [decoded_index(f) for f in all_frames(two, info=two_info, n_frames=None, fps=1, sample_seed=seed)]
+        assert [i // 25 for i in got] == [0, 1, 2]
+        union = all_frames(two, info=two_info, n_frames=None, fps=1, sample_seed=seed, hash_fps=2.0)
+        assert [decoded_index(f) for f in union if f.sample] == got
+    # A header 0.03 s too long (under a frame period): the last slice still has its sample.
+    overstated = video.replace(two_info, duration_s=two_info.duration_s + 0.03)
+    for k in range(12):
+        assert len(all_frames(two, info=overstated, n_frames=8, sample_seed=f"{k:064x}")) == 8
 
 
 def test_seeded_shifts_stay_in_their_slice_and_the_expression_fits_one_argument():
