@@ -480,6 +480,12 @@ def cmd_eval(args) -> int:
             why = "left out" if u.get("status") == "error" else "scored 0"
             console.print(f"{d['detector']}: {u['path']}: {u.get('status')}, {why}"
                           + (f" ({u['error']})" if u.get("error") else ""), markup=False)
+    for d in report["detectors"]:
+        fitted = d["at_threshold"].get("fitted_on_clips")
+        if fitted:
+            console.print(f"{d['detector']}: its threshold was chosen on {fitted} of these {d['n_clips']} clips (its "
+                          "card's validation split), so its accuracy, TPR and FPR here are not held-out figures",
+                          markup=False)
     if args.out:
         console.print(f"metrics: {args.out / 'metrics.json'}" + ("" if args.results else f", ROC: {args.out / 'roc.png'}"),
                       markup=False)

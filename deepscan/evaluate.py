@@ -91,7 +91,8 @@ def read_labels(path, subset: set[str] | None = None, whole_subset: bool = False
         # An explicit source column wins; else a relative path's first folder (the MANIFEST's layout).
         source = cell(row, "source")
         if not source:
-            source = p.parts[0] if not p.is_absolute() and len(p.parts) > 1 else "-"
+            folders = [] if p.is_absolute() else [q for q in p.parts[:-1] if q not in (".", "..")]
+            source = folders[0] if folders else "-"
         group = cell(row, "group") or (_manifest_group(rel) if from_manifest else "")
         clip = LabelledClip(full, int(label == "fake"), source, cell(row, "method"), group)
         key = Path(os.path.normpath(full.absolute()))  # ./a.mp4 and a.mp4 are one clip
@@ -280,12 +281,15 @@ def evaluate(clips: list[LabelledClip], detectors: list[dict], frames: int = 32,
             srcs.append(clip.source)
             kept_groups.append(group)
         if len(set(ys)) < 2:
-            raise ValueError(f"{name}: {len(ys)} of {len(clips)} clips were judged, not both real and fake")
+            why = "; ".join(f"{u['path']}: {u.get('error') or u.get('status')}" for u in failed[:3])
+            raise ValueError(f"{name}: {len(ys)} of {len(clips)} clips were judged, not both real and fake"
+                             + (f" (e.g. {why})" if why else ""))
         entry = {"detector": name, "card": card_name, "weights_sha256": scanner.detector.weights_sha256,
                  "precision": scanner.detector.precision, "n_clips": len(ys), "n_fake": int(sum(ys)),
                  **auc_with_intervals(ys, ss, kept_groups), "at_threshold": rates_at(ys, ss, scanner.threshold),
                  "unscored": failed, "per_source": per_source_table(ys, ss, srcs, scanner.threshold),
                  "video_scores": video_scores(ids, ys, ss, kept_groups), "resumed": resumed}
+        entry["at_threshold"]["fitted_on_clips"] = threshold_fitted_on(getattr(scanner.detector, "card", None), ids)
         report["detectors"].append(entry)
         curves[name] = roc_curve(ys, ss)
     pair_with_first(report["detectors"])
@@ -327,6 +331,13 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
     Clips without a result are left out, listed under ``missing`` and reported as a :class:`LabelWarning`;
     a ValueError when what remains does not hold both classes."""
     found = match_results(clips, read_result_lines(results_path)[0])
+    # One results.jsonl may hold scans by several detectors or settings (`deepscan scan --out` appends): mixed,
+    # one detector's scores were judged at another's threshold under its name.
+    kinds = Counter(_scored_by(d) for d in found if d is not None)
+    if len(kinds) > 1:
+        raise ValueError(f"{results_path}: the labelled clips' lines come from {len(kinds)} different detectors or "
+                         f"scan settings ({'; '.join(f'{n} by {k[0]}' for k, n in kinds.most_common())}): score "
+                         "one scan at a time (a results.jsonl of its own, or the lines of one run)")
     ids, ys, ss, srcs, groups, unscored, missing = [], [], [], [], [], [], []
     model, threshold = None, 0.5
     for clip, group, d in zip(clips, clip_groups(clips), found, strict=True):
@@ -354,10 +365,40 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         raise ValueError(f"{results_path}: {len(ys)} of {len(clips)} labelled clips have a result there, "
                          f"{'not both real and fake' if ys else 'none'}: nothing to evaluate (is it a scan of "
                          "these clips?)")
+    card = _card_of(next(d for d in found if d is not None))
+    at_threshold = {**rates_at(ys, ss, threshold), "fitted_on_clips": threshold_fitted_on(card, ids) if card else 0}
     return {"detector": model, "n_clips": len(ys), "n_fake": int(sum(ys)), **auc_with_intervals(ys, ss, groups),
-            "at_threshold": rates_at(ys, ss, threshold), "unscored": unscored, "missing": missing,
+            "at_threshold": at_threshold, "unscored": unscored, "missing": missing,
             "per_source": per_source_table(ys, ss, srcs, threshold),
             "video_scores": video_scores(ids, ys, ss, groups)}
+
+
+def _scored_by(line: dict) -> tuple:
+    """What made a result line's score: model name, weights, card, precision and scan settings."""
+    model = line.get("model") if isinstance(line.get("model"), dict) else {}
+    return (str(model.get("name")), model.get("sha256"), model.get("card_hash"), model.get("precision"),
+            line.get("config_hash"))
+
+
+def threshold_fitted_on(card, paths) -> int:
+    """How many of ``paths`` (clips) the card's threshold was chosen on: training and ``deepscan calibrate``
+    both fit it on the card's validation split (``training.validation_files``), so its rates there are not
+    held out."""
+    chosen_on = {str(f) for f in (getattr(card, "training", None) or {}).get("validation_files") or []}
+    return sum(any(Path(c).as_posix().endswith("/" + f) or Path(c).as_posix() == f for f in chosen_on)
+               for c in paths) if chosen_on else 0
+
+
+def _card_of(line: dict):
+    """The card a result line's model names, when one by that name with the same weights is found (else None)."""
+    from .detector import resolve_card
+
+    model = line.get("model") if isinstance(line.get("model"), dict) else {}
+    try:
+        card = resolve_card(model.get("name"))
+    except Exception:  # noqa: BLE001 - an unknown or unreadable card: nothing to say of its threshold
+        return None
+    return card if card.sha256 and card.sha256 == model.get("sha256") else None
 
 
 def video_scores(ids, labels, scores, groups=None) -> dict:
@@ -368,13 +409,22 @@ def video_scores(ids, labels, scores, groups=None) -> dict:
 
 
 def paired_difference(first: dict | None, other: dict | None) -> dict | None:
-    """``other``'s AUC minus ``first``'s (two :func:`video_scores` records) with a paired bootstrap 95% interval;
-    None unless both scored the same clips."""
-    if not first or not other or first["ids"] != other["ids"]:
+    """``other``'s AUC minus ``first``'s (two :func:`video_scores` records) with a paired bootstrap 95% interval,
+    on the clips both judged (``n_clips``; ``left_out``: those only one of them judged, e.g. an error record);
+    None when those do not hold both classes."""
+    if not first or not other:
         return None
-    diff, lo, hi = bootstrap_auc_difference(first["labels"], first["scores"], other["scores"],
-                                            groups=first.get("groups"))
-    return {"auc_difference": diff, "ci95": [lo, hi]}
+    where = {clip: k for k, clip in enumerate(other["ids"])}
+    common = [k for k, clip in enumerate(first["ids"]) if clip in where]
+    labels = [first["labels"][k] for k in common]
+    if len(set(labels)) < 2:
+        return None
+    groups = [first["groups"][k] for k in common] if first.get("groups") else None
+    diff, lo, hi = bootstrap_auc_difference(labels, [first["scores"][k] for k in common],
+                                            [other["scores"][where[first["ids"][k]]] for k in common],
+                                            groups=groups)
+    left_out = len(set(first["ids"]) ^ set(other["ids"]))
+    return {"auc_difference": diff, "ci95": [lo, hi], "n_clips": len(common), "left_out": left_out}
 
 
 def pair_with_first(entries: list[dict]) -> None:
@@ -415,11 +465,18 @@ def plot_roc(curves: dict, report: dict, path: Path) -> None:
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_xlabel("false positive rate (real clips flagged)")
     ax.set_ylabel("true positive rate (fake clips flagged)")
-    ax.set_title(f"video-level ROC, {report['n_clips']} clips ({report['n_fake']} fake)")
+    ax.set_title(f"video-level ROC, {report['n_clips']} labelled clips ({report['n_fake']} fake)")
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _comparable(config: dict) -> dict:
+    """A scan configuration without what a calibration does not compare: who scored (detector, weights and
+    precision are checked on the model) and the threshold (what it refits)."""
+    as_stored = json.loads(json.dumps(config, default=str))  # tuples as lists, as a results line holds them
+    return {k: v for k, v in as_stored.items() if k not in ("detector", "weights", "precision", "threshold")}
 
 
 def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, results_path: Path | None = None,
@@ -454,24 +511,26 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         found = []
         for clip in clips:
             r = scan_or_resume(scanner, clip.path, writer)
-            found.append({"score": r.score, "config": r.config})
+            found.append({"score": r.score, "config": r.config, "status": r.status, "error": r.error})
     else:
+        # The scan settings the fit is for, as `deepscan scan` runs by default at `frames` (sample places,
+        # search, aggregation...): a line scanned otherwise scores the same clips otherwise. Who scored it is
+        # checked on the model instead (weights, card hash, precision); the threshold is what is refitted.
+        wanted = _comparable(ScanOptions(frames=frames).scoring_config())
         lines = []
         for d in read_result_lines(results_path)[0]:
             model = d.get("model") if isinstance(d.get("model"), dict) else {}
             scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
             config = d.get("config") if isinstance(d.get("config"), dict) else {}
-            # The threshold holds for video scores at `frames` per video: a scan at another count (or at a
-            # frame rate) scores the same clips otherwise, and is not what this fit is for.
-            sampled_alike = not config or (config.get("frames") == frames and not config.get("fps"))
             # The card hash too: a copy of the card with another temperature, crop or face detector scores the
             # same weights otherwise (a line without one is of unknown card, as for the scanner's resume).
             if (model.get("sha256") == card.sha256 and model.get("card_hash") == card_hash(card)
-                    and scored_at == precision and sampled_alike):
+                    and scored_at == precision and _comparable(config) == wanted):
                 lines.append(d)
         found = match_results(clips, lines)
     # A clip without a score must not enter the fit as a 0: a partial results file would drag the threshold down
-    # (0.891 -> 0.202 with half the split) and the card would vouch for a false-positive rate it does not have.
+    # (0.891 -> 0.202 with half the split) and the card would vouch for a false-positive rate it does not have;
+    # nor may a clip that could not be screened (an error record: 0.891 -> 0.654 from one real clip).
     missing = [str(c.path) for c, d in zip(clips, found, strict=True) if d is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(clips)} validation clips have no score from this card (its weights "
@@ -479,6 +538,11 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
                          f"(e.g. {', '.join(missing[:3])}); "
                          "the threshold was not refitted: scan the whole split (without --results) or pass results "
                          "that cover it")
+    failed = [f"{c.path} ({d.get('error') or 'no score'})" for c, d in zip(clips, found, strict=True)
+              if d.get("status") == "error" or (d.get("score") is None and d.get("status") != "no_face")]
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(clips)} validation clips could not be screened (e.g. "
+                         f"{'; '.join(failed[:3])}); the threshold was not refitted")
     scan_config = next((d.get("config") for d in found if d.get("config")), None)
     ys = np.array([c.label for c in clips])
     ss = np.array([_number(d.get("score")) or 0.0 for d in found], np.float64)

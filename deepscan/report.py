@@ -170,8 +170,10 @@ def _cell(value, fmt: str = ".3f", none: str = "—") -> Text:
 
 
 def paired_cell(pair: dict) -> str:
-    """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``."""
-    return f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+    """An AUC difference with its paired interval, as ``+0.024 [-0.053, +0.104]``, and the number of clips it
+    is on when some were judged by only one of the two."""
+    cell = f"{pair['auc_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}]"
+    return cell + (f" on {pair['n_clips']} clips" if pair.get("left_out") else "")
 
 
 def eval_tables(report: dict, sampled: str) -> list[Table]:

@@ -10,9 +10,11 @@ import pytest
 
 from deepscan.cli import main
 from deepscan.detector import ModelCard, resolve_card
-from deepscan.scanner import card_hash
+from deepscan.scanner import ScanOptions, card_hash
 
 DEFAULT_CARD = resolve_card(None).path
+# A default scan's settings as a results line holds them: what calibrate fits for (other settings score otherwise).
+SCANNED_AS = json.loads(json.dumps(ScanOptions().scoring_config(), default=str))
 
 
 def _card_with_split(tmp_path, validation_files, labelled=None, **fields):
@@ -38,8 +40,8 @@ def test_calibrate_refits_the_threshold_on_scan_scores(tmp_path):
     card_path, card, labels = _card_with_split(tmp_path, files[:-1], labelled=files)
     real_scores = [0.05 * i for i in range(20)]  # 0.00 ... 0.95: one real (5% of 20) may score above
     results = tmp_path / "results.jsonl"
-    lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256, "card_hash": card_hash(card)}}
-             for f, s in zip(files, real_scores + [0.97, 0.5, 0.99], strict=True)]
+    lines = [{"path": str(tmp_path / f), "score": s, "model": {"sha256": card.sha256, "card_hash": card_hash(card)},
+              "config": SCANNED_AS} for f, s in zip(files, real_scores + [0.97, 0.5, 0.99], strict=True)]
     lines.append({"path": str(tmp_path / files[0]), "score": 0.99, "model": {"sha256": "another model"}})
     # The same weights at another sampling: the fit is for 32 frames a video.
     lines += [{"path": str(tmp_path / files[1]), "score": 0.99, "model": {"sha256": card.sha256, "card_hash": card_hash(card)},
@@ -90,8 +92,8 @@ def test_a_bf16_threshold_is_fitted_beside_fp32s_and_used_at_bf16(tmp_path, monk
     lines = []
     for precision, shift in (("fp32", 0.0), ("bf16", 0.02)):
         lines += [{"path": str(tmp_path / f), "score": s + shift, "model": {"sha256": card.sha256, "precision": precision,
-                                                                            "card_hash": card_hash(card)}}
-                  for f, s in zip(files, [0.04 * i for i in range(20)] + [0.95], strict=True)]
+                                                                            "card_hash": card_hash(card)},
+                   "config": SCANNED_AS} for f, s in zip(files, [0.04 * i for i in range(20)] + [0.95], strict=True)]
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(d) + "\n" for d in lines))
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results), "--precision", "bf16"]) == 0
@@ -252,8 +254,8 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
     card_path, card, labels = _card_with_split(tmp_path, files)
     results = tmp_path / "results.jsonl"
     model = {"sha256": card.sha256, "card_hash": card_hash(card)}
-    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": model})
-                               + "\n" for f in files[:15]))
+    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": model,
+                                           "config": SCANNED_AS}) + "\n" for f in files[:15]))
     before = card_path.read_text()
     with pytest.raises(ValueError, match=r"7 of 22 validation clips have no score .*src/real15\.mp4"):
         calibrate(card_path, labels, results_path=results)
@@ -265,8 +267,8 @@ def test_calibrate_refuses_results_that_miss_validation_clips(tmp_path):
     other = ModelCard.load(card_path)
     other.temperature = card.temperature * 2
     for stranger in ({**model, "card_hash": card_hash(other)}, {"sha256": card.sha256}):
-        results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": stranger})
-                                   + "\n" for f in files))
+        results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.9, "model": stranger,
+                                               "config": SCANNED_AS}) + "\n" for f in files))
         with pytest.raises(ValueError, match=r"22 of 22 validation clips have no score from this card"):
             calibrate(card_path, labels, results_path=results)
         assert card_path.read_text() == before
@@ -279,7 +281,8 @@ def test_calibrate_refuses_labels_that_miss_part_of_the_split_and_rates_out_of_r
     card_path, card, labels = _card_with_split(tmp_path, files, labelled=files[4:])
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.1 * i, "model": {
-        "sha256": card.sha256, "card_hash": card_hash(card)}}) + "\n" for i, f in enumerate(files)))
+        "sha256": card.sha256, "card_hash": card_hash(card)}, "config": SCANNED_AS}) + "\n"
+        for i, f in enumerate(files)))
     before = card_path.read_text()
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results)]) == 2
     assert "does not list 4 of the 10 clips" in capsys.readouterr().err and card_path.read_text() == before
@@ -293,3 +296,88 @@ def test_calibrate_refuses_labels_that_miss_part_of_the_split_and_rates_out_of_r
         calibrate(card_path, labels, results_path=results, max_fpr=5)
     assert card_path.read_text() == before
     assert main(["calibrate", str(card_path), str(labels), "--results", str(results), "--max-fpr", "0"]) == 0
+
+
+def test_calibrate_refuses_clips_it_could_not_screen_and_scans_made_otherwise(tmp_path):
+    """An error record entered the fit as a real clip scoring 0 (a reviewer's rescore: 0.891 -> 0.654 from one
+    real clip); lines scanned with other settings (the fixed sample schedule before session 53, another face
+    search) were fitted on as if scanned by default. Both are refused now; the card stays as it was."""
+    from deepscan.evaluate import calibrate
+
+    files = [f"src/real{i}.mp4" for i in range(20)] + ["src/fake0.mp4", "src/fake1.mp4"]
+    card_path, card, labels = _card_with_split(tmp_path, files)
+    model = {"sha256": card.sha256, "card_hash": card_hash(card)}
+    results = tmp_path / "results.jsonl"
+
+    def write(lines):
+        results.write_text("".join(json.dumps(d) + "\n" for d in lines))
+
+    ok = [{"path": str(tmp_path / f), "score": 0.04 * i, "status": "ok", "model": model, "config": SCANNED_AS}
+          for i, f in enumerate(files)]
+    before = card_path.read_text()
+    write(ok[:19] + [{**ok[19], "score": None, "status": "error", "error": "not a video"}] + ok[20:])
+    with pytest.raises(ValueError, match=r"1 of 22 validation clips could not be screened .*real19\.mp4 \(not a video"):
+        calibrate(card_path, labels, results_path=results)
+    fixed_schedule = {k: v for k, v in SCANNED_AS.items() if k != "sampling"}
+    for config in (fixed_schedule, {**SCANNED_AS, "full_detect_every": 1}):
+        write([{**d, "config": config} for d in ok])
+        with pytest.raises(ValueError, match=r"22 of 22 validation clips have no score from this card"):
+            calibrate(card_path, labels, results_path=results)
+    assert card_path.read_text() == before
+    write([{**d, "config": {**SCANNED_AS, "threshold": 0.5}} for d in ok])  # another threshold scores alike
+    assert calibrate(card_path, labels, results_path=results)["missing"] == 0
+
+
+def test_eval_of_results_pairs_on_the_clips_both_judged_and_refuses_two_detectors_in_one_file(tmp_path, capsys):
+    """A clip one detector could not screen (an error record) made the paired difference vanish without a
+    word; one results.jsonl holding two detectors' scans (`deepscan scan --out` appends) was scored as one,
+    judged at the last line's threshold under the first line's name."""
+    n = 30
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("file\tlabel\n" + "".join(f"../clips/src/c{i}.mp4\t{'fake' if i % 2 else 'real'}\n"
+                                                for i in range(n)))
+    (tmp_path / "lists").mkdir()
+    labels = labels.rename(tmp_path / "lists" / "labels.tsv")
+    lines = {}
+    for name, separation in (("a", 0.3), ("b", 0.6)):
+        lines[name] = [{"path": str(tmp_path / f"clips/src/c{i}.mp4"), "score": min(0.99, 0.3 + separation * (i % 2)
+                        + 0.01 * (i % 7)), "status": "ok", "model": {"name": name, "threshold": 0.5}}
+                       for i in range(n)]
+    lines["b"][4] = {**lines["b"][4], "score": None, "status": "error", "error": "not a video"}
+    for name in lines:
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines[name]))
+    out = tmp_path / "out"
+    assert main(["eval", str(labels), "--results", str(tmp_path / "a.jsonl"), "--results", str(tmp_path / "b.jsonl"),
+                 "--out", str(out)]) == 0
+    first, second = json.loads((out / "metrics.json").read_text())["detectors"]
+    pair = second["paired_with_first"]
+    assert (pair["n_clips"], pair["left_out"]) == (29, 1) and "on 29 clips" in capsys.readouterr().out
+    assert [row["source"] for row in first["per_source"]] == ["clips"]  # not "..", the labels' way up
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(d) + "\n" for d in lines["a"][:15] + lines["b"][15:]))
+    assert main(["eval", str(labels), "--results", str(mixed)]) == 2
+    assert "2 different detectors or scan settings (15 by a; 15 by b)" in capsys.readouterr().err
+
+
+def test_eval_says_when_a_threshold_was_chosen_on_the_clips_it_is_rated_on(tmp_path, capsys):
+    """Training and calibrate choose a card's threshold on its validation split: the FPR eval printed there was
+    quoted as held out."""
+    card = resolve_card(None)
+    chosen_on = sorted(card.training["validation_files"])[:10]
+    others = [f"elsewhere/c{i}.mp4" for i in range(6)]
+    labels = tmp_path / "MANIFEST.tsv"
+    files = chosen_on + others
+    labels.write_text("file\tlabel\n" + "".join(f"{f}\t{'fake' if k % 2 else 'real'}\n" for k, f in enumerate(files)))
+    model = {"name": card.name, "sha256": card.sha256, "threshold": card.threshold}
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps({"path": str(tmp_path / f), "score": 0.1 + 0.05 * k, "status": "ok",
+                                           "model": model}) + "\n" for k, f in enumerate(files)))
+    out = tmp_path / "out"
+    assert main(["eval", str(labels), "--results", str(results), "--out", str(out)]) == 0
+    entry = json.loads((out / "metrics.json").read_text())["detectors"][0]
+    assert entry["at_threshold"]["fitted_on_clips"] == 10
+    assert "threshold was chosen on 10 of these 16 clips" in capsys.readouterr().out
+    # Another model's lines under the same name: nothing is said of the card's split.
+    results.write_text(results.read_text().replace(card.sha256, "0" * 64))
+    assert main(["eval", str(labels), "--results", str(results), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["detectors"][0]["at_threshold"]["fitted_on_clips"] == 0
