@@ -2020,3 +2020,54 @@ def test_every_source_keeps_a_validation_group_on_any_draw_of_the_shared_clips()
             for source, groups in groups_by_source.items():
                 if len(groups) >= 2:
                     assert source in measured and source in trained, (seed, fraction, source)
+
+
+def test_manifest_labels_are_read_alike_and_a_repeated_file_counts_once(tmp_path):
+    """A row labelled "Fake" was silently left out of training (eval counted it as a fake); a file listed twice
+    was validated twice and counted twice in the card."""
+    from deepscan.training.cache import TrainingDataWarning, read_manifest
+
+    manifest = tmp_path / "MANIFEST.tsv"
+    manifest.write_text("file\tlabel\na.mp4\tFake\nb.mp4\t real \nc.mp4\tUnknown\nb.mp4\treal\n")
+    with pytest.warns(TrainingDataWarning, match="1 row"):
+        rows = read_manifest(manifest)
+    assert [(r["file"], r["label"]) for r in rows] == [("a.mp4", "fake"), ("b.mp4", "real"), ("c.mp4", "unknown")]
+    manifest.write_text("file\tlabel\na.mp4\tfake\nb.mp4\tdeepfake\n")
+    with pytest.raises(ValueError, match=r"1 row\(s\) with a label other than .*b\.mp4: deepfake"):
+        read_manifest(manifest)
+    manifest.write_text("file\tlabel\na.mp4\tfake\na.mp4\treal\n")
+    with pytest.raises(ValueError, match="labelled both fake and real"):
+        read_manifest(manifest)
+
+
+def test_a_clip_cut_again_changes_what_a_checkpoint_was_trained_on():
+    """A clip replaced under its name and cut again kept its name and face count: a resume trained on the new
+    crops as if on the old, and the card named only a step change."""
+    from deepscan.training.train import training_data_identity
+
+    index = {"manifest_sha256": "0" * 64, "clips": []}
+    clip = {"file": "a/b.mp4", "n_crops": 8, "cached_with": {"label": "real", "source": {"bytes": 1000}}}
+    recut = {**clip, "cached_with": {"label": "real", "source": {"bytes": 1200}}}
+    assert training_data_identity(index, [clip], []) == training_data_identity(index, [dict(clip)], [])
+    assert training_data_identity(index, [clip], []) != training_data_identity(index, [recut], [])
+    assert training_data_identity(index, [], [clip]) != training_data_identity(index, [], [recut])
+
+
+def test_a_rerun_keeps_what_stopped_the_run_and_the_card_names_clips_left_out(tmp_path):
+    """A run its time budget stopped, run again (it resumes and exports again), was recorded as stopped by its
+    step count; clips the cache could not read were in no card."""
+    from deepscan.training.cache import TrainingDataWarning
+
+    cache = make_cache(tmp_path / "c")
+    index = json.loads((cache / "index.json").read_text())
+    index["failed"] = [{"file": "broken/x.mp4", "error": "not a video file ffmpeg can read"}]
+    (cache / "index.json").write_text(json.dumps(index))
+    config = _write_config(tmp_path / "run", cache, max_steps=1000, max_minutes=1e-6, device="cpu")
+    with pytest.warns(TrainingDataWarning, match="1 manifest clip.*broken/x.mp4"):
+        first = ModelCard.load(train(config, progress=False))
+    assert first.training["stopped_by"] == "max_minutes" and first.training["steps"] < 1000
+    assert first.training["cache_failed"] == index["failed"]
+    assert first.training["clips"]["train_without_faces"] == first.training["clips"]["val_without_faces"] == 0
+    with pytest.warns(TrainingDataWarning):
+        again = ModelCard.load(train(config, progress=False))
+    assert (again.training["stopped_by"], again.training["steps"]) == ("max_minutes", first.training["steps"])

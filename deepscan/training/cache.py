@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,9 +37,41 @@ CROP_GEOMETRY = "pixel-square"
 LEGACY_CROP_GEOMETRY = "float-square"
 
 
+MANIFEST_LABELS = ("real", "fake", "unknown")
+
+
+class TrainingDataWarning(UserWarning):
+    """Something in the training data left out or doubtful (a repeated manifest row, recordings shared across
+    the split)."""
+
+
 def read_manifest(path) -> list[dict]:
+    """The manifest's rows, each ``label`` lower-cased and stripped (a "Fake" row was silently left out of
+    training while `deepscan eval` counted it as a fake). A label other than real, fake or unknown is an error,
+    and so is a file labelled two ways; a file listed again is counted once, with a warning (it was validated
+    twice and counted twice in the card)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    kept: dict[str, dict] = {}
+    bad, repeated = [], 0
+    for row in rows:
+        row["label"] = (row.get("label") or "").strip().lower()
+        name = (row.get("file") or "").strip()
+        if row["label"] not in MANIFEST_LABELS:
+            bad.append(f"{name or '(no file)'}: {row['label'] or '(empty)'}")
+            continue
+        if name in kept:
+            if kept[name]["label"] != row["label"]:
+                raise ValueError(f"{path}: {name} is labelled both {kept[name]['label']} and {row['label']}")
+            repeated += 1
+            continue
+        kept[name] = row
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} row(s) with a label other than {', '.join(MANIFEST_LABELS)} "
+                         f"(e.g. {'; '.join(bad[:3])})")
+    if repeated:
+        warnings.warn(f"{path}: {repeated} row(s) skipped: a file listed again", TrainingDataWarning, stacklevel=2)
+    return list(kept.values())
 
 
 def identity_group(rel_path: str) -> str:

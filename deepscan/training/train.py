@@ -24,7 +24,7 @@ import numpy as np
 from ..crops import normalise
 from ..detector.card import FaceDetectorSettings, ModelCard, sha256_file
 from ..results import is_number
-from .cache import LEGACY_CROP_GEOMETRY, LEGACY_FRAME_SAMPLING, cut_settings
+from .cache import LEGACY_CROP_GEOMETRY, LEGACY_FRAME_SAMPLING, TrainingDataWarning, cut_settings
 from .data import (
     BOX_PROBE_MOVES,
     PROBE_DEGRADATIONS,
@@ -839,8 +839,10 @@ def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[d
     identity = {"manifest_sha256": index.get("manifest_sha256"), **cut_settings(index)}
     if identity["crop_geometry"] == LEGACY_CROP_GEOMETRY:  # left out so checkpoints from before it still resume
         del identity["crop_geometry"]
-    identity["train"] = [[c["file"], c.get("n_crops")] for c in train_meta]
-    identity["val"] = [[c["file"], c.get("n_crops")] for c in val_meta]
+    # With how each clip was cut (its file's size and commit among it): a clip replaced under its name and cut
+    # again keeps its name and face count, and a resume trained on the new crops as if on the old.
+    identity["train"] = [[c["file"], c.get("n_crops"), c.get("cached_with")] for c in train_meta]
+    identity["val"] = [[c["file"], c.get("n_crops"), c.get("cached_with")] for c in val_meta]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -1046,10 +1048,16 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     footage_pairs = same_footage_pairs(cache_dir, index["clips"])  # once: the split and the card both read them
     train_meta, val_meta = _split(cfg, index, footage_pairs)
     footage_across = shared_footage(footage_pairs, train_meta, val_meta)
+    if index.get("failed"):
+        failed = index["failed"]
+        warnings.warn(f"{len(failed)} manifest clip(s) could not be cached and are left out (e.g. {failed[0]['file']}: "
+                      f"{failed[0].get('error')}); the card lists them under training.cache_failed",
+                      TrainingDataWarning, stacklevel=2)
     if footage_across:
-        warnings.warn(f"{len(footage_across)} validation clip(s) show a recording trained on (e.g. "
+        shown = {pair[1] for pair in footage_across}  # (training clip, validation clip, similarity) pairs
+        warnings.warn(f"{len(shown)} validation clip(s) show a recording trained on (e.g. "
                       f"{footage_across[0][1]} ~ {footage_across[0][0]}): validation figures are optimistic; "
-                      f"set val.join_same_footage = true", stacklevel=2)
+                      f"set val.join_same_footage = true", TrainingDataWarning, stacklevel=2)
     real_meta = [c for c in train_meta if c["label"] in REAL_LABELS]
     fake_meta = [c for c in train_meta if c["label"] == "fake"] if ct["use_real_fakes"] else []
     reals, fakes = load_clips(cache_dir, real_meta), load_clips(cache_dir, fake_meta)
@@ -1224,7 +1232,9 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
     enter_phase(step)
     t_last = time.perf_counter()
     window = fresh_window(t_last)
-    stopped_by = "max_steps"
+    # A rerun of a finished run (it resumes, exports again) stops where that run did: on its time budget when
+    # that ran out before its steps (a rerun's card said "max_steps" for a run the budget had stopped).
+    stopped_by = "max_minutes" if step < max_steps and elapsed >= budget_s else "max_steps"
     batches = batches_of(step, max_steps) if step < max_steps and elapsed < budget_s else []
     for x, y, mask, weight, *groups in batches:
         factor = lr_factor(step, elapsed, ct)
@@ -1428,7 +1438,12 @@ def export(cfg, net, index, train_meta, val_meta, reals, fakes, items, step, ela
             "val_real": count(val_meta, {"real"}),
             "val_fake": count(val_meta, {"fake"}),
             "val_unknown_excluded": count(val_meta, {"unknown"}),
+            # Counted above but without a face in the cache, so neither trained nor validated on.
+            "train_without_faces": sum(1 for c in train_meta if c.get("n_crops") == 0),
+            "val_without_faces": sum(1 for c in val_meta if c.get("n_crops") == 0),
         },
+        # Manifest rows the cache could not read (the manifest's hash above covers them too).
+        "cache_failed": [dict(f) for f in index.get("failed") or []],
         "crops": {
             "train_real": int(sum(len(c.crops) for c in reals)),
             "train_fake": int(sum(len(c.crops) for c in fakes)),
