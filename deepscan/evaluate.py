@@ -336,7 +336,7 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
     kinds = Counter(_scored_by(d) for d in found if d is not None)
     if len(kinds) > 1:
         raise ValueError(f"{results_path}: the labelled clips' lines come from {len(kinds)} different detectors or "
-                         f"scan settings ({'; '.join(f'{n} by {k[0]}' for k, n in kinds.most_common())}): score "
+                         f"scan settings ({'; '.join(f'{n} by {k[0]} at {k[3]}, config {k[4]}' for k, n in kinds.most_common())}): score "
                          "one scan at a time (a results.jsonl of its own, or the lines of one run)")
     ids, ys, ss, srcs, groups, unscored, missing = [], [], [], [], [], [], []
     model, threshold = None, 0.5
@@ -376,8 +376,9 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
 def _scored_by(line: dict) -> tuple:
     """What made a result line's score: model name, weights, card, precision and scan settings."""
     model = line.get("model") if isinstance(line.get("model"), dict) else {}
-    return (str(model.get("name")), model.get("sha256"), model.get("card_hash"), model.get("precision"),
-            line.get("config_hash"))
+    # A --dedupe scan's inherited copies carry their representative's hash + "+campaign": the same scan.
+    config = str(line.get("config_hash") or "").removesuffix("+campaign")
+    return (str(model.get("name")), model.get("sha256"), model.get("card_hash"), model.get("precision"), config)
 
 
 def threshold_fitted_on(card, paths) -> int:

@@ -356,7 +356,11 @@ def test_eval_of_results_pairs_on_the_clips_both_judged_and_refuses_two_detector
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps(d) + "\n" for d in lines["a"][:15] + lines["b"][15:]))
     assert main(["eval", str(labels), "--results", str(mixed)]) == 2
-    assert "2 different detectors or scan settings (15 by a; 15 by b)" in capsys.readouterr().err
+    assert "2 different detectors or scan settings (15 by a at None, config ; 15 by b" in capsys.readouterr().err
+    # One --dedupe scan: its inherited copies carry the representative's config hash + "+campaign".
+    one_scan = [{**d, "config_hash": "abc" + ("+campaign" if i % 3 else "")} for i, d in enumerate(lines["a"])]
+    mixed.write_text("".join(json.dumps(d) + "\n" for d in one_scan))
+    assert main(["eval", str(labels), "--results", str(mixed)]) == 0
 
 
 def test_eval_says_when_a_threshold_was_chosen_on_the_clips_it_is_rated_on(tmp_path, capsys):

@@ -604,6 +604,11 @@ def test_the_samples_fall_where_the_files_hash_puts_them_and_older_results_are_s
     again = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
     assert [r.resumed for r in again] == [False] and seeds == [seeds[0]] * 2
     assert again[0].score == pytest.approx(first[0].score)  # the same file: the same samples
+    # Another key (a shared one is how an examiner repeats a scan) takes other frames: screened again, not resumed.
+    monkeypatch.setenv("DEEPSCAN_SAMPLE_KEY", "0f" * 32)
+    other = list(Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out))
+    assert [r.resumed for r in other] == [False] and other[0].environment["sample_key"] != key_id(key)
+    assert [r.resumed for r in Scanner(frames=4, keep_heatmaps=False).scan([sample_clip], out_dir=out)] == [True]
 
 
 def test_scan_options_refuse_what_would_fail_every_video():

@@ -890,8 +890,9 @@ def test_validate_remeasures_an_exported_card_as_its_training_run_did(cache, tin
     out2 = tmp_path / "paired.json"
     assert main(["validate", str(card_path), str(twin), "--json", str(out2), "--cache", str(cache)]) == 0
     paired = json.loads(out2.read_text())[str(twin)]["paired_with_first"]
-    assert paired["validation"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
-    assert paired["swap_probe"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0]}
+    assert paired["validation"] == {"auc_difference": 0.0, "ci95": [0.0, 0.0], "n_clips": 3, "left_out": 0}
+    assert {k: paired["swap_probe"][k] for k in ("auc_difference", "ci95")} == {"auc_difference": 0.0,
+                                                                                 "ci95": [0.0, 0.0]}
 
     # Refused before measuring (they failed after it, every finished figure lost): a card that does not
     # load, a --json folder that is not there. A card failing while measured costs only itself.
@@ -2051,6 +2052,8 @@ def test_a_clip_cut_again_changes_what_a_checkpoint_was_trained_on():
     assert training_data_identity(index, [clip], []) == training_data_identity(index, [dict(clip)], [])
     assert training_data_identity(index, [clip], []) != training_data_identity(index, [recut], [])
     assert training_data_identity(index, [], [clip]) != training_data_identity(index, [], [recut])
+    # Checkpoints saved before the cut was part of it hold the identity without it, and still resume.
+    assert training_data_identity(index, [clip], [], cuts=False) == training_data_identity(index, [recut], [], cuts=False)
 
 
 def test_a_rerun_keeps_what_stopped_the_run_and_the_card_names_clips_left_out(tmp_path):

@@ -831,7 +831,7 @@ def check_crop_reach(index: dict, crop_margin: float, box_jitter: float = 0.0) -
                          f"--context-margin) or use a smaller crop margin")
 
 
-def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[dict]) -> str:
+def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[dict], cuts: bool = True) -> str:
     """A digest of what a run learns and is validated on: the manifest, how the crops were cut (face detector,
     frames, frame sampling) and the ordered clips with their face counts. A checkpoint keeps it, and a resume
     on other data is refused: `cache_dir` may move (RESUMABLE_CHANGES), but a cache rebuilt or re-ordered under
@@ -841,8 +841,9 @@ def training_data_identity(index: dict, train_meta: list[dict], val_meta: list[d
         del identity["crop_geometry"]
     # With how each clip was cut (its file's size and commit among it): a clip replaced under its name and cut
     # again keeps its name and face count, and a resume trained on the new crops as if on the old.
-    identity["train"] = [[c["file"], c.get("n_crops"), c.get("cached_with")] for c in train_meta]
-    identity["val"] = [[c["file"], c.get("n_crops"), c.get("cached_with")] for c in val_meta]
+    # ``cuts=False``: the identity checkpoints saved before session 53 hold, which still resume.
+    identity["train"] = [[c["file"], c.get("n_crops")] + ([c.get("cached_with")] if cuts else []) for c in train_meta]
+    identity["val"] = [[c["file"], c.get("n_crops")] + ([c.get("cached_with")] if cuts else []) for c in val_meta]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -1094,7 +1095,8 @@ def train(config_path, resume: bool = True, overrides: dict | None = None, progr
             changes = config_changes_on_resume(json.loads(state["config"]), cfg)
         except ValueError as err:
             raise ValueError(f"{ckpt_path}: {err}") from None
-        if state.get("data_identity", data_identity) != data_identity:  # checkpoints before session 48 have none
+        stored = state.get("data_identity", data_identity)  # checkpoints before session 48 have none
+        if stored not in (data_identity, training_data_identity(index, train_meta, val_meta, cuts=False)):
             raise ValueError(f"{ckpt_path}: the checkpoint was trained on other data (the crop cache was rebuilt, "
                              f"re-ordered or cut another way, or the clips or split differ); resuming would mix "
                              f"two training sets in one set of weights. Restore that cache, or start afresh with "
