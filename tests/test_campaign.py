@@ -593,7 +593,9 @@ def test_a_longer_file_or_a_shared_intro_is_screened_not_inherited(tmp_path):
     longer = joined(tmp_path / "longer.mp4", carphone, SAMPLE_CLIPS / "carphone_faceswap_fake.mp4")
     assert is_match(longer, real)
     assert not is_verified_copy(longer, real)
-    assert is_verified_copy(real, longer)  # the screened file's first half: an excerpt, it may inherit
+    # The first half at 29.97 fps against the longer file's 25: frames between the longer file's were never
+    # compared (a 100-fps copy three quarters fake took a real verdict), so it is screened, not inherited.
+    assert not is_verified_copy(real, longer)
     groups = StreamingGroups()
     first = groups.place("real", real)
     assert groups.place("longer", longer) is first and first.screen_too == ["longer"]
@@ -877,3 +879,17 @@ def test_the_campaign_table_tells_a_raw_name_from_its_escaped_look_alike():
     console.print(campaign_table([rep, copy, other], groups))
     text = console.export_text()
     assert "x\\xff.mp4: fake*" in text and "x\\xff.mp4 (screened): uncertain" in text
+
+
+def test_a_copy_at_a_higher_frame_rate_holds_frames_never_compared_and_is_screened(tmp_path):
+    """A 100-fps file whose every 4th frame is the screened 25-fps clip's and the rest a fake's: the pixel check
+    steps through the lower rate's frames only, so the copy read as verified ("real 0.34"; alone "fake 0.907")."""
+    real = video_hash(SAMPLE_CLIPS / "astronaut_real.mp4")
+    faster = tmp_path / "faster.mp4"
+    ffmpeg("-i", str(SAMPLE_CLIPS / "astronaut_real.mp4"), "-vf", "fps=100", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-an", str(faster))
+    slower = tmp_path / "slower.mp4"
+    ffmpeg("-i", str(SAMPLE_CLIPS / "astronaut_real.mp4"), "-vf", "fps=12.5", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", "-an", str(slower))
+    assert not is_verified_copy(video_hash(faster), real)
+    assert is_verified_copy(video_hash(slower), real)  # fewer frames: every one of them compared
