@@ -64,6 +64,8 @@ class FaceFinder:
             # MTCNN's smallest detectable face is ~12 px at its first scale: on the downscaled copy the minimum
             # face size shrinks too, so small faces are still found.
             self.mtcnn.min_face_size = max(12, int(smallest * scale * 0.8))
+            if min(round(h * scale), round(w * scale)) < self.mtcnn.min_face_size:
+                continue  # no face that size fits the frame (and MTCNN's empty pyramid raised: a 16x16 video)
             batch = [images[i] if scale == 1.0 else cv2.resize(images[i], (round(w * scale), round(h * scale)),
                                                                interpolation=cv2.INTER_AREA) for i in idxs]
             frames = np.stack(batch)

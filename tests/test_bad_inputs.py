@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from badinputs import Expect, child_processes, face_clip, make_corpus
-from conftest import SAMPLE_CLIPS, shared_dir
+from conftest import SAMPLE_CLIPS, make_test_video, shared_dir
 
 from deepscan import video
 from deepscan.video import VideoError, VideoInfo, check_input, discover, iter_frames, probe
@@ -453,3 +453,13 @@ def test_sigkill_never_leaves_a_partial_or_invalid_line(tmp_path):
     assert all(r["status"] in ("ok", "no_face") for r in records)
     if hasattr(ResultsWriter, "done"):  # resume: a re-run skips videos already in results.jsonl
         assert sorted(paths) == sorted(wanted), "each video exactly once"
+
+
+@pytest.mark.parametrize("size", ["16x16", "480x16", "16x480"])
+def test_a_frame_too_small_for_any_face_reads_no_face_not_an_internal_error(tmp_path, size):
+    """MTCNN builds no image pyramid for a frame smaller than its least face, and raised (torch.cat of nothing)."""
+    from deepscan import Scanner
+
+    path = make_test_video(tmp_path / "small.mp4", 1, size)
+    result = Scanner(frames=4, keep_heatmaps=False).scan_video(path)
+    assert (result.status, result.verdict, result.error) == ("no_face", "no_face", None)
