@@ -344,7 +344,7 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
         if d is None:
             missing.append(str(clip.path))
             continue
-        info = d.get("model") if isinstance(d.get("model"), dict) else {}
+        info = _model_of(d)
         model = model or info.get("name")
         if _number(info.get("threshold")) is not None:
             threshold = _number(info["threshold"])
@@ -373,9 +373,15 @@ def metrics_from_results(clips: list[LabelledClip], results_path: Path) -> dict:
             "video_scores": video_scores(ids, ys, ss, groups)}
 
 
+def _model_of(line: dict) -> dict:
+    """A result line's ``model`` record ({} when it has none, or one that is not a record)."""
+    model = line.get("model")
+    return model if isinstance(model, dict) else {}
+
+
 def _scored_by(line: dict) -> tuple:
     """What made a result line's score: model name, weights, card, precision and scan settings."""
-    model = line.get("model") if isinstance(line.get("model"), dict) else {}
+    model = _model_of(line)
     # A --dedupe scan's inherited copies carry their representative's hash + "+campaign": the same scan.
     config = str(line.get("config_hash") or "").removesuffix("+campaign")
     return (str(model.get("name")), model.get("sha256"), model.get("card_hash"), model.get("precision"), config)
@@ -394,7 +400,7 @@ def _card_of(line: dict):
     """The card a result line's model names, when one by that name with the same weights is found (else None)."""
     from .detector import resolve_card
 
-    model = line.get("model") if isinstance(line.get("model"), dict) else {}
+    model = _model_of(line)
     try:
         card = resolve_card(model.get("name"))
     except Exception:  # noqa: BLE001 - an unknown or unreadable card: nothing to say of its threshold
@@ -520,7 +526,7 @@ def calibrate(card_path, labels, frames: int = 32, max_fpr: float = 0.05, result
         wanted = _comparable(ScanOptions(frames=frames).scoring_config())
         lines = []
         for d in read_result_lines(results_path)[0]:
-            model = d.get("model") if isinstance(d.get("model"), dict) else {}
+            model = _model_of(d)
             scored_at = model.get("precision") or (d.get("environment") or {}).get("precision") or "fp32"
             config = d.get("config") if isinstance(d.get("config"), dict) else {}
             # The card hash too: a copy of the card with another temperature, crop or face detector scores the
